@@ -1,0 +1,401 @@
+//! The submitting side of jobmill, used by the API and by Rust programs that enqueue jobs
+//! directly: validation, the MongoDB-then-Redis write order that makes an accepted job durable,
+//! idempotency keys, cancel and retry.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use chrono::{DateTime as ChronoDateTime, Utc};
+use mongodb::bson::DateTime;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::config::{check_queue_name, Settings};
+use crate::error::{Error, Result};
+use crate::job::{new_job_id, ready_score, Job, MAX_PRIORITY, MIN_PRIORITY};
+use crate::kind::Registry;
+use crate::queue::{CancelEffect, Enqueue, Placement, RedisQueue};
+use crate::state::JobState;
+use crate::store::{Inserted, Store};
+
+/// Most attempts a job may be given.
+pub const MAX_ATTEMPTS: u32 = 100;
+/// Longest per-attempt timeout.
+pub const MAX_TIMEOUT_MS: u64 = 7 * 86_400_000;
+/// Furthest a job may be scheduled ahead.
+pub const MAX_SCHEDULE_AHEAD_MS: u64 = 366 * 86_400_000;
+/// Longest idempotency key.
+pub const MAX_IDEMPOTENCY_KEY: usize = 200;
+/// Most jobs in one batch submission.
+pub const MAX_BATCH: usize = 1000;
+/// Default queue.
+pub const DEFAULT_QUEUE: &str = "default";
+/// Default priority.
+pub const DEFAULT_PRIORITY: i32 = 0;
+
+/// A job to submit. Everything but `kind` and `args` is optional.
+#[derive(Debug, Clone, Default)]
+pub struct NewJob {
+    /// Kind name.
+    pub kind: String,
+    /// Arguments (checked by the kind's own validation).
+    pub args: Value,
+    /// Queue (default `default`).
+    pub queue: Option<String>,
+    /// 0..=9, higher runs first (default 0).
+    pub priority: Option<i32>,
+    /// Do not run before this time.
+    pub run_at: Option<ChronoDateTime<Utc>>,
+    /// Do not run before this many ms from now.
+    pub delay_ms: Option<u64>,
+    /// Attempts before failing for good (default: the kind's).
+    pub max_attempts: Option<u32>,
+    /// Per-attempt timeout (default: the kind's).
+    pub timeout_ms: Option<u64>,
+    /// Deduplication key, unique per tenant.
+    pub idempotency_key: Option<String>,
+}
+
+/// Result of a submission.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    /// The job (the original one when the idempotency key was seen before).
+    pub job: Job,
+    /// False when an earlier job with the same idempotency key was returned instead.
+    pub created: bool,
+}
+
+/// Submission limits, from the settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest serialized args.
+    pub max_args_bytes: usize,
+}
+
+/// Submits, cancels and retries jobs. Cheap to clone.
+#[derive(Clone)]
+pub struct JobClient {
+    store: Store,
+    queue: RedisQueue,
+    registry: Registry,
+    limits: Limits,
+    confirm: mpsc::UnboundedSender<Vec<String>>,
+}
+
+impl JobClient {
+    /// Build a client. Spawns a background task (on the current Tokio runtime) that batches the
+    /// "this job is in Redis" confirmations into few MongoDB writes.
+    pub fn new(store: Store, queue: RedisQueue, registry: Registry, limits: Limits) -> Self {
+        let (confirm, rx) = mpsc::unbounded_channel();
+        tokio::spawn(confirm_loop(store.clone(), rx));
+        JobClient {
+            store,
+            queue,
+            registry,
+            limits,
+            confirm,
+        }
+    }
+
+    /// Connect to both stores with `settings` and build a client for `registry`.
+    pub async fn connect(settings: &Settings, registry: Registry) -> Result<Self> {
+        let store = Store::connect(
+            settings.mongodb_uri.expose(),
+            &settings.mongodb_db,
+            settings.retention,
+        )
+        .await?;
+        let queue = RedisQueue::connect(settings.redis_url.expose(), &settings.key_prefix).await?;
+        Ok(JobClient::new(
+            store,
+            queue,
+            registry,
+            Limits {
+                max_args_bytes: settings.max_args_bytes,
+            },
+        ))
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The queues.
+    pub fn queue(&self) -> &RedisQueue {
+        &self.queue
+    }
+
+    /// The kinds.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Validate a submission and build its job record. Nothing is written.
+    pub fn prepare(&self, tenant: &str, new: NewJob) -> Result<Job> {
+        let kind = self.registry.validate(&new.kind, &new.args)?;
+        let defaults = kind.defaults();
+        let args_json = new.args.to_string();
+        if args_json.len() > self.limits.max_args_bytes {
+            return Err(Error::invalid(
+                "args_too_large",
+                format!(
+                    "args are {} bytes; the limit is {} (upload large inputs as files and pass their id)",
+                    args_json.len(),
+                    self.limits.max_args_bytes
+                ),
+            ));
+        }
+        let queue = new.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_string());
+        check_queue_name(&queue).map_err(|m| Error::invalid("invalid_queue", m))?;
+        let priority = new.priority.unwrap_or(DEFAULT_PRIORITY);
+        if !(MIN_PRIORITY..=MAX_PRIORITY).contains(&priority) {
+            return Err(Error::invalid(
+                "invalid_priority",
+                format!("priority must be from {MIN_PRIORITY} to {MAX_PRIORITY}, got {priority}"),
+            ));
+        }
+        let max_attempts = new.max_attempts.unwrap_or(defaults.max_attempts);
+        if !(1..=MAX_ATTEMPTS).contains(&max_attempts) {
+            return Err(Error::invalid(
+                "invalid_max_attempts",
+                format!("max_attempts must be from 1 to {MAX_ATTEMPTS}, got {max_attempts}"),
+            ));
+        }
+        let timeout_ms = new
+            .timeout_ms
+            .unwrap_or(defaults.timeout.as_millis() as u64);
+        if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
+            return Err(Error::invalid(
+                "invalid_timeout",
+                format!("timeout_ms must be from 1 to {MAX_TIMEOUT_MS}, got {timeout_ms}"),
+            ));
+        }
+        if let Some(key) = &new.idempotency_key {
+            if key.is_empty()
+                || key.len() > MAX_IDEMPOTENCY_KEY
+                || key.chars().any(|c| c.is_control())
+            {
+                return Err(Error::invalid(
+                    "invalid_idempotency_key",
+                    format!("idempotency key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters"),
+                ));
+            }
+        }
+        let now = DateTime::now();
+        let now_ms = now.timestamp_millis();
+        let run_at_ms = match (new.run_at, new.delay_ms) {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid(
+                    "conflicting_schedule",
+                    "give either run_at or delay_ms, not both",
+                ))
+            }
+            (Some(at), None) => {
+                let at = at.timestamp_millis();
+                if at > now_ms + MAX_SCHEDULE_AHEAD_MS as i64 {
+                    return Err(Error::invalid(
+                        "invalid_run_at",
+                        "run_at must be within a year from now",
+                    ));
+                }
+                at.max(now_ms)
+            }
+            (None, Some(d)) => {
+                if d > MAX_SCHEDULE_AHEAD_MS {
+                    return Err(Error::invalid(
+                        "invalid_delay",
+                        format!("delay_ms must be at most {MAX_SCHEDULE_AHEAD_MS}"),
+                    ));
+                }
+                now_ms + d as i64
+            }
+            (None, None) => now_ms,
+        };
+        let id = new_job_id();
+        Ok(Job {
+            list_key: id.clone(),
+            id,
+            tenant: tenant.to_string(),
+            kind: new.kind,
+            queue,
+            priority,
+            args_json,
+            state: if run_at_ms > now_ms {
+                JobState::Scheduled
+            } else {
+                JobState::Queued
+            },
+            attempt: 0,
+            max_attempts: max_attempts as i32,
+            attempt_budget: max_attempts as i32,
+            timeout_ms: timeout_ms as i64,
+            idempotency_key: new.idempotency_key,
+            progress: None,
+            result_json: None,
+            errors: Default::default(),
+            cancel_requested: false,
+            created_at: now,
+            run_at: DateTime::from_millis(run_at_ms),
+            started_at: None,
+            finished_at: None,
+            expire_at: None,
+            rev: 1,
+            enqueue_pending: true,
+        })
+    }
+
+    /// Submit one job. Once this returns `Ok` the job is in MongoDB and will reach a terminal
+    /// state, even if Redis was unreachable just now (the reconciler pushes it later).
+    pub async fn submit(&self, tenant: &str, new: NewJob) -> Result<Submitted> {
+        let mut out = self.submit_batch(tenant, vec![new]).await?;
+        Ok(out.remove(0))
+    }
+
+    /// Submit several jobs: all are validated first, and if any is invalid none is stored.
+    /// Jobs whose idempotency key was used before come back as the original job.
+    pub async fn submit_batch(&self, tenant: &str, news: Vec<NewJob>) -> Result<Vec<Submitted>> {
+        if news.is_empty() {
+            return Err(Error::invalid("empty_batch", "a batch needs at least one job"));
+        }
+        if news.len() > MAX_BATCH {
+            return Err(Error::invalid(
+                "batch_too_large",
+                format!("a batch holds at most {MAX_BATCH} jobs, got {}", news.len()),
+            ));
+        }
+        let mut keys = HashSet::new();
+        let mut jobs = Vec::with_capacity(news.len());
+        for (i, new) in news.into_iter().enumerate() {
+            if let Some(k) = &new.idempotency_key {
+                if !keys.insert(k.clone()) {
+                    return Err(Error::invalid(
+                        "duplicate_idempotency_key",
+                        format!("job {i} repeats an idempotency key used earlier in the batch"),
+                    ));
+                }
+            }
+            let job = self.prepare(tenant, new).map_err(|e| match e {
+                Error::InvalidJob { code, message } if jobs.len() + 1 > 1 || i > 0 => {
+                    Error::InvalidJob {
+                        code,
+                        message: format!("job {i}: {message}"),
+                    }
+                }
+                other => other,
+            })?;
+            jobs.push(job);
+        }
+        // MongoDB first: from here on the job is durable and will run.
+        let inserted = self.store.insert_jobs(&jobs).await?;
+        let mut out = Vec::with_capacity(jobs.len());
+        let mut fresh = Vec::new();
+        for (job, ins) in jobs.into_iter().zip(inserted) {
+            match ins {
+                Inserted::New => {
+                    fresh.push(job.clone());
+                    out.push(Submitted { job, created: true });
+                }
+                Inserted::DuplicateKey => {
+                    let key = job.idempotency_key.as_deref().unwrap_or_default();
+                    let original = self
+                        .store
+                        .find_by_idempotency_key(tenant, key)
+                        .await?
+                        .ok_or_else(|| {
+                            Error::Corrupt("idempotency key is taken but its job is gone".into())
+                        })?;
+                    out.push(Submitted {
+                        job: original,
+                        created: false,
+                    });
+                }
+            }
+        }
+        self.push_to_redis(&fresh).await;
+        Ok(out)
+    }
+
+    /// Push stored jobs into Redis and confirm them. A failure is logged, not returned: the
+    /// jobs keep `enqueue_pending` and the reconciler pushes them once Redis answers.
+    async fn push_to_redis(&self, jobs: &[Job]) {
+        if jobs.is_empty() {
+            return;
+        }
+        let entries: Vec<Enqueue> = jobs.iter().map(enqueue_entry).collect();
+        match self.queue.enqueue(&entries).await {
+            Ok(_) => {
+                let _ = self
+                    .confirm
+                    .send(jobs.iter().map(|j| j.id.clone()).collect());
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                jobs = jobs.len(),
+                "redis push failed; the reconciler will push these jobs"
+            ),
+        }
+    }
+
+    /// Cancel a job (see [`Store::cancel`]) and remove or signal it in Redis.
+    pub async fn cancel(&self, id: &str, tenant: Option<&str>) -> Result<Job> {
+        let job = self.store.cancel(id, tenant).await?;
+        let effect = self.queue.cancel(&job.queue, id).await;
+        match effect {
+            Ok(CancelEffect::Removed) | Ok(CancelEffect::Signalled) | Ok(CancelEffect::Absent) => {}
+            // MongoDB already says cancelled; if a worker claims the job anyway, its start is
+            // refused by the state guard and it stops the handler.
+            Err(e) => tracing::warn!(error = %e, job = id, "redis cancel failed"),
+        }
+        let _ = self.queue.publish_changes(&[id.to_string()]).await;
+        Ok(job)
+    }
+
+    /// Retry a failed or cancelled job (see [`Store::retry`]).
+    pub async fn retry(&self, id: &str, tenant: Option<&str>) -> Result<Job> {
+        let job = self.store.retry(id, tenant).await?;
+        self.push_to_redis(std::slice::from_ref(&job)).await;
+        let _ = self.queue.publish_changes(&[id.to_string()]).await;
+        Ok(job)
+    }
+}
+
+/// The Redis entry of a stored live job.
+pub fn enqueue_entry(job: &Job) -> Enqueue {
+    let run_at = job.run_at.timestamp_millis();
+    let placement = match job.state {
+        JobState::Scheduled | JobState::Retrying if run_at > crate::job::now_ms() => {
+            Placement::Scheduled(run_at)
+        }
+        _ => Placement::Ready(ready_score(job.priority, run_at.min(crate::job::now_ms()))),
+    };
+    Enqueue {
+        payload: job.payload(),
+        attempts: job.attempt,
+        placement,
+    }
+}
+
+/// Batch confirmations: whatever arrived while the previous write ran goes in the next one.
+async fn confirm_loop(store: Store, mut rx: mpsc::UnboundedReceiver<Vec<String>>) {
+    while let Some(first) = rx.recv().await {
+        let mut ids = first;
+        while let Ok(more) = rx.try_recv() {
+            ids.extend(more);
+            if ids.len() >= crate::store::WRITE_BATCH {
+                break;
+            }
+        }
+        for attempt in 0..3 {
+            match store.confirm_enqueued(&ids).await {
+                Ok(()) => break,
+                Err(e) => {
+                    // Harmless to give up: the reconciler finds the flag, sees the job already
+                    // in Redis, and clears it.
+                    tracing::debug!(error = %e, attempt, "confirm failed");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        }
+    }
+}

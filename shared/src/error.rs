@@ -1,0 +1,79 @@
+//! The one error type of the `jobmill` library crate.
+
+use crate::state::JobState;
+
+/// Everything that can go wrong inside the library.
+///
+/// Callers branch on the variant: `Stale` and `Conflict` are expected outcomes of racing
+/// writers, the `Redis`/`Mongo` variants are infrastructure failures that are retried with
+/// backoff, and `Invalid*` are caller mistakes that map to 4xx answers in the API.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A setting is missing or malformed; the message names every broken setting.
+    #[error("invalid configuration:\n{0}")]
+    Config(String),
+
+    /// A job submission failed validation (bad field, unknown kind, bad args).
+    #[error("{message}")]
+    InvalidJob {
+        /// Stable machine-readable code, e.g. `unknown_kind`.
+        code: &'static str,
+        /// Human sentence.
+        message: String,
+    },
+
+    /// A guarded transition found the job in another state or attempt than expected, so a
+    /// newer writer already moved it on. Nothing was written.
+    #[error("job {id} was not in the expected state (it is {actual:?})")]
+    Stale {
+        /// The job id.
+        id: String,
+        /// What the store holds now, if the job still exists.
+        actual: Option<JobState>,
+    },
+
+    /// The requested transition is not allowed from the job's current state (API 409).
+    #[error("job {id} is {state}; {action} is not possible")]
+    Conflict {
+        /// The job id.
+        id: String,
+        /// The state the job is in.
+        state: JobState,
+        /// What was attempted (`cancel`, `retry`).
+        action: &'static str,
+    },
+
+    /// No such job (or it belongs to another tenant).
+    #[error("job not found")]
+    NotFound,
+
+    /// Redis failed or was unreachable.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+
+    /// MongoDB failed or was unreachable.
+    #[error("mongodb: {0}")]
+    Mongo(#[from] mongodb::error::Error),
+
+    /// A stored document or queue payload could not be decoded.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+}
+
+impl Error {
+    /// A shorthand for [`Error::InvalidJob`].
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        Error::InvalidJob {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// True for failures of Redis or MongoDB themselves: worth retrying after a pause.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Error::Redis(_) | Error::Mongo(_))
+    }
+}
+
+/// Result alias for the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

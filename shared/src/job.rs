@@ -1,0 +1,194 @@
+//! The job record as MongoDB stores it, the payload Redis carries, and their small parts.
+
+use std::collections::BTreeMap;
+
+use mongodb::bson::DateTime;
+use serde::{Deserialize, Serialize};
+
+use crate::state::JobState;
+
+/// Lowest priority.
+pub const MIN_PRIORITY: i32 = 0;
+/// Highest priority (runs first).
+pub const MAX_PRIORITY: i32 = 9;
+
+/// One job as stored in the `jobs` collection, the system of record.
+///
+/// `args` and `result` are kept as JSON text, not BSON: they are opaque to the store, the text
+/// round-trips every JSON value exactly (BSON has no u64, and `$`/`.` keys are awkward), and the
+/// MongoDB-compatible server indexes nothing inside them anyway.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Job {
+    /// UUIDv7 as a string: unique and ordered by creation time.
+    #[serde(rename = "_id")]
+    pub id: String,
+    /// Copy of the id used as the sort key of the listing indexes (`newest first`). The
+    /// MongoDB-compatible server cannot put `_id` into a compound index, so the ordered
+    /// id lives in a field of its own.
+    pub list_key: String,
+    /// Name of the API key that submitted the job.
+    pub tenant: String,
+    /// Job kind name.
+    pub kind: String,
+    /// Queue it runs on.
+    pub queue: String,
+    /// 0..=9, higher first.
+    pub priority: i32,
+    /// Arguments as JSON text.
+    pub args_json: String,
+    /// Current state.
+    pub state: JobState,
+    /// Number of attempts started so far (monotonic over the job's whole life, which is what
+    /// makes it usable as a guard against stale writers).
+    pub attempt: i32,
+    /// The attempt number after which a failure is final.
+    pub max_attempts: i32,
+    /// The attempt budget the job was submitted with; a manual retry grants it again.
+    pub attempt_budget: i32,
+    /// Per-attempt timeout.
+    pub timeout_ms: i64,
+    /// Caller-supplied deduplication key, unique per tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Latest progress report of the running attempt.
+    #[serde(default)]
+    pub progress: Option<Progress>,
+    /// Result as JSON text, once succeeded.
+    #[serde(default)]
+    pub result_json: Option<String>,
+    /// Failed attempts, keyed by attempt number. A map and not an array because writing
+    /// `errors.<n>` is idempotent (a retried batch cannot record an error twice) and the
+    /// MongoDB-compatible server stores `$push`ed documents as strings.
+    #[serde(default)]
+    pub errors: BTreeMap<String, AttemptError>,
+    /// A user asked to cancel while the job was running.
+    #[serde(default)]
+    pub cancel_requested: bool,
+    /// When the job was accepted.
+    pub created_at: DateTime,
+    /// When it may run (submission time unless scheduled; next attempt time while retrying).
+    pub run_at: DateTime,
+    /// Start of the latest attempt.
+    #[serde(default)]
+    pub started_at: Option<DateTime>,
+    /// When the job reached a terminal state.
+    #[serde(default)]
+    pub finished_at: Option<DateTime>,
+    /// Retention deadline; MongoDB's TTL index deletes the job after it.
+    #[serde(default)]
+    pub expire_at: Option<DateTime>,
+    /// Revision, incremented by every visible change; the API's ETag.
+    pub rev: i64,
+    /// Set until the job is known to be in Redis. The reconciler pushes jobs still flagged after
+    /// a grace period, which covers an API that died (or lost Redis) between its MongoDB insert
+    /// and its Redis push.
+    #[serde(default)]
+    pub enqueue_pending: bool,
+}
+
+impl Job {
+    /// Failed attempts in attempt order.
+    pub fn errors_in_order(&self) -> Vec<&AttemptError> {
+        let mut v: Vec<&AttemptError> = self.errors.values().collect();
+        v.sort_by_key(|e| e.attempt);
+        v
+    }
+
+    /// The payload a worker needs to run this job, as Redis carries it.
+    pub fn payload(&self) -> Payload {
+        Payload {
+            id: self.id.clone(),
+            tenant: self.tenant.clone(),
+            kind: self.kind.clone(),
+            queue: self.queue.clone(),
+            priority: self.priority,
+            max_attempts: self.max_attempts,
+            timeout_ms: self.timeout_ms,
+            args: self.args_json.clone(),
+        }
+    }
+}
+
+/// Progress of a running attempt, reported by its handler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Units done.
+    pub done: i64,
+    /// Units in all, when known.
+    pub total: Option<i64>,
+    /// Free text.
+    pub message: Option<String>,
+}
+
+/// The error of one failed attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptError {
+    /// Attempt number (1-based).
+    pub attempt: i32,
+    /// When it failed.
+    pub at: DateTime,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// What Redis holds for a job waiting or running: everything a worker needs to run it without
+/// reading MongoDB. Stored as JSON in the queue's `jobs` hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Payload {
+    /// Job id.
+    pub id: String,
+    /// Owner.
+    pub tenant: String,
+    /// Kind name.
+    pub kind: String,
+    /// Queue.
+    pub queue: String,
+    /// Priority (read by the promote script to compute the ready score).
+    pub priority: i32,
+    /// Attempt after which failure is final.
+    pub max_attempts: i32,
+    /// Per-attempt timeout.
+    pub timeout_ms: i64,
+    /// Arguments as JSON text.
+    pub args: String,
+}
+
+/// Score of a job in a ready set: higher priority first, then earlier ready time first.
+/// `promote.lua` computes the same formula; both must change together.
+pub fn ready_score(priority: i32, ready_at_ms: i64) -> f64 {
+    // 1e13 ms is ~300 years, so the priority band always dominates the time; the largest score
+    // (9e13 + now) stays far below 2^53, so the f64 score is exact.
+    f64::from(MAX_PRIORITY - priority.clamp(MIN_PRIORITY, MAX_PRIORITY)) * 1e13 + ready_at_ms as f64
+}
+
+/// A new time-ordered job id.
+pub fn new_job_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> i64 {
+    DateTime::now().timestamp_millis()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_score_orders_priority_then_time() {
+        let now = 1_800_000_000_000;
+        assert!(ready_score(9, now + 1000) < ready_score(8, now));
+        assert!(ready_score(5, now) < ready_score(5, now + 1));
+        assert!(ready_score(0, now) < 2f64.powi(53));
+        assert_eq!(ready_score(42, now), ready_score(9, now), "clamped");
+    }
+
+    #[test]
+    fn job_ids_sort_by_creation() {
+        let a = new_job_id();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = new_job_id();
+        assert!(a < b);
+    }
+}

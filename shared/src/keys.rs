@@ -1,0 +1,138 @@
+//! Every Redis key and channel name, in one place.
+//!
+//! All keys of one queue share the hash tag `{name}` so each Lua script touches a single
+//! Redis Cluster slot. Keys outside a queue (registry, epoch, locks) are only ever used by
+//! single-key commands.
+
+/// Key builder for one deployment (one prefix).
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+/// The keys of one queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueKeys {
+    /// Queue name.
+    pub name: String,
+    /// ZSET id → ready score (priority band + ready time): jobs waiting to be claimed.
+    pub ready: String,
+    /// ZSET id → run_at ms: scheduled jobs and retries waiting for their backoff.
+    pub scheduled: String,
+    /// ZSET id → lease expiry ms: claimed jobs.
+    pub leased: String,
+    /// HASH id → worker id holding the lease.
+    pub owners: String,
+    /// HASH id → payload JSON: present while the job is waiting, running or being rescued.
+    pub payloads: String,
+    /// HASH id → number of attempts started.
+    pub attempts: String,
+    /// SET of leased ids whose cancellation was requested (heartbeats read it, in case the
+    /// pub/sub message was missed).
+    pub cancels: String,
+    /// ZSET id → time: jobs taken from an expired lease whose outcome the rescuer has not
+    /// recorded yet. Kept in Redis so a rescuer that dies mid-way loses nothing.
+    pub rescued: String,
+}
+
+impl Keys {
+    /// Keys under `prefix` (validated by the config: no braces).
+    pub fn new(prefix: &str) -> Self {
+        Keys {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Keys of queue `name`.
+    pub fn queue(&self, name: &str) -> QueueKeys {
+        let base = format!("{}:{{{}}}", self.prefix, name);
+        QueueKeys {
+            name: name.to_string(),
+            ready: format!("{base}:ready"),
+            scheduled: format!("{base}:scheduled"),
+            leased: format!("{base}:leased"),
+            owners: format!("{base}:owners"),
+            payloads: format!("{base}:payloads"),
+            attempts: format!("{base}:attempts"),
+            cancels: format!("{base}:cancels"),
+            rescued: format!("{base}:rescued"),
+        }
+    }
+
+    /// SET of every queue name ever used, so maintenance loops know what to scan.
+    pub fn queues(&self) -> String {
+        format!("{}:queues", self.prefix)
+    }
+
+    /// Marker that Redis holds a full copy of the live jobs. It disappears with the data
+    /// (restart without persistence, FLUSHALL), which tells the reconciler to rebuild.
+    pub fn epoch(&self) -> String {
+        format!("{}:epoch", self.prefix)
+    }
+
+    /// A short-lived lock so only one process runs a given maintenance pass at a time.
+    pub fn lock(&self, name: &str) -> String {
+        format!("{}:lock:{}", self.prefix, name)
+    }
+
+    /// ZSET worker id → last heartbeat ms.
+    pub fn workers(&self) -> String {
+        format!("{}:workers", self.prefix)
+    }
+
+    /// HASH describing one worker (host, pid, queues, counters); expires with its heartbeats.
+    pub fn worker(&self, id: &str) -> String {
+        format!("{}:worker:{}", self.prefix, id)
+    }
+
+    /// Channel: a job of queue `name` became ready (payload `r`) or was scheduled (`s`).
+    pub fn wake_channel(&self, name: &str) -> String {
+        format!("{}:wake:{}", self.prefix, name)
+    }
+
+    /// Channel: cancellation of a running job was requested (payload: job id).
+    pub fn cancel_channel(&self) -> String {
+        format!("{}:cancel", self.prefix)
+    }
+
+    /// Channel: jobs changed (payload: comma-separated ids); long-polls listen to it.
+    pub fn events_channel(&self) -> String {
+        format!("{}:events", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Redis Cluster hashes only the part between the first `{` and the next `}`.
+    fn hash_tag(key: &str) -> &str {
+        let open = key.find('{').expect("tag");
+        let close = key[open..].find('}').expect("tag") + open;
+        &key[open + 1..close]
+    }
+
+    #[test]
+    fn every_queue_key_shares_the_queue_hash_tag() {
+        let k = Keys::new("jm:test").queue("imports");
+        for key in [
+            &k.ready, &k.scheduled, &k.leased, &k.owners, &k.payloads, &k.attempts, &k.cancels,
+            &k.rescued,
+        ] {
+            assert_eq!(hash_tag(key), "imports", "{key}");
+            assert!(key.starts_with("jm:test:"), "{key}");
+        }
+    }
+
+    #[test]
+    fn queues_do_not_collide() {
+        let keys = Keys::new("p");
+        assert_ne!(keys.queue("a").ready, keys.queue("b").ready);
+        assert_ne!(keys.queue("a").ready, Keys::new("q").queue("a").ready);
+    }
+}

@@ -1,0 +1,32 @@
+//! jobmill: a background job system. This crate is the core shared by the API and the workers.
+//!
+//! # Layout
+//! - [`state`]: the job state machine, attempt outcomes, the one `decide` function, backoff.
+//! - [`job`]: the job record (MongoDB) and payload (Redis).
+//! - [`kind`]: the `JobKind` trait a job kind implements, its context and typed outcome.
+//! - [`kinds`]: the built-in kinds (`noop`, `sleep`, `fail`), one file each.
+//! - [`store`]: MongoDB, the system of record; one guarded method per transition.
+//! - [`queue`]: Redis queues, one Lua script per atomic operation (`src/scripts/`).
+//! - [`keys`]: every Redis key name.
+//! - [`client`]: submission (MongoDB first, then Redis), cancel, retry.
+//! - [`config`]: typed `JOBMILL_*` settings, validated at startup.
+//! - [`error`]: the crate's error type.
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod job;
+pub mod keys;
+pub mod kind;
+pub mod kinds;
+pub mod queue;
+pub mod state;
+pub mod store;
+
+pub use client::{JobClient, NewJob, Submitted};
+pub use config::Settings;
+pub use error::{Error, Result};
+pub use job::{Job, Progress};
+pub use kind::{JobContext, JobKind, Outcome, Registry};
+pub use state::JobState;

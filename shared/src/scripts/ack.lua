@@ -1,0 +1,26 @@
+-- Forget jobs whose terminal state MongoDB has recorded: remove them from every structure of
+-- the queue. Called only after the MongoDB write, so a crash before it leaves the job leased
+-- (and rescued later) instead of lost.
+-- KEYS[1] leased ZSET  KEYS[2] owners HASH   KEYS[3] payloads HASH  KEYS[4] attempts HASH
+-- KEYS[5] cancels SET  KEYS[6] rescued ZSET  KEYS[7] ready ZSET     KEYS[8] scheduled ZSET
+-- ARGV[1] worker id, or '' for the rescuer and the API   ARGV[2..] job ids
+-- A job leased by ANOTHER worker is left alone: that worker holds a newer attempt and will see
+-- the terminal state when it writes its own outcome.
+-- Returns the number of jobs forgotten.
+local n = 0
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local owner = redis.call('HGET', KEYS[2], id)
+  if (not owner) or owner == ARGV[1] then
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('HDEL', KEYS[2], id)
+    redis.call('HDEL', KEYS[3], id)
+    redis.call('HDEL', KEYS[4], id)
+    redis.call('SREM', KEYS[5], id)
+    redis.call('ZREM', KEYS[6], id)
+    redis.call('ZREM', KEYS[7], id)
+    redis.call('ZREM', KEYS[8], id)
+    n = n + 1
+  end
+end
+return n

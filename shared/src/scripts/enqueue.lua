@@ -1,0 +1,26 @@
+-- Add jobs to one queue unless Redis already holds them. Because an id already present is
+-- skipped, the same script serves the API (new jobs) and the reconciler ("make sure every live
+-- job of MongoDB is in Redis") without ever queueing a job twice.
+-- KEYS[1] payloads HASH   KEYS[2] attempts HASH   KEYS[3] ready ZSET   KEYS[4] scheduled ZSET
+-- ARGV[1] wake channel, then 5 values per job:
+--   id, payload JSON, attempts already started, 'r' (ready) or 's' (scheduled), score
+--   (the ready score, or run_at in ms)
+-- Returns the number of jobs added.
+local added, ready, sched = 0, 0, 0
+for i = 2, #ARGV, 5 do
+  local id = ARGV[i]
+  if redis.call('HSETNX', KEYS[1], id, ARGV[i + 1]) == 1 then
+    redis.call('HSET', KEYS[2], id, ARGV[i + 2])
+    if ARGV[i + 3] == 'r' then
+      redis.call('ZADD', KEYS[3], ARGV[i + 4], id)
+      ready = ready + 1
+    else
+      redis.call('ZADD', KEYS[4], ARGV[i + 4], id)
+      sched = sched + 1
+    end
+    added = added + 1
+  end
+end
+if ready > 0 then redis.call('PUBLISH', ARGV[1], 'r') end
+if sched > 0 then redis.call('PUBLISH', ARGV[1], 's') end
+return added

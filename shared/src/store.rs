@@ -1,0 +1,702 @@
+//! MongoDB, the system of record: every job with its state, attempts, errors, progress and
+//! result. Each transition has its own method (or [`Write`] variant for the worker's batched
+//! writes), and every write is guarded on the state and attempt it expects, so a stale writer
+//! changes nothing and learns it was stale.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{ClientOptions, FindOneAndUpdateOptions, IndexOptions, ReturnDocument};
+use mongodb::{Client, Collection, Database, IndexModel};
+
+use crate::error::{Error, Result};
+use crate::job::{Job, Progress};
+use crate::state::{Decision, JobState};
+
+/// Name of the jobs collection.
+pub const JOBS: &str = "jobs";
+/// Largest number of writes sent in one `update` command.
+pub const WRITE_BATCH: usize = 1000;
+
+/// One guarded write of the worker or the rescuer. Sent in batches by [`Store::apply`].
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Attempt `attempt` started: → `running`.
+    Start {
+        /// Job id.
+        id: String,
+        /// Attempt number.
+        attempt: i32,
+        /// Start time.
+        at: DateTime,
+    },
+    /// Progress of the running attempt (dropped silently if the attempt is no longer current).
+    Progress {
+        /// Job id.
+        id: String,
+        /// Attempt number.
+        attempt: i32,
+        /// The report.
+        progress: Progress,
+    },
+    /// Attempt `attempt` ended with `decision`: → `succeeded`, `retrying`, `failed` or
+    /// `cancelled`. Also carries the start time, so a start that was never written (the job
+    /// finished before its start was flushed) needs no write of its own.
+    Finish {
+        /// Job id.
+        id: String,
+        /// Attempt number.
+        attempt: i32,
+        /// When the attempt started, if known.
+        started_at: Option<DateTime>,
+        /// When it ended.
+        at: DateTime,
+        /// What follows.
+        decision: Decision,
+    },
+    /// Attempt `attempt` is given back unrun (graceful shutdown): → `queued`, attempt not
+    /// charged.
+    Release {
+        /// Job id.
+        id: String,
+        /// Attempt number being returned.
+        attempt: i32,
+    },
+}
+
+impl Write {
+    /// The job this write is about.
+    pub fn id(&self) -> &str {
+        match self {
+            Write::Start { id, .. }
+            | Write::Progress { id, .. }
+            | Write::Finish { id, .. }
+            | Write::Release { id, .. } => id,
+        }
+    }
+
+    /// Whether the store's current (state, attempt) shows this write took effect, now or in an
+    /// earlier try of the same batch (writes are retried after network errors).
+    fn is_reflected_in(&self, state: JobState, current: i32) -> bool {
+        match self {
+            Write::Start { attempt, .. } => state == JobState::Running && current == *attempt,
+            Write::Progress { .. } => true,
+            Write::Finish {
+                attempt, decision, ..
+            } => state == decision.state() && current == *attempt,
+            Write::Release { attempt, .. } => !state.is_terminal() && current < *attempt,
+        }
+    }
+}
+
+/// What became of one write of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The write took effect.
+    Done,
+    /// The job had moved on (newer attempt, or terminal); nothing was written.
+    Stale {
+        /// The job's state now, or `None` if it no longer exists.
+        actual: Option<JobState>,
+        /// The job's attempt now.
+        attempt: i32,
+    },
+}
+
+/// Filters of the job listing.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// Only this tenant's jobs (`None` for operators).
+    pub tenant: Option<String>,
+    /// Only this state.
+    pub state: Option<JobState>,
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only this queue.
+    pub queue: Option<String>,
+    /// Only jobs older than this id (the cursor).
+    pub before: Option<String>,
+    /// Page size.
+    pub limit: i64,
+}
+
+/// Result of inserting one submitted job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// Stored.
+    New,
+    /// Its idempotency key was already used by this tenant; nothing stored.
+    DuplicateKey,
+}
+
+/// Handle to the store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    db: Database,
+    jobs: Collection<Job>,
+    retention: Duration,
+}
+
+/// Client options with the timeouts jobmill wants: fail fast when MongoDB is down, so callers
+/// back off and retry instead of hanging for the driver's 30 s default.
+pub async fn client_options(uri: &str) -> Result<ClientOptions> {
+    let mut opts = ClientOptions::parse(uri).await?;
+    opts.app_name.get_or_insert_with(|| "jobmill".to_string());
+    opts.server_selection_timeout
+        .get_or_insert(Duration::from_secs(3));
+    opts.connect_timeout.get_or_insert(Duration::from_secs(2));
+    Ok(opts)
+}
+
+impl Store {
+    /// Connect with the default options for `uri`.
+    pub async fn connect(uri: &str, db: &str, retention: Duration) -> Result<Self> {
+        Self::connect_with(client_options(uri).await?, db, retention)
+    }
+
+    /// Connect with prepared options (benchmarks add command monitoring this way).
+    pub fn connect_with(opts: ClientOptions, db: &str, retention: Duration) -> Result<Self> {
+        let client = Client::with_options(opts)?;
+        let db = client.database(db);
+        Ok(Store {
+            jobs: db.collection(JOBS),
+            db,
+            client,
+            retention,
+        })
+    }
+
+    /// The database.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// The client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Round trip to MongoDB.
+    pub async fn ping(&self) -> Result<()> {
+        self.db.run_command(doc! { "ping": 1 }).await?;
+        Ok(())
+    }
+
+    /// Create the indexes listing, idempotency, retention and reconciliation need. Idempotent;
+    /// both binaries call it at startup.
+    pub async fn ensure_indexes(&self) -> Result<()> {
+        let plain = |keys: Document| IndexModel::builder().keys(keys).build();
+        let models = vec![
+            // Listing, newest first, for one tenant with each filter, and for operators.
+            plain(doc! { "tenant": 1, "list_key": -1 }),
+            plain(doc! { "tenant": 1, "state": 1, "list_key": -1 }),
+            plain(doc! { "tenant": 1, "kind": 1, "list_key": -1 }),
+            plain(doc! { "tenant": 1, "queue": 1, "list_key": -1 }),
+            plain(doc! { "list_key": -1 }),
+            // Operator filters, and the reconciler's scan of live jobs.
+            plain(doc! { "state": 1, "list_key": -1 }),
+            plain(doc! { "kind": 1, "list_key": -1 }),
+            plain(doc! { "queue": 1, "list_key": -1 }),
+            IndexModel::builder()
+                .keys(doc! { "tenant": 1, "idempotency_key": 1 })
+                .options(
+                    IndexOptions::builder()
+                        .unique(true)
+                        .partial_filter_expression(doc! { "idempotency_key": { "$type": "string" } })
+                        .build(),
+                )
+                .build(),
+            IndexModel::builder()
+                .keys(doc! { "expire_at": 1 })
+                .options(IndexOptions::builder().expire_after(Duration::ZERO).build())
+                .build(),
+            IndexModel::builder()
+                .keys(doc! { "enqueue_pending": 1, "list_key": 1 })
+                .options(
+                    IndexOptions::builder()
+                        .partial_filter_expression(doc! { "enqueue_pending": true })
+                        .build(),
+                )
+                .build(),
+        ];
+        self.jobs.create_indexes(models).await?;
+        Ok(())
+    }
+
+    /// Retention of finished jobs.
+    pub fn retention(&self) -> Duration {
+        self.retention
+    }
+
+    fn expire_at(&self, finished: DateTime) -> DateTime {
+        DateTime::from_millis(
+            finished
+                .timestamp_millis()
+                .saturating_add(self.retention.as_millis() as i64),
+        )
+    }
+
+    // ----- submission -------------------------------------------------------------------
+
+    /// Insert new jobs. A job whose idempotency key the tenant already used is reported as
+    /// [`Inserted::DuplicateKey`] and not stored. On any other failure nothing of the batch is
+    /// left behind (best effort: the inserted part is deleted again), so a submission that was
+    /// not answered `202` never runs.
+    pub async fn insert_jobs(&self, jobs: &[Job]) -> Result<Vec<Inserted>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        if jobs.len() == 1 {
+            return match self.jobs.insert_one(&jobs[0]).await {
+                Ok(_) => Ok(vec![Inserted::New]),
+                Err(e) if is_duplicate_key(&e) => Ok(vec![Inserted::DuplicateKey]),
+                Err(e) => Err(e.into()),
+            };
+        }
+        let mut out = vec![Inserted::New; jobs.len()];
+        match self.jobs.insert_many(jobs).ordered(false).await {
+            Ok(_) => Ok(out),
+            Err(e) => {
+                let dups: Option<Vec<usize>> = match e.kind.as_ref() {
+                    ErrorKind::InsertMany(im) if im.write_concern_error.is_none() => im
+                        .write_errors
+                        .as_ref()
+                        .map(|errs| {
+                            errs.iter()
+                                .map(|w| (w.code == 11000).then_some(w.index))
+                                .collect::<Option<Vec<usize>>>()
+                        })
+                        .unwrap_or(None),
+                    _ => None,
+                };
+                match dups {
+                    Some(dups) => {
+                        for i in dups {
+                            out[i] = Inserted::DuplicateKey;
+                        }
+                        Ok(out)
+                    }
+                    None => {
+                        let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+                        let _ = self.jobs.delete_many(doc! { "_id": { "$in": ids } }).await;
+                        Err(e.into())
+                    }
+                }
+            }
+        }
+    }
+
+    /// Remove jobs that were inserted but must not run (the rest of their batch failed).
+    pub async fn delete_unanswered(&self, ids: &[String]) -> Result<()> {
+        self.jobs
+            .delete_many(doc! { "_id": { "$in": ids }, "state": { "$in": JobState::live_names() } })
+            .await?;
+        Ok(())
+    }
+
+    /// The job a tenant submitted with an idempotency key.
+    pub async fn find_by_idempotency_key(&self, tenant: &str, key: &str) -> Result<Option<Job>> {
+        Ok(self
+            .jobs
+            .find_one(doc! { "tenant": tenant, "idempotency_key": key })
+            .await?)
+    }
+
+    /// Record that these jobs are in Redis (clears `enqueue_pending`).
+    pub async fn confirm_enqueued(&self, ids: &[String]) -> Result<()> {
+        for chunk in ids.chunks(WRITE_BATCH) {
+            self.jobs
+                .update_many(
+                    doc! { "_id": { "$in": chunk }, "enqueue_pending": true },
+                    doc! { "$set": { "enqueue_pending": false } },
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    // ----- reading ----------------------------------------------------------------------
+
+    /// One job, optionally only if `tenant` owns it.
+    pub async fn get(&self, id: &str, tenant: Option<&str>) -> Result<Option<Job>> {
+        let mut filter = doc! { "_id": id };
+        if let Some(t) = tenant {
+            filter.insert("tenant", t);
+        }
+        Ok(self.jobs.find_one(filter).await?)
+    }
+
+    /// Several jobs by id.
+    pub async fn get_many(&self, ids: &[String]) -> Result<Vec<Job>> {
+        Ok(self
+            .jobs
+            .find(doc! { "_id": { "$in": ids } })
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    /// A page of the listing, newest first.
+    pub async fn list(&self, q: &ListQuery) -> Result<Vec<Job>> {
+        let mut filter = Document::new();
+        if let Some(t) = &q.tenant {
+            filter.insert("tenant", t);
+        }
+        if let Some(s) = q.state {
+            filter.insert("state", s.as_str());
+        }
+        if let Some(k) = &q.kind {
+            filter.insert("kind", k);
+        }
+        if let Some(qu) = &q.queue {
+            filter.insert("queue", qu);
+        }
+        if let Some(b) = &q.before {
+            filter.insert("list_key", doc! { "$lt": b });
+        }
+        Ok(self
+            .jobs
+            .find(filter)
+            .sort(doc! { "list_key": -1 })
+            .limit(q.limit)
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    /// Live (non-terminal) jobs in id order after `after`, for rebuilding Redis.
+    pub async fn live_jobs_page(&self, after: Option<&str>, limit: i64) -> Result<Vec<Job>> {
+        let mut filter = doc! { "state": { "$in": JobState::live_names() } };
+        if let Some(a) = after {
+            filter.insert("list_key", doc! { "$gt": a });
+        }
+        Ok(self
+            .jobs
+            .find(filter)
+            .sort(doc! { "list_key": 1 })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    /// Live jobs still flagged `enqueue_pending` and created before `before_id`.
+    pub async fn pending_enqueue(&self, before_id: &str, limit: i64) -> Result<Vec<Job>> {
+        Ok(self
+            .jobs
+            .find(doc! {
+                "enqueue_pending": true,
+                "list_key": { "$lt": before_id },
+                "state": { "$in": JobState::live_names() },
+            })
+            .sort(doc! { "list_key": 1 })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    // ----- transitions requested through the API ---------------------------------------
+
+    /// Cancel a waiting job (`queued`, `scheduled`, `retrying` → `cancelled`), or flag a running
+    /// one (`cancel_requested`; its worker records `cancelled` when the handler stops).
+    /// Returns the job after the change. Terminal jobs answer [`Error::Conflict`].
+    pub async fn cancel(&self, id: &str, tenant: Option<&str>) -> Result<Job> {
+        let now = DateTime::now();
+        let mut filter = doc! { "_id": id, "state": { "$in": waiting_names() } };
+        if let Some(t) = tenant {
+            filter.insert("tenant", t);
+        }
+        let after = FindOneAndUpdateOptions::builder()
+            .return_document(ReturnDocument::After)
+            .build();
+        let update = doc! {
+            "$set": {
+                "state": JobState::Cancelled.as_str(),
+                "finished_at": now,
+                "expire_at": self.expire_at(now),
+                "enqueue_pending": false,
+            },
+            "$inc": { "rev": 1 },
+        };
+        if let Some(job) = self
+            .jobs
+            .find_one_and_update(filter.clone(), update)
+            .with_options(after.clone())
+            .await?
+        {
+            return Ok(job);
+        }
+        filter.insert("state", JobState::Running.as_str());
+        let update = doc! { "$set": { "cancel_requested": true }, "$inc": { "rev": 1 } };
+        if let Some(job) = self
+            .jobs
+            .find_one_and_update(filter, update)
+            .with_options(after)
+            .await?
+        {
+            return Ok(job);
+        }
+        match self.get(id, tenant).await? {
+            None => Err(Error::NotFound),
+            Some(job) => Err(Error::Conflict {
+                id: id.to_string(),
+                state: job.state,
+                action: "cancel",
+            }),
+        }
+    }
+
+    /// Queue a `failed` or `cancelled` job again with a fresh attempt budget. The attempt
+    /// counter keeps counting (it guards against stale writers), so the budget is extended:
+    /// `max_attempts = attempt + attempt_budget`.
+    pub async fn retry(&self, id: &str, tenant: Option<&str>) -> Result<Job> {
+        let job = self.get(id, tenant).await?.ok_or(Error::NotFound)?;
+        if !matches!(job.state, JobState::Failed | JobState::Cancelled) {
+            return Err(Error::Conflict {
+                id: id.to_string(),
+                state: job.state,
+                action: "retry",
+            });
+        }
+        let now = DateTime::now();
+        let filter = doc! {
+            "_id": id,
+            "state": job.state.as_str(),
+            "attempt": job.attempt,
+            "rev": job.rev,
+        };
+        let update = doc! {
+            "$set": {
+                "state": JobState::Queued.as_str(),
+                "max_attempts": job.attempt + job.attempt_budget,
+                "run_at": now,
+                "finished_at": Bson::Null,
+                "expire_at": Bson::Null,
+                "result_json": Bson::Null,
+                "progress": Bson::Null,
+                "cancel_requested": false,
+                "enqueue_pending": true,
+            },
+            "$inc": { "rev": 1 },
+        };
+        let opts = FindOneAndUpdateOptions::builder()
+            .return_document(ReturnDocument::After)
+            .build();
+        match self
+            .jobs
+            .find_one_and_update(filter, update)
+            .with_options(opts)
+            .await?
+        {
+            Some(job) => Ok(job),
+            // Someone else retried it between our read and write.
+            None => {
+                let now = self.get(id, tenant).await?.ok_or(Error::NotFound)?;
+                Err(Error::Conflict {
+                    id: id.to_string(),
+                    state: now.state,
+                    action: "retry",
+                })
+            }
+        }
+    }
+
+    // ----- transitions of workers and maintenance ----------------------------------------
+
+    /// `scheduled` → `queued` for jobs the scheduler made ready.
+    pub async fn mark_promoted(&self, ids: &[String]) -> Result<()> {
+        for chunk in ids.chunks(WRITE_BATCH) {
+            self.jobs
+                .update_many(
+                    doc! { "_id": { "$in": chunk }, "state": JobState::Scheduled.as_str() },
+                    doc! { "$set": { "state": JobState::Queued.as_str() }, "$inc": { "rev": 1 } },
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Apply a batch of guarded writes in one `update` command (ordered, so a start and a later
+    /// write of the same job apply in order). Returns what became of each write, in order.
+    ///
+    /// Writes are idempotent, so after a network error the caller simply sends the batch again:
+    /// a write that already took effect is recognised by re-reading the job.
+    pub async fn apply(&self, writes: &[Write]) -> Result<Vec<Applied>> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let updates: Vec<Document> = writes.iter().map(|w| self.statement(w)).collect();
+        let reply = self
+            .db
+            .run_command(doc! { "update": JOBS, "updates": updates, "ordered": true })
+            .await?;
+        if let Ok(errs) = reply.get_array("writeErrors") {
+            return Err(Error::Corrupt(format!("update rejected: {errs:?}")));
+        }
+        let matched = reply
+            .get_i32("n")
+            .map(i64::from)
+            .or_else(|_| reply.get_i64("n"))
+            .unwrap_or(0);
+        if matched as usize == writes.len() {
+            return Ok(vec![Applied::Done; writes.len()]);
+        }
+        // Some writes matched nothing: read those jobs to tell "already applied" from "stale".
+        let ids: Vec<String> = writes.iter().map(|w| w.id().to_string()).collect();
+        let current: HashMap<String, (JobState, i32)> = self
+            .get_many(&ids)
+            .await?
+            .into_iter()
+            .map(|j| (j.id, (j.state, j.attempt)))
+            .collect();
+        Ok(writes
+            .iter()
+            .map(|w| match current.get(w.id()) {
+                Some((state, attempt)) if w.is_reflected_in(*state, *attempt) => Applied::Done,
+                Some((state, attempt)) => Applied::Stale {
+                    actual: Some(*state),
+                    attempt: *attempt,
+                },
+                None => Applied::Stale {
+                    actual: None,
+                    attempt: 0,
+                },
+            })
+            .collect())
+    }
+
+    /// The guarded `update` statement of one write.
+    fn statement(&self, w: &Write) -> Document {
+        let live = JobState::live_names();
+        let (q, u) = match w {
+            // Guard: the job is still live and no newer attempt has started.
+            Write::Start { id, attempt, at } => (
+                doc! { "_id": id, "state": { "$in": &live }, "attempt": { "$lte": attempt } },
+                doc! {
+                    "$set": {
+                        "state": JobState::Running.as_str(),
+                        "attempt": attempt,
+                        "started_at": at,
+                        "progress": Bson::Null,
+                        "enqueue_pending": false,
+                    },
+                    "$inc": { "rev": 1 },
+                },
+            ),
+            // Guard: exactly this attempt is running.
+            Write::Progress {
+                id,
+                attempt,
+                progress,
+            } => (
+                doc! { "_id": id, "state": JobState::Running.as_str(), "attempt": attempt },
+                doc! {
+                    "$set": {
+                        "progress": {
+                            "done": progress.done,
+                            "total": progress.total,
+                            "message": progress.message.clone(),
+                        },
+                    },
+                    "$inc": { "rev": 1 },
+                },
+            ),
+            // Guard: still live and no newer attempt (a rescued-and-rerun job has a higher
+            // attempt, so the stale worker's outcome is refused).
+            Write::Finish {
+                id,
+                attempt,
+                started_at,
+                at,
+                decision,
+            } => {
+                let mut set = doc! {
+                    "state": decision.state().as_str(),
+                    "attempt": attempt,
+                    "enqueue_pending": false,
+                };
+                if let Some(s) = started_at {
+                    set.insert("started_at", s);
+                }
+                let error = |message: &str| {
+                    doc! { "attempt": attempt, "at": at, "message": truncate(message, 4000) }
+                };
+                match decision {
+                    Decision::Succeed(v) => {
+                        set.insert("result_json", v.to_string());
+                    }
+                    Decision::Retry { error: e, delay } => {
+                        set.insert(format!("errors.{attempt}"), error(e));
+                        set.insert(
+                            "run_at",
+                            DateTime::from_millis(at.timestamp_millis() + delay.as_millis() as i64),
+                        );
+                    }
+                    Decision::Fail(e) => {
+                        set.insert(format!("errors.{attempt}"), error(e));
+                    }
+                    Decision::Cancel(_) => {}
+                }
+                if decision.state().is_terminal() {
+                    set.insert("finished_at", at);
+                    set.insert("expire_at", self.expire_at(*at));
+                }
+                (
+                    doc! { "_id": id, "state": { "$in": &live }, "attempt": { "$lte": attempt } },
+                    doc! { "$set": set, "$inc": { "rev": 1 } },
+                )
+            }
+            // Guard: this attempt is the one running.
+            Write::Release { id, attempt } => (
+                doc! { "_id": id, "state": JobState::Running.as_str(), "attempt": attempt },
+                doc! {
+                    "$set": {
+                        "state": JobState::Queued.as_str(),
+                        "attempt": attempt - 1,
+                        "started_at": Bson::Null,
+                        "progress": Bson::Null,
+                    },
+                    "$inc": { "rev": 1 },
+                },
+            ),
+        };
+        doc! { "q": q, "u": u }
+    }
+}
+
+fn waiting_names() -> Vec<&'static str> {
+    JobState::ALL
+        .into_iter()
+        .filter(|s| s.is_waiting())
+        .map(JobState::as_str)
+        .collect()
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Whether a MongoDB error is a unique-index violation.
+pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(we)) => we.code == 11000,
+        ErrorKind::InsertMany(im) => im
+            .write_errors
+            .as_ref()
+            .is_some_and(|errs| errs.iter().any(|w| w.code == 11000)),
+        ErrorKind::Command(c) => c.code == 11000,
+        _ => false,
+    }
+}
