@@ -8,6 +8,7 @@
 //! - [`store`]: MongoDB, the system of record; one guarded method per transition.
 //! - [`queue`]: Redis queues, one Lua script per atomic operation (`src/scripts/`).
 //! - [`keys`]: every Redis key name.
+//! - [`pubsub`]: Redis pub/sub for wake-ups, cancel signals and change events.
 //! - [`client`]: submission (MongoDB first, then Redis), cancel, retry.
 //! - [`config`]: typed `JOBMILL_*` settings, validated at startup.
 //! - [`error`]: the crate's error type.
@@ -20,6 +21,7 @@ pub mod job;
 pub mod keys;
 pub mod kind;
 pub mod kinds;
+pub mod pubsub;
 pub mod queue;
 pub mod state;
 pub mod store;

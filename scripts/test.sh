@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Run every check and test: rustfmt, clippy, debug build of the binaries, then
+# `cargo test --workspace` against a private redis-server and a private
+# nx-27017 (MongoDB-compatible) on free ports under .run/test-<pid>/.
+# Extra arguments go to `cargo test`, e.g.  scripts/test.sh -p jobmill-tests -- --nocapture
+# Test threads: RUST_TEST_THREADS (or JOBMILL_TEST_THREADS), default 4.
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ROOT"
+
+if [[ -n "${CI:-}" ]]; then
+    export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+fi
+
+# ---- prerequisites ----
+ensure_cargo
+ensure_redis_installed
+ensure_mongo_installed
+if ! cargo fmt --version >/dev/null 2>&1; then
+    command -v rustup >/dev/null 2>&1 || die "cargo fmt missing and rustup not found"
+    rustup component add rustfmt </dev/null
+fi
+if ! cargo clippy --version >/dev/null 2>&1; then
+    command -v rustup >/dev/null 2>&1 || die "cargo clippy missing and rustup not found"
+    rustup component add clippy </dev/null
+fi
+
+# ---- static checks and build ----
+log "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+log "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+# Integration tests spawn the real binaries from target/debug/.
+log "cargo build --workspace --bins"
+cargo build --workspace --bins
+
+# ---- private servers ----
+RUN="$ROOT/.run/test-$$"
+rm -rf -- "$RUN"
+mkdir -p "$RUN"
+SERVERS_STARTED=""
+
+# shellcheck disable=SC2317  # invoked via trap
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [[ -n "$SERVERS_STARTED" ]]; then
+        stop_pid_file "$RUN/redis/redis.pid"
+        stop_pid_file "$RUN/mongo/nx.pid" 10
+        if [[ "$rc" -ne 0 ]]; then
+            _jm_tail_log "$RUN/redis/redis.log" 50
+            _jm_tail_log "$RUN/mongo/nx.log" 50
+            log "tests failed (exit $rc); server logs kept in $RUN"
+        else
+            rm -rf -- "$RUN"
+        fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+SERVERS_STARTED=1
+redis_port="$(free_port)"
+start_private_redis "$RUN/redis" "$redis_port"
+mongo_port="$(free_port)"
+start_private_mongo "$RUN/mongo" "$mongo_port"
+
+export JOBMILL_TEST_REDIS_URL="redis://127.0.0.1:${redis_port}/"
+export JOBMILL_TEST_MONGODB_URI="mongodb://127.0.0.1:${mongo_port}/?directConnection=true"
+export JOBMILL_TEST_NX_BIN="$JM_NX_BIN"
+JOBMILL_TEST_REDIS_BIN="$(command -v redis-server)"
+export JOBMILL_TEST_REDIS_BIN
+export JOBMILL_TEST_BIN_DIR="$ROOT/target/debug"
+export RUST_TEST_THREADS="${RUST_TEST_THREADS:-${JOBMILL_TEST_THREADS:-4}}"
+
+# ---- tests ----
+log "cargo test --workspace $* (RUST_TEST_THREADS=$RUST_TEST_THREADS)"
+rc=0
+cargo test --workspace "$@" </dev/null || rc=$?
+if [[ "$rc" -eq 0 ]]; then
+    log "all checks and tests passed"
+fi
+exit "$rc"

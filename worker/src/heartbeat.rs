@@ -1,0 +1,105 @@
+//! Lease renewal on a thread of its own, with its own runtime and Redis connection, so a
+//! handler that hogs the main runtime's threads cannot starve it: while this process lives,
+//! its jobs stay leased and are never handed to another worker, however long they run. It also
+//! keeps this worker's entry in the worker registry fresh.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use jobmill::queue::RedisQueue;
+use redis::AsyncCommands;
+use tokio_util::sync::CancellationToken;
+
+use crate::inflight::StopReason;
+use crate::Shared;
+
+pub(crate) fn spawn(shared: Arc<Shared>, stop: CancellationToken) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("jobmill-heartbeat".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("heartbeat runtime");
+            rt.block_on(beat(shared, stop));
+        })
+}
+
+async fn beat(shared: Arc<Shared>, stop: CancellationToken) {
+    let Some(queue) = crate::backoff::until_ok("heartbeat connection", &stop, || {
+        RedisQueue::connect(shared.redis_url.expose(), &shared.key_prefix)
+    })
+    .await
+    else {
+        return;
+    };
+    let interval = shared.lease / 3;
+    loop {
+        for (q, ids) in shared.inflight.by_queue() {
+            for chunk in ids.chunks(500) {
+                match queue.heartbeat(&q, &shared.worker, shared.lease, chunk).await {
+                    Ok((lost, cancel)) => {
+                        for id in lost {
+                            // Only after Redis lost its data or a far too short lease: the job
+                            // may run elsewhere too; our outcome write is still guarded.
+                            tracing::warn!(job = %id, queue = %q, "lease lost");
+                        }
+                        for id in cancel {
+                            shared.inflight.stop(&id, StopReason::Cancelled);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                }
+            }
+        }
+        if let Err(e) = register(&queue, &shared).await {
+            tracing::debug!(error = %e, "worker registry update failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.cancelled() => break,
+        }
+    }
+    let mut conn = queue.connection();
+    let keys = queue.keys();
+    let _: redis::RedisResult<()> = conn.zrem(keys.workers(), &shared.worker).await;
+    let _: redis::RedisResult<()> = conn.del(keys.worker(&shared.worker)).await;
+}
+
+/// Publish this worker's vital signs for operators.
+async fn register(queue: &RedisQueue, shared: &Shared) -> jobmill::Result<()> {
+    use std::sync::atomic::Ordering;
+    let keys = queue.keys();
+    let key = keys.worker(&shared.worker);
+    let now = jobmill::job::now_ms();
+    let queues: Vec<String> = shared
+        .queues
+        .iter()
+        .map(|q| format!("{}:{}", q.name, q.weight))
+        .collect();
+    let fields: Vec<(&str, String)> = vec![
+        ("id", shared.worker.clone()),
+        ("host", shared.identity.host.clone()),
+        ("pid", shared.identity.pid.to_string()),
+        ("started_ms", shared.identity.started_ms.to_string()),
+        ("heartbeat_ms", now.to_string()),
+        ("queues", queues.join(",")),
+        ("concurrency", shared.concurrency.to_string()),
+        ("inflight", shared.inflight.len().to_string()),
+        ("succeeded", shared.stats.succeeded.load(Ordering::Relaxed).to_string()),
+        ("failed", shared.stats.failed.load(Ordering::Relaxed).to_string()),
+    ];
+    let mut conn = queue.connection();
+    let ttl = (shared.lease * 3).max(Duration::from_secs(10));
+    redis::pipe()
+        .hset_multiple(&key, &fields)
+        .ignore()
+        .pexpire(&key, ttl.as_millis() as i64)
+        .ignore()
+        .zadd(keys.workers(), &shared.worker, now)
+        .ignore()
+        .query_async::<()>(&mut conn)
+        .await?;
+    Ok(())
+}

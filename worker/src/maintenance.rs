@@ -1,0 +1,235 @@
+//! The maintenance loops every worker runs. Each is safe to run in many processes at once (the
+//! Redis scripts are atomic and the MongoDB writes guarded); the expensive ones take a short
+//! Redis lock so only one process does the work per round.
+//! - scheduler: promotes due scheduled and retrying jobs to the ready set, on time.
+//! - rescuer: finds leases whose worker stopped heartbeating and retries or fails their jobs.
+//! - reconciler: rebuilds Redis from MongoDB when Redis lost its data, and pushes jobs whose
+//!   submitter never confirmed the Redis push.
+//!
+//! Retention needs no loop: MongoDB's TTL index on `expire_at` deletes finished jobs.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobmill::client::enqueue_entry;
+use jobmill::queue::Claimed;
+use jobmill::state::{decide, AttemptOutcome, Decision};
+use jobmill::store::{Applied, Write};
+use mongodb::bson::DateTime;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::Shared;
+
+/// Most jobs promoted by one script call.
+const PROMOTE_BATCH: usize = 1000;
+/// Most jobs rescued by one script call.
+const RESCUE_BATCH: usize = 200;
+/// Longest sleep of the scheduler when nothing is scheduled.
+const SCHEDULER_IDLE: Duration = Duration::from_secs(1);
+/// How often the reconciler checks Redis.
+const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+/// How long a submission may leave `enqueue_pending` set before the reconciler pushes the job.
+const PENDING_GRACE: Duration = Duration::from_secs(10);
+/// Page size of the rebuild.
+const REBUILD_PAGE: i64 = 500;
+
+pub(crate) async fn scheduler(shared: Arc<Shared>, wake: Arc<Notify>, stop: CancellationToken) {
+    loop {
+        let mut sleep = SCHEDULER_IDLE;
+        for q in &shared.queues {
+            loop {
+                match shared.queue.promote(&q.name, PROMOTE_BATCH).await {
+                    Ok((ids, next)) => {
+                        if let Some(n) = next {
+                            sleep = sleep.min(n);
+                        }
+                        let full = ids.len() == PROMOTE_BATCH;
+                        if !ids.is_empty() {
+                            // Off the timing path: a slow MongoDB must not delay promotion.
+                            // Losing this write is harmless: the start write moves the job on.
+                            let store = shared.store.clone();
+                            tokio::spawn(async move {
+                                if let Err(e) = store.mark_promoted(&ids).await {
+                                    tracing::debug!(error = %e, "could not mark promoted jobs queued");
+                                }
+                            });
+                        }
+                        if !full {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, queue = %q.name, "promote failed");
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = wake.notified() => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+pub(crate) async fn rescuer(shared: Arc<Shared>, stop: CancellationToken) {
+    let every = (shared.lease / 4).clamp(Duration::from_millis(250), Duration::from_secs(5));
+    // A rescue that stalls this long (its rescuer died) is taken over.
+    let stale = (shared.lease * 2).max(Duration::from_secs(10));
+    loop {
+        let mut queues: BTreeSet<String> = shared.queues.iter().map(|q| q.name.clone()).collect();
+        match shared.queue.queue_names().await {
+            Ok(all) => queues.extend(all),
+            Err(e) => tracing::debug!(error = %e, "could not list queues"),
+        }
+        for q in queues {
+            loop {
+                match shared.queue.rescue(&q, RESCUE_BATCH, stale).await {
+                    Ok(taken) if taken.is_empty() => break,
+                    Ok(taken) => {
+                        let full = taken.len() == RESCUE_BATCH;
+                        if let Err(e) = settle_rescued(&shared, &q, taken).await {
+                            // The jobs stay in the rescued set and are taken again later.
+                            tracing::warn!(error = %e, queue = %q, "rescue not recorded yet");
+                            break;
+                        }
+                        if !full {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, queue = %q, "rescue failed");
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Record the lost attempts of rescued jobs, then reschedule or forget them in Redis.
+async fn settle_rescued(shared: &Shared, queue: &str, taken: Vec<Claimed>) -> jobmill::Result<()> {
+    let now = DateTime::now();
+    let writes: Vec<Write> = taken
+        .iter()
+        .map(|c| Write::Finish {
+            id: c.payload.id.clone(),
+            attempt: c.attempt as i32,
+            started_at: None,
+            at: now,
+            decision: decide(
+                AttemptOutcome::LeaseExpired,
+                c.attempt,
+                c.payload.max_attempts.max(1) as u32,
+                &shared.policy,
+                rand::random::<f64>(),
+            ),
+        })
+        .collect();
+    let applied = shared.store.apply(&writes).await?;
+    let mut ack = Vec::new();
+    let mut reschedule = Vec::new();
+    let mut changed = Vec::new();
+    for (w, a) in writes.into_iter().zip(applied) {
+        let Write::Finish { id, attempt, decision, .. } = w else {
+            continue;
+        };
+        match (a, decision) {
+            (Applied::Done, Decision::Retry { delay, .. }) => {
+                tracing::warn!(job = %id, attempt, "lease expired; retrying");
+                reschedule.push((id.clone(), now.timestamp_millis() + delay.as_millis() as i64));
+                changed.push(id);
+            }
+            (Applied::Done, _) => {
+                tracing::warn!(job = %id, attempt, "lease expired; attempts exhausted");
+                ack.push(id.clone());
+                changed.push(id);
+            }
+            (Applied::Stale { actual: Some(s), .. }, _) if !s.is_terminal() => {
+                reschedule.push((id, now.timestamp_millis()))
+            }
+            (Applied::Stale { .. }, _) => ack.push(id),
+        }
+    }
+    shared.queue.reschedule(queue, None, &reschedule).await?;
+    shared.queue.ack(queue, None, &ack).await?;
+    let _ = shared.queue.publish_changes(&changed).await;
+    Ok(())
+}
+
+pub(crate) async fn reconciler(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        if let Err(e) = reconcile_once(&shared).await {
+            tracing::warn!(error = %e, "reconcile failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RECONCILE_EVERY) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+async fn reconcile_once(shared: &Shared) -> jobmill::Result<()> {
+    let q = &shared.queue;
+    if !q.epoch_present().await? && q.try_lock("rebuild", &shared.worker, Duration::from_secs(60)).await? {
+        // Redis lost its data (or never had it): put every live job of MongoDB back. The
+        // enqueue script skips jobs Redis still holds, so this never queues a job twice.
+        // Jobs that were running come back as ready: their workers may still finish them,
+        // and whichever outcome is recorded first wins the guarded write.
+        let mut after: Option<String> = None;
+        let mut pushed = 0usize;
+        loop {
+            let page = shared.store.live_jobs_page(after.as_deref(), REBUILD_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.list_key.clone());
+            let entries: Vec<_> = page.iter().map(enqueue_entry).collect();
+            pushed += q.enqueue(&entries).await?;
+            if (page.len() as i64) < REBUILD_PAGE {
+                break;
+            }
+        }
+        q.set_epoch().await?;
+        tracing::info!(pushed, "rebuilt redis from mongodb");
+    }
+    if q.try_lock("pending", &shared.worker, RECONCILE_EVERY).await? {
+        let cutoff = id_at(std::time::SystemTime::now() - PENDING_GRACE);
+        let jobs = shared.store.pending_enqueue(&cutoff, REBUILD_PAGE).await?;
+        if !jobs.is_empty() {
+            let entries: Vec<_> = jobs.iter().map(enqueue_entry).collect();
+            let pushed = q.enqueue(&entries).await?;
+            let ids: Vec<String> = jobs.into_iter().map(|j| j.id).collect();
+            shared.store.confirm_enqueued(&ids).await?;
+            tracing::info!(pushed, checked = ids.len(), "pushed jobs whose submission was not confirmed");
+        }
+    }
+    Ok(())
+}
+
+/// The smallest-looking job id created at `t`: ids are UUIDv7, ordered by creation time.
+fn id_at(t: std::time::SystemTime) -> String {
+    let d = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let ts = uuid::Timestamp::from_unix(uuid::NoContext, d.as_secs(), d.subsec_nanos());
+    uuid::Uuid::new_v7(ts).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cutoff_ids_order_with_job_ids() {
+        let before = id_at(std::time::SystemTime::now() - Duration::from_secs(1));
+        let job = jobmill::job::new_job_id();
+        let after = id_at(std::time::SystemTime::now() + Duration::from_secs(1));
+        assert!(before < job && job < after);
+    }
+}

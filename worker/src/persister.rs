@@ -1,0 +1,357 @@
+//! Write-behind of outcomes, in two pipelined stages:
+//! 1. MongoDB: whatever writes arrived while the previous batch was in flight go out together
+//!    in one `update` command (hundreds of jobs per command at saturation).
+//! 2. Redis: after MongoDB has the outcome, the job is acked, rescheduled or released in
+//!    Redis, watchers are told, and the job leaves the in-flight table.
+//!
+//! The order is what makes a crash safe: until stage 2 runs the job is still leased (and its
+//! lease renewed), so a worker that dies with outcomes in memory loses nothing: the leases
+//! expire and the rescuer runs the jobs again. It is worse to lose a job than to run it twice.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jobmill::job::Progress;
+use jobmill::kind::ProgressSink;
+use jobmill::queue::RedisQueue;
+use jobmill::state::Decision;
+use jobmill::store::{Applied, Store, Write, WRITE_BATCH};
+use jobmill::JobState;
+use mongodb::bson::DateTime;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::until_ok;
+use crate::inflight::{Inflight, StopReason};
+
+/// How often progress reports are written (the latest per job; older ones are dropped).
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+/// Writes queued before executors wait (backpressure while MongoDB is slow or down).
+const CHANNEL: usize = 4 * WRITE_BATCH;
+
+/// One write to record, with what Redis needs afterwards.
+#[derive(Debug)]
+pub struct Item {
+    /// The job's queue.
+    pub queue: String,
+    /// The guarded write.
+    pub write: Write,
+    /// Ready score for a released job.
+    pub release_score: f64,
+}
+
+/// Counters shown in the worker registry.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Attempts that ended `succeeded`.
+    pub succeeded: AtomicU64,
+    /// Attempts that ended `failed` or `retrying`.
+    pub failed: AtomicU64,
+}
+
+/// Latest progress per running job, drained every [`PROGRESS_EVERY`].
+#[derive(Default)]
+pub struct ProgressTable {
+    latest: Mutex<HashMap<String, (String, u32, Progress)>>,
+    queues: Mutex<HashMap<String, String>>,
+}
+
+impl ProgressTable {
+    /// Remember which queue a running job came from.
+    pub fn track(&self, id: &str, queue: &str) {
+        self.queues
+            .lock()
+            .expect("progress lock")
+            .insert(id.to_string(), queue.to_string());
+    }
+
+    /// Forget a job.
+    pub fn untrack(&self, id: &str) {
+        self.queues.lock().expect("progress lock").remove(id);
+        self.latest.lock().expect("progress lock").remove(id);
+    }
+
+    fn drain(&self) -> Vec<(String, String, u32, Progress)> {
+        self.latest
+            .lock()
+            .expect("progress lock")
+            .drain()
+            .map(|(id, (q, a, p))| (id, q, a, p))
+            .collect()
+    }
+}
+
+impl ProgressSink for ProgressTable {
+    fn report(&self, id: &str, attempt: u32, progress: Progress) {
+        let queue = self.queues.lock().expect("progress lock").get(id).cloned();
+        if let Some(queue) = queue {
+            self.latest
+                .lock()
+                .expect("progress lock")
+                .insert(id.to_string(), (queue, attempt, progress));
+        }
+    }
+}
+
+/// Sender side, held by executors.
+#[derive(Clone)]
+pub struct Persister {
+    tx: mpsc::Sender<Item>,
+    /// Progress reports.
+    pub progress: Arc<ProgressTable>,
+}
+
+impl Persister {
+    /// Queue a write. Waits when the pipeline is full (MongoDB slow or down).
+    pub async fn send(&self, item: Item) {
+        if self.tx.send(item).await.is_err() {
+            tracing::error!("persister stopped; outcome left to the lease rescuer");
+        }
+    }
+}
+
+/// What the stages share.
+pub struct Context {
+    /// Store.
+    pub store: Store,
+    /// Queues.
+    pub queue: RedisQueue,
+    /// This worker's id (owner of its leases).
+    pub worker: String,
+    /// In-flight table.
+    pub inflight: Arc<Inflight>,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// Fires when the worker has finished with everything.
+    pub stop: CancellationToken,
+}
+
+/// Start both stages.
+pub fn spawn(ctx: Arc<Context>) -> Persister {
+    let (tx, rx) = mpsc::channel(CHANNEL);
+    let (done_tx, done_rx) = mpsc::channel(4);
+    let progress = Arc::new(ProgressTable::default());
+    tokio::spawn(mongo_stage(ctx.clone(), rx, done_tx, progress.clone()));
+    tokio::spawn(redis_stage(ctx, done_rx, progress.clone()));
+    Persister { tx, progress }
+}
+
+type Batch = (Vec<Item>, Vec<Applied>);
+
+async fn mongo_stage(
+    ctx: Arc<Context>,
+    mut rx: mpsc::Receiver<Item>,
+    done: mpsc::Sender<Batch>,
+    progress: Arc<ProgressTable>,
+) {
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut batch = Vec::new();
+        tokio::select! {
+            item = rx.recv() => match item {
+                Some(i) => batch.push(i),
+                None => return,
+            },
+            _ = tick.tick() => {
+                for (id, queue, attempt, p) in progress.drain() {
+                    batch.push(Item {
+                        queue,
+                        write: Write::Progress { id, attempt: attempt as i32, progress: p },
+                        release_score: 0.0,
+                    });
+                }
+            }
+            _ = ctx.stop.cancelled() => return,
+        }
+        while batch.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(i) => batch.push(i),
+                Err(_) => break,
+            }
+        }
+        let batch = coalesce(batch);
+        if batch.is_empty() {
+            continue;
+        }
+        let writes: Vec<Write> = batch.iter().map(|i| i.write.clone()).collect();
+        let Some(applied) = until_ok("record outcomes in mongodb", &ctx.stop, || {
+            ctx.store.apply(&writes)
+        })
+        .await
+        else {
+            return;
+        };
+        if done.send((batch, applied)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Drop writes a later write of the same batch makes redundant: a start or progress report
+/// followed by the attempt's outcome (the outcome carries the start time).
+fn coalesce(batch: Vec<Item>) -> Vec<Item> {
+    let finished: HashSet<(String, i32)> = batch
+        .iter()
+        .filter_map(|i| match &i.write {
+            Write::Finish { id, attempt, .. } | Write::Release { id, attempt } => {
+                Some((id.clone(), *attempt))
+            }
+            _ => None,
+        })
+        .collect();
+    if finished.is_empty() {
+        return batch;
+    }
+    batch
+        .into_iter()
+        .filter(|i| match &i.write {
+            Write::Start { id, attempt, .. } | Write::Progress { id, attempt, .. } => {
+                !finished.contains(&(id.clone(), *attempt))
+            }
+            _ => true,
+        })
+        .collect()
+}
+
+#[derive(Default)]
+struct FollowUps {
+    ack: HashMap<String, Vec<String>>,
+    reschedule: HashMap<String, Vec<(String, i64)>>,
+    release: HashMap<String, Vec<(String, f64)>>,
+    changed: Vec<String>,
+    leave: Vec<String>,
+}
+
+async fn redis_stage(ctx: Arc<Context>, mut rx: mpsc::Receiver<Batch>, progress: Arc<ProgressTable>) {
+    while let Some((items, applied)) = tokio::select! {
+        b = rx.recv() => b,
+        _ = ctx.stop.cancelled() => None,
+    } {
+        let mut f = FollowUps::default();
+        let now = DateTime::now().timestamp_millis();
+        for (item, applied) in items.into_iter().zip(applied) {
+            let q = item.queue;
+            match (item.write, applied) {
+                (Write::Start { id, .. }, Applied::Done) => f.changed.push(id),
+                (Write::Start { id, .. }, Applied::Stale { actual, .. }) => {
+                    // Cancelled or moved on while we claimed it: stop the handler. Its outcome
+                    // will be refused too, and that path cleans Redis up.
+                    tracing::info!(job = %id, ?actual, "start refused; stopping the handler");
+                    ctx.inflight.stop(&id, StopReason::Stale);
+                }
+                (Write::Progress { id, .. }, Applied::Done) => f.changed.push(id),
+                (Write::Progress { .. }, Applied::Stale { .. }) => {}
+                (Write::Finish { id, at, decision, .. }, Applied::Done) => {
+                    match &decision {
+                        Decision::Succeed(_) => ctx.stats.succeeded.fetch_add(1, Ordering::Relaxed),
+                        _ => ctx.stats.failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                    match decision {
+                        Decision::Retry { delay, .. } => f
+                            .reschedule
+                            .entry(q)
+                            .or_default()
+                            .push((id.clone(), at.timestamp_millis() + delay.as_millis() as i64)),
+                        _ => f.ack.entry(q).or_default().push(id.clone()),
+                    }
+                    f.changed.push(id.clone());
+                    f.leave.push(id);
+                }
+                (Write::Finish { id, attempt, .. }, Applied::Stale { actual, attempt: now_attempt }) => {
+                    tracing::info!(job = %id, attempt, ?actual, now_attempt, "outcome refused: the job moved on");
+                    match actual {
+                        // A newer attempt is live somewhere; give back our lease if we still
+                        // hold it (the script checks ownership) so the job is not stranded.
+                        Some(s) if !s.is_terminal() => {
+                            f.reschedule.entry(q).or_default().push((id.clone(), now))
+                        }
+                        _ => f.ack.entry(q).or_default().push(id.clone()),
+                    }
+                    f.leave.push(id);
+                }
+                (Write::Release { id, .. }, Applied::Done) => {
+                    f.release.entry(q).or_default().push((id.clone(), item.release_score));
+                    f.changed.push(id.clone());
+                    f.leave.push(id);
+                }
+                (Write::Release { id, .. }, Applied::Stale { actual, .. }) => {
+                    match actual {
+                        Some(JobState::Running) | Some(JobState::Queued) | Some(JobState::Scheduled)
+                        | Some(JobState::Retrying) => f
+                            .release
+                            .entry(q)
+                            .or_default()
+                            .push((id.clone(), item.release_score)),
+                        _ => f.ack.entry(q).or_default().push(id.clone()),
+                    }
+                    f.leave.push(id);
+                }
+            }
+        }
+        let worker = ctx.worker.as_str();
+        for (q, ids) in &f.ack {
+            until_ok("ack in redis", &ctx.stop, || ctx.queue.ack(q, Some(worker), ids)).await;
+        }
+        for (q, items) in &f.reschedule {
+            until_ok("reschedule in redis", &ctx.stop, || {
+                ctx.queue.reschedule(q, Some(worker), items)
+            })
+            .await;
+        }
+        for (q, items) in &f.release {
+            until_ok("release in redis", &ctx.stop, || ctx.queue.release(q, worker, items)).await;
+        }
+        if let Err(e) = ctx.queue.publish_changes(&f.changed).await {
+            tracing::debug!(error = %e, "could not publish job changes");
+        }
+        for id in &f.leave {
+            progress.untrack(id);
+            ctx.inflight.remove(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(write: Write) -> Item {
+        Item {
+            queue: "q".into(),
+            write,
+            release_score: 0.0,
+        }
+    }
+
+    #[test]
+    fn a_start_followed_by_its_outcome_is_one_write() {
+        let at = DateTime::now();
+        let batch = vec![
+            item(Write::Start { id: "a".into(), attempt: 1, at }),
+            item(Write::Start { id: "b".into(), attempt: 1, at }),
+            item(Write::Progress {
+                id: "a".into(),
+                attempt: 1,
+                progress: Progress { done: 1, total: None, message: None },
+            }),
+            item(Write::Finish {
+                id: "a".into(),
+                attempt: 1,
+                started_at: Some(at),
+                at,
+                decision: Decision::Succeed(serde_json::json!(null)),
+            }),
+            // An older attempt's start is not the same attempt: kept.
+            item(Write::Start { id: "b".into(), attempt: 2, at }),
+        ];
+        let kept: Vec<String> = coalesce(batch)
+            .iter()
+            .map(|i| format!("{:?}", std::mem::discriminant(&i.write)) + i.write.id())
+            .collect();
+        assert_eq!(kept.len(), 3, "{kept:?}");
+        assert!(kept.iter().filter(|k| k.ends_with('a')).count() == 1);
+    }
+}
