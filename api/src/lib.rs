@@ -1,1 +1,161 @@
+//! jobmill HTTP API: a thin axum layer over [`jobmill::JobClient`].
+//!
+//! # Layout
+//! - [`app`]: the router, for `serve` and for tests (no socket needed).
+//! - `routes/`: handlers, one file per resource (`jobs`, `health`).
+//! - [`view`]: request and answer shapes, with OpenAPI schemas.
+//! - [`auth`]: bearer API keys and tenants.
+//! - [`extract`]: extractors that answer bad input in the API's error shape.
+//! - [`error`]: `ApiError`.
+//! - [`watch`]: job-change events for long-polls.
+#![warn(missing_docs)]
 
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod routes;
+pub mod view;
+pub mod watch;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, StatusCode, Uri};
+use axum::routing::{get, post};
+use axum::Router;
+use jobmill::config::{ApiKey, Settings};
+use jobmill::{JobClient, Registry};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::error::ApiError;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// Submission, cancel, retry, reads.
+    pub client: JobClient,
+    /// Accepted API keys.
+    pub keys: Arc<Vec<ApiKey>>,
+    /// Job-change events.
+    pub watch: watch::Watch,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+}
+
+impl AppState {
+    /// Connect to Redis and MongoDB and create the indexes.
+    pub async fn connect(settings: &Settings, registry: Registry) -> jobmill::Result<Self> {
+        let client = JobClient::connect(settings, registry).await?;
+        client.store().ensure_indexes().await?;
+        let watch = watch::Watch::start(
+            settings.redis_url.expose().to_string(),
+            client.queue().keys().events_channel(),
+        );
+        Ok(AppState {
+            client,
+            keys: Arc::new(settings.api_keys.clone()),
+            watch,
+            max_body_bytes: settings.max_body_bytes,
+        })
+    }
+}
+
+/// The OpenAPI document, generated from the handlers' annotations.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "jobmill", description = "Background jobs over HTTP: submit, watch, cancel, retry."),
+    paths(
+        routes::jobs::jobs_create,
+        routes::jobs::jobs_batch,
+        routes::jobs::jobs_index,
+        routes::jobs::jobs_show,
+        routes::jobs::jobs_cancel,
+        routes::jobs::jobs_retry,
+        routes::health::healthz,
+        routes::health::readyz,
+        routes::health::openapi,
+    ),
+    components(schemas(
+        view::SubmitJob, view::SubmitBatch, view::JobView, view::JobPage, view::BatchView,
+        view::ProgressView, view::AttemptErrorView, error::ErrorBody, error::ErrorDetail,
+        routes::health::Readiness,
+    )),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The API router.
+pub fn app(state: AppState) -> Router {
+    use routes::{health, jobs};
+    Router::new()
+        .route("/v1/jobs", post(jobs::jobs_create).get(jobs::jobs_index))
+        .route("/v1/jobs/batch", post(jobs::jobs_batch))
+        .route("/v1/jobs/{id}", get(jobs::jobs_show))
+        .route("/v1/jobs/{id}/cancel", post(jobs::jobs_cancel))
+        .route("/v1/jobs/{id}/retry", post(jobs::jobs_retry))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(health::openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {method} {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    tracing::error!("handler panicked");
+    ApiError::internal().into_response()
+}
+
+/// Serve the API on `settings.api_addr` until `shutdown` resolves.
+pub async fn serve(
+    settings: &Settings,
+    registry: Registry,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let state = AppState::connect(settings, registry)
+        .await
+        .context("connecting to Redis and MongoDB")?;
+    let listener = tokio::net::TcpListener::bind(settings.api_addr)
+        .await
+        .with_context(|| format!("binding {}", settings.api_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "api listening");
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}

@@ -235,11 +235,11 @@ impl JobClient {
             result_json: None,
             errors: Default::default(),
             cancel_requested: false,
-            created_at: now,
-            run_at: DateTime::from_millis(run_at_ms),
-            started_at: None,
-            finished_at: None,
-            expire_at: None,
+            created_ms: now_ms,
+            run_at_ms,
+            started_ms: None,
+            finished_ms: None,
+            retention: None,
             rev: 1,
             enqueue_pending: true,
         })
@@ -362,7 +362,7 @@ impl JobClient {
 
 /// The Redis entry of a stored live job.
 pub fn enqueue_entry(job: &Job) -> Enqueue {
-    let run_at = job.run_at.timestamp_millis();
+    let run_at = job.run_at_ms;
     let placement = match job.state {
         JobState::Scheduled | JobState::Retrying if run_at > crate::job::now_ms() => {
             Placement::Scheduled(run_at)

@@ -62,28 +62,56 @@ pub struct Job {
     #[serde(default)]
     pub errors: BTreeMap<String, AttemptError>,
     /// A user asked to cancel while the job was running.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_bool")]
     pub cancel_requested: bool,
+    // Times are integer milliseconds since the epoch. The MongoDB-compatible server turns a
+    // date written by a top-level `$set` into a string; integers survive every server.
     /// When the job was accepted.
-    pub created_at: DateTime,
+    pub created_ms: i64,
     /// When it may run (submission time unless scheduled; next attempt time while retrying).
-    pub run_at: DateTime,
+    pub run_at_ms: i64,
     /// Start of the latest attempt.
     #[serde(default)]
-    pub started_at: Option<DateTime>,
+    pub started_ms: Option<i64>,
     /// When the job reached a terminal state.
     #[serde(default)]
-    pub finished_at: Option<DateTime>,
-    /// Retention deadline; MongoDB's TTL index deletes the job after it.
+    pub finished_ms: Option<i64>,
+    /// Retention deadline. A sub-document because a date inside one keeps its type on every
+    /// server, and MongoDB's TTL index (on `retention.expire_at`) needs a real date.
     #[serde(default)]
-    pub expire_at: Option<DateTime>,
+    pub retention: Option<Retention>,
     /// Revision, incremented by every visible change; the API's ETag.
     pub rev: i64,
     /// Set until the job is known to be in Redis. The reconciler pushes jobs still flagged after
     /// a grace period, which covers an API that died (or lost Redis) between its MongoDB insert
     /// and its Redis push.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_bool")]
     pub enqueue_pending: bool,
+}
+
+/// When a finished job may be deleted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Retention {
+    /// Deletion time (the TTL index fires after it).
+    pub expire_at: DateTime,
+}
+
+/// Read a flag written as a boolean, or as 0/1 (the MongoDB-compatible server stores a
+/// boolean set by `$set` as an integer).
+fn lenient_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Flag {
+        Bool(bool),
+        Int(i64),
+        Float(f64),
+    }
+    Ok(match Option::<Flag>::deserialize(d)? {
+        None => false,
+        Some(Flag::Bool(b)) => b,
+        Some(Flag::Int(i)) => i != 0,
+        Some(Flag::Float(f)) => f != 0.0,
+    })
 }
 
 impl Job {
@@ -125,8 +153,8 @@ pub struct Progress {
 pub struct AttemptError {
     /// Attempt number (1-based).
     pub attempt: i32,
-    /// When it failed.
-    pub at: DateTime,
+    /// When it failed, ms since the epoch.
+    pub at_ms: i64,
     /// What went wrong.
     pub message: String,
 }

@@ -211,7 +211,7 @@ impl Store {
                 )
                 .build(),
             IndexModel::builder()
-                .keys(doc! { "expire_at": 1 })
+                .keys(doc! { "retention.expire_at": 1 })
                 .options(IndexOptions::builder().expire_after(Duration::ZERO).build())
                 .build(),
             IndexModel::builder()
@@ -232,12 +232,14 @@ impl Store {
         self.retention
     }
 
-    fn expire_at(&self, finished: DateTime) -> DateTime {
-        DateTime::from_millis(
+    /// The `retention` sub-document of a job finished at `finished`.
+    fn retention_doc(&self, finished: DateTime) -> Document {
+        let at = DateTime::from_millis(
             finished
                 .timestamp_millis()
                 .saturating_add(self.retention.as_millis() as i64),
-        )
+        );
+        doc! { "expire_at": at }
     }
 
     // ----- submission -------------------------------------------------------------------
@@ -417,8 +419,8 @@ impl Store {
         let update = doc! {
             "$set": {
                 "state": JobState::Cancelled.as_str(),
-                "finished_at": now,
-                "expire_at": self.expire_at(now),
+                "finished_ms": now.timestamp_millis(),
+                "retention": self.retention_doc(now),
                 "enqueue_pending": false,
             },
             "$inc": { "rev": 1 },
@@ -474,9 +476,9 @@ impl Store {
             "$set": {
                 "state": JobState::Queued.as_str(),
                 "max_attempts": job.attempt + job.attempt_budget,
-                "run_at": now,
-                "finished_at": Bson::Null,
-                "expire_at": Bson::Null,
+                "run_at_ms": now.timestamp_millis(),
+                "finished_ms": Bson::Null,
+                "retention": Bson::Null,
                 "result_json": Bson::Null,
                 "progress": Bson::Null,
                 "cancel_requested": false,
@@ -581,7 +583,7 @@ impl Store {
                     "$set": {
                         "state": JobState::Running.as_str(),
                         "attempt": attempt,
-                        "started_at": at,
+                        "started_ms": at.timestamp_millis(),
                         "progress": Bson::Null,
                         "enqueue_pending": false,
                     },
@@ -621,10 +623,14 @@ impl Store {
                     "enqueue_pending": false,
                 };
                 if let Some(s) = started_at {
-                    set.insert("started_at", s);
+                    set.insert("started_ms", s.timestamp_millis());
                 }
                 let error = |message: &str| {
-                    doc! { "attempt": attempt, "at": at, "message": truncate(message, 4000) }
+                    doc! {
+                        "attempt": attempt,
+                        "at_ms": at.timestamp_millis(),
+                        "message": truncate(message, 4000),
+                    }
                 };
                 match decision {
                     Decision::Succeed(v) => {
@@ -633,8 +639,8 @@ impl Store {
                     Decision::Retry { error: e, delay } => {
                         set.insert(format!("errors.{attempt}"), error(e));
                         set.insert(
-                            "run_at",
-                            DateTime::from_millis(at.timestamp_millis() + delay.as_millis() as i64),
+                            "run_at_ms",
+                            at.timestamp_millis() + delay.as_millis() as i64,
                         );
                     }
                     Decision::Fail(e) => {
@@ -643,8 +649,8 @@ impl Store {
                     Decision::Cancel(_) => {}
                 }
                 if decision.state().is_terminal() {
-                    set.insert("finished_at", at);
-                    set.insert("expire_at", self.expire_at(*at));
+                    set.insert("finished_ms", at.timestamp_millis());
+                    set.insert("retention", self.retention_doc(*at));
                 }
                 (
                     doc! { "_id": id, "state": { "$in": &live }, "attempt": { "$lte": attempt } },
@@ -658,7 +664,7 @@ impl Store {
                     "$set": {
                         "state": JobState::Queued.as_str(),
                         "attempt": attempt - 1,
-                        "started_at": Bson::Null,
+                        "started_ms": Bson::Null,
                         "progress": Bson::Null,
                     },
                     "$inc": { "rev": 1 },

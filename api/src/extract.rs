@@ -1,0 +1,122 @@
+//! Extractors that answer bad input in the API's error shape instead of axum's plain-text
+//! rejections: JSON bodies (malformed, wrong types, too large, wrong media type), query
+//! strings, and job ids in paths.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// A JSON body.
+pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if let Some(ct) = req.headers().get(CONTENT_TYPE) {
+            let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+            let essence = ct.split(';').next().unwrap_or("").trim();
+            // curl -d sends application/x-www-form-urlencoded unless told otherwise; the body
+            // must still be JSON, so accepting it only spares users a confusing 415.
+            let jsonish = essence == "application/json"
+                || essence.ends_with("+json")
+                || essence == "application/x-www-form-urlencoded";
+            if !jsonish {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "send the body as JSON with Content-Type: application/json",
+                ));
+            }
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body is larger than the limit (JOBMILL_MAX_BODY_BYTES)",
+                )
+            } else {
+                ApiError::bad_request("unreadable_body", "the request body could not be read")
+            }
+        })?;
+        parse_json(&bytes).map(Json)
+    }
+}
+
+/// Parse JSON, telling a syntax error (400) from a well-formed body of the wrong shape (422).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+        return Err(ApiError::bad_request(
+            "malformed_json",
+            format!("the body is not valid JSON: {e}"),
+        ));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let msg = if path == "." || path.is_empty() {
+            inner.to_string()
+        } else {
+            format!("{path}: {inner}")
+        };
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", msg)
+    })
+}
+
+/// A query string.
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let q = parts.uri.query().unwrap_or("");
+        serde_urlencoded_from_str(q).map(Query)
+    }
+}
+
+fn serde_urlencoded_from_str<T: DeserializeOwned>(q: &str) -> Result<T, ApiError> {
+    axum::extract::Query::<T>::try_from_uri(
+        &format!("/?{q}")
+            .parse()
+            .map_err(|_| ApiError::bad_request("invalid_query", "the query string is malformed"))?,
+    )
+    .map(|axum::extract::Query(v)| v)
+    .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+}
+
+/// A job id from the path, checked to be a UUID (anything else cannot name a job).
+pub struct JobId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for JobId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| ApiError::bad_request("invalid_id", "the job id is missing or malformed"))?;
+        parse_job_id(&raw).map(JobId)
+    }
+}
+
+/// Validate a job id (also used for cursors).
+pub fn parse_job_id(raw: &str) -> Result<String, ApiError> {
+    match uuid::Uuid::try_parse(raw) {
+        Ok(u) => Ok(u.hyphenated().to_string()),
+        Err(_) => Err(ApiError::bad_request(
+            "invalid_id",
+            format!(
+                "'{}' is not a job id (a UUID like 0191b6a2-7c3e-7d4a-9f1e-2b3c4d5e6f70)",
+                raw.chars().take(80).collect::<String>()
+            ),
+        )),
+    }
+}

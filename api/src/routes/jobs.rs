@@ -1,0 +1,376 @@
+//! `/v1/jobs`: submit (one or a batch), show (with ETag and long-poll), list, cancel, retry.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header::{ETAG, IF_NONE_MATCH, LOCATION};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use jobmill::store::ListQuery;
+use jobmill::{Job, JobState};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{parse_job_id, JobId, Json, Query};
+use crate::view::{BatchView, JobPage, JobView, SubmitBatch, SubmitJob};
+use crate::watch::mentions;
+use crate::AppState;
+
+/// Longest long-poll.
+pub const MAX_WAIT_SECS: u64 = 60;
+/// Largest page.
+pub const MAX_LIMIT: i64 = 500;
+/// Default page.
+pub const DEFAULT_LIMIT: i64 = 50;
+/// How often a long-poll re-reads the job even without an event.
+const WAIT_RECHECK: Duration = Duration::from_secs(1);
+
+/// Submit a job.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = SubmitJob,
+    params(("Idempotency-Key" = Option<String>, Header, description = "deduplication key")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "accepted; Location names the job", body = JobView),
+        (status = 200, description = "the idempotency key was used before; the original job", body = JobView),
+        (status = 400, description = "malformed JSON", body = ErrorBody),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 422, description = "invalid job (unknown kind, bad args, out-of-range numbers)", body = ErrorBody),
+        (status = 503, description = "a store is unreachable; nothing was accepted", body = ErrorBody),
+    ))]
+pub async fn jobs_create(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Json(body): Json<SubmitJob>,
+) -> Result<Response, ApiError> {
+    let header_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| {
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid_idempotency_key",
+                        "the Idempotency-Key header must be printable ASCII",
+                    )
+                })?
+                .to_string(),
+        ),
+    };
+    let new = body.into_new_job(header_key)?;
+    let submitted = state.client.submit(&caller.tenant, new).await?;
+    let status = if submitted.created {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    Ok(job_response(status, &submitted.job))
+}
+
+/// Submit up to 1000 jobs at once: all valid, or none stored.
+#[utoipa::path(post, path = "/v1/jobs/batch", tag = "jobs", request_body = SubmitBatch,
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "all accepted, in order", body = BatchView),
+        (status = 400, description = "malformed JSON", body = ErrorBody),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 422, description = "a job is invalid; none was stored", body = ErrorBody),
+        (status = 503, description = "a store is unreachable; nothing was accepted", body = ErrorBody),
+    ))]
+pub async fn jobs_batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(body): Json<SubmitBatch>,
+) -> Result<Response, ApiError> {
+    let news = body
+        .jobs
+        .into_iter()
+        .enumerate()
+        .map(|(i, j)| {
+            j.into_new_job(None).map_err(|mut e| {
+                e.message = format!("job {i}: {}", e.message);
+                e
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let submitted = state.client.submit_batch(&caller.tenant, news).await?;
+    let view = BatchView {
+        jobs: submitted.iter().map(|s| JobView::from(&s.job)).collect(),
+    };
+    Ok((StatusCode::ACCEPTED, axum::Json(view)).into_response())
+}
+
+/// Query of `GET /v1/jobs/{id}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ShowQuery {
+    /// Hold the request up to this many seconds (at most 60; `30` or `30s`) until the job
+    /// changes (or differs from `If-None-Match`).
+    pub wait: Option<String>,
+}
+
+/// Show a job. Sends an `ETag`; `If-None-Match` with the current tag answers 304.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", security(("bearer" = [])),
+    params(("id" = String, Path, description = "job id"), ShowQuery,
+           ("If-None-Match" = Option<String>, Header, description = "ETag from an earlier answer")),
+    responses(
+        (status = 200, description = "the job", body = JobView),
+        (status = 304, description = "unchanged since the given ETag"),
+        (status = 400, description = "bad id or wait", body = ErrorBody),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
+        (status = 404, description = "no such job for this key", body = ErrorBody),
+    ))]
+pub async fn jobs_show(
+    State(state): State<AppState>,
+    caller: Caller,
+    JobId(id): JobId,
+    Query(q): Query<ShowQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let wait = match q.wait.as_deref() {
+        None => Duration::ZERO,
+        Some(w) => parse_wait(w)?,
+    };
+    let if_none_match = headers
+        .get(IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    // Subscribe before the first read so a change in between is not missed.
+    let mut events = state.watch.subscribe();
+    let job = load(&state, &caller, &id).await?;
+    let first_tag = etag(&job);
+    let unchanged = |tag: &str| match &if_none_match {
+        Some(inm) => etag_matches(inm, tag),
+        // Without If-None-Match, waiting means "until it differs from what it is now".
+        None => tag == first_tag,
+    };
+    if wait.is_zero() || (if_none_match.is_none() && job.state.is_terminal()) || !unchanged(&first_tag) {
+        return Ok(conditional(&job, if_none_match.as_deref()));
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut current = job;
+    loop {
+        tokio::select! {
+            ev = events.recv() => match ev {
+                Ok(ids) if !mentions(&ids, &id) => continue,
+                // A lagged receiver may have missed our id: re-read to be sure.
+                _ => {}
+            },
+            _ = tokio::time::sleep(WAIT_RECHECK) => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                return Ok(conditional(&current, if_none_match.as_deref()));
+            }
+        }
+        current = load(&state, &caller, &id).await?;
+        if !unchanged(&etag(&current)) {
+            return Ok(job_response(StatusCode::OK, &current));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(conditional(&current, if_none_match.as_deref()));
+        }
+    }
+}
+
+async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<Job, ApiError> {
+    state
+        .client
+        .store()
+        .get(id, caller.scope())
+        .await?
+        .ok_or_else(ApiError::job_not_found)
+}
+
+fn parse_wait(w: &str) -> Result<Duration, ApiError> {
+    let n = w.strip_suffix('s').unwrap_or(w);
+    match n.parse::<u64>() {
+        Ok(s) if s <= MAX_WAIT_SECS => Ok(Duration::from_secs(s)),
+        _ => Err(ApiError::bad_request(
+            "invalid_wait",
+            format!("wait must be a whole number of seconds from 0 to {MAX_WAIT_SECS}"),
+        )),
+    }
+}
+
+/// The job's ETag: changes whenever anything visible about the job changes.
+fn etag(job: &Job) -> String {
+    format!("\"{}-{}\"", &job.id[job.id.len() - 8..], job.rev)
+}
+
+fn etag_matches(if_none_match: &str, tag: &str) -> bool {
+    if_none_match
+        .split(',')
+        .map(|t| t.trim().trim_start_matches("W/"))
+        .any(|t| t == "*" || t == tag)
+}
+
+fn conditional(job: &Job, if_none_match: Option<&str>) -> Response {
+    let tag = etag(job);
+    if if_none_match.is_some_and(|inm| etag_matches(inm, &tag)) {
+        let mut res = StatusCode::NOT_MODIFIED.into_response();
+        if let Ok(v) = HeaderValue::from_str(&tag) {
+            res.headers_mut().insert(ETAG, v);
+        }
+        return res;
+    }
+    job_response(StatusCode::OK, job)
+}
+
+fn job_response(status: StatusCode, job: &Job) -> Response {
+    let mut res = (status, axum::Json(JobView::from(job))).into_response();
+    if let Ok(v) = HeaderValue::from_str(&etag(job)) {
+        res.headers_mut().insert(ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id)) {
+        res.headers_mut().insert(LOCATION, v);
+    }
+    res
+}
+
+/// Query of `GET /v1/jobs`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// Only jobs in this state.
+    pub state: Option<String>,
+    /// Only jobs of this kind.
+    pub kind: Option<String>,
+    /// Only jobs of this queue.
+    pub queue: Option<String>,
+    /// Page size, 1-500 (default 50).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// List jobs, newest first (operators see every tenant's).
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", security(("bearer" = [])), params(ListParams),
+    responses(
+        (status = 200, description = "a page of jobs", body = JobPage),
+        (status = 400, description = "bad filter, limit or cursor", body = ErrorBody),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
+    ))]
+pub async fn jobs_index(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(p): Query<ListParams>,
+) -> Result<Response, ApiError> {
+    let job_state = match p.state.as_deref() {
+        None => None,
+        Some(s) => Some(JobState::parse(s).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_state",
+                format!(
+                    "state must be one of {}",
+                    JobState::ALL.map(JobState::as_str).join(", ")
+                ),
+            )
+        })?),
+    };
+    let limit = p.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be from 1 to {MAX_LIMIT}"),
+        ));
+    }
+    for (name, v) in [("kind", &p.kind), ("queue", &p.queue)] {
+        if v.as_ref().is_some_and(|v| v.len() > 128) {
+            return Err(ApiError::bad_request("invalid_filter", format!("{name} is too long")));
+        }
+    }
+    let before = match p.cursor.as_deref() {
+        None => None,
+        Some(c) => Some(parse_job_id(c).map_err(|_| {
+            ApiError::bad_request("invalid_cursor", "cursor must be a next_cursor from an earlier page")
+        })?),
+    };
+    let jobs = state
+        .client
+        .store()
+        .list(&ListQuery {
+            tenant: caller.scope().map(str::to_string),
+            state: job_state,
+            kind: p.kind,
+            queue: p.queue,
+            before,
+            limit,
+        })
+        .await?;
+    let next_cursor = (jobs.len() as i64 == limit)
+        .then(|| jobs.last().map(|j| j.id.clone()))
+        .flatten();
+    Ok(axum::Json(JobPage {
+        jobs: jobs.iter().map(JobView::from).collect(),
+        next_cursor,
+    })
+    .into_response())
+}
+
+/// Cancel a job. A waiting job is cancelled at once (200); a running job's handler is asked to
+/// stop and the job ends `cancelled` shortly (202).
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", security(("bearer" = [])),
+    params(("id" = String, Path, description = "job id")),
+    responses(
+        (status = 200, description = "cancelled", body = JobView),
+        (status = 202, description = "running; its handler was asked to stop", body = JobView),
+        (status = 400, description = "bad id", body = ErrorBody),
+        (status = 404, description = "no such job for this key", body = ErrorBody),
+        (status = 409, description = "the job already finished", body = ErrorBody),
+    ))]
+pub async fn jobs_cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    JobId(id): JobId,
+) -> Result<Response, ApiError> {
+    let job = state.client.cancel(&id, caller.scope()).await?;
+    let status = if job.state == JobState::Cancelled {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok(job_response(status, &job))
+}
+
+/// Queue a `failed` or `cancelled` job again with a fresh attempt budget.
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs", security(("bearer" = [])),
+    params(("id" = String, Path, description = "job id")),
+    responses(
+        (status = 202, description = "queued again", body = JobView),
+        (status = 400, description = "bad id", body = ErrorBody),
+        (status = 404, description = "no such job for this key", body = ErrorBody),
+        (status = 409, description = "the job is not failed or cancelled", body = ErrorBody),
+    ))]
+pub async fn jobs_retry(
+    State(state): State<AppState>,
+    caller: Caller,
+    JobId(id): JobId,
+) -> Result<Response, ApiError> {
+    let job = state.client.retry(&id, caller.scope()).await?;
+    Ok(job_response(StatusCode::ACCEPTED, &job))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_match_lists_and_weak_tags() {
+        assert!(etag_matches("\"a-1\"", "\"a-1\""));
+        assert!(etag_matches("\"x\", W/\"a-1\"", "\"a-1\""));
+        assert!(etag_matches("*", "\"a-1\""));
+        assert!(!etag_matches("\"a-2\"", "\"a-1\""));
+    }
+
+    #[test]
+    fn wait_is_bounded() {
+        assert_eq!(parse_wait("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_wait("0").unwrap(), Duration::ZERO);
+        assert!(parse_wait("61").is_err());
+        assert!(parse_wait("-1").is_err());
+        assert!(parse_wait("soon").is_err());
+    }
+}
