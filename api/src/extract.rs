@@ -102,7 +102,9 @@ impl<S: Send + Sync> FromRequestParts<S> for JobId {
         let axum::extract::Path(raw) =
             axum::extract::Path::<String>::from_request_parts(parts, state)
                 .await
-                .map_err(|_| ApiError::bad_request("invalid_id", "the job id is missing or malformed"))?;
+                .map_err(|_| {
+                    ApiError::bad_request("invalid_id", "the job id is missing or malformed")
+                })?;
         parse_job_id(&raw).map(JobId)
     }
 }

@@ -6,7 +6,7 @@
 //! - [`view`]: request and answer shapes, with OpenAPI schemas.
 //! - [`auth`]: bearer API keys and tenants.
 //! - [`extract`]: extractors that answer bad input in the API's error shape.
-//! - [`error`]: `ApiError`.
+//! - [`error`]: the `ApiError` answer type.
 //! - [`watch`]: job-change events for long-polls.
 #![warn(missing_docs)]
 

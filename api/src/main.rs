@@ -7,7 +7,13 @@ use jobmill::Registry;
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        print!("{}", Settings::help("jobmill-api", "Example: jobmill-api --api-addr 127.0.0.1:8080"));
+        print!(
+            "{}",
+            Settings::help(
+                "jobmill-api",
+                "Example: jobmill-api --api-addr 127.0.0.1:8080"
+            )
+        );
         return Ok(());
     }
     let settings = match Settings::load(Component::Api, &args) {

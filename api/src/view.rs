@@ -54,7 +54,9 @@ impl SubmitJob {
                         ApiError::new(
                             axum::http::StatusCode::UNPROCESSABLE_ENTITY,
                             "invalid_run_at",
-                            format!("run_at must be an RFC 3339 time like 2026-01-02T03:04:05Z: {e}"),
+                            format!(
+                                "run_at must be an RFC 3339 time like 2026-01-02T03:04:05Z: {e}"
+                            ),
                         )
                     })?
                     .with_timezone(&Utc),
@@ -69,7 +71,9 @@ impl SubmitJob {
         }
         Ok(NewJob {
             kind: self.kind,
-            args: self.args.unwrap_or_else(|| Value::Object(Default::default())),
+            args: self
+                .args
+                .unwrap_or_else(|| Value::Object(Default::default())),
             queue: self.queue,
             priority: self.priority,
             run_at,

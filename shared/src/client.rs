@@ -256,7 +256,10 @@ impl JobClient {
     /// Jobs whose idempotency key was used before come back as the original job.
     pub async fn submit_batch(&self, tenant: &str, news: Vec<NewJob>) -> Result<Vec<Submitted>> {
         if news.is_empty() {
-            return Err(Error::invalid("empty_batch", "a batch needs at least one job"));
+            return Err(Error::invalid(
+                "empty_batch",
+                "a batch needs at least one job",
+            ));
         }
         if news.len() > MAX_BATCH {
             return Err(Error::invalid(

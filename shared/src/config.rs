@@ -41,23 +41,75 @@ pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(10);
 
 /// Every setting: env name, default, meaning. Drives `--help` and the README table.
 pub const SETTINGS: &[(&str, &str, &str)] = &[
-    ("JOBMILL_REDIS_URL", DEFAULT_REDIS_URL, "Redis holding the queues"),
-    ("JOBMILL_MONGODB_URI", DEFAULT_MONGODB_URI, "MongoDB, the system of record"),
+    (
+        "JOBMILL_REDIS_URL",
+        DEFAULT_REDIS_URL,
+        "Redis holding the queues",
+    ),
+    (
+        "JOBMILL_MONGODB_URI",
+        DEFAULT_MONGODB_URI,
+        "MongoDB, the system of record",
+    ),
     ("JOBMILL_MONGODB_DB", DEFAULT_MONGODB_DB, "database name"),
-    ("JOBMILL_KEY_PREFIX", DEFAULT_KEY_PREFIX, "prefix of every Redis key (no braces)"),
+    (
+        "JOBMILL_KEY_PREFIX",
+        DEFAULT_KEY_PREFIX,
+        "prefix of every Redis key (no braces)",
+    ),
     ("JOBMILL_API_ADDR", DEFAULT_API_ADDR, "API listen address"),
-    ("JOBMILL_API_KEYS", "(none; required by the API)", "comma-separated name:secret:role, role = submitter|operator"),
+    (
+        "JOBMILL_API_KEYS",
+        "(none; required by the API)",
+        "comma-separated name:secret:role, role = submitter|operator",
+    ),
     ("JOBMILL_RETENTION", "7d", "how long finished jobs are kept"),
-    ("JOBMILL_LEASE_TTL", "30s", "lease of a claimed job; heartbeats renew it every third of it"),
-    ("JOBMILL_RETRY_BASE", "1s", "first retry delay ceiling (exponential, full jitter)"),
+    (
+        "JOBMILL_LEASE_TTL",
+        "30s",
+        "lease of a claimed job; heartbeats renew it every third of it",
+    ),
+    (
+        "JOBMILL_RETRY_BASE",
+        "1s",
+        "first retry delay ceiling (exponential, full jitter)",
+    ),
     ("JOBMILL_RETRY_MAX", "1h", "largest retry delay ceiling"),
-    ("JOBMILL_MAX_BODY_BYTES", "1048576", "largest HTTP request body"),
-    ("JOBMILL_MAX_ARGS_BYTES", "65536", "largest serialized args of one job"),
-    ("JOBMILL_QUEUES", DEFAULT_QUEUES, "worker: queues to consume, name[:weight],..."),
-    ("JOBMILL_CONCURRENCY", "16", "worker: handlers running at once"),
-    ("JOBMILL_SHUTDOWN_TIMEOUT", "30s", "worker: SIGTERM drain time before jobs are released"),
-    ("JOBMILL_CANCEL_GRACE", "10s", "worker: time a cancelled handler gets before it is abandoned"),
-    ("JOBMILL_LOG", "info", "tracing filter, e.g. info,jobmill=debug"),
+    (
+        "JOBMILL_MAX_BODY_BYTES",
+        "1048576",
+        "largest HTTP request body",
+    ),
+    (
+        "JOBMILL_MAX_ARGS_BYTES",
+        "65536",
+        "largest serialized args of one job",
+    ),
+    (
+        "JOBMILL_QUEUES",
+        DEFAULT_QUEUES,
+        "worker: queues to consume, name[:weight],...",
+    ),
+    (
+        "JOBMILL_CONCURRENCY",
+        "16",
+        "worker: handlers running at once",
+    ),
+    (
+        "JOBMILL_SHUTDOWN_TIMEOUT",
+        "30s",
+        "worker: SIGTERM drain time before jobs are released",
+    ),
+    (
+        "JOBMILL_CANCEL_GRACE",
+        "10s",
+        "worker: time a cancelled handler gets before it is abandoned",
+    ),
+    (
+        "JOBMILL_LOG",
+        "info",
+        "tracing filter, e.g. info,jobmill=debug",
+    ),
     ("JOBMILL_LOG_FORMAT", "text", "text or json"),
 ];
 
@@ -224,8 +276,17 @@ impl Settings {
             }
         };
 
-        check("JOBMILL_REDIS_URL", check_scheme(&redis_url, &["redis://", "rediss://", "redis+unix://", "unix://"]));
-        check("JOBMILL_MONGODB_URI", check_scheme(&mongodb_uri, &["mongodb://", "mongodb+srv://"]));
+        check(
+            "JOBMILL_REDIS_URL",
+            check_scheme(
+                &redis_url,
+                &["redis://", "rediss://", "redis+unix://", "unix://"],
+            ),
+        );
+        check(
+            "JOBMILL_MONGODB_URI",
+            check_scheme(&mongodb_uri, &["mongodb://", "mongodb+srv://"]),
+        );
         check("JOBMILL_MONGODB_DB", check_db_name(&mongodb_db));
         check("JOBMILL_KEY_PREFIX", check_prefix(&key_prefix));
         let api_addr_parsed = api_addr.parse::<SocketAddr>();
@@ -237,7 +298,10 @@ impl Settings {
                 .map_err(|_| format!("'{api_addr}' is not an address like 127.0.0.1:8080")),
         );
         let keys = parse_api_keys(&api_keys);
-        check("JOBMILL_API_KEYS", keys.as_ref().map(|_| ()).map_err(Clone::clone));
+        check(
+            "JOBMILL_API_KEYS",
+            keys.as_ref().map(|_| ()).map_err(Clone::clone),
+        );
         if component == Component::Api && matches!(&keys, Ok(k) if k.is_empty()) {
             check(
                 "JOBMILL_API_KEYS",
@@ -247,11 +311,23 @@ impl Settings {
         let mut dur = |name: &str, raw: &str, min: Duration, max: Duration| -> Duration {
             match parse_duration(raw) {
                 Ok(d) if d < min => {
-                    check(name, Err(format!("{raw} is shorter than the minimum {}", fmt_duration(min))));
+                    check(
+                        name,
+                        Err(format!(
+                            "{raw} is shorter than the minimum {}",
+                            fmt_duration(min)
+                        )),
+                    );
                     min
                 }
                 Ok(d) if d > max => {
-                    check(name, Err(format!("{raw} is longer than the maximum {}", fmt_duration(max))));
+                    check(
+                        name,
+                        Err(format!(
+                            "{raw} is longer than the maximum {}",
+                            fmt_duration(max)
+                        )),
+                    );
                     max
                 }
                 Ok(d) => d,
@@ -262,17 +338,50 @@ impl Settings {
             }
         };
         let day = Duration::from_secs(86_400);
-        let retention = dur("JOBMILL_RETENTION", &retention, Duration::from_secs(60), day * 3650);
-        let lease_ttl = dur("JOBMILL_LEASE_TTL", &lease_ttl, Duration::from_secs(1), Duration::from_secs(3600));
-        let retry_base = dur("JOBMILL_RETRY_BASE", &retry_base, Duration::from_millis(1), day);
-        let retry_max = dur("JOBMILL_RETRY_MAX", &retry_max, Duration::from_millis(1), day * 7);
-        let shutdown_timeout = dur("JOBMILL_SHUTDOWN_TIMEOUT", &shutdown_timeout, Duration::ZERO, day);
-        let cancel_grace = dur("JOBMILL_CANCEL_GRACE", &cancel_grace, Duration::ZERO, Duration::from_secs(3600));
+        let retention = dur(
+            "JOBMILL_RETENTION",
+            &retention,
+            Duration::from_secs(60),
+            day * 3650,
+        );
+        let lease_ttl = dur(
+            "JOBMILL_LEASE_TTL",
+            &lease_ttl,
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+        );
+        let retry_base = dur(
+            "JOBMILL_RETRY_BASE",
+            &retry_base,
+            Duration::from_millis(1),
+            day,
+        );
+        let retry_max = dur(
+            "JOBMILL_RETRY_MAX",
+            &retry_max,
+            Duration::from_millis(1),
+            day * 7,
+        );
+        let shutdown_timeout = dur(
+            "JOBMILL_SHUTDOWN_TIMEOUT",
+            &shutdown_timeout,
+            Duration::ZERO,
+            day,
+        );
+        let cancel_grace = dur(
+            "JOBMILL_CANCEL_GRACE",
+            &cancel_grace,
+            Duration::ZERO,
+            Duration::from_secs(3600),
+        );
         let mut num = |name: &str, raw: &str, min: usize, max: usize| -> usize {
             match raw.parse::<usize>() {
                 Ok(n) if (min..=max).contains(&n) => n,
                 _ => {
-                    check(name, Err(format!("'{raw}' is not a whole number from {min} to {max}")));
+                    check(
+                        name,
+                        Err(format!("'{raw}' is not a whole number from {min} to {max}")),
+                    );
                     min
                 }
             }
@@ -281,21 +390,33 @@ impl Settings {
         let max_args_bytes = num("JOBMILL_MAX_ARGS_BYTES", &max_args, 64, 16 * 1024 * 1024);
         let concurrency = num("JOBMILL_CONCURRENCY", &concurrency, 1, 10_000);
         let queues = parse_queues(&queues);
-        check("JOBMILL_QUEUES", queues.as_ref().map(|_| ()).map_err(Clone::clone));
+        check(
+            "JOBMILL_QUEUES",
+            queues.as_ref().map(|_| ()).map_err(Clone::clone),
+        );
         let log_format = match log_format.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
             other => {
-                check("JOBMILL_LOG_FORMAT", Err(format!("'{other}' is neither text nor json")));
+                check(
+                    "JOBMILL_LOG_FORMAT",
+                    Err(format!("'{other}' is neither text nor json")),
+                );
                 LogFormat::Text
             }
         };
         // Rules that tie two settings together.
         if retry_base > retry_max {
-            check("JOBMILL_RETRY_BASE", Err("must not be longer than JOBMILL_RETRY_MAX".into()));
+            check(
+                "JOBMILL_RETRY_BASE",
+                Err("must not be longer than JOBMILL_RETRY_MAX".into()),
+            );
         }
         if max_args_bytes > max_body_bytes {
-            check("JOBMILL_MAX_ARGS_BYTES", Err("must not exceed JOBMILL_MAX_BODY_BYTES".into()));
+            check(
+                "JOBMILL_MAX_ARGS_BYTES",
+                Err("must not exceed JOBMILL_MAX_BODY_BYTES".into()),
+            );
         }
 
         if !problems.is_empty() {
@@ -345,7 +466,9 @@ fn parse_flags(args: &[String]) -> Result<BTreeMap<String, String>> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let Some(flag) = a.strip_prefix("--") else {
-            return Err(Error::Config(format!("unexpected argument '{a}' (flags look like --queues default)")));
+            return Err(Error::Config(format!(
+                "unexpected argument '{a}' (flags look like --queues default)"
+            )));
         };
         let (name, value) = match flag.split_once('=') {
             Some((n, v)) => (n.to_string(), v.to_string()),
@@ -376,7 +499,8 @@ fn check_scheme(v: &str, schemes: &[&str]) -> std::result::Result<(), String> {
 fn check_db_name(v: &str) -> std::result::Result<(), String> {
     let ok = !v.is_empty()
         && v.len() <= 63
-        && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     if ok {
         Ok(())
     } else {
@@ -388,11 +512,14 @@ fn check_prefix(v: &str) -> std::result::Result<(), String> {
     // Braces would break the `{queue}` hash tags that keep each queue on one cluster slot.
     let ok = !v.is_empty()
         && v.len() <= 64
-        && v.chars().all(|c| c.is_ascii_alphanumeric() || "_-:.".contains(c));
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-:.".contains(c));
     if ok {
         Ok(())
     } else {
-        Err(format!("'{v}' must be 1-64 letters, digits or _-:. (no braces)"))
+        Err(format!(
+            "'{v}' must be 1-64 letters, digits or _-:. (no braces)"
+        ))
     }
 }
 
@@ -400,11 +527,15 @@ fn check_prefix(v: &str) -> std::result::Result<(), String> {
 pub fn check_queue_name(v: &str) -> std::result::Result<(), String> {
     let ok = !v.is_empty()
         && v.len() <= 64
-        && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     if ok {
         Ok(())
     } else {
-        Err(format!("queue name '{}' must be 1-64 letters, digits, '_' or '-'", truncate(v, 80)))
+        Err(format!(
+            "queue name '{}' must be 1-64 letters, digits, '_' or '-'",
+            truncate(v, 80)
+        ))
     }
 }
 
@@ -442,7 +573,12 @@ fn parse_queues(raw: &str) -> std::result::Result<Vec<QueueWeight>, String> {
 
 fn parse_api_keys(raw: &str) -> std::result::Result<Vec<ApiKey>, String> {
     let mut keys: Vec<ApiKey> = Vec::new();
-    for (i, entry) in raw.split(',').map(str::trim).filter(|e| !e.is_empty()).enumerate() {
+    for (i, entry) in raw
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .enumerate()
+    {
         let n = i + 1;
         let parts: Vec<&str> = entry.split(':').collect();
         let [name, secret, role] = parts[..] else {
@@ -450,17 +586,27 @@ fn parse_api_keys(raw: &str) -> std::result::Result<Vec<ApiKey>, String> {
         };
         if name.is_empty()
             || name.len() > 64
-            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
-            return Err(format!("entry {n}: name must be 1-64 letters, digits, '_' or '-'"));
+            return Err(format!(
+                "entry {n}: name must be 1-64 letters, digits, '_' or '-'"
+            ));
         }
         if secret.len() < 16 || secret.len() > 256 || secret.chars().any(|c| c.is_whitespace()) {
-            return Err(format!("entry {n} ({name}): secret must be 16-256 characters without spaces"));
+            return Err(format!(
+                "entry {n} ({name}): secret must be 16-256 characters without spaces"
+            ));
         }
         let role = match role {
             "submitter" => Role::Submitter,
             "operator" => Role::Operator,
-            other => return Err(format!("entry {n} ({name}): role '{other}' is neither submitter nor operator")),
+            other => {
+                return Err(format!(
+                    "entry {n} ({name}): role '{other}' is neither submitter nor operator"
+                ))
+            }
         };
         if keys.iter().any(|k| k.name == name) {
             return Err(format!("name '{name}' is used twice"));
@@ -491,7 +637,11 @@ pub fn parse_duration(raw: &str) -> std::result::Result<Duration, String> {
         "m" => n.checked_mul(60_000),
         "h" => n.checked_mul(3_600_000),
         "d" => n.checked_mul(86_400_000),
-        _ => return Err(format!("'{raw}' has an unknown unit (use ms, s, m, h or d)")),
+        _ => {
+            return Err(format!(
+                "'{raw}' has an unknown unit (use ms, s, m, h or d)"
+            ))
+        }
     }
     .ok_or_else(|| format!("'{raw}' is too long"))?;
     Ok(Duration::from_millis(ms))
@@ -499,7 +649,7 @@ pub fn parse_duration(raw: &str) -> std::result::Result<Duration, String> {
 
 fn fmt_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         format!("{ms}ms")
     } else {
         format!("{}s", ms / 1000)
@@ -525,7 +675,13 @@ mod tests {
         assert_eq!(s.mongodb_db, "jobmill");
         assert_eq!(s.key_prefix, "jobmill");
         assert_eq!(s.lease_ttl, DEFAULT_LEASE_TTL);
-        assert_eq!(s.queues, vec![QueueWeight { name: "default".into(), weight: 1 }]);
+        assert_eq!(
+            s.queues,
+            vec![QueueWeight {
+                name: "default".into(),
+                weight: 1
+            }]
+        );
         assert_eq!(s.heartbeat_interval(), Duration::from_secs(10));
     }
 
@@ -566,9 +722,12 @@ mod tests {
 
     #[test]
     fn tied_settings_are_checked_together() {
-        let err = load(&[("JOBMILL_RETRY_BASE", "2h"), ("JOBMILL_RETRY_MAX", "1h")], Component::Worker)
-            .unwrap_err()
-            .to_string();
+        let err = load(
+            &[("JOBMILL_RETRY_BASE", "2h"), ("JOBMILL_RETRY_MAX", "1h")],
+            Component::Worker,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("JOBMILL_RETRY_BASE"), "{err}");
     }
 
@@ -576,7 +735,10 @@ mod tests {
     fn keys_and_queues_parse() {
         let s = load(
             &[
-                ("JOBMILL_API_KEYS", "alice:0123456789abcdef:submitter, ops:fedcba9876543210:operator"),
+                (
+                    "JOBMILL_API_KEYS",
+                    "alice:0123456789abcdef:submitter, ops:fedcba9876543210:operator",
+                ),
                 ("JOBMILL_QUEUES", "default,imports:3,cache"),
             ],
             Component::Api,
@@ -584,8 +746,17 @@ mod tests {
         .unwrap();
         assert_eq!(s.api_keys.len(), 2);
         assert_eq!(s.api_keys[1].role, Role::Operator);
-        assert_eq!(s.queues[1], QueueWeight { name: "imports".into(), weight: 3 });
-        assert!(!format!("{s:?}").contains("0123456789abcdef"), "secrets leak into Debug");
+        assert_eq!(
+            s.queues[1],
+            QueueWeight {
+                name: "imports".into(),
+                weight: 3
+            }
+        );
+        assert!(
+            !format!("{s:?}").contains("0123456789abcdef"),
+            "secrets leak into Debug"
+        );
     }
 
     #[test]
@@ -600,7 +771,8 @@ mod tests {
 
     #[test]
     fn flags_override_env_names() {
-        let m = parse_flags(&["--queues".into(), "a,b:2".into(), "--concurrency=4".into()]).unwrap();
+        let m =
+            parse_flags(&["--queues".into(), "a,b:2".into(), "--concurrency=4".into()]).unwrap();
         assert_eq!(m["JOBMILL_QUEUES"], "a,b:2");
         assert_eq!(m["JOBMILL_CONCURRENCY"], "4");
         assert!(parse_flags(&["--bogus".into(), "1".into()]).is_err());

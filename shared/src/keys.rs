@@ -121,7 +121,13 @@ mod tests {
     fn every_queue_key_shares_the_queue_hash_tag() {
         let k = Keys::new("jm:test").queue("imports");
         for key in [
-            &k.ready, &k.scheduled, &k.leased, &k.owners, &k.payloads, &k.attempts, &k.cancels,
+            &k.ready,
+            &k.scheduled,
+            &k.leased,
+            &k.owners,
+            &k.payloads,
+            &k.attempts,
+            &k.cancels,
             &k.rescued,
         ] {
             assert_eq!(hash_tag(key), "imports", "{key}");

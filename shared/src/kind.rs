@@ -279,7 +279,10 @@ impl Registry {
             )
         })?;
         kind.validate(args).map_err(|reason| {
-            Error::invalid("invalid_args", format!("args for kind '{name}' are invalid: {reason}"))
+            Error::invalid(
+                "invalid_args",
+                format!("args for kind '{name}' are invalid: {reason}"),
+            )
         })?;
         Ok(kind)
     }

@@ -129,7 +129,10 @@ impl RedisQueue {
     pub async fn enqueue(&self, jobs: &[Enqueue]) -> Result<usize> {
         let mut by_queue: BTreeMap<&str, Vec<&Enqueue>> = BTreeMap::new();
         for j in jobs {
-            by_queue.entry(j.payload.queue.as_str()).or_default().push(j);
+            by_queue
+                .entry(j.payload.queue.as_str())
+                .or_default()
+                .push(j);
         }
         let mut added = 0;
         let mut conn = self.conn.clone();
@@ -266,7 +269,12 @@ impl RedisQueue {
     }
 
     /// Put leased jobs back without charging the attempt (graceful shutdown).
-    pub async fn release(&self, queue: &str, worker: &str, items: &[(String, f64)]) -> Result<usize> {
+    pub async fn release(
+        &self,
+        queue: &str,
+        worker: &str,
+        items: &[(String, f64)],
+    ) -> Result<usize> {
         let k = self.keys.queue(queue);
         let mut conn = self.conn.clone();
         let mut inv = RELEASE.prepare_invoke();
@@ -284,7 +292,11 @@ impl RedisQueue {
 
     /// Promote due scheduled jobs (at most `limit`). Returns the promoted ids and the time until
     /// the next scheduled job, if any.
-    pub async fn promote(&self, queue: &str, limit: usize) -> Result<(Vec<String>, Option<Duration>)> {
+    pub async fn promote(
+        &self,
+        queue: &str,
+        limit: usize,
+    ) -> Result<(Vec<String>, Option<Duration>)> {
         let k = self.keys.queue(queue);
         let mut conn = self.conn.clone();
         let (ids, next): (Vec<String>, i64) = PROMOTE
@@ -353,7 +365,9 @@ impl RedisQueue {
     /// Mark Redis as holding a full copy of the live jobs.
     pub async fn set_epoch(&self) -> Result<()> {
         let mut conn = self.conn.clone();
-        let _: () = conn.set(self.keys.epoch(), uuid::Uuid::new_v4().to_string()).await?;
+        let _: () = conn
+            .set(self.keys.epoch(), uuid::Uuid::new_v4().to_string())
+            .await?;
         Ok(())
     }
 

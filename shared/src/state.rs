@@ -74,7 +74,9 @@ impl JobState {
     pub fn is_terminal(self) -> bool {
         match self {
             JobState::Succeeded | JobState::Failed | JobState::Cancelled => true,
-            JobState::Queued | JobState::Scheduled | JobState::Running | JobState::Retrying => false,
+            JobState::Queued | JobState::Scheduled | JobState::Running | JobState::Retrying => {
+                false
+            }
         }
     }
 
@@ -82,7 +84,9 @@ impl JobState {
     pub fn is_waiting(self) -> bool {
         match self {
             JobState::Queued | JobState::Scheduled | JobState::Retrying => true,
-            JobState::Running | JobState::Succeeded | JobState::Failed | JobState::Cancelled => false,
+            JobState::Running | JobState::Succeeded | JobState::Failed | JobState::Cancelled => {
+                false
+            }
         }
     }
 
@@ -237,13 +241,46 @@ mod tests {
         let table: Vec<(O, u32, u32, S, Option<Duration>)> = vec![
             (O::Succeeded(json!(1)), 1, 3, S::Succeeded, None),
             (O::Succeeded(json!(1)), 3, 3, S::Succeeded, None),
-            (O::Retry { error: "x".into(), after: None }, 1, 3, S::Retrying, d(500)),
-            (O::Retry { error: "x".into(), after: d(7) }, 1, 3, S::Retrying, d(7)),
-            (O::Retry { error: "x".into(), after: d(7) }, 3, 3, S::Failed, None),
+            (
+                O::Retry {
+                    error: "x".into(),
+                    after: None,
+                },
+                1,
+                3,
+                S::Retrying,
+                d(500),
+            ),
+            (
+                O::Retry {
+                    error: "x".into(),
+                    after: d(7),
+                },
+                1,
+                3,
+                S::Retrying,
+                d(7),
+            ),
+            (
+                O::Retry {
+                    error: "x".into(),
+                    after: d(7),
+                },
+                3,
+                3,
+                S::Failed,
+                None,
+            ),
             (O::FailedPermanently("x".into()), 1, 3, S::Failed, None),
             (O::Cancelled("asked".into()), 1, 3, S::Cancelled, None),
             (O::Cancelled("asked".into()), 3, 3, S::Cancelled, None),
-            (O::TimedOut(Duration::from_secs(1)), 2, 3, S::Retrying, d(1000)),
+            (
+                O::TimedOut(Duration::from_secs(1)),
+                2,
+                3,
+                S::Retrying,
+                d(1000),
+            ),
             (O::TimedOut(Duration::from_secs(1)), 3, 3, S::Failed, None),
             (O::Panicked("boom".into()), 1, 1, S::Failed, None),
             (O::Panicked("boom".into()), 1, 2, S::Retrying, d(500)),
@@ -254,7 +291,10 @@ mod tests {
             let label = format!("{outcome:?} at {attempt}/{max}");
             let got = decide(outcome, attempt, max, &P, 0.5);
             assert_eq!(got.state(), state, "{label}");
-            if let Decision::Retry { delay: got_delay, .. } = &got {
+            if let Decision::Retry {
+                delay: got_delay, ..
+            } = &got
+            {
                 assert_eq!(Some(*got_delay), delay, "{label}");
             }
         }
@@ -262,11 +302,23 @@ mod tests {
 
     #[test]
     fn errors_are_kept_with_their_cause() {
-        match decide(AttemptOutcome::Panicked("index out of bounds".into()), 1, 1, &P, 0.0) {
+        match decide(
+            AttemptOutcome::Panicked("index out of bounds".into()),
+            1,
+            1,
+            &P,
+            0.0,
+        ) {
             Decision::Fail(e) => assert!(e.contains("panicked: index out of bounds")),
             other => panic!("{other:?}"),
         }
-        match decide(AttemptOutcome::TimedOut(Duration::from_millis(250)), 1, 2, &P, 0.0) {
+        match decide(
+            AttemptOutcome::TimedOut(Duration::from_millis(250)),
+            1,
+            2,
+            &P,
+            0.0,
+        ) {
             Decision::Retry { error, .. } => assert_eq!(error, "timed out after 250 ms"),
             other => panic!("{other:?}"),
         }
@@ -299,7 +351,10 @@ mod tests {
             assert_eq!(serde_json::to_value(s).unwrap(), json!(s.as_str()));
             assert!(!(s.is_terminal() && s.is_waiting()));
         }
-        assert_eq!(JobState::live_names(), vec!["queued", "scheduled", "running", "retrying"]);
+        assert_eq!(
+            JobState::live_names(),
+            vec!["queued", "scheduled", "running", "retrying"]
+        );
         assert_eq!(JobState::parse("dead"), None);
     }
 }

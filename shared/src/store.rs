@@ -56,6 +56,8 @@ pub enum Write {
         at: DateTime,
         /// What follows.
         decision: Decision,
+        /// The handler's last progress report not yet written, so the final state shows it.
+        progress: Option<Progress>,
     },
     /// Attempt `attempt` is given back unrun (graceful shutdown): → `queued`, attempt not
     /// charged.
@@ -206,7 +208,9 @@ impl Store {
                 .options(
                     IndexOptions::builder()
                         .unique(true)
-                        .partial_filter_expression(doc! { "idempotency_key": { "$type": "string" } })
+                        .partial_filter_expression(
+                            doc! { "idempotency_key": { "$type": "string" } },
+                        )
                         .build(),
                 )
                 .build(),
@@ -597,16 +601,7 @@ impl Store {
                 progress,
             } => (
                 doc! { "_id": id, "state": JobState::Running.as_str(), "attempt": attempt },
-                doc! {
-                    "$set": {
-                        "progress": {
-                            "done": progress.done,
-                            "total": progress.total,
-                            "message": progress.message.clone(),
-                        },
-                    },
-                    "$inc": { "rev": 1 },
-                },
+                doc! { "$set": { "progress": progress_doc(progress) }, "$inc": { "rev": 1 } },
             ),
             // Guard: still live and no newer attempt (a rescued-and-rerun job has a higher
             // attempt, so the stale worker's outcome is refused).
@@ -616,6 +611,7 @@ impl Store {
                 started_at,
                 at,
                 decision,
+                progress,
             } => {
                 let mut set = doc! {
                     "state": decision.state().as_str(),
@@ -624,6 +620,9 @@ impl Store {
                 };
                 if let Some(s) = started_at {
                     set.insert("started_ms", s.timestamp_millis());
+                }
+                if let Some(p) = progress {
+                    set.insert("progress", progress_doc(p));
                 }
                 let error = |message: &str| {
                     doc! {
@@ -673,6 +672,10 @@ impl Store {
         };
         doc! { "q": q, "u": u }
     }
+}
+
+fn progress_doc(p: &Progress) -> Document {
+    doc! { "done": p.done, "total": p.total, "message": p.message.clone() }
 }
 
 fn waiting_names() -> Vec<&'static str> {

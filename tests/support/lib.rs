@@ -1,1 +1,503 @@
+//! Test harness: per-test isolation on real servers (a fresh Redis key prefix and MongoDB
+//! database per test, never a flush of the shared servers), in-process API and workers, real
+//! worker processes to kill, and private redis-server / nx-27017 instances for the tests that
+//! restart or flush a server.
+//!
+//! `scripts/test.sh` starts the shared servers and exports `JOBMILL_TEST_*`.
 
+use std::collections::HashMap;
+use std::net::TcpListener as StdListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use jobmill::config::{Component, Settings};
+use jobmill::Registry;
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+/// Secrets of the test keys.
+pub const ALICE: &str = "alice-secret-0123456789";
+/// Another submitter.
+pub const BOB: &str = "bob-secret-0123456789ab";
+/// An operator.
+pub const OPS: &str = "ops-secret-0123456789abc";
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests through scripts/test.sh, which starts the servers")
+    })
+}
+
+/// Where the built binaries are.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var("JOBMILL_TEST_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug"));
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build with `cargo build --workspace --bins`",
+        p.display()
+    );
+    p
+}
+
+/// Scratch space for logs and private servers (under `target/`, so it is ignored by git).
+pub fn tmp_dir() -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/tmp/jobmill-tests");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A free port on loopback.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One test's private corner of the servers.
+pub struct Ctx {
+    /// Settings as env vars (also handed to worker processes).
+    pub vars: HashMap<String, String>,
+}
+
+impl Ctx {
+    /// A fresh prefix and database on the shared test servers.
+    pub fn new(name: &str) -> Self {
+        Self::on(
+            name,
+            &env("JOBMILL_TEST_REDIS_URL"),
+            &env("JOBMILL_TEST_MONGODB_URI"),
+        )
+    }
+
+    /// A fresh prefix and database on the given servers.
+    pub fn on(name: &str, redis_url: &str, mongo_uri: &str) -> Self {
+        let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let vars: HashMap<String, String> = [
+            ("JOBMILL_REDIS_URL", redis_url.to_string()),
+            ("JOBMILL_MONGODB_URI", mongo_uri.to_string()),
+            ("JOBMILL_MONGODB_DB", format!("t_{name}_{tag}")),
+            ("JOBMILL_KEY_PREFIX", format!("t:{name}:{tag}")),
+            (
+                "JOBMILL_API_KEYS",
+                format!("alice:{ALICE}:submitter,bob:{BOB}:submitter,ops:{OPS}:operator"),
+            ),
+            ("JOBMILL_LEASE_TTL", "2s".into()),
+            ("JOBMILL_RETRY_BASE", "100ms".into()),
+            ("JOBMILL_RETRY_MAX", "1s".into()),
+            ("JOBMILL_CANCEL_GRACE", "2s".into()),
+            ("JOBMILL_SHUTDOWN_TIMEOUT", "10s".into()),
+            ("JOBMILL_CONCURRENCY", "16".into()),
+            ("JOBMILL_LOG", "warn,jobmill_worker=info".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        Ctx { vars }
+    }
+
+    /// Override a setting.
+    pub fn set(&mut self, k: &str, v: &str) -> &mut Self {
+        self.vars.insert(k.to_string(), v.to_string());
+        self
+    }
+
+    /// Typed settings.
+    pub fn settings(&self) -> Settings {
+        Settings::from_lookup(Component::Api, |k| self.vars.get(k).cloned()).expect("test settings")
+    }
+
+    /// Start the API in this process on a free port.
+    pub async fn api(&self) -> Api {
+        let settings = self.settings();
+        let state = jobmill_api::AppState::connect(&settings, Registry::builtin())
+            .await
+            .expect("api state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            axum::serve(listener, jobmill_api::app(state))
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        Api {
+            base,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(90))
+                .build()
+                .unwrap(),
+            _stop: tx,
+        }
+    }
+
+    /// Run a worker inside this process.
+    pub fn worker(&self) -> InprocWorker {
+        let settings =
+            Settings::from_lookup(Component::Worker, |k| self.vars.get(k).cloned()).unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            jobmill_worker::run(settings, Registry::builtin(), async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+        InprocWorker {
+            stop: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// Start a real `jobmill-worker` process.
+    pub fn worker_process(&self, args: &[&str]) -> Proc {
+        let log_dir = tmp_dir();
+        let log = log_dir.join(format!(
+            "worker-{}-{}.log",
+            self.vars["JOBMILL_KEY_PREFIX"].replace(':', "_"),
+            uuid::Uuid::new_v4().simple()
+        ));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin("jobmill-worker"))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(&self.vars)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn jobmill-worker");
+        Proc { child, log }
+    }
+
+    /// A direct store handle on this test's database.
+    pub async fn store(&self) -> jobmill::store::Store {
+        let s = self.settings();
+        jobmill::store::Store::connect(s.mongodb_uri.expose(), &s.mongodb_db, s.retention)
+            .await
+            .unwrap()
+    }
+}
+
+/// A worker running in the test process.
+pub struct InprocWorker {
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl InprocWorker {
+    /// Ask it to drain and wait until it stopped.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap();
+        }
+    }
+}
+
+/// A child process, killed with SIGKILL when dropped.
+pub struct Proc {
+    /// The process.
+    pub child: Child,
+    /// Where its output goes.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Send a signal.
+    pub fn signal(&self, sig: i32) {
+        let rc = unsafe_free_kill(self.child.id(), sig);
+        assert!(rc, "kill({}, {sig}) failed", self.child.id());
+    }
+
+    /// Wait for exit, at most `limit`; returns the status if it exited.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// Its output so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `kill(2)` through the `kill` command, keeping the crate free of unsafe code.
+pub fn unsafe_free_kill(pid: u32, sig: i32) -> bool {
+    Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// SIGKILL.
+pub const SIGKILL: i32 = libc::SIGKILL;
+/// SIGTERM.
+pub const SIGTERM: i32 = libc::SIGTERM;
+
+/// A running API and an HTTP client for it.
+pub struct Api {
+    /// `http://127.0.0.1:port`.
+    pub base: String,
+    /// Client.
+    pub http: reqwest::Client,
+    _stop: oneshot::Sender<()>,
+}
+
+/// Status and JSON body of an answer.
+pub struct Answer {
+    /// Status code.
+    pub status: u16,
+    /// Headers.
+    pub headers: reqwest::header::HeaderMap,
+    /// Body parsed as JSON (Null if empty or not JSON).
+    pub body: Value,
+}
+
+impl Answer {
+    /// The error code of an error answer.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+impl Api {
+    /// Send a request with an optional key and raw body.
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<(&str, Vec<u8>)>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        for (h, v) in headers {
+            req = req.header(*h, *v);
+        }
+        if let Some((ct, bytes)) = body {
+            req = req.header("content-type", ct).body(bytes);
+        }
+        let res = req.send().await.expect("request");
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let bytes = res.bytes().await.unwrap_or_default();
+        Answer {
+            status,
+            headers,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    }
+
+    /// POST JSON.
+    pub async fn post(&self, path: &str, key: &str, body: Value) -> Answer {
+        self.raw(
+            reqwest::Method::POST,
+            path,
+            Some(key),
+            Some(("application/json", serde_json::to_vec(&body).unwrap())),
+            &[],
+        )
+        .await
+    }
+
+    /// GET.
+    pub async fn get(&self, path: &str, key: &str) -> Answer {
+        self.raw(reqwest::Method::GET, path, Some(key), None, &[])
+            .await
+    }
+
+    /// Submit a job and return its id (asserting 202).
+    pub async fn submit(&self, key: &str, body: Value) -> String {
+        let a = self.post("/v1/jobs", key, body.clone()).await;
+        assert_eq!(a.status, 202, "submit {body}: {}", a.body);
+        a.body["id"].as_str().unwrap().to_string()
+    }
+
+    /// Long-poll until the job is terminal; panics after `limit` (a liveness bound, not a
+    /// speed assertion: it only turns a hang into a failure).
+    pub async fn wait_terminal(&self, key: &str, id: &str, limit: Duration) -> Value {
+        let end = Instant::now() + limit;
+        loop {
+            let a = self.get(&format!("/v1/jobs/{id}?wait=5"), key).await;
+            assert_eq!(a.status, 200, "{}", a.body);
+            let state = a.body["state"].as_str().unwrap().to_string();
+            if ["succeeded", "failed", "cancelled"].contains(&state.as_str()) {
+                return a.body;
+            }
+            assert!(
+                Instant::now() < end,
+                "job {id} still {state} after {limit:?}: {}",
+                a.body
+            );
+        }
+    }
+
+    /// Poll until the job is in `state`.
+    pub async fn wait_state(&self, key: &str, id: &str, state: &str, limit: Duration) -> Value {
+        let end = Instant::now() + limit;
+        loop {
+            let a = self.get(&format!("/v1/jobs/{id}"), key).await;
+            if a.body["state"] == state {
+                return a.body;
+            }
+            assert!(
+                Instant::now() < end,
+                "job {id} never became {state}: {}",
+                a.body
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A private redis-server for tests that flush or restart it.
+pub struct PrivateRedis {
+    /// Its URL.
+    pub url: String,
+    proc: Proc,
+}
+
+impl PrivateRedis {
+    /// Start one on a free port.
+    pub fn start() -> Self {
+        let port = free_port();
+        let dir = tmp_dir().join(format!("redis-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("redis.log");
+        let bin = std::env::var("JOBMILL_TEST_REDIS_BIN").unwrap_or_else(|_| "redis-server".into());
+        let child = Command::new(bin)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        wait_port(port);
+        PrivateRedis {
+            url: format!("redis://127.0.0.1:{port}/"),
+            proc: Proc { child, log },
+        }
+    }
+
+    /// FLUSHALL: it is ours alone.
+    pub async fn flushall(&self) {
+        let client = redis::Client::open(self.url.as_str()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("FLUSHALL").query_async(&mut c).await.unwrap();
+    }
+
+    /// Keep it for the test's duration.
+    pub fn pid(&self) -> u32 {
+        self.proc.child.id()
+    }
+}
+
+/// A private nx-27017 (the MongoDB-compatible server) that a test may stop and start again.
+pub struct PrivateMongo {
+    /// Its URI.
+    pub uri: String,
+    port: u16,
+    dir: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl PrivateMongo {
+    /// Start one on a free port with its data in a folder (kept across restarts).
+    pub fn start() -> Self {
+        let port = free_port();
+        let dir = tmp_dir().join(format!("nx-{port}"));
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let mut m = PrivateMongo {
+            uri: format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
+            port,
+            dir,
+            proc: None,
+        };
+        m.up();
+        m
+    }
+
+    /// Start the server process.
+    pub fn up(&mut self) {
+        let log = self.dir.join("nx.log");
+        let _ = std::fs::remove_file(self.dir.join("nx.pid"));
+        let child = Command::new(env("JOBMILL_TEST_NX_BIN"))
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .args(["--host", "127.0.0.1", "-p", &self.port.to_string()])
+            .arg("--log-file")
+            .arg(&log)
+            .arg("--pid-file")
+            .arg(self.dir.join("nx.pid"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nx-27017");
+        wait_port(self.port);
+        self.proc = Some(Proc { child, log });
+    }
+
+    /// Kill the server process.
+    pub fn down(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.signal(SIGKILL);
+            p.wait_exit(Duration::from_secs(10));
+        }
+    }
+}
+
+impl Drop for PrivateMongo {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+fn wait_port(port: u16) {
+    let end = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < end, "port {port} never opened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -30,7 +30,7 @@ where
             }
             Err(e) => {
                 failures += 1;
-                if failures == 1 || failures % 20 == 0 {
+                if failures == 1 || failures.is_multiple_of(20) {
                     tracing::warn!(what, failures, error = %e, "failed; retrying");
                 }
                 tokio::select! {

@@ -83,6 +83,7 @@ pub(crate) async fn execute(
                     started_at: Some(started),
                     at: now,
                     decision,
+                    progress: shared.persister.progress.take(&p.id),
                 },
                 0.0,
             )

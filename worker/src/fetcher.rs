@@ -75,7 +75,7 @@ pub(crate) async fn fetch_loop(
         drop(permits);
         if let Some(e) = error {
             failures += 1;
-            if failures == 1 || failures % 20 == 0 {
+            if failures == 1 || failures.is_multiple_of(20) {
                 tracing::warn!(error = %e, failures, "claim failed; backing off");
             }
             let pause = Duration::from_millis(50u64 << failures.min(7)).min(Duration::from_secs(5));
@@ -128,8 +128,14 @@ mod tests {
     #[test]
     fn weights_decide_who_goes_first() {
         let queues = vec![
-            QueueWeight { name: "a".into(), weight: 1 },
-            QueueWeight { name: "b".into(), weight: 3 },
+            QueueWeight {
+                name: "a".into(),
+                weight: 1,
+            },
+            QueueWeight {
+                name: "b".into(),
+                weight: 3,
+            },
         ];
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         let mut b_first = 0;

@@ -14,7 +14,10 @@ use tokio_util::sync::CancellationToken;
 use crate::inflight::StopReason;
 use crate::Shared;
 
-pub(crate) fn spawn(shared: Arc<Shared>, stop: CancellationToken) -> std::io::Result<JoinHandle<()>> {
+pub(crate) fn spawn(
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("jobmill-heartbeat".into())
         .spawn(move || {
@@ -38,7 +41,10 @@ async fn beat(shared: Arc<Shared>, stop: CancellationToken) {
     loop {
         for (q, ids) in shared.inflight.by_queue() {
             for chunk in ids.chunks(500) {
-                match queue.heartbeat(&q, &shared.worker, shared.lease, chunk).await {
+                match queue
+                    .heartbeat(&q, &shared.worker, shared.lease, chunk)
+                    .await
+                {
                     Ok((lost, cancel)) => {
                         for id in lost {
                             // Only after Redis lost its data or a far too short lease: the job
@@ -87,8 +93,14 @@ async fn register(queue: &RedisQueue, shared: &Shared) -> jobmill::Result<()> {
         ("queues", queues.join(",")),
         ("concurrency", shared.concurrency.to_string()),
         ("inflight", shared.inflight.len().to_string()),
-        ("succeeded", shared.stats.succeeded.load(Ordering::Relaxed).to_string()),
-        ("failed", shared.stats.failed.load(Ordering::Relaxed).to_string()),
+        (
+            "succeeded",
+            shared.stats.succeeded.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "failed",
+            shared.stats.failed.load(Ordering::Relaxed).to_string(),
+        ),
     ];
     let mut conn = queue.connection();
     let ttl = (shared.lease * 3).max(Duration::from_secs(10));

@@ -79,7 +79,11 @@ impl Inflight {
 
     /// The attempt a job runs, if it is here.
     pub fn attempt(&self, id: &str) -> Option<u32> {
-        self.jobs.lock().expect("inflight lock").get(id).map(|e| e.attempt)
+        self.jobs
+            .lock()
+            .expect("inflight lock")
+            .get(id)
+            .map(|e| e.attempt)
     }
 
     /// Ids held, grouped by queue (for heartbeats).

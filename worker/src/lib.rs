@@ -134,14 +134,19 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(settings.concurrency));
     let wake = Arc::new(Notify::new());
     let schedule = Arc::new(Notify::new());
-    let beat = heartbeat::spawn(shared.clone(), stop_all.clone()).map_err(WorkerError::Heartbeat)?;
+    let beat =
+        heartbeat::spawn(shared.clone(), stop_all.clone()).map_err(WorkerError::Heartbeat)?;
     tokio::spawn(listener::listen(
         shared.clone(),
         wake.clone(),
         schedule.clone(),
         stop_all.clone(),
     ));
-    tokio::spawn(maintenance::scheduler(shared.clone(), schedule, stop_all.clone()));
+    tokio::spawn(maintenance::scheduler(
+        shared.clone(),
+        schedule,
+        stop_all.clone(),
+    ));
     tokio::spawn(maintenance::rescuer(shared.clone(), stop_all.clone()));
     tokio::spawn(maintenance::reconciler(shared.clone(), stop_all.clone()));
     let fetcher = tokio::spawn(fetcher::fetch_loop(
@@ -170,7 +175,10 @@ pub async fn run(
     }
     let unfinished = settings.concurrency - slots.available_permits();
     if unfinished > 0 {
-        tracing::info!(unfinished, "drain time over; releasing the rest without charging an attempt");
+        tracing::info!(
+            unfinished,
+            "drain time over; releasing the rest without charging an attempt"
+        );
     }
     hard_stop.cancel();
 
@@ -181,7 +189,10 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     if !inflight.is_empty() {
-        tracing::warn!(left = inflight.len(), "stopping with unrecorded outcomes; their leases will expire and the jobs rerun");
+        tracing::warn!(
+            left = inflight.len(),
+            "stopping with unrecorded outcomes; their leases will expire and the jobs rerun"
+        );
     }
     stop_all.cancel();
     let _ = tokio::task::spawn_blocking(move || beat.join()).await;

@@ -131,6 +131,7 @@ async fn settle_rescued(shared: &Shared, queue: &str, taken: Vec<Claimed>) -> jo
                 &shared.policy,
                 rand::random::<f64>(),
             ),
+            progress: None,
         })
         .collect();
     let applied = shared.store.apply(&writes).await?;
@@ -138,13 +139,22 @@ async fn settle_rescued(shared: &Shared, queue: &str, taken: Vec<Claimed>) -> jo
     let mut reschedule = Vec::new();
     let mut changed = Vec::new();
     for (w, a) in writes.into_iter().zip(applied) {
-        let Write::Finish { id, attempt, decision, .. } = w else {
+        let Write::Finish {
+            id,
+            attempt,
+            decision,
+            ..
+        } = w
+        else {
             continue;
         };
         match (a, decision) {
             (Applied::Done, Decision::Retry { delay, .. }) => {
                 tracing::warn!(job = %id, attempt, "lease expired; retrying");
-                reschedule.push((id.clone(), now.timestamp_millis() + delay.as_millis() as i64));
+                reschedule.push((
+                    id.clone(),
+                    now.timestamp_millis() + delay.as_millis() as i64,
+                ));
                 changed.push(id);
             }
             (Applied::Done, _) => {
@@ -152,9 +162,12 @@ async fn settle_rescued(shared: &Shared, queue: &str, taken: Vec<Claimed>) -> jo
                 ack.push(id.clone());
                 changed.push(id);
             }
-            (Applied::Stale { actual: Some(s), .. }, _) if !s.is_terminal() => {
-                reschedule.push((id, now.timestamp_millis()))
-            }
+            (
+                Applied::Stale {
+                    actual: Some(s), ..
+                },
+                _,
+            ) if !s.is_terminal() => reschedule.push((id, now.timestamp_millis())),
             (Applied::Stale { .. }, _) => ack.push(id),
         }
     }
@@ -178,7 +191,10 @@ pub(crate) async fn reconciler(shared: Arc<Shared>, stop: CancellationToken) {
 
 async fn reconcile_once(shared: &Shared) -> jobmill::Result<()> {
     let q = &shared.queue;
-    if !q.epoch_present().await? && q.try_lock("rebuild", &shared.worker, Duration::from_secs(60)).await? {
+    if !q.epoch_present().await?
+        && q.try_lock("rebuild", &shared.worker, Duration::from_secs(60))
+            .await?
+    {
         // Redis lost its data (or never had it): put every live job of MongoDB back. The
         // enqueue script skips jobs Redis still holds, so this never queues a job twice.
         // Jobs that were running come back as ready: their workers may still finish them,
@@ -186,7 +202,10 @@ async fn reconcile_once(shared: &Shared) -> jobmill::Result<()> {
         let mut after: Option<String> = None;
         let mut pushed = 0usize;
         loop {
-            let page = shared.store.live_jobs_page(after.as_deref(), REBUILD_PAGE).await?;
+            let page = shared
+                .store
+                .live_jobs_page(after.as_deref(), REBUILD_PAGE)
+                .await?;
             let Some(last) = page.last() else { break };
             after = Some(last.list_key.clone());
             let entries: Vec<_> = page.iter().map(enqueue_entry).collect();
@@ -198,7 +217,9 @@ async fn reconcile_once(shared: &Shared) -> jobmill::Result<()> {
         q.set_epoch().await?;
         tracing::info!(pushed, "rebuilt redis from mongodb");
     }
-    if q.try_lock("pending", &shared.worker, RECONCILE_EVERY).await? {
+    if q.try_lock("pending", &shared.worker, RECONCILE_EVERY)
+        .await?
+    {
         let cutoff = id_at(std::time::SystemTime::now() - PENDING_GRACE);
         let jobs = shared.store.pending_enqueue(&cutoff, REBUILD_PAGE).await?;
         if !jobs.is_empty() {
@@ -206,7 +227,11 @@ async fn reconcile_once(shared: &Shared) -> jobmill::Result<()> {
             let pushed = q.enqueue(&entries).await?;
             let ids: Vec<String> = jobs.into_iter().map(|j| j.id).collect();
             shared.store.confirm_enqueued(&ids).await?;
-            tracing::info!(pushed, checked = ids.len(), "pushed jobs whose submission was not confirmed");
+            tracing::info!(
+                pushed,
+                checked = ids.len(),
+                "pushed jobs whose submission was not confirmed"
+            );
         }
     }
     Ok(())
@@ -214,9 +239,7 @@ async fn reconcile_once(shared: &Shared) -> jobmill::Result<()> {
 
 /// The smallest-looking job id created at `t`: ids are UUIDv7, ordered by creation time.
 fn id_at(t: std::time::SystemTime) -> String {
-    let d = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let ts = uuid::Timestamp::from_unix(uuid::NoContext, d.as_secs(), d.subsec_nanos());
     uuid::Uuid::new_v7(ts).to_string()
 }

@@ -73,6 +73,15 @@ impl ProgressTable {
         self.latest.lock().expect("progress lock").remove(id);
     }
 
+    /// The job's unwritten progress report, removing it (it travels with the outcome instead).
+    pub fn take(&self, id: &str) -> Option<Progress> {
+        self.latest
+            .lock()
+            .expect("progress lock")
+            .remove(id)
+            .map(|(_, _, p)| p)
+    }
+
     fn drain(&self) -> Vec<(String, String, u32, Progress)> {
         self.latest
             .lock()
@@ -225,7 +234,11 @@ struct FollowUps {
     leave: Vec<String>,
 }
 
-async fn redis_stage(ctx: Arc<Context>, mut rx: mpsc::Receiver<Batch>, progress: Arc<ProgressTable>) {
+async fn redis_stage(
+    ctx: Arc<Context>,
+    mut rx: mpsc::Receiver<Batch>,
+    progress: Arc<ProgressTable>,
+) {
     while let Some((items, applied)) = tokio::select! {
         b = rx.recv() => b,
         _ = ctx.stop.cancelled() => None,
@@ -244,7 +257,12 @@ async fn redis_stage(ctx: Arc<Context>, mut rx: mpsc::Receiver<Batch>, progress:
                 }
                 (Write::Progress { id, .. }, Applied::Done) => f.changed.push(id),
                 (Write::Progress { .. }, Applied::Stale { .. }) => {}
-                (Write::Finish { id, at, decision, .. }, Applied::Done) => {
+                (
+                    Write::Finish {
+                        id, at, decision, ..
+                    },
+                    Applied::Done,
+                ) => {
                     match &decision {
                         Decision::Succeed(_) => ctx.stats.succeeded.fetch_add(1, Ordering::Relaxed),
                         _ => ctx.stats.failed.fetch_add(1, Ordering::Relaxed),
@@ -260,7 +278,13 @@ async fn redis_stage(ctx: Arc<Context>, mut rx: mpsc::Receiver<Batch>, progress:
                     f.changed.push(id.clone());
                     f.leave.push(id);
                 }
-                (Write::Finish { id, attempt, .. }, Applied::Stale { actual, attempt: now_attempt }) => {
+                (
+                    Write::Finish { id, attempt, .. },
+                    Applied::Stale {
+                        actual,
+                        attempt: now_attempt,
+                    },
+                ) => {
                     tracing::info!(job = %id, attempt, ?actual, now_attempt, "outcome refused: the job moved on");
                     match actual {
                         // A newer attempt is live somewhere; give back our lease if we still
@@ -273,13 +297,18 @@ async fn redis_stage(ctx: Arc<Context>, mut rx: mpsc::Receiver<Batch>, progress:
                     f.leave.push(id);
                 }
                 (Write::Release { id, .. }, Applied::Done) => {
-                    f.release.entry(q).or_default().push((id.clone(), item.release_score));
+                    f.release
+                        .entry(q)
+                        .or_default()
+                        .push((id.clone(), item.release_score));
                     f.changed.push(id.clone());
                     f.leave.push(id);
                 }
                 (Write::Release { id, .. }, Applied::Stale { actual, .. }) => {
                     match actual {
-                        Some(JobState::Running) | Some(JobState::Queued) | Some(JobState::Scheduled)
+                        Some(JobState::Running)
+                        | Some(JobState::Queued)
+                        | Some(JobState::Scheduled)
                         | Some(JobState::Retrying) => f
                             .release
                             .entry(q)
@@ -293,7 +322,10 @@ async fn redis_stage(ctx: Arc<Context>, mut rx: mpsc::Receiver<Batch>, progress:
         }
         let worker = ctx.worker.as_str();
         for (q, ids) in &f.ack {
-            until_ok("ack in redis", &ctx.stop, || ctx.queue.ack(q, Some(worker), ids)).await;
+            until_ok("ack in redis", &ctx.stop, || {
+                ctx.queue.ack(q, Some(worker), ids)
+            })
+            .await;
         }
         for (q, items) in &f.reschedule {
             until_ok("reschedule in redis", &ctx.stop, || {
@@ -302,7 +334,10 @@ async fn redis_stage(ctx: Arc<Context>, mut rx: mpsc::Receiver<Batch>, progress:
             .await;
         }
         for (q, items) in &f.release {
-            until_ok("release in redis", &ctx.stop, || ctx.queue.release(q, worker, items)).await;
+            until_ok("release in redis", &ctx.stop, || {
+                ctx.queue.release(q, worker, items)
+            })
+            .await;
         }
         if let Err(e) = ctx.queue.publish_changes(&f.changed).await {
             tracing::debug!(error = %e, "could not publish job changes");
@@ -330,12 +365,24 @@ mod tests {
     fn a_start_followed_by_its_outcome_is_one_write() {
         let at = DateTime::now();
         let batch = vec![
-            item(Write::Start { id: "a".into(), attempt: 1, at }),
-            item(Write::Start { id: "b".into(), attempt: 1, at }),
+            item(Write::Start {
+                id: "a".into(),
+                attempt: 1,
+                at,
+            }),
+            item(Write::Start {
+                id: "b".into(),
+                attempt: 1,
+                at,
+            }),
             item(Write::Progress {
                 id: "a".into(),
                 attempt: 1,
-                progress: Progress { done: 1, total: None, message: None },
+                progress: Progress {
+                    done: 1,
+                    total: None,
+                    message: None,
+                },
             }),
             item(Write::Finish {
                 id: "a".into(),
@@ -343,9 +390,14 @@ mod tests {
                 started_at: Some(at),
                 at,
                 decision: Decision::Succeed(serde_json::json!(null)),
+                progress: None,
             }),
             // An older attempt's start is not the same attempt: kept.
-            item(Write::Start { id: "b".into(), attempt: 2, at }),
+            item(Write::Start {
+                id: "b".into(),
+                attempt: 2,
+                at,
+            }),
         ];
         let kept: Vec<String> = coalesce(batch)
             .iter()

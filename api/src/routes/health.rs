@@ -40,7 +40,14 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     );
     let show = |r: Result<jobmill::Result<()>, tokio::time::error::Elapsed>| match r {
         Ok(Ok(())) => "ok".to_string(),
-        Ok(Err(e)) => format!("error: {}", if e.is_unavailable() { "unreachable" } else { "failing" }),
+        Ok(Err(e)) => format!(
+            "error: {}",
+            if e.is_unavailable() {
+                "unreachable"
+            } else {
+                "failing"
+            }
+        ),
         Err(_) => "error: timed out".to_string(),
     };
     let body = Readiness {

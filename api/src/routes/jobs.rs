@@ -148,7 +148,10 @@ pub async fn jobs_show(
         // Without If-None-Match, waiting means "until it differs from what it is now".
         None => tag == first_tag,
     };
-    if wait.is_zero() || (if_none_match.is_none() && job.state.is_terminal()) || !unchanged(&first_tag) {
+    if wait.is_zero()
+        || (if_none_match.is_none() && job.state.is_terminal())
+        || !unchanged(&first_tag)
+    {
         return Ok(conditional(&job, if_none_match.as_deref()));
     }
     let deadline = tokio::time::Instant::now() + wait;
@@ -279,13 +282,19 @@ pub async fn jobs_index(
     }
     for (name, v) in [("kind", &p.kind), ("queue", &p.queue)] {
         if v.as_ref().is_some_and(|v| v.len() > 128) {
-            return Err(ApiError::bad_request("invalid_filter", format!("{name} is too long")));
+            return Err(ApiError::bad_request(
+                "invalid_filter",
+                format!("{name} is too long"),
+            ));
         }
     }
     let before = match p.cursor.as_deref() {
         None => None,
         Some(c) => Some(parse_job_id(c).map_err(|_| {
-            ApiError::bad_request("invalid_cursor", "cursor must be a next_cursor from an earlier page")
+            ApiError::bad_request(
+                "invalid_cursor",
+                "cursor must be a next_cursor from an earlier page",
+            )
         })?),
     };
     let jobs = state

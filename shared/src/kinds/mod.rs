@@ -13,5 +13,5 @@ use crate::kind::Registry;
 
 /// Register every built-in kind.
 pub fn register_builtin(r: &mut Registry) {
-    r.register(Noop).register(Sleep).register(Fail::default());
+    r.register(Noop).register(Sleep).register(Fail);
 }

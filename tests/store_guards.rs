@@ -1,0 +1,169 @@
+//! Every transition is guarded on state and attempt: a stale writer changes nothing and is told
+//! so; a retried batch is recognised as already applied.
+
+use jobmill::client::{JobClient, Limits, NewJob};
+use jobmill::queue::RedisQueue;
+use jobmill::state::Decision;
+use jobmill::store::{Applied, Write};
+use jobmill::{JobState, Registry};
+use jobmill_tests::Ctx;
+use mongodb::bson::DateTime;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_writers_are_refused_and_retries_are_recognised() {
+    let ctx = Ctx::new("guards");
+    let s = ctx.settings();
+    let store = ctx.store().await;
+    store.ensure_indexes().await.unwrap();
+    let queue = RedisQueue::connect(s.redis_url.expose(), &s.key_prefix)
+        .await
+        .unwrap();
+    let client = JobClient::new(
+        store.clone(),
+        queue,
+        Registry::builtin(),
+        Limits {
+            max_args_bytes: 65536,
+        },
+    );
+    let job = client
+        .prepare(
+            "alice",
+            NewJob {
+                kind: "noop".into(),
+                args: json!({}),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let id = job.id.clone();
+    store.insert_jobs(&[job]).await.unwrap();
+    let now = DateTime::now();
+    let start = |a| Write::Start {
+        id: id.clone(),
+        attempt: a,
+        at: now,
+    };
+    let finish = |a, d| Write::Finish {
+        id: id.clone(),
+        attempt: a,
+        started_at: Some(now),
+        at: now,
+        decision: d,
+        progress: None,
+    };
+
+    assert_eq!(store.apply(&[start(1)]).await.unwrap(), vec![Applied::Done]);
+    // The lease of attempt 1 was rescued and attempt 2 started elsewhere.
+    assert_eq!(store.apply(&[start(2)]).await.unwrap(), vec![Applied::Done]);
+    // The stale worker of attempt 1 finishes: refused, and told what the job is now.
+    let r = store
+        .apply(&[finish(1, Decision::Succeed(json!("old")))])
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        vec![Applied::Stale {
+            actual: Some(JobState::Running),
+            attempt: 2
+        }]
+    );
+    // Attempt 2 fails for good.
+    let fail = finish(2, Decision::Fail("boom".into()));
+    assert_eq!(
+        store.apply(std::slice::from_ref(&fail)).await.unwrap(),
+        vec![Applied::Done]
+    );
+    // The same batch sent again (say after a network error) is recognised as applied.
+    assert_eq!(
+        store.apply(std::slice::from_ref(&fail)).await.unwrap(),
+        vec![Applied::Done]
+    );
+    // Nothing moves a terminal job: not a late success, not a new start, not a release.
+    let r = store
+        .apply(&[
+            finish(2, Decision::Succeed(json!(1))),
+            start(3),
+            Write::Release {
+                id: id.clone(),
+                attempt: 2,
+            },
+        ])
+        .await
+        .unwrap();
+    assert!(
+        r.iter().all(|a| matches!(
+            a,
+            Applied::Stale {
+                actual: Some(JobState::Failed),
+                ..
+            }
+        )),
+        "{r:?}"
+    );
+    let stored = store.get(&id, None).await.unwrap().unwrap();
+    assert_eq!(stored.state, JobState::Failed);
+    assert_eq!(stored.attempt, 2);
+    assert_eq!(
+        stored.errors_in_order().len(),
+        1,
+        "the error is recorded once"
+    );
+    assert!(stored.result_json.is_none());
+    assert!(
+        stored.retention.is_some(),
+        "finished jobs get a retention deadline"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_and_retry_are_guarded_on_state() {
+    let ctx = Ctx::new("guards2");
+    let s = ctx.settings();
+    let store = ctx.store().await;
+    let queue = RedisQueue::connect(s.redis_url.expose(), &s.key_prefix)
+        .await
+        .unwrap();
+    let client = JobClient::new(
+        store.clone(),
+        queue,
+        Registry::builtin(),
+        Limits {
+            max_args_bytes: 65536,
+        },
+    );
+    let sub = client
+        .submit(
+            "alice",
+            NewJob {
+                kind: "noop".into(),
+                args: json!({}),
+                delay_ms: Some(3_600_000),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let id = sub.job.id;
+    assert!(matches!(
+        client.retry(&id, Some("alice")).await,
+        Err(jobmill::Error::Conflict { .. })
+    ));
+    assert!(matches!(
+        client.cancel(&id, Some("bob")).await,
+        Err(jobmill::Error::NotFound)
+    ));
+    let c = client.cancel(&id, Some("alice")).await.unwrap();
+    assert_eq!(c.state, JobState::Cancelled);
+    assert!(matches!(
+        client.cancel(&id, Some("alice")).await,
+        Err(jobmill::Error::Conflict { .. })
+    ));
+    let r = client.retry(&id, None).await.unwrap();
+    assert_eq!(r.state, JobState::Queued);
+    assert!(matches!(
+        client.retry(&id, None).await,
+        Err(jobmill::Error::Conflict { .. })
+    ));
+}
