@@ -79,8 +79,14 @@ export RUST_TEST_THREADS="${RUST_TEST_THREADS:-${JOBMILL_TEST_THREADS:-4}}"
 # ---- tests ----
 log "cargo test --workspace $* (RUST_TEST_THREADS=$RUST_TEST_THREADS)"
 rc=0
-cargo test --workspace "$@" </dev/null || rc=$?
+cargo test --workspace "$@" </dev/null 2>&1 | tee "$RUN/cargo-test.log" || rc=$?
+# One closing line summing every test binary (cargo's own last line is a doc-test run of 0).
+passed=$(grep -Eo '^test result: [A-Za-z]+\. [0-9]+ passed' "$RUN/cargo-test.log" | awk '{s+=$4} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed;' "$RUN/cargo-test.log" | awk '{s+=$1} END {print s+0}')
 if [[ "$rc" -eq 0 ]]; then
     log "all checks and tests passed"
+elif [[ "$failed" -eq 0 ]]; then
+    failed=1
 fi
+echo "summary: ${passed} passed, ${failed} failed"
 exit "$rc"

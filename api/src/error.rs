@@ -83,11 +83,7 @@ impl From<jobmill::Error> for ApiError {
         use jobmill::Error as E;
         match e {
             E::InvalidJob { code, message } => {
-                let status = match code {
-                    "batch_too_large" | "empty_batch" => StatusCode::UNPROCESSABLE_ENTITY,
-                    _ => StatusCode::UNPROCESSABLE_ENTITY,
-                };
-                ApiError::new(status, code, message)
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
             }
             E::NotFound => ApiError::job_not_found(),
             E::Conflict { state, action, .. } => ApiError::new(

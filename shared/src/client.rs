@@ -267,6 +267,7 @@ impl JobClient {
                 format!("a batch holds at most {MAX_BATCH} jobs, got {}", news.len()),
             ));
         }
+        let batch = news.len() > 1;
         let mut keys = HashSet::new();
         let mut jobs = Vec::with_capacity(news.len());
         for (i, new) in news.into_iter().enumerate() {
@@ -278,13 +279,12 @@ impl JobClient {
                     ));
                 }
             }
+            // In a batch, say which job is wrong.
             let job = self.prepare(tenant, new).map_err(|e| match e {
-                Error::InvalidJob { code, message } if jobs.len() + 1 > 1 || i > 0 => {
-                    Error::InvalidJob {
-                        code,
-                        message: format!("job {i}: {message}"),
-                    }
-                }
+                Error::InvalidJob { code, message } if batch => Error::InvalidJob {
+                    code,
+                    message: format!("job {i}: {message}"),
+                },
                 other => other,
             })?;
             jobs.push(job);
