@@ -1,11 +1,10 @@
 //! Every transition is guarded on state and attempt: a stale writer changes nothing and is told
 //! so; a retried batch is recognised as already applied.
 
-use jobmill::client::{JobClient, Limits, NewJob};
-use jobmill::queue::RedisQueue;
+use jobmill::client::NewJob;
 use jobmill::state::Decision;
 use jobmill::store::{Applied, Write};
-use jobmill::{JobState, Registry};
+use jobmill::JobState;
 use jobmill_tests::Ctx;
 use mongodb::bson::DateTime;
 use serde_json::json;
@@ -13,20 +12,9 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_writers_are_refused_and_retries_are_recognised() {
     let ctx = Ctx::new("guards");
-    let s = ctx.settings();
-    let store = ctx.store().await;
+    let client = ctx.client().await;
+    let store = client.store().clone();
     store.ensure_indexes().await.unwrap();
-    let queue = RedisQueue::connect(s.redis_url.expose(), &s.key_prefix)
-        .await
-        .unwrap();
-    let client = JobClient::new(
-        store.clone(),
-        queue,
-        Registry::builtin(),
-        Limits {
-            max_args_bytes: 65536,
-        },
-    );
     let job = client
         .prepare(
             "alice",
@@ -120,19 +108,7 @@ async fn stale_writers_are_refused_and_retries_are_recognised() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_and_retry_are_guarded_on_state() {
     let ctx = Ctx::new("guards2");
-    let s = ctx.settings();
-    let store = ctx.store().await;
-    let queue = RedisQueue::connect(s.redis_url.expose(), &s.key_prefix)
-        .await
-        .unwrap();
-    let client = JobClient::new(
-        store.clone(),
-        queue,
-        Registry::builtin(),
-        Limits {
-            max_args_bytes: 65536,
-        },
-    );
+    let client = ctx.client().await;
     let sub = client
         .submit(
             "alice",

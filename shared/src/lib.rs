@@ -11,6 +11,7 @@
 //! - [`pubsub`]: Redis pub/sub for wake-ups, cancel signals and change events.
 //! - [`client`]: submission (MongoDB first, then Redis), cancel, retry.
 //! - [`config`]: typed `JOBMILL_*` settings, validated at startup.
+//! - [`telemetry`]: logging setup and the shutdown signal of the binaries.
 //! - [`error`]: the crate's error type.
 #![warn(missing_docs)]
 
@@ -25,6 +26,7 @@ pub mod pubsub;
 pub mod queue;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 
 pub use client::{JobClient, NewJob, Submitted};
 pub use config::Settings;

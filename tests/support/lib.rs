@@ -179,6 +179,13 @@ impl Ctx {
         Proc { child, log }
     }
 
+    /// A library client (what the API uses) on this test's servers.
+    pub async fn client(&self) -> jobmill::JobClient {
+        jobmill::JobClient::connect(&self.settings(), Registry::builtin())
+            .await
+            .expect("client")
+    }
+
     /// A direct store handle on this test's database.
     pub async fn store(&self) -> jobmill::store::Store {
         let s = self.settings();
