@@ -36,6 +36,8 @@ pub const DEFAULT_QUEUES: &str = "default";
 pub const DEFAULT_CONCURRENCY: usize = 16;
 /// How long SIGTERM waits for running jobs before releasing them.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Finished attempts a worker may hold before MongoDB has recorded them.
+pub const DEFAULT_MAX_UNRECORDED: usize = 10_000;
 /// How long a cancelled handler may take to stop before the worker abandons it.
 pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(10);
 
@@ -223,6 +225,8 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// Grace period of a cancelled handler.
     pub cancel_grace: Duration,
+    /// Finished-but-unrecorded attempts a worker may hold before it stops claiming.
+    pub max_unrecorded: usize,
     /// Tracing filter.
     pub log: String,
     /// Log format.
@@ -267,6 +271,7 @@ impl Settings {
         let concurrency = read("JOBMILL_CONCURRENCY", "16");
         let shutdown_timeout = read("JOBMILL_SHUTDOWN_TIMEOUT", "30s");
         let cancel_grace = read("JOBMILL_CANCEL_GRACE", "10s");
+        let max_unrecorded = read("JOBMILL_MAX_UNRECORDED", "10000");
         let log = read("JOBMILL_LOG", "info");
         let log_format = read("JOBMILL_LOG_FORMAT", "text");
 
@@ -389,6 +394,7 @@ impl Settings {
         let max_body_bytes = num("JOBMILL_MAX_BODY_BYTES", &max_body, 1024, 64 * 1024 * 1024);
         let max_args_bytes = num("JOBMILL_MAX_ARGS_BYTES", &max_args, 64, 16 * 1024 * 1024);
         let concurrency = num("JOBMILL_CONCURRENCY", &concurrency, 1, 10_000);
+        let max_unrecorded = num("JOBMILL_MAX_UNRECORDED", &max_unrecorded, 1, 1_000_000);
         let queues = parse_queues(&queues);
         check(
             "JOBMILL_QUEUES",
@@ -439,6 +445,7 @@ impl Settings {
             concurrency,
             shutdown_timeout,
             cancel_grace,
+            max_unrecorded,
             log,
             log_format,
         })

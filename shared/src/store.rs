@@ -193,16 +193,15 @@ impl Store {
     pub async fn ensure_indexes(&self) -> Result<()> {
         let plain = |keys: Document| IndexModel::builder().keys(keys).build();
         let models = vec![
-            // Listing, newest first, for one tenant with each filter, and for operators.
+            // Listing, newest first: a tenant's jobs (optionally by state), and every job for
+            // operators (optionally by state; also the reconciler's scan of live jobs). Kind and
+            // queue filters walk the same index prefixes and filter on the way, so they never
+            // scan the collection; dedicated indexes would cost every insert more than they save
+            // (each index made inserts ~25% slower on the MongoDB-compatible server).
             plain(doc! { "tenant": 1, "list_key": -1 }),
             plain(doc! { "tenant": 1, "state": 1, "list_key": -1 }),
-            plain(doc! { "tenant": 1, "kind": 1, "list_key": -1 }),
-            plain(doc! { "tenant": 1, "queue": 1, "list_key": -1 }),
             plain(doc! { "list_key": -1 }),
-            // Operator filters, and the reconciler's scan of live jobs.
             plain(doc! { "state": 1, "list_key": -1 }),
-            plain(doc! { "kind": 1, "list_key": -1 }),
-            plain(doc! { "queue": 1, "list_key": -1 }),
             IndexModel::builder()
                 .keys(doc! { "tenant": 1, "idempotency_key": 1 })
                 .options(

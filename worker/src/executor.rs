@@ -37,18 +37,15 @@ pub(crate) async fn execute(
     let attempt = claimed.attempt;
     let started = DateTime::now();
     shared.persister.progress.track(&p.id, &p.queue);
-    shared
-        .persister
-        .send(Item {
-            queue: p.queue.clone(),
-            write: Write::Start {
-                id: p.id.clone(),
-                attempt: attempt as i32,
-                at: started,
-            },
-            release_score: 0.0,
-        })
-        .await;
+    shared.persister.send(Item {
+        queue: p.queue.clone(),
+        write: Write::Start {
+            id: p.id.clone(),
+            attempt: attempt as i32,
+            at: started,
+        },
+        release_score: 0.0,
+    });
 
     let end = run_handler(&shared, &claimed, token).await;
     // The handler is done: free its slot now, not after the outcome is recorded, so recording
@@ -89,14 +86,11 @@ pub(crate) async fn execute(
             )
         }
     };
-    shared
-        .persister
-        .send(Item {
-            queue: p.queue.clone(),
-            write,
-            release_score,
-        })
-        .await;
+    shared.persister.send(Item {
+        queue: p.queue.clone(),
+        write,
+        release_score,
+    });
 }
 
 async fn run_handler(shared: &Shared, claimed: &Claimed, token: CancellationToken) -> End {

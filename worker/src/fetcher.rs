@@ -17,9 +17,6 @@ use crate::Shared;
 const MAX_CLAIM: usize = 64;
 /// Poll interval when no wake-up arrives (covers a missed pub/sub message).
 const IDLE_POLL: Duration = Duration::from_millis(500);
-/// Finished-but-unrecorded jobs allowed beyond the running ones before claiming pauses
-/// (MongoDB slow or down): bounds memory and the work a crash would repeat.
-const BACKLOG: usize = 4000;
 
 pub(crate) async fn fetch_loop(
     shared: Arc<Shared>,
@@ -27,7 +24,9 @@ pub(crate) async fn fetch_loop(
     wake: Arc<Notify>,
     stop: CancellationToken,
 ) {
-    let cap = shared.concurrency + BACKLOG;
+    // Finished-but-unrecorded jobs allowed beyond the running ones before claiming pauses
+    // (MongoDB slow or down): bounds memory and the work a crash would repeat.
+    let cap = shared.concurrency + shared.max_unrecorded;
     let mut failures = 0u32;
     loop {
         let first = tokio::select! {

@@ -48,6 +48,7 @@ pub(crate) struct Shared {
     key_prefix: String,
     queues: Vec<QueueWeight>,
     concurrency: usize,
+    max_unrecorded: usize,
     lease: Duration,
     cancel_grace: Duration,
     policy: RetryPolicy,
@@ -71,6 +72,23 @@ pub async fn run(
     registry: Registry,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), WorkerError> {
+    let store = Store::connect(
+        settings.mongodb_uri.expose(),
+        &settings.mongodb_db,
+        settings.retention,
+    )
+    .await?;
+    run_with_store(settings, registry, store, shutdown).await
+}
+
+/// [`run`] with a store handle built by the caller (for example with MongoDB command
+/// monitoring attached, as the benchmarks do).
+pub async fn run_with_store(
+    settings: Settings,
+    registry: Registry,
+    store: Store,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), WorkerError> {
     let identity = Identity::new();
     let worker = identity.id.clone();
     tokio::pin!(shutdown);
@@ -79,12 +97,6 @@ pub async fn run(
     let hard_stop = CancellationToken::new();
     let stop_all = CancellationToken::new();
 
-    let store = Store::connect(
-        settings.mongodb_uri.expose(),
-        &settings.mongodb_db,
-        settings.retention,
-    )
-    .await?;
     let queue = tokio::select! {
         q = backoff::until_ok("redis connection", &stop_all, || {
             RedisQueue::connect(settings.redis_url.expose(), &settings.key_prefix)
@@ -116,6 +128,7 @@ pub async fn run(
         key_prefix: settings.key_prefix.clone(),
         queues: settings.queues.clone(),
         concurrency: settings.concurrency,
+        max_unrecorded: settings.max_unrecorded,
         lease: settings.lease_ttl,
         cancel_grace: settings.cancel_grace,
         policy: RetryPolicy {

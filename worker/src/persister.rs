@@ -28,8 +28,9 @@ use crate::inflight::{Inflight, StopReason};
 
 /// How often progress reports are written (the latest per job; older ones are dropped).
 pub const PROGRESS_EVERY: Duration = Duration::from_millis(500);
-/// Writes queued before executors wait (backpressure while MongoDB is slow or down).
-const CHANNEL: usize = 4 * WRITE_BATCH;
+/// Items drained per round before coalescing (a start and its outcome usually both arrive,
+/// so this yields about `WRITE_BATCH` statements).
+const DRAIN: usize = 2 * WRITE_BATCH;
 
 /// One write to record, with what Redis needs afterwards.
 #[derive(Debug)]
@@ -105,17 +106,21 @@ impl ProgressSink for ProgressTable {
 }
 
 /// Sender side, held by executors.
+///
+/// The channel is unbounded on purpose: the fetcher stops claiming once
+/// `JOBMILL_MAX_UNRECORDED` finished attempts wait here, which bounds it (at most a start and an
+/// outcome per held job). A bounded channel would instead make handlers wait for MongoDB.
 #[derive(Clone)]
 pub struct Persister {
-    tx: mpsc::Sender<Item>,
+    tx: mpsc::UnboundedSender<Item>,
     /// Progress reports.
     pub progress: Arc<ProgressTable>,
 }
 
 impl Persister {
-    /// Queue a write. Waits when the pipeline is full (MongoDB slow or down).
-    pub async fn send(&self, item: Item) {
-        if self.tx.send(item).await.is_err() {
+    /// Queue a write.
+    pub fn send(&self, item: Item) {
+        if self.tx.send(item).is_err() {
             tracing::error!("persister stopped; outcome left to the lease rescuer");
         }
     }
@@ -139,7 +144,7 @@ pub struct Context {
 
 /// Start both stages.
 pub fn spawn(ctx: Arc<Context>) -> Persister {
-    let (tx, rx) = mpsc::channel(CHANNEL);
+    let (tx, rx) = mpsc::unbounded_channel();
     let (done_tx, done_rx) = mpsc::channel(4);
     let progress = Arc::new(ProgressTable::default());
     tokio::spawn(mongo_stage(ctx.clone(), rx, done_tx, progress.clone()));
@@ -151,7 +156,7 @@ type Batch = (Vec<Item>, Vec<Applied>);
 
 async fn mongo_stage(
     ctx: Arc<Context>,
-    mut rx: mpsc::Receiver<Item>,
+    mut rx: mpsc::UnboundedReceiver<Item>,
     done: mpsc::Sender<Batch>,
     progress: Arc<ProgressTable>,
 ) {
@@ -175,7 +180,7 @@ async fn mongo_stage(
             }
             _ = ctx.stop.cancelled() => return,
         }
-        while batch.len() < WRITE_BATCH {
+        while batch.len() < DRAIN {
             match rx.try_recv() {
                 Ok(i) => batch.push(i),
                 Err(_) => break,

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# jobmill's adapter for ../shared/peers-bench (contract: top of lib/harness.py). Run it with:
+#   JOBMILL_PEER_ADAPTER=$PWD/bench/peer.sh BENCH_PEERS="ours bullmq dramatiq celery rq" ../shared/peers-bench/run_all.sh
+# Variants: jobmill (library client), jobmill-http (through jobmill-api over HTTP).
+# It keeps a private nx-27017 (MongoDB-compatible) on JOBMILL_BENCH_MONGO_PORT (27391) and, for
+# the HTTP variant, a bench API on JOBMILL_BENCH_API_PORT (8391), both under bench/.run/.
+# `bench/peer.sh stop` stops them.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+# shellcheck source=../scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
+export BENCH_REDIS_URL="${BENCH_REDIS_URL:-redis://127.0.0.1:6391/0}"
+RUN="$HERE/.run"
+BIN="$ROOT/target/release/bench-peer"
+mkdir -p "$RUN"
+# Ports are chosen once (preferring the defaults) and remembered, because another process may
+# hold the default.
+[ -s "$RUN/mongo.port" ] || preferred_port "${JOBMILL_BENCH_MONGO_PORT:-27391}" >"$RUN/mongo.port"
+[ -s "$RUN/api.port" ] || preferred_port "${JOBMILL_BENCH_API_PORT:-8391}" >"$RUN/api.port"
+MONGO_PORT="$(cat "$RUN/mongo.port")"
+API_PORT="$(cat "$RUN/api.port")"
+export JOBMILL_BENCH_MONGODB_URI="mongodb://127.0.0.1:${MONGO_PORT}/?directConnection=true"
+export JOBMILL_BENCH_API_PORT="$API_PORT"
+
+ensure_mongo() {
+    if ! pid_file_matches "$RUN/mongo/nx.pid" nx-27017; then
+        if ! port_is_free "$MONGO_PORT"; then
+            MONGO_PORT="$(free_port)"
+            echo "$MONGO_PORT" >"$RUN/mongo.port"
+            export JOBMILL_BENCH_MONGODB_URI="mongodb://127.0.0.1:${MONGO_PORT}/?directConnection=true"
+        fi
+        mkdir -p "$RUN/mongo"
+        start_private_mongo "$RUN/mongo" "$MONGO_PORT" >&2
+    fi
+}
+
+ensure_api() {
+    if ! pid_file_matches "$RUN/api.pid" bench-peer \
+        || ! curl -fs "http://127.0.0.1:$API_PORT/readyz" >/dev/null 2>&1; then
+        stop_pid_file "$RUN/api.pid" >&2 || true
+        if ! port_is_free "$API_PORT"; then
+            API_PORT="$(free_port)"
+            echo "$API_PORT" >"$RUN/api.port"
+            export JOBMILL_BENCH_API_PORT="$API_PORT"
+        fi
+        setsid "$BIN" api >"$RUN/api.log" 2>&1 < /dev/null &
+        echo $! >"$RUN/api.pid"
+        for _ in $(seq 1 100); do
+            curl -fs "http://127.0.0.1:$API_PORT/readyz" >/dev/null 2>&1 && return 0
+            sleep 0.1
+        done
+        echo "bench api did not become ready; see $RUN/api.log" >&2
+        exit 1
+    fi
+}
+
+cmd="${1:-}"; shift || true
+case "$cmd" in
+  setup)
+    ensure_cargo
+    ensure_mongo_installed >&2
+    ensure_curl_installed >&2
+    (cd "$ROOT" && cargo build --release -q -p jobmill-bench --bin bench-peer) >&2 ;;
+  versions)
+    echo "jobmill=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo dev) (store: nx-27017 $("$ROOT/.venv-mongo/bin/pip" show nx-27017 2>/dev/null | awk '/^Version/{print $2}'))" ;;
+  variants) printf 'jobmill\njobmill-http\n' ;;
+  info)
+    case "${1:-}" in
+      jobmill-http) via="HTTP API (jobmill-api on loopback, keep-alive client)" ;;
+      *) via="library client (JobClient)" ;;
+    esac
+    printf '{"workloads": ["w1","w2","w3","w4"], "bulk": true, "cpu": "1 process x concurrency 64 (tokio, 2 threads)", "io": "1 process x concurrency 100", "notes": "enqueue via %s; every job inserted into MongoDB (nx-27017) before it is queued, every state and result recorded there"}\n' "$via" ;;
+  enqueue|steady)
+    ensure_mongo
+    [ "${1:-}" = jobmill-http ] && ensure_api
+    exec "$BIN" "$cmd" "$@" ;;
+  qlen) exec "$BIN" qlen ;;
+  worker)
+    ensure_mongo
+    exec "$BIN" worker "$2" ;;
+  stop)
+    stop_pid_file "$RUN/api.pid" || true
+    stop_pid_file "$RUN/mongo/nx.pid" || true ;;
+  *) echo "usage: $0 setup|versions|variants|info|enqueue|steady|qlen|worker|stop ..." >&2; exit 2 ;;
+esac

@@ -1,0 +1,142 @@
+//! The bench deployment: one queue (`bench`) under its own key prefix and database, settings
+//! from the harness's environment, MongoDB command counting, and the reset that keeps MongoDB in
+//! step with the harness's FLUSHDB.
+//!
+//! The harness wipes Redis between workloads. Redis-only systems forget everything with it;
+//! jobmill also keeps every job in MongoDB, and its reconciler would faithfully put the jobs of
+//! the previous workload back. So the adapter treats "the generation marker vanished from Redis"
+//! as "the harness reset the system" and empties the jobs collection too, then marks Redis as
+//! holding a full copy (the epoch), exactly the state of a fresh deployment.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use jobmill::config::{Component, Settings};
+use jobmill::queue::RedisQueue;
+use jobmill::store::Store;
+use mongodb::event::command::CommandEvent;
+use mongodb::event::EventHandler;
+use redis::AsyncCommands;
+
+/// Queue of every bench job.
+pub const QUEUE: &str = "bench";
+/// Tenant of every bench job.
+pub const TENANT: &str = "bench";
+/// API key of the HTTP variant.
+pub const API_SECRET: &str = "bench-secret-0123456789";
+/// Redis key whose disappearance means the harness reset the system.
+const GENERATION: &str = "bench:jobmill:generation";
+
+/// Settings for the bench deployment, from `BENCH_*` variables.
+pub fn settings(concurrency: usize) -> anyhow::Result<Settings> {
+    let redis =
+        std::env::var("BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6391/0".into());
+    let mongo = std::env::var("JOBMILL_BENCH_MONGODB_URI")
+        .unwrap_or_else(|_| "mongodb://127.0.0.1:27391/?directConnection=true".into());
+    let api_port = std::env::var("JOBMILL_BENCH_API_PORT").unwrap_or_else(|_| "8391".into());
+    let vars: BTreeMap<&str, String> = [
+        ("JOBMILL_REDIS_URL", redis),
+        ("JOBMILL_MONGODB_URI", mongo),
+        ("JOBMILL_MONGODB_DB", "jobmill_bench".to_string()),
+        ("JOBMILL_KEY_PREFIX", "jmbench".to_string()),
+        ("JOBMILL_QUEUES", QUEUE.to_string()),
+        ("JOBMILL_CONCURRENCY", concurrency.to_string()),
+        ("JOBMILL_API_ADDR", format!("127.0.0.1:{api_port}")),
+        (
+            "JOBMILL_API_KEYS",
+            format!("{TENANT}:{API_SECRET}:submitter"),
+        ),
+        ("JOBMILL_MAX_ARGS_BYTES", "4096".to_string()),
+        (
+            "JOBMILL_LOG",
+            std::env::var("JOBMILL_LOG").unwrap_or_else(|_| "warn".into()),
+        ),
+        // Outcomes may run ahead of MongoDB by a whole W2 run; see docs/performance.md.
+        (
+            "JOBMILL_MAX_UNRECORDED",
+            std::env::var("JOBMILL_MAX_UNRECORDED").unwrap_or_else(|_| "25000".into()),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    Ok(Settings::from_lookup(Component::Api, |k| {
+        vars.get(k).cloned()
+    })?)
+}
+
+/// MongoDB commands sent by this process, by command name.
+#[derive(Clone, Default)]
+pub struct CommandCounter {
+    by_name: Arc<Mutex<BTreeMap<String, u64>>>,
+    total: Arc<AtomicU64>,
+}
+
+impl CommandCounter {
+    /// Total commands so far.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Counts by command name.
+    pub fn by_name(&self) -> BTreeMap<String, u64> {
+        self.by_name.lock().expect("counter").clone()
+    }
+}
+
+/// A store whose client counts every command it starts (driver command monitoring).
+pub async fn counted_store(s: &Settings) -> anyhow::Result<(Store, CommandCounter)> {
+    let counter = CommandCounter::default();
+    let mut opts = jobmill::store::client_options(s.mongodb_uri.expose()).await?;
+    let c = counter.clone();
+    opts.command_event_handler = Some(EventHandler::callback(move |ev: CommandEvent| {
+        if let CommandEvent::Started(started) = ev {
+            c.total.fetch_add(1, Ordering::Relaxed);
+            *c.by_name
+                .lock()
+                .expect("counter")
+                .entry(started.command_name.clone())
+                .or_default() += 1;
+        }
+    }));
+    let store = Store::connect_with(opts, &s.mongodb_db, s.retention)?;
+    Ok((store, counter))
+}
+
+/// If the harness reset Redis since the last call, empty MongoDB's jobs too (see module doc).
+pub async fn sync_with_harness_reset(s: &Settings, store: &Store) -> anyhow::Result<()> {
+    let queue = RedisQueue::connect(s.redis_url.expose(), &s.key_prefix).await?;
+    let mut conn = queue.connection();
+    // Two phases, so nobody inserts jobs while another process is still emptying the
+    // collection (the harness starts the worker and the producer back to back).
+    let won: bool = redis::cmd("SET")
+        .arg(GENERATION)
+        .arg("resetting")
+        .arg("NX")
+        .arg("EX")
+        .arg(120)
+        .query_async::<Option<String>>(&mut conn)
+        .await?
+        .is_some();
+    if won {
+        store
+            .database()
+            .collection::<mongodb::bson::Document>(jobmill::store::JOBS)
+            .drop()
+            .await?;
+        store.ensure_indexes().await?;
+        queue.set_epoch().await?;
+        let _: () = conn.set(GENERATION, "ready").await?;
+    } else {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while conn.get::<_, Option<String>>(GENERATION).await?.as_deref() != Some("ready") {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "bench reset never finished"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    let _: () = conn.sadd(queue.keys().queues(), QUEUE).await?;
+    Ok(())
+}
