@@ -5,6 +5,7 @@
 //! - [`job`]: the job record (MongoDB) and payload (Redis).
 //! - [`kind`]: the `JobKind` trait a job kind implements, its context and typed outcome.
 //! - [`kinds`]: the built-in kinds (`noop`, `sleep`, `fail`), one file each.
+//! - [`files`]: the file store: uploads in parts, assembled files in chunk collections.
 //! - [`store`]: MongoDB, the system of record; one guarded method per transition.
 //! - [`queue`]: Redis queues, one Lua script per atomic operation (`src/scripts/`).
 //! - [`keys`]: every Redis key name.
@@ -18,6 +19,7 @@
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod files;
 pub mod job;
 pub mod keys;
 pub mod kind;

@@ -228,6 +228,10 @@ impl Store {
                 .build(),
         ];
         self.jobs.create_indexes(models).await?;
+        // The file store's indexes do not depend on its retention setting.
+        crate::files::FileStore::new(&self.db, self.retention)
+            .ensure_indexes()
+            .await?;
         Ok(())
     }
 

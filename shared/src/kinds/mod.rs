@@ -2,10 +2,12 @@
 //! it in [`register_builtin`] (or in your own binary's registry).
 
 mod fail;
+mod file_assembly;
 mod noop;
 mod sleep;
 
 pub use fail::Fail;
+pub use file_assembly::{check_parts, FileAssembly};
 pub use noop::Noop;
 pub use sleep::Sleep;
 
@@ -13,5 +15,8 @@ use crate::kind::Registry;
 
 /// Register every built-in kind.
 pub fn register_builtin(r: &mut Registry) {
-    r.register(Noop).register(Sleep).register(Fail);
+    r.register(Noop)
+        .register(Sleep)
+        .register(Fail)
+        .register(FileAssembly);
 }
