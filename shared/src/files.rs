@@ -304,7 +304,10 @@ impl FileStore {
         if upload.state != "open" {
             return Err(Error::Refused {
                 code: "upload_closed",
-                message: format!("the upload is {}; parts are no longer accepted", upload.state),
+                message: format!(
+                    "the upload is {}; parts are no longer accepted",
+                    upload.state
+                ),
             });
         }
         if !(0..MAX_PARTS).contains(&n) {
@@ -411,12 +414,7 @@ impl FileStore {
             self.insert_piece(upload, n, token, k, buf).await?;
             k += 1;
         }
-        Ok((
-            size,
-            k,
-            md5.finalize().to_vec(),
-            sha.finalize().to_vec(),
-        ))
+        Ok((size, k, md5.finalize().to_vec(), sha.finalize().to_vec()))
     }
 
     async fn insert_piece(

@@ -1,4 +1,6 @@
 //! HTTP handlers, one file per resource.
 
+pub mod files;
 pub mod health;
 pub mod jobs;
+pub mod uploads;

@@ -1,0 +1,1 @@
+//! Datasets (placeholder until bulk_import lands).
