@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`app`]: the router, for `serve` and for tests (no socket needed).
-//! - `routes/`: handlers, one file per resource (`jobs`, `uploads`, `files`, `health`).
+//! - `routes/`: handlers, one file per resource (`jobs`, `uploads`, `files`,
+//!   `datasets`, `health`).
 //! - [`view`]: request and answer shapes, with OpenAPI schemas.
 //! - [`auth`]: bearer API keys and tenants.
 //! - [`extract`]: extractors that answer bad input in the API's error shape.
@@ -93,6 +94,9 @@ impl AppState {
         routes::files::files_index,
         routes::files::files_show,
         routes::files::files_delete,
+        routes::datasets::datasets_index,
+        routes::datasets::datasets_rows,
+        routes::datasets::datasets_page,
         routes::health::healthz,
         routes::health::readyz,
         routes::health::openapi,
@@ -103,6 +107,7 @@ impl AppState {
         routes::health::Readiness,
         routes::uploads::CreateUpload, routes::uploads::UploadView, routes::uploads::PartView,
         routes::files::FileView, routes::files::FilePage,
+        routes::datasets::DatasetView, routes::datasets::DatasetList, routes::datasets::RowPage,
     )),
     modifiers(&BearerAuth),
 )]
@@ -122,7 +127,7 @@ impl Modify for BearerAuth {
 
 /// The API router.
 pub fn app(state: AppState) -> Router {
-    use routes::{files, health, jobs, uploads};
+    use routes::{datasets, files, health, jobs, uploads};
     Router::new()
         .route("/v1/jobs", post(jobs::jobs_create).get(jobs::jobs_index))
         .route("/v1/jobs/batch", post(jobs::jobs_batch))
@@ -141,6 +146,12 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/v1/files/{id}",
             get(files::files_show).delete(files::files_delete),
+        )
+        .route("/v1/datasets", get(datasets::datasets_index))
+        .route("/v1/datasets/{name}/rows", get(datasets::datasets_rows))
+        .route(
+            "/v1/datasets/{name}/pages/{n}",
+            get(datasets::datasets_page),
         )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

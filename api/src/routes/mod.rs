@@ -1,5 +1,6 @@
 //! HTTP handlers, one file per resource.
 
+pub mod datasets;
 pub mod files;
 pub mod health;
 pub mod jobs;
