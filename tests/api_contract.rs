@@ -813,6 +813,16 @@ async fn health_readiness_and_openapi() {
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/openapi.json", "get"),
+        ("/v1/uploads", "post"),
+        ("/v1/uploads/{id}", "get"),
+        ("/v1/uploads/{id}/parts/{n}", "put"),
+        ("/v1/uploads/{id}/complete", "post"),
+        ("/v1/files", "get"),
+        ("/v1/files/{id}", "get"),
+        ("/v1/files/{id}", "delete"),
+        ("/v1/datasets", "get"),
+        ("/v1/datasets/{name}/rows", "get"),
+        ("/v1/datasets/{name}/pages/{n}", "get"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),

@@ -86,6 +86,15 @@ impl From<jobmill::Error> for ApiError {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
             }
             E::NotFound => ApiError::job_not_found(),
+            E::Missing(what) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no such {what}"),
+            ),
+            E::Refused { code, message } => ApiError::new(StatusCode::CONFLICT, code, message),
+            E::TooLarge(message) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+            }
             E::Conflict { state, action, .. } => ApiError::new(
                 StatusCode::CONFLICT,
                 if action == "retry" {

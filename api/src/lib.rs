@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`app`]: the router, for `serve` and for tests (no socket needed).
-//! - `routes/`: handlers, one file per resource (`jobs`, `health`).
+//! - `routes/`: handlers, one file per resource (`jobs`, `uploads`, `files`,
+//!   `datasets`, `health`).
 //! - [`view`]: request and answer shapes, with OpenAPI schemas.
 //! - [`auth`]: bearer API keys and tenants.
 //! - [`extract`]: extractors that answer bad input in the API's error shape.
@@ -22,7 +23,7 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, StatusCode, Uri};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use jobmill::config::{ApiKey, Settings};
 use jobmill::{JobClient, Registry};
@@ -42,6 +43,18 @@ pub struct AppState {
     pub watch: watch::Watch,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// All settings (part size, page size, retention...).
+    pub settings: Arc<Settings>,
+}
+
+impl AppState {
+    /// The file store.
+    pub fn files(&self) -> jobmill::files::FileStore {
+        jobmill::files::FileStore::new(
+            self.client.store().database(),
+            self.settings.upload_retention,
+        )
+    }
 }
 
 impl AppState {
@@ -58,6 +71,7 @@ impl AppState {
             keys: Arc::new(settings.api_keys.clone()),
             watch,
             max_body_bytes: settings.max_body_bytes,
+            settings: Arc::new(settings.clone()),
         })
     }
 }
@@ -73,6 +87,16 @@ impl AppState {
         routes::jobs::jobs_show,
         routes::jobs::jobs_cancel,
         routes::jobs::jobs_retry,
+        routes::uploads::uploads_create,
+        routes::uploads::uploads_show,
+        routes::uploads::uploads_part,
+        routes::uploads::uploads_complete,
+        routes::files::files_index,
+        routes::files::files_show,
+        routes::files::files_delete,
+        routes::datasets::datasets_index,
+        routes::datasets::datasets_rows,
+        routes::datasets::datasets_page,
         routes::health::healthz,
         routes::health::readyz,
         routes::health::openapi,
@@ -81,6 +105,9 @@ impl AppState {
         view::SubmitJob, view::SubmitBatch, view::JobView, view::JobPage, view::BatchView,
         view::ProgressView, view::AttemptErrorView, error::ErrorBody, error::ErrorDetail,
         routes::health::Readiness,
+        routes::uploads::CreateUpload, routes::uploads::UploadView, routes::uploads::PartView,
+        routes::files::FileView, routes::files::FilePage,
+        routes::datasets::DatasetView, routes::datasets::DatasetList, routes::datasets::RowPage,
     )),
     modifiers(&BearerAuth),
 )]
@@ -100,13 +127,32 @@ impl Modify for BearerAuth {
 
 /// The API router.
 pub fn app(state: AppState) -> Router {
-    use routes::{health, jobs};
+    use routes::{datasets, files, health, jobs, uploads};
     Router::new()
         .route("/v1/jobs", post(jobs::jobs_create).get(jobs::jobs_index))
         .route("/v1/jobs/batch", post(jobs::jobs_batch))
         .route("/v1/jobs/{id}", get(jobs::jobs_show))
         .route("/v1/jobs/{id}/cancel", post(jobs::jobs_cancel))
         .route("/v1/jobs/{id}/retry", post(jobs::jobs_retry))
+        .route("/v1/uploads", post(uploads::uploads_create))
+        .route("/v1/uploads/{id}", get(uploads::uploads_show))
+        // Parts are streamed into the file store and limited by the part size instead.
+        .route(
+            "/v1/uploads/{id}/parts/{n}",
+            put(uploads::uploads_part).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/uploads/{id}/complete", post(uploads::uploads_complete))
+        .route("/v1/files", get(files::files_index))
+        .route(
+            "/v1/files/{id}",
+            get(files::files_show).delete(files::files_delete),
+        )
+        .route("/v1/datasets", get(datasets::datasets_index))
+        .route("/v1/datasets/{name}/rows", get(datasets::datasets_rows))
+        .route(
+            "/v1/datasets/{name}/pages/{n}",
+            get(datasets::datasets_page),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(health::openapi))

@@ -41,6 +41,17 @@ pub const DEFAULT_MAX_UNRECORDED: usize = 10_000;
 /// How long a cancelled handler may take to stop before the worker abandons it.
 pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(10);
 
+/// Default size of an upload part (8 MiB).
+pub const DEFAULT_UPLOAD_PART_SIZE: usize = 8 * 1024 * 1024;
+/// Smallest upload part size (tests use it to get many parts from a small file).
+pub const MIN_UPLOAD_PART_SIZE: usize = 64 * 1024;
+/// How long an upload that never completed (and its parts) is kept.
+pub const DEFAULT_UPLOAD_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// Rows per page of a dataset listing.
+pub const DEFAULT_PAGE_SIZE: usize = 50;
+/// How many leading pages of a dataset listing the Redis cache holds.
+pub const DEFAULT_CACHE_PAGES: usize = 10;
+
 /// Every setting: env name, default, meaning. Drives `--help` and the README table.
 pub const SETTINGS: &[(&str, &str, &str)] = &[
     (
@@ -106,6 +117,26 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "JOBMILL_CANCEL_GRACE",
         "10s",
         "worker: time a cancelled handler gets before it is abandoned",
+    ),
+    (
+        "JOBMILL_UPLOAD_PART_SIZE",
+        "8388608",
+        "size of an upload part in bytes (65536 or more)",
+    ),
+    (
+        "JOBMILL_UPLOAD_RETENTION",
+        "24h",
+        "uploads never completed, and their parts, are deleted after this",
+    ),
+    (
+        "JOBMILL_PAGE_SIZE",
+        "50",
+        "rows per page of GET /v1/datasets/{name}/pages/{n}",
+    ),
+    (
+        "JOBMILL_CACHE_PAGES",
+        "10",
+        "leading pages of each dataset kept in the Redis cache",
     ),
     (
         "JOBMILL_LOG",
@@ -227,6 +258,14 @@ pub struct Settings {
     pub cancel_grace: Duration,
     /// Finished-but-unrecorded attempts a worker may hold before it stops claiming.
     pub max_unrecorded: usize,
+    /// Size of an upload part.
+    pub upload_part_size: usize,
+    /// Retention of uploads never completed.
+    pub upload_retention: Duration,
+    /// Rows per cached page.
+    pub page_size: usize,
+    /// Leading pages of a dataset kept in the cache.
+    pub cache_pages: usize,
     /// Tracing filter.
     pub log: String,
     /// Log format.
@@ -272,6 +311,10 @@ impl Settings {
         let shutdown_timeout = read("JOBMILL_SHUTDOWN_TIMEOUT", "30s");
         let cancel_grace = read("JOBMILL_CANCEL_GRACE", "10s");
         let max_unrecorded = read("JOBMILL_MAX_UNRECORDED", "10000");
+        let part_size = read("JOBMILL_UPLOAD_PART_SIZE", "8388608");
+        let upload_retention = read("JOBMILL_UPLOAD_RETENTION", "24h");
+        let page_size = read("JOBMILL_PAGE_SIZE", "50");
+        let cache_pages = read("JOBMILL_CACHE_PAGES", "10");
         let log = read("JOBMILL_LOG", "info");
         let log_format = read("JOBMILL_LOG_FORMAT", "text");
 
@@ -379,6 +422,12 @@ impl Settings {
             Duration::ZERO,
             Duration::from_secs(3600),
         );
+        let upload_retention = dur(
+            "JOBMILL_UPLOAD_RETENTION",
+            &upload_retention,
+            Duration::from_secs(60),
+            day * 365,
+        );
         let mut num = |name: &str, raw: &str, min: usize, max: usize| -> usize {
             match raw.parse::<usize>() {
                 Ok(n) if (min..=max).contains(&n) => n,
@@ -395,6 +444,14 @@ impl Settings {
         let max_args_bytes = num("JOBMILL_MAX_ARGS_BYTES", &max_args, 64, 16 * 1024 * 1024);
         let concurrency = num("JOBMILL_CONCURRENCY", &concurrency, 1, 10_000);
         let max_unrecorded = num("JOBMILL_MAX_UNRECORDED", &max_unrecorded, 1, 1_000_000);
+        let upload_part_size = num(
+            "JOBMILL_UPLOAD_PART_SIZE",
+            &part_size,
+            MIN_UPLOAD_PART_SIZE,
+            1024 * 1024 * 1024,
+        );
+        let page_size = num("JOBMILL_PAGE_SIZE", &page_size, 1, 1000);
+        let cache_pages = num("JOBMILL_CACHE_PAGES", &cache_pages, 1, 1000);
         let queues = parse_queues(&queues);
         check(
             "JOBMILL_QUEUES",
@@ -446,6 +503,10 @@ impl Settings {
             shutdown_timeout,
             cancel_grace,
             max_unrecorded,
+            upload_part_size,
+            upload_retention,
+            page_size,
+            cache_pages,
             log,
             log_format,
         })
@@ -764,6 +825,32 @@ mod tests {
             !format!("{s:?}").contains("0123456789abcdef"),
             "secrets leak into Debug"
         );
+    }
+
+    #[test]
+    fn file_and_cache_settings() {
+        let s = load(&[], Component::Worker).unwrap();
+        assert_eq!(s.upload_part_size, DEFAULT_UPLOAD_PART_SIZE);
+        assert_eq!(s.upload_retention, DEFAULT_UPLOAD_RETENTION);
+        assert_eq!(s.page_size, DEFAULT_PAGE_SIZE);
+        assert_eq!(s.cache_pages, DEFAULT_CACHE_PAGES);
+        let err = load(
+            &[
+                ("JOBMILL_UPLOAD_PART_SIZE", "1000"),
+                ("JOBMILL_PAGE_SIZE", "0"),
+                ("JOBMILL_UPLOAD_RETENTION", "1s"),
+            ],
+            Component::Worker,
+        )
+        .unwrap_err()
+        .to_string();
+        for name in [
+            "JOBMILL_UPLOAD_PART_SIZE",
+            "JOBMILL_PAGE_SIZE",
+            "JOBMILL_UPLOAD_RETENTION",
+        ] {
+            assert!(err.contains(name), "{name} missing from: {err}");
+        }
     }
 
     #[test]

@@ -13,7 +13,8 @@ pub enum Error {
     #[error("invalid configuration:\n{0}")]
     Config(String),
 
-    /// A job submission failed validation (bad field, unknown kind, bad args).
+    /// Bad input: a job submission failed validation (bad field, unknown kind, bad args), or
+    /// an upload, file or dataset request is malformed (API 422).
     #[error("{message}")]
     InvalidJob {
         /// Stable machine-readable code, e.g. `unknown_kind`.
@@ -46,6 +47,25 @@ pub enum Error {
     /// No such job (or it belongs to another tenant).
     #[error("job not found")]
     NotFound,
+
+    /// No such upload, file or dataset (or it belongs to another tenant). The field names
+    /// what was looked for.
+    #[error("no such {0}")]
+    Missing(&'static str),
+
+    /// A request or a resource is in a state that forbids the action (API 409), e.g. a part
+    /// sent to an upload that is already completed.
+    #[error("{message}")]
+    Refused {
+        /// Stable machine-readable code.
+        code: &'static str,
+        /// Human sentence.
+        message: String,
+    },
+
+    /// A streamed body is larger than its limit (API 413).
+    #[error("{0}")]
+    TooLarge(String),
 
     /// Redis failed or was unreachable.
     #[error("redis: {0}")]

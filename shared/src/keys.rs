@@ -35,6 +35,25 @@ pub struct QueueKeys {
     pub rescued: String,
 }
 
+/// The cache keys of one dataset (see [`Keys::cache`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheKeys {
+    /// STRING: the version readers use now.
+    pub current: String,
+    /// STRING: the job id of the queued or running rebuild (`pending:<nonce>` while it is
+    /// being submitted); the single-flight marker.
+    pub rebuild: String,
+    /// Prefix of the version HASHes (page number → page JSON, plus `pages`).
+    version_prefix: String,
+}
+
+impl CacheKeys {
+    /// HASH of one version: field `<n>` = page n as JSON, field `pages` = pages written.
+    pub fn version(&self, version: &str) -> String {
+        format!("{}{version}", self.version_prefix)
+    }
+}
+
 impl Keys {
     /// Keys under `prefix` (validated by the config: no braces).
     pub fn new(prefix: &str) -> Self {
@@ -90,6 +109,17 @@ impl Keys {
         format!("{}:worker:{}", self.prefix, id)
     }
 
+    /// The cache keys of one dataset's pages. They share the hash tag `{tenant/dataset}`, so
+    /// the swap script stays on one Redis Cluster slot.
+    pub fn cache(&self, tenant: &str, dataset: &str) -> CacheKeys {
+        let base = format!("{}:cache:{{{tenant}/{dataset}}}", self.prefix);
+        CacheKeys {
+            current: format!("{base}:current"),
+            rebuild: format!("{base}:rebuild"),
+            version_prefix: format!("{base}:v"),
+        }
+    }
+
     /// Channel: a job of queue `name` became ready (payload `r`) or was scheduled (`s`).
     pub fn wake_channel(&self, name: &str) -> String {
         format!("{}:wake:{}", self.prefix, name)
@@ -133,6 +163,15 @@ mod tests {
             assert_eq!(hash_tag(key), "imports", "{key}");
             assert!(key.starts_with("jm:test:"), "{key}");
         }
+    }
+
+    #[test]
+    fn cache_keys_share_the_dataset_hash_tag() {
+        let k = Keys::new("jm").cache("alice", "orders");
+        for key in [&k.current, &k.rebuild, &k.version("7")] {
+            assert_eq!(hash_tag(key), "alice/orders", "{key}");
+        }
+        assert_ne!(k.current, Keys::new("jm").cache("bob", "orders").current);
     }
 
     #[test]

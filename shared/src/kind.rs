@@ -104,6 +104,27 @@ pub trait ProgressSink: Send + Sync {
     fn report(&self, id: &str, attempt: u32, progress: Progress);
 }
 
+/// What the built-in kinds that touch data need: the stores and the settings. The worker sets
+/// it on every context ([`JobContext::with_resources`]); a context built without it (unit tests
+/// of pure kinds) answers [`JobContext::resources`] with a failed outcome.
+#[derive(Clone)]
+pub struct Resources {
+    /// MongoDB, Redis, and submission of follow-up jobs.
+    pub client: crate::client::JobClient,
+    /// The process's settings (part size, page size, retention...).
+    pub settings: Arc<crate::config::Settings>,
+}
+
+impl Resources {
+    /// The file store.
+    pub fn files(&self) -> crate::files::FileStore {
+        crate::files::FileStore::new(
+            self.client.store().database(),
+            self.settings.upload_retention,
+        )
+    }
+}
+
 /// What a handler knows about the attempt it runs, and how it talks back.
 #[derive(Clone)]
 pub struct JobContext {
@@ -119,6 +140,7 @@ pub struct JobContext {
     pub queue: String,
     cancel: CancellationToken,
     progress: Arc<dyn ProgressSink>,
+    resources: Option<Arc<Resources>>,
 }
 
 impl JobContext {
@@ -140,7 +162,21 @@ impl JobContext {
             queue,
             cancel,
             progress,
+            resources: None,
         }
+    }
+
+    /// Give the handler access to the stores.
+    pub fn with_resources(mut self, resources: Arc<Resources>) -> Self {
+        self.resources = Some(resources);
+        self
+    }
+
+    /// The stores, or a permanent failure to return when this process did not provide them.
+    pub fn resources(&self) -> std::result::Result<&Resources, Outcome> {
+        self.resources.as_deref().ok_or_else(|| {
+            Outcome::fail("this process runs kinds without store access (no Resources)")
+        })
     }
 
     /// Resolves when the job should stop: a user cancelled it, it timed out, or the worker is

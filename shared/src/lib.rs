@@ -4,7 +4,11 @@
 //! - [`state`]: the job state machine, attempt outcomes, the one `decide` function, backoff.
 //! - [`job`]: the job record (MongoDB) and payload (Redis).
 //! - [`kind`]: the `JobKind` trait a job kind implements, its context and typed outcome.
-//! - [`kinds`]: the built-in kinds (`noop`, `sleep`, `fail`), one file each.
+//! - [`kinds`]: the built-in kinds (`noop`, `sleep`, `fail`, `file_assembly`, `bulk_import`,
+//!   `cache_rebuild`), one file each.
+//! - [`cache`]: the Redis page cache of dataset listings (versions, atomic swap, single flight).
+//! - [`datasets`]: per-tenant collections of imported rows, with seek pagination.
+//! - [`files`]: the file store: uploads in parts, assembled files in chunk collections.
 //! - [`store`]: MongoDB, the system of record; one guarded method per transition.
 //! - [`queue`]: Redis queues, one Lua script per atomic operation (`src/scripts/`).
 //! - [`keys`]: every Redis key name.
@@ -15,9 +19,12 @@
 //! - [`error`]: the crate's error type.
 #![warn(missing_docs)]
 
+pub mod cache;
 pub mod client;
 pub mod config;
+pub mod datasets;
 pub mod error;
+pub mod files;
 pub mod job;
 pub mod keys;
 pub mod kind;

@@ -18,6 +18,8 @@ use crate::state::{Decision, JobState};
 
 /// Name of the jobs collection.
 pub const JOBS: &str = "jobs";
+/// Name of the collection of handler checkpoints (keyed by job id).
+pub const CHECKPOINTS: &str = "checkpoints";
 /// Largest number of writes sent in one `update` command.
 pub const WRITE_BATCH: usize = 1000;
 
@@ -227,6 +229,19 @@ impl Store {
                 .build(),
         ];
         self.jobs.create_indexes(models).await?;
+        self.db
+            .collection::<Document>(CHECKPOINTS)
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "retention.expire_at": 1 })
+                    .options(IndexOptions::builder().expire_after(Duration::ZERO).build())
+                    .build(),
+            )
+            .await?;
+        // The file store's indexes do not depend on its retention setting.
+        crate::files::FileStore::new(&self.db, self.retention)
+            .ensure_indexes()
+            .await?;
         Ok(())
     }
 
@@ -509,6 +524,35 @@ impl Store {
                 })
             }
         }
+    }
+
+    // ----- handler checkpoints ----------------------------------------------------------
+
+    /// The checkpoint a handler saved for job `id` (JSON text), if any.
+    pub async fn load_checkpoint(&self, id: &str) -> Result<Option<String>> {
+        let c: Collection<Document> = self.db.collection(CHECKPOINTS);
+        Ok(c.find_one(doc! { "_id": id })
+            .await?
+            .and_then(|d| d.get_str("state_json").ok().map(str::to_string)))
+    }
+
+    /// Save a handler's checkpoint for job `id`, so a later attempt resumes from it. Not
+    /// guarded on the attempt: a stale attempt can at worst move the checkpoint back, which
+    /// costs repeated (idempotent) work, never lost work. Expires with the job's retention.
+    pub async fn save_checkpoint(&self, id: &str, attempt: u32, state_json: &str) -> Result<()> {
+        let c: Collection<Document> = self.db.collection(CHECKPOINTS);
+        c.replace_one(
+            doc! { "_id": id },
+            doc! {
+                "_id": id,
+                "attempt": attempt as i64,
+                "state_json": state_json,
+                "retention": self.retention_doc(DateTime::now()),
+            },
+        )
+        .upsert(true)
+        .await?;
+        Ok(())
     }
 
     // ----- transitions of workers and maintenance ----------------------------------------

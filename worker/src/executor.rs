@@ -118,7 +118,8 @@ async fn run_handler(shared: &Shared, claimed: &Claimed, token: CancellationToke
         p.queue.clone(),
         token.clone(),
         shared.persister.progress.clone(),
-    );
+    )
+    .with_resources(shared.resources.clone());
     // A task of its own, so a panic is caught as a JoinError instead of killing the worker.
     let mut handle = tokio::spawn(kind.run(ctx, args));
     let timeout = Duration::from_millis(p.timeout_ms.max(1) as u64);

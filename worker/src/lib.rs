@@ -53,6 +53,8 @@ pub(crate) struct Shared {
     cancel_grace: Duration,
     policy: RetryPolicy,
     registry: Registry,
+    /// Stores handed to the handlers of kinds that read or write data.
+    resources: Arc<jobmill::kind::Resources>,
     store: Store,
     queue: RedisQueue,
     inflight: Arc<Inflight>,
@@ -121,6 +123,17 @@ pub async fn run_with_store(
         stats: stats.clone(),
         stop: stop_all.clone(),
     }));
+    let resources = Arc::new(jobmill::kind::Resources {
+        client: jobmill::JobClient::new(
+            store.clone(),
+            queue.clone(),
+            registry.clone(),
+            jobmill::client::Limits {
+                max_args_bytes: settings.max_args_bytes,
+            },
+        ),
+        settings: Arc::new(settings.clone()),
+    });
     let shared = Arc::new(Shared {
         identity,
         worker: worker.clone(),
@@ -136,6 +149,7 @@ pub async fn run_with_store(
             max: settings.retry_max,
         },
         registry,
+        resources,
         store,
         queue,
         inflight: inflight.clone(),

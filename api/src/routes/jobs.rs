@@ -222,7 +222,8 @@ fn conditional(job: &Job, if_none_match: Option<&str>) -> Response {
     job_response(StatusCode::OK, job)
 }
 
-fn job_response(status: StatusCode, job: &Job) -> Response {
+/// A job answer with its `ETag` and `Location`.
+pub(crate) fn job_response(status: StatusCode, job: &Job) -> Response {
     let mut res = (status, axum::Json(JobView::from(job))).into_response();
     if let Ok(v) = HeaderValue::from_str(&etag(job)) {
         res.headers_mut().insert(ETAG, v);

@@ -1,4 +1,7 @@
 //! HTTP handlers, one file per resource.
 
+pub mod datasets;
+pub mod files;
 pub mod health;
 pub mod jobs;
+pub mod uploads;

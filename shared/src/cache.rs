@@ -1,0 +1,267 @@
+//! The Redis page cache of dataset listings: versioned pages swapped in atomically, and the
+//! single-flight rule that at most one `cache_rebuild` per dataset is queued or running.
+//!
+//! - A version is one HASH (page number → page JSON, `pages` → how many were written), built
+//!   completely, then made current by `cache_swap.lua`. The replaced version stays readable for
+//!   [`OLD_VERSION_GRACE`] (a reader may have just read `current`), then expires.
+//! - Single flight: the `rebuild` key holds the job id of the rebuild in flight. The first
+//!   requester wins `SET NX` with a `pending:<nonce>` placeholder, submits the job (idempotency
+//!   key derived from the nonce) and writes its id; everyone else reads the id. The job clears
+//!   the key when it ends (`cache_release.lua`); a key left by a job that died for good
+//!   expires after [`REBUILD_MARK_TTL`].
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use serde_json::json;
+
+use crate::client::JobClient;
+use crate::config::Settings;
+use crate::datasets::{row_json, Dataset, Datasets};
+use crate::error::{Error, Result};
+use crate::keys::{CacheKeys, Keys};
+use crate::kind::Resources;
+use crate::NewJob;
+
+static SWAP: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/cache_swap.lua")));
+static RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/cache_release.lua")));
+
+/// How long a replaced version stays readable.
+pub const OLD_VERSION_GRACE: Duration = Duration::from_secs(60);
+/// How long an unfinished version may live (a rebuild that died mid-way leaves it behind).
+pub const BUILDING_TTL: Duration = Duration::from_secs(3600);
+/// Longest a single-flight marker lives if its job never clears it.
+pub const REBUILD_MARK_TTL: Duration = Duration::from_secs(600);
+
+/// What a page read found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cached {
+    /// The page JSON of the current version.
+    Hit(String),
+    /// No current version (cold), or it does not hold the page.
+    Miss,
+}
+
+/// Handle to the page cache. Cheap to clone.
+#[derive(Clone)]
+pub struct PageCache {
+    client: JobClient,
+    conn: ConnectionManager,
+    keys: Keys,
+    /// Rows per page.
+    pub page_size: usize,
+    /// Leading pages cached.
+    pub pages: usize,
+}
+
+impl PageCache {
+    /// The cache a job handler uses.
+    pub fn new(res: &Resources) -> Self {
+        Self::with(&res.client, &res.settings)
+    }
+
+    /// The cache over a client's Redis with the given settings.
+    pub fn with(client: &JobClient, settings: &Settings) -> Self {
+        PageCache {
+            client: client.clone(),
+            conn: client.queue().connection(),
+            keys: client.queue().keys().clone(),
+            page_size: settings.page_size,
+            pages: settings.cache_pages,
+        }
+    }
+
+    fn keys(&self, tenant: &str, dataset: &str) -> CacheKeys {
+        self.keys.cache(tenant, dataset)
+    }
+
+    /// Page `n` from the current version.
+    pub async fn read(&self, tenant: &str, dataset: &str, n: u64) -> Result<Cached> {
+        let k = self.keys(tenant, dataset);
+        let mut c = self.conn.clone();
+        let Some(version): Option<String> = c.get(&k.current).await? else {
+            return Ok(Cached::Miss);
+        };
+        // Not atomic with the GET above, and need not be: a replaced version stays readable
+        // for OLD_VERSION_GRACE, far longer than this round trip.
+        let (page, pages): (Option<String>, Option<u64>) = redis::cmd("HMGET")
+            .arg(k.version(&version))
+            .arg(n)
+            .arg("pages")
+            .query_async(&mut c)
+            .await?;
+        Ok(match (page, pages) {
+            (Some(p), _) => Cached::Hit(p),
+            // The dataset ends before page n: an empty page, still from the cache.
+            (None, Some(pages)) if n >= pages => Cached::Hit(page_json(
+                dataset,
+                n,
+                self.page_size,
+                Vec::new(),
+                Some(&version),
+            )),
+            _ => Cached::Miss,
+        })
+    }
+
+    /// Ask for a rebuild of a dataset's cache: returns the job id of the one queued or running,
+    /// submitting it if there is none.
+    pub async fn request_rebuild(&self, tenant: &str, dataset: &str) -> Result<String> {
+        let k = self.keys(tenant, dataset);
+        let mut c = self.conn.clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let nonce = uuid::Uuid::new_v4().simple().to_string();
+            let placeholder = format!("pending:{nonce}");
+            let won: Option<String> = redis::cmd("SET")
+                .arg(&k.rebuild)
+                .arg(&placeholder)
+                .arg("NX")
+                .arg("EX")
+                .arg(30)
+                .query_async(&mut c)
+                .await?;
+            if won.is_some() {
+                let submitted = self
+                    .client
+                    .submit(
+                        tenant,
+                        NewJob {
+                            kind: "cache_rebuild".into(),
+                            args: json!({ "dataset": dataset }),
+                            idempotency_key: Some(format!("cache_rebuild:{dataset}:{nonce}")),
+                            ..Default::default()
+                        },
+                    )
+                    .await;
+                let job = match submitted {
+                    Ok(s) => s.job,
+                    Err(e) => {
+                        let _: () = c.del(&k.rebuild).await?;
+                        return Err(e);
+                    }
+                };
+                let _: () = redis::cmd("SET")
+                    .arg(&k.rebuild)
+                    .arg(&job.id)
+                    .arg("EX")
+                    .arg(REBUILD_MARK_TTL.as_secs())
+                    .query_async(&mut c)
+                    .await?;
+                return Ok(job.id);
+            }
+            // Someone else is submitting or has submitted: wait for the job id.
+            let current: Option<String> = c.get(&k.rebuild).await?;
+            match current {
+                Some(v) if !v.starts_with("pending:") => return Ok(v),
+                _ => {}
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(Error::Corrupt(
+                    "a cache rebuild is being submitted but its job id never appeared".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Clear the single-flight marker if it names `job_id`.
+    pub async fn release(&self, tenant: &str, dataset: &str, job_id: &str) -> Result<()> {
+        let k = self.keys(tenant, dataset);
+        let mut c = self.conn.clone();
+        let _: i64 = RELEASE
+            .key(&k.rebuild)
+            .arg(job_id)
+            .invoke_async(&mut c)
+            .await?;
+        Ok(())
+    }
+
+    /// Build a new version of the first `pages` pages and swap it in. Returns the version and
+    /// how many pages it holds. `progress(done)` is called after each page.
+    pub async fn rebuild(
+        &self,
+        datasets: &Datasets,
+        ds: &Dataset,
+        pages: usize,
+        progress: impl Fn(usize),
+    ) -> Result<(String, usize)> {
+        let k = self.keys(&ds.tenant, &ds.name);
+        let mut c = self.conn.clone();
+        let version = crate::job::new_job_id();
+        let vkey = k.version(&version);
+        let mut written = 0;
+        for n in 0..pages {
+            let rows = datasets.page(ds, n as u64, self.page_size as i64).await?;
+            let full = rows.len() == self.page_size;
+            if !rows.is_empty() {
+                let json = page_json(
+                    &ds.name,
+                    n as u64,
+                    self.page_size,
+                    rows.into_iter().map(row_json).collect(),
+                    Some(&version),
+                );
+                let _: () = redis::pipe()
+                    .hset(&vkey, n, json)
+                    .expire(&vkey, BUILDING_TTL.as_secs() as i64)
+                    .query_async(&mut c)
+                    .await?;
+                written = n + 1;
+            }
+            progress(n + 1);
+            if !full {
+                break;
+            }
+        }
+        let _: () = redis::pipe()
+            .hset(&vkey, "pages", written)
+            .expire(&vkey, BUILDING_TTL.as_secs() as i64)
+            .query_async(&mut c)
+            .await?;
+        // Compare-and-set against a concurrent rebuild (only possible after a lease expired).
+        loop {
+            let old: Option<String> = c.get(&k.current).await?;
+            let old = old.unwrap_or_default();
+            let old_key = if old.is_empty() {
+                vkey.clone()
+            } else {
+                k.version(&old)
+            };
+            let swapped: i64 = SWAP
+                .key(&k.current)
+                .key(&vkey)
+                .key(&old_key)
+                .arg(&old)
+                .arg(&version)
+                .arg(OLD_VERSION_GRACE.as_secs())
+                .invoke_async(&mut c)
+                .await?;
+            if swapped == 1 {
+                return Ok((version, written));
+            }
+        }
+    }
+}
+
+/// The JSON of one page, as cached and as served.
+pub fn page_json(
+    dataset: &str,
+    n: u64,
+    page_size: usize,
+    rows: Vec<serde_json::Value>,
+    version: Option<&str>,
+) -> String {
+    json!({
+        "dataset": dataset,
+        "page": n,
+        "page_size": page_size,
+        "rows": rows,
+        "version": version,
+    })
+    .to_string()
+}

@@ -1,0 +1,651 @@
+//! `bulk_import`: streams a stored file (NDJSON or CSV) into a tenant's dataset in batches.
+//!
+//! - **Streaming.** The file is read one chunk at a time; records are cut across chunk
+//!   boundaries, so memory holds one chunk, one record and one batch.
+//! - **Idempotent rows.** Every row gets a deterministic `_id`: the key's value when `key` is
+//!   given (written as an upsert that replaces the row), otherwise `<file>:<row>`, inserted with
+//!   duplicates ignored. Importing the same file twice, or rerunning after a crash, never
+//!   duplicates a row.
+//! - **Checkpoints.** After each batch the byte offset of the next record and the counts so
+//!   far are saved; a retry resumes there. Rows between the checkpoint and the crash are
+//!   written again, harmlessly (see above), and counted as they were the first time.
+//! - **Bad rows** are counted and the first [`MAX_ERRORS`] reported; a file that is not the
+//!   declared format at all (nothing parses in the first [`SNIFF_ROWS`] rows, or a CSV header
+//!   that is not one) fails the job.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::error::ErrorKind;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::datasets::{check_name, Dataset, Datasets};
+use crate::files::{FileMeta, FileStore};
+use crate::kind::{JobContext, JobKind, KindDefaults, Outcome, Resources};
+
+/// Most errors listed in the result.
+pub const MAX_ERRORS: usize = 1000;
+/// Rows looked at before deciding the file is not the declared format at all.
+pub const SNIFF_ROWS: u64 = 100;
+/// Longest record; a longer one is a bad row (and a runaway quote cannot eat the memory).
+pub const MAX_RECORD: usize = 1024 * 1024;
+/// Default rows per write.
+pub const DEFAULT_BATCH: usize = 1000;
+
+/// Arguments of `bulk_import`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkImportArgs {
+    /// The stored file (from an upload).
+    pub file_id: String,
+    /// `ndjson` or `csv` (with a header row).
+    pub format: String,
+    /// Target dataset name (`[a-z0-9_]{1,48}`).
+    pub dataset: String,
+    /// Field to upsert on: a row with the same value replaces the earlier one.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Rows per write (1-10000, default 1000).
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+    /// Expected type per field: `string`, `number`, `integer` or `boolean`. A row whose field
+    /// has another type is a bad row. Without it CSV values are inferred (empty → null,
+    /// integers, decimals, true/false, else text).
+    #[serde(default)]
+    pub schema: Option<BTreeMap<String, String>>,
+}
+
+/// Imports files into datasets.
+pub struct BulkImport;
+
+fn check_field(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 128 || name.starts_with('$') || name.contains('.') {
+        return Err(format!(
+            "field name '{}' must be 1-128 characters, without '.' or a leading '$'",
+            name.chars().take(60).collect::<String>()
+        ));
+    }
+    if name == "_id" {
+        return Err("field name _id is reserved".into());
+    }
+    Ok(())
+}
+
+impl JobKind for BulkImport {
+    const NAME: &'static str = "bulk_import";
+    type Args = BulkImportArgs;
+
+    fn validate(&self, a: &BulkImportArgs) -> Result<(), String> {
+        uuid::Uuid::try_parse(&a.file_id).map_err(|_| "file_id must be a file id (a UUID)")?;
+        if a.format != "ndjson" && a.format != "csv" {
+            return Err(format!("format '{}' is neither ndjson nor csv", a.format));
+        }
+        check_name(&a.dataset)?;
+        if let Some(k) = &a.key {
+            check_field(k)?;
+        }
+        if a.batch_size.is_some_and(|b| !(1..=10_000).contains(&b)) {
+            return Err("batch_size must be from 1 to 10000".into());
+        }
+        for (f, t) in a.schema.iter().flatten() {
+            check_field(f)?;
+            if !["string", "number", "integer", "boolean"].contains(&t.as_str()) {
+                return Err(format!(
+                    "schema type '{t}' of field {f} is not string, number, integer or boolean"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn defaults(&self) -> KindDefaults {
+        KindDefaults {
+            max_attempts: 5,
+            timeout: Duration::from_secs(6 * 3600),
+        }
+    }
+
+    async fn run(&self, ctx: JobContext, a: BulkImportArgs) -> Outcome {
+        let res = match ctx.resources() {
+            Ok(r) => r.clone(),
+            Err(o) => return o,
+        };
+        match import(&ctx, &res, &a).await {
+            Ok(o) => o,
+            // Store trouble: the next attempt resumes from the checkpoint.
+            Err(e) => Outcome::retry(e),
+        }
+    }
+}
+
+/// What survives a crash: where to resume and what was counted so far.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Checkpoint {
+    /// Byte offset of the next record to read.
+    offset: u64,
+    /// Records numbered so far (CSV: data rows; NDJSON: lines).
+    row: u64,
+    /// CSV header.
+    header: Option<Vec<String>>,
+    inserted: u64,
+    updated: u64,
+    failed: u64,
+    /// Whether any row parsed yet (format sniffing).
+    any_ok: bool,
+    errors: Vec<(u64, String)>,
+}
+
+impl Checkpoint {
+    fn fail_row(&mut self, row: u64, msg: String) {
+        self.failed += 1;
+        if self.errors.len() < MAX_ERRORS {
+            self.errors.push((row, format!("row {row}: {msg}")));
+        }
+    }
+}
+
+async fn import(ctx: &JobContext, res: &Resources, a: &BulkImportArgs) -> crate::Result<Outcome> {
+    let files: FileStore = res.files();
+    let store = res.client.store();
+    let file = match files.file(&a.file_id, Some(&ctx.tenant)).await? {
+        Some(f) if f.state == "complete" => f,
+        _ => return Ok(Outcome::fail(format!("file {} does not exist", a.file_id))),
+    };
+    let datasets = Datasets::new(store.database());
+    let ds = datasets.ensure(&ctx.tenant, &a.dataset).await?;
+    let mut cp: Checkpoint = match store.load_checkpoint(&ctx.id).await? {
+        Some(s) => serde_json::from_str(&s).unwrap_or_default(),
+        None => Checkpoint::default(),
+    };
+    let batch_size = a.batch_size.unwrap_or(DEFAULT_BATCH);
+    let total = file.size.max(0) as u64;
+    let mut reader = Records::new(a.format == "csv", cp.offset);
+    let mut batch: Vec<(u64, Document)> = Vec::with_capacity(batch_size);
+    let mut pos = cp.offset;
+    let cs = file.chunk_size.max(1) as u64;
+    let mut eof = false;
+    while !eof {
+        let data = if pos < total {
+            let n = pos / cs;
+            let chunk = files.chunk(&file.id, n as i64).await?.ok_or_else(|| {
+                crate::Error::Corrupt(format!("chunk {n} of the file is missing"))
+            })?;
+            let from = (pos - n * cs) as usize;
+            pos = n * cs + chunk.len() as u64;
+            chunk[from..].to_vec()
+        } else {
+            eof = true;
+            Vec::new()
+        };
+        let records = reader.feed(&data, eof);
+        for rec in records {
+            if let Some(o) = handle_record(&mut cp, a, &file, rec, &mut batch) {
+                return Ok(o);
+            }
+            if batch.len() >= batch_size {
+                write_batch(&datasets, &ds, a.key.is_some(), &mut batch, &mut cp).await?;
+                save(ctx, res, &cp).await?;
+                report(ctx, &cp, total);
+                if ctx.is_cancelled() {
+                    return Ok(Outcome::Cancelled("cancelled between batches".into()));
+                }
+            }
+        }
+        if eof {
+            break;
+        }
+    }
+    if let Some(o) = sniff(&cp, a, true) {
+        return Ok(o);
+    }
+    write_batch(&datasets, &ds, a.key.is_some(), &mut batch, &mut cp).await?;
+    save(ctx, res, &cp).await?;
+    report(ctx, &cp, total);
+    datasets.bump_generation(&ds).await?;
+    // The cached pages of this dataset are stale now: ask for one rebuild (coalesced with any
+    // already queued). A failure here must not fail the import; the next cache miss asks again.
+    if let Err(e) = crate::cache::PageCache::new(res)
+        .request_rebuild(&ctx.tenant, &a.dataset)
+        .await
+    {
+        tracing::warn!(error = %e, dataset = %a.dataset, "could not request a cache rebuild");
+    }
+    Ok(Outcome::success(json!({
+        "dataset": a.dataset,
+        "rows": cp.row,
+        "inserted": cp.inserted,
+        "updated": cp.updated,
+        "failed": cp.failed,
+        "errors": cp.errors.iter().map(|(row, e)| json!({"row": row, "error": e})).collect::<Vec<_>>(),
+    })))
+}
+
+async fn save(ctx: &JobContext, res: &Resources, cp: &Checkpoint) -> crate::Result<()> {
+    let s = serde_json::to_string(cp).map_err(|e| crate::Error::Corrupt(e.to_string()))?;
+    res.client
+        .store()
+        .save_checkpoint(&ctx.id, ctx.attempt, &s)
+        .await
+}
+
+fn report(ctx: &JobContext, cp: &Checkpoint, total: u64) {
+    ctx.progress(
+        cp.offset as i64,
+        Some(total as i64),
+        Some(&format!(
+            "{} rows: {} inserted, {} updated, {} failed",
+            cp.row, cp.inserted, cp.updated, cp.failed
+        )),
+    );
+}
+
+/// Fail the job when nothing of the first rows parsed: the file is not the declared format.
+fn sniff(cp: &Checkpoint, a: &BulkImportArgs, at_end: bool) -> Option<Outcome> {
+    let seen = cp.row;
+    if cp.any_ok || seen == 0 || (!at_end && seen < SNIFF_ROWS) {
+        return None;
+    }
+    let first = cp
+        .errors
+        .first()
+        .map(|(_, e)| e.clone())
+        .unwrap_or_default();
+    Some(Outcome::fail(format!(
+        "the file is not {}: none of its first {} rows could be read ({first})",
+        a.format,
+        seen.min(SNIFF_ROWS)
+    )))
+}
+
+/// One cut record: its bytes (or that it was too long) and the offset just past it.
+struct Record {
+    bytes: Vec<u8>,
+    too_long: bool,
+    end: u64,
+}
+
+/// Cuts a byte stream into records: lines, or for CSV lines outside quotes.
+struct Records {
+    csv: bool,
+    buf: Vec<u8>,
+    in_quotes: bool,
+    too_long: bool,
+    /// Offset of the next byte fed.
+    at: u64,
+}
+
+impl Records {
+    fn new(csv: bool, offset: u64) -> Self {
+        Records {
+            csv,
+            buf: Vec::new(),
+            in_quotes: false,
+            too_long: false,
+            at: offset,
+        }
+    }
+
+    fn feed(&mut self, data: &[u8], eof: bool) -> Vec<Record> {
+        let mut out = Vec::new();
+        for &b in data {
+            self.at += 1;
+            if b == b'"' && self.csv && !self.too_long {
+                self.in_quotes = !self.in_quotes;
+            }
+            if b == b'\n' && (!self.in_quotes || self.too_long) {
+                out.push(self.take());
+                continue;
+            }
+            if self.buf.len() >= MAX_RECORD {
+                self.too_long = true;
+                self.buf.clear();
+            }
+            if !self.too_long {
+                self.buf.push(b);
+            }
+        }
+        if eof && (!self.buf.is_empty() || self.too_long) {
+            out.push(self.take());
+        }
+        out
+    }
+
+    fn take(&mut self) -> Record {
+        let mut bytes = std::mem::take(&mut self.buf);
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+        let r = Record {
+            bytes,
+            too_long: self.too_long,
+            end: self.at,
+        };
+        self.too_long = false;
+        self.in_quotes = false;
+        r
+    }
+}
+
+/// Parse one record into the batch (or the error list). Returns an outcome to end the job with
+/// when the file turns out not to be the declared format.
+fn handle_record(
+    cp: &mut Checkpoint,
+    a: &BulkImportArgs,
+    file: &FileMeta,
+    rec: Record,
+    batch: &mut Vec<(u64, Document)>,
+) -> Option<Outcome> {
+    let csv = a.format == "csv";
+    if csv && cp.header.is_none() {
+        cp.offset = rec.end;
+        let header = std::str::from_utf8(&rec.bytes)
+            .ok()
+            .filter(|_| !rec.too_long)
+            .and_then(|s| parse_csv_record(s).ok());
+        let Some(header) = header else {
+            return Some(Outcome::fail(
+                "the file is not csv: its first line is not a header row",
+            ));
+        };
+        let mut seen = std::collections::HashSet::new();
+        for h in &header {
+            if let Err(e) = check_field(h) {
+                return Some(Outcome::fail(format!(
+                    "the file is not usable csv: header: {e}"
+                )));
+            }
+            if !seen.insert(h) {
+                return Some(Outcome::fail(format!(
+                    "the file is not usable csv: header names column {h} twice"
+                )));
+            }
+        }
+        cp.header = Some(header);
+        return None;
+    }
+    cp.row += 1;
+    let row = cp.row;
+    let blank = rec.bytes.iter().all(|b| b.is_ascii_whitespace());
+    let parsed = if rec.too_long {
+        Err(format!("longer than {MAX_RECORD} bytes"))
+    } else if blank {
+        Err("empty line".to_string())
+    } else {
+        match std::str::from_utf8(&rec.bytes) {
+            Err(_) => Err("not UTF-8 text".to_string()),
+            Ok(text) if csv => csv_row(text, cp.header.as_deref().unwrap_or(&[]), a),
+            Ok(text) => json_row(text, a),
+        }
+    };
+    let parsed = parsed.and_then(|d| with_id(d, row, a, file));
+    match parsed {
+        Ok(d) => {
+            cp.any_ok = true;
+            batch.push((rec.end, d));
+        }
+        Err(e) => {
+            // A bad row still moves the offset, once the rows before it are written.
+            if batch.is_empty() {
+                cp.offset = rec.end;
+            } else if let Some(last) = batch.last_mut() {
+                last.0 = rec.end;
+            }
+            cp.fail_row(row, e);
+        }
+    }
+    sniff(cp, a, false)
+}
+
+fn with_id(
+    mut d: Document,
+    row: u64,
+    a: &BulkImportArgs,
+    file: &FileMeta,
+) -> Result<Document, String> {
+    let id = match &a.key {
+        None => format!("{}:{row:012}", file.id),
+        Some(k) => match d.get(k) {
+            Some(Bson::String(s)) if !s.is_empty() => s.clone(),
+            Some(Bson::Int32(i)) => i.to_string(),
+            Some(Bson::Int64(i)) => i.to_string(),
+            Some(Bson::Double(f)) if f.fract() == 0.0 && f.abs() < 9e15 => (*f as i64).to_string(),
+            None | Some(Bson::Null) => return Err(format!("field {k}: the key is missing")),
+            Some(_) => return Err(format!("field {k}: the key must be a string or an integer")),
+        },
+    };
+    d.insert("_id", id);
+    Ok(d)
+}
+
+fn json_row(text: &str, a: &BulkImportArgs) -> Result<Document, String> {
+    let v: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let Value::Object(map) = v else {
+        return Err("not a JSON object".into());
+    };
+    let mut d = Document::new();
+    for (k, v) in map {
+        check_field(&k).map_err(|e| format!("field {k}: {e}"))?;
+        if let Some(t) = a.schema.as_ref().and_then(|s| s.get(&k)) {
+            let ok = match t.as_str() {
+                "string" => v.is_string(),
+                "number" => v.is_number(),
+                "integer" => v.is_i64() || v.is_u64(),
+                "boolean" => v.is_boolean(),
+                _ => true,
+            };
+            if !ok && !v.is_null() {
+                return Err(format!(
+                    "field {k}: expected {t}, got {}",
+                    short(&v.to_string())
+                ));
+            }
+        }
+        let b = Bson::try_from(v).map_err(|e| format!("field {k}: {e}"))?;
+        d.insert(k, b);
+    }
+    Ok(d)
+}
+
+fn short(s: &str) -> String {
+    if s.chars().count() > 40 {
+        format!("{}…", s.chars().take(40).collect::<String>())
+    } else {
+        s.to_string()
+    }
+}
+
+fn csv_row(text: &str, header: &[String], a: &BulkImportArgs) -> Result<Document, String> {
+    let fields = parse_csv_record(text)?;
+    if fields.len() != header.len() {
+        return Err(format!(
+            "expected {} fields, got {}",
+            header.len(),
+            fields.len()
+        ));
+    }
+    let mut d = Document::new();
+    for (name, raw) in header.iter().zip(fields) {
+        let want = a
+            .schema
+            .as_ref()
+            .and_then(|s| s.get(name))
+            .map(String::as_str);
+        let v = csv_value(&raw, want).map_err(|t| {
+            format!(
+                "field {name}: expected {t}, got {}",
+                short(&format!("{raw:?}"))
+            )
+        })?;
+        d.insert(name.clone(), v);
+    }
+    Ok(d)
+}
+
+/// Type a CSV value: as the schema says, or inferred.
+fn csv_value(raw: &str, want: Option<&str>) -> Result<Bson, &'static str> {
+    let int = || raw.parse::<i64>().ok().map(Bson::Int64);
+    let num = || {
+        int().or_else(|| {
+            raw.parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
+                .map(Bson::Double)
+        })
+    };
+    let boolean = || match raw {
+        "true" => Some(Bson::Boolean(true)),
+        "false" => Some(Bson::Boolean(false)),
+        _ => None,
+    };
+    if raw.is_empty() {
+        return Ok(Bson::Null);
+    }
+    match want {
+        Some("string") => Ok(Bson::String(raw.to_string())),
+        Some("number") => num().ok_or("number"),
+        Some("integer") => int().ok_or("integer"),
+        Some("boolean") => boolean().ok_or("boolean"),
+        _ => Ok(num()
+            .or_else(boolean)
+            .unwrap_or_else(|| Bson::String(raw.to_string()))),
+    }
+}
+
+/// Split one complete CSV record into fields (RFC 4180: commas, quoted fields, `""` escapes).
+fn parse_csv_record(text: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut field = String::new();
+    let mut chars = text.chars().peekable();
+    let mut quoted = false;
+    let mut was_quoted = false;
+    while let Some(c) = chars.next() {
+        if quoted {
+            if c == '"' {
+                if chars.peek() == Some(&'"') {
+                    field.push('"');
+                    chars.next();
+                } else {
+                    quoted = false;
+                }
+            } else {
+                field.push(c);
+            }
+        } else if c == ',' {
+            out.push(std::mem::take(&mut field));
+            was_quoted = false;
+        } else if c == '"' && field.is_empty() && !was_quoted {
+            quoted = true;
+            was_quoted = true;
+        } else if was_quoted {
+            return Err("text after a closing quote".into());
+        } else {
+            field.push(c);
+        }
+    }
+    if quoted {
+        return Err("unterminated quote".into());
+    }
+    out.push(field);
+    Ok(out)
+}
+
+/// Write a batch; `cp.offset` moves past it only once it is stored.
+async fn write_batch(
+    datasets: &Datasets,
+    ds: &Dataset,
+    keyed: bool,
+    batch: &mut Vec<(u64, Document)>,
+    cp: &mut Checkpoint,
+) -> crate::Result<()> {
+    let Some(&(end, _)) = batch.last() else {
+        return Ok(());
+    };
+    let coll = datasets.rows_of(ds);
+    let n = batch.len() as u64;
+    if keyed {
+        // Replacement upserts by _id, in order (a key repeated within the batch ends as its
+        // last row). The replacement carries its _id, which every server keeps.
+        let updates: Vec<Document> = batch
+            .iter()
+            .map(|(_, d)| doc! { "q": { "_id": d.get("_id").cloned().unwrap_or(Bson::Null) }, "u": d.clone(), "upsert": true })
+            .collect();
+        let reply = datasets
+            .database()
+            .run_command(doc! { "update": coll.name(), "updates": updates, "ordered": true })
+            .await?;
+        if let Ok(errs) = reply.get_array("writeErrors") {
+            return Err(crate::Error::Corrupt(format!(
+                "import write rejected: {errs:?}"
+            )));
+        }
+        let upserted = reply.get_array("upserted").map(|a| a.len()).unwrap_or(0) as u64;
+        cp.inserted += upserted;
+        cp.updated += n - upserted;
+    } else {
+        let docs: Vec<Document> = batch.iter().map(|(_, d)| d.clone()).collect();
+        match coll.insert_many(docs).ordered(false).await {
+            Ok(_) => {}
+            // Rows already stored by an earlier attempt (or an earlier import of this file):
+            // same id, same row. Anything else is a real failure.
+            Err(e) => {
+                let only_dups = match e.kind.as_ref() {
+                    ErrorKind::InsertMany(im) => {
+                        im.write_concern_error.is_none()
+                            && im
+                                .write_errors
+                                .as_ref()
+                                .is_some_and(|w| w.iter().all(|w| w.code == 11000))
+                    }
+                    _ => false,
+                };
+                if !only_dups {
+                    return Err(e.into());
+                }
+            }
+        }
+        // Counted as inserted even when an earlier attempt wrote them: the count is "rows of
+        // this file now in the dataset", which is what a resumed import must report.
+        cp.inserted += n;
+    }
+    cp.offset = end;
+    batch.clear();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_records_split_on_unquoted_newlines_across_feeds() {
+        let mut r = Records::new(true, 0);
+        let mut got = r.feed(b"a,b\n1,\"x\ny\"\n2,", false);
+        got.extend(r.feed(b"z\r\n3,w", true));
+        let texts: Vec<String> = got
+            .iter()
+            .map(|r| String::from_utf8(r.bytes.clone()).unwrap())
+            .collect();
+        assert_eq!(texts, vec!["a,b", "1,\"x\ny\"", "2,z", "3,w"]);
+        assert_eq!(got[1].end, 12);
+    }
+
+    #[test]
+    fn csv_fields_and_values() {
+        assert_eq!(
+            parse_csv_record("a,\"b,c\",\"d\"\"e\",").unwrap(),
+            vec!["a", "b,c", "d\"e", ""]
+        );
+        assert!(parse_csv_record("\"open").is_err());
+        assert_eq!(csv_value("12", None), Ok(Bson::Int64(12)));
+        assert_eq!(csv_value("1.5", None), Ok(Bson::Double(1.5)));
+        assert_eq!(csv_value("true", None), Ok(Bson::Boolean(true)));
+        assert_eq!(csv_value("", None), Ok(Bson::Null));
+        assert_eq!(
+            csv_value("12", Some("string")),
+            Ok(Bson::String("12".into()))
+        );
+        assert_eq!(csv_value("abc", Some("number")), Err("number"));
+    }
+}

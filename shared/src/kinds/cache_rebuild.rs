@@ -1,0 +1,111 @@
+//! `cache_rebuild`: recomputes the cached leading pages of a dataset listing into a new
+//! version and swaps it in atomically (see [`crate::cache`]), so readers never see an empty or
+//! half-built cache. At most one runs per dataset (single flight); it clears its marker when
+//! it ends.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::cache::PageCache;
+use crate::datasets::{check_name, Datasets};
+use crate::kind::{JobContext, JobKind, KindDefaults, Outcome};
+
+/// Arguments of `cache_rebuild`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheRebuildArgs {
+    /// Dataset whose pages to rebuild.
+    pub dataset: String,
+    /// How many leading pages (default `JOBMILL_CACHE_PAGES`, at most 1000).
+    #[serde(default)]
+    pub pages: Option<usize>,
+}
+
+/// Rebuilds dataset page caches.
+pub struct CacheRebuild;
+
+impl JobKind for CacheRebuild {
+    const NAME: &'static str = "cache_rebuild";
+    type Args = CacheRebuildArgs;
+
+    fn validate(&self, a: &CacheRebuildArgs) -> Result<(), String> {
+        check_name(&a.dataset)?;
+        if a.pages.is_some_and(|p| !(1..=1000).contains(&p)) {
+            return Err("pages must be from 1 to 1000".into());
+        }
+        Ok(())
+    }
+
+    fn defaults(&self) -> KindDefaults {
+        KindDefaults {
+            max_attempts: 3,
+            timeout: Duration::from_secs(600),
+        }
+    }
+
+    async fn run(&self, ctx: JobContext, a: CacheRebuildArgs) -> Outcome {
+        let res = match ctx.resources() {
+            Ok(r) => r.clone(),
+            Err(o) => return o,
+        };
+        let cache = PageCache::new(&res);
+        let datasets = Datasets::new(res.client.store().database());
+        let outcome = rebuild(&ctx, &cache, &datasets, &a).await;
+        // A retry keeps the marker (this same job runs again); any end releases it, so the next
+        // miss may start a fresh rebuild.
+        let ends = !matches!(outcome, Outcome::Retry { .. }) || ctx.attempt >= ctx.max_attempts;
+        if ends {
+            if let Err(e) = cache.release(&ctx.tenant, &a.dataset, &ctx.id).await {
+                tracing::warn!(error = %e, "could not clear the rebuild marker; it expires");
+            }
+        }
+        outcome
+    }
+}
+
+async fn rebuild(
+    ctx: &JobContext,
+    cache: &PageCache,
+    datasets: &Datasets,
+    a: &CacheRebuildArgs,
+) -> Outcome {
+    let pages = a.pages.unwrap_or(cache.pages);
+    // An import that finishes while we read would leave us caching old rows: compare the
+    // dataset's generation before and after, and build again if it moved (a few times at most).
+    for _ in 0..3 {
+        let ds = match datasets.get(&ctx.tenant, &a.dataset).await {
+            Ok(Some(d)) => d,
+            Ok(None) => return Outcome::fail(format!("dataset {} does not exist", a.dataset)),
+            Err(e) => return Outcome::retry(e),
+        };
+        ctx.progress(0, Some(pages as i64), Some("building a new version"));
+        let built = cache
+            .rebuild(datasets, &ds, pages, |done| {
+                ctx.progress(
+                    done as i64,
+                    Some(pages as i64),
+                    Some("building a new version"),
+                )
+            })
+            .await;
+        let (version, written) = match built {
+            Ok(v) => v,
+            Err(e) => return Outcome::retry(e),
+        };
+        match datasets.get(&ctx.tenant, &a.dataset).await {
+            Ok(Some(now)) if now.generation != ds.generation => continue,
+            Err(e) => return Outcome::retry(e),
+            _ => {}
+        }
+        ctx.progress(pages as i64, Some(pages as i64), Some("swapped in"));
+        return Outcome::success(json!({
+            "dataset": a.dataset,
+            "version": version,
+            "pages": written,
+            "generation": ds.generation,
+        }));
+    }
+    Outcome::retry("the dataset kept changing during the rebuild")
+}
