@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! - [`app`]: the router, for `serve` and for tests (no socket needed).
-//! - `routes/`: handlers, one file per resource (`jobs`, `health`).
+//! - `routes/`: handlers, one file per resource (`jobs`, `webhooks`, `deliveries`, `health`).
 //! - [`view`]: request and answer shapes, with OpenAPI schemas.
 //! - [`auth`]: bearer API keys and tenants.
 //! - [`extract`]: extractors that answer bad input in the API's error shape.
@@ -42,6 +42,8 @@ pub struct AppState {
     pub watch: watch::Watch,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// Webhook settings (allow-list, rotation grace, timeout of replays).
+    pub webhooks: jobmill::webhooks::WebhookSettings,
 }
 
 impl AppState {
@@ -58,6 +60,7 @@ impl AppState {
             keys: Arc::new(settings.api_keys.clone()),
             watch,
             max_body_bytes: settings.max_body_bytes,
+            webhooks: settings.webhooks.clone(),
         })
     }
 }
@@ -65,7 +68,7 @@ impl AppState {
 /// The OpenAPI document, generated from the handlers' annotations.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "jobmill", description = "Background jobs over HTTP: submit, watch, cancel, retry."),
+    info(title = "jobmill", description = "Background jobs over HTTP: submit, watch, cancel, retry; signed webhook callbacks."),
     paths(
         routes::jobs::jobs_create,
         routes::jobs::jobs_batch,
@@ -73,6 +76,18 @@ impl AppState {
         routes::jobs::jobs_show,
         routes::jobs::jobs_cancel,
         routes::jobs::jobs_retry,
+        routes::jobs::jobs_deliveries,
+        routes::webhooks::webhooks_create,
+        routes::webhooks::webhooks_index,
+        routes::webhooks::webhooks_show,
+        routes::webhooks::webhooks_delete,
+        routes::webhooks::webhooks_enable,
+        routes::webhooks::webhooks_rotate,
+        routes::webhooks::webhooks_deliveries,
+        routes::webhooks::webhooks_secret_show,
+        routes::webhooks::webhooks_secret_rotate,
+        routes::deliveries::deliveries_show,
+        routes::deliveries::deliveries_replay,
         routes::health::healthz,
         routes::health::readyz,
         routes::health::openapi,
@@ -81,6 +96,8 @@ impl AppState {
         view::SubmitJob, view::SubmitBatch, view::JobView, view::JobPage, view::BatchView,
         view::ProgressView, view::AttemptErrorView, error::ErrorBody, error::ErrorDetail,
         routes::health::Readiness,
+        view::CreateWebhook, view::WebhookView, view::WebhookList, view::SigningSecretView,
+        view::DeliveryView, view::DeliveryAttemptView, view::DeliveryList,
     )),
     modifiers(&BearerAuth),
 )]
@@ -100,13 +117,41 @@ impl Modify for BearerAuth {
 
 /// The API router.
 pub fn app(state: AppState) -> Router {
-    use routes::{health, jobs};
+    use routes::{deliveries, health, jobs, webhooks};
     Router::new()
         .route("/v1/jobs", post(jobs::jobs_create).get(jobs::jobs_index))
         .route("/v1/jobs/batch", post(jobs::jobs_batch))
         .route("/v1/jobs/{id}", get(jobs::jobs_show))
         .route("/v1/jobs/{id}/cancel", post(jobs::jobs_cancel))
         .route("/v1/jobs/{id}/retry", post(jobs::jobs_retry))
+        .route("/v1/jobs/{id}/deliveries", get(jobs::jobs_deliveries))
+        .route(
+            "/v1/webhooks",
+            post(webhooks::webhooks_create).get(webhooks::webhooks_index),
+        )
+        .route("/v1/webhooks/secret", get(webhooks::webhooks_secret_show))
+        .route(
+            "/v1/webhooks/secret/rotate",
+            post(webhooks::webhooks_secret_rotate),
+        )
+        .route(
+            "/v1/webhooks/{id}",
+            get(webhooks::webhooks_show).delete(webhooks::webhooks_delete),
+        )
+        .route("/v1/webhooks/{id}/enable", post(webhooks::webhooks_enable))
+        .route(
+            "/v1/webhooks/{id}/secret/rotate",
+            post(webhooks::webhooks_rotate),
+        )
+        .route(
+            "/v1/webhooks/{id}/deliveries",
+            get(webhooks::webhooks_deliveries),
+        )
+        .route("/v1/deliveries/{id}", get(deliveries::deliveries_show))
+        .route(
+            "/v1/deliveries/{id}/replay",
+            post(deliveries::deliveries_replay),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(health::openapi))

@@ -104,6 +104,16 @@ pub trait ProgressSink: Send + Sync {
     fn report(&self, id: &str, attempt: u32, progress: Progress);
 }
 
+/// Handles a kind may need beyond its args, set by the worker when it builds the context.
+/// Kinds that need none ignore it; tests may build contexts without it.
+#[derive(Clone)]
+pub struct Resources {
+    /// The MongoDB store.
+    pub store: crate::store::Store,
+    /// Webhook settings (used by `webhook_delivery`).
+    pub webhooks: crate::webhooks::WebhookSettings,
+}
+
 /// What a handler knows about the attempt it runs, and how it talks back.
 #[derive(Clone)]
 pub struct JobContext {
@@ -119,6 +129,7 @@ pub struct JobContext {
     pub queue: String,
     cancel: CancellationToken,
     progress: Arc<dyn ProgressSink>,
+    resources: Option<Arc<Resources>>,
 }
 
 impl JobContext {
@@ -140,7 +151,19 @@ impl JobContext {
             queue,
             cancel,
             progress,
+            resources: None,
         }
+    }
+
+    /// Give the handler access to the stores.
+    pub fn with_resources(mut self, resources: Arc<Resources>) -> Self {
+        self.resources = Some(resources);
+        self
+    }
+
+    /// The stores, when the worker provided them.
+    pub fn resources(&self) -> Option<&Resources> {
+        self.resources.as_deref()
     }
 
     /// Resolves when the job should stop: a user cancelled it, it timed out, or the worker is

@@ -84,6 +84,7 @@ pub(crate) async fn execute(
                     at: now,
                     decision,
                     progress: shared.persister.progress.take(&p.id),
+                    notify: p.notify,
                 },
                 0.0,
             )
@@ -124,7 +125,8 @@ async fn run_handler(shared: &Shared, claimed: &Claimed, token: CancellationToke
         p.queue.clone(),
         token.clone(),
         shared.persister.progress.clone(),
-    );
+    )
+    .with_resources(shared.resources.clone());
     // A task of its own, so a panic is caught as a JoinError instead of killing the worker.
     let mut handle = tokio::spawn(kind.run(ctx, args));
     let timeout = Duration::from_millis(p.timeout_ms.max(1) as u64);

@@ -8,10 +8,12 @@
 //! - `heartbeat`: lease renewal on its own thread.
 //! - `listener`: pub/sub wake-ups and cancel signals.
 //! - `maintenance`: scheduler, rescuer, reconciler.
+//! - `dispatcher`: turns webhook outbox entries into deliveries and delivery jobs.
 //! - `inflight`: the jobs this process holds.
 #![warn(missing_docs)]
 
 mod backoff;
+mod dispatcher;
 mod error;
 mod executor;
 mod fetcher;
@@ -26,8 +28,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use jobmill::client::{JobClient, Limits};
 use jobmill::config::{QueueWeight, Secret, Settings};
-use jobmill::kind::Registry;
+use jobmill::kind::{Registry, Resources};
 use jobmill::queue::RedisQueue;
 use jobmill::state::RetryPolicy;
 use jobmill::store::Store;
@@ -57,6 +60,10 @@ pub(crate) struct Shared {
     inflight: Arc<Inflight>,
     persister: Persister,
     stats: Arc<Stats>,
+    /// What handlers may use beyond their args (the store, webhook settings).
+    resources: Arc<Resources>,
+    /// Submits webhook delivery jobs (the dispatcher).
+    client: JobClient,
     /// Fires when the drain time is over: running handlers are stopped and released.
     hard_stop: CancellationToken,
 }
@@ -122,6 +129,19 @@ pub async fn run(
             base: settings.retry_base,
             max: settings.retry_max,
         },
+        resources: Arc::new(Resources {
+            store: store.clone(),
+            webhooks: settings.webhooks.clone(),
+        }),
+        client: JobClient::new(
+            store.clone(),
+            queue.clone(),
+            registry.clone(),
+            Limits {
+                max_args_bytes: settings.max_args_bytes,
+                webhook_allow: settings.webhooks.allow.clone(),
+            },
+        ),
         registry,
         store,
         queue,
@@ -149,6 +169,11 @@ pub async fn run(
     ));
     tokio::spawn(maintenance::rescuer(shared.clone(), stop_all.clone()));
     tokio::spawn(maintenance::reconciler(shared.clone(), stop_all.clone()));
+    tokio::spawn(dispatcher::dispatcher(
+        shared.clone(),
+        settings.webhooks.timeout,
+        stop_all.clone(),
+    ));
     let fetcher = tokio::spawn(fetcher::fetch_loop(
         shared.clone(),
         slots.clone(),
