@@ -572,3 +572,68 @@ async fn sigkill_right_after_a_job_ends_still_delivers_the_callback() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_keeps_failing_is_disabled_and_the_api_documents_webhooks() {
+    let mut ctx = hooks_ctx("hooks_disable");
+    ctx.set("JOBMILL_WEBHOOK_DISABLE_AFTER", "300ms");
+    let api = ctx.api().await;
+    let _worker = ctx.worker();
+    let rx = Receiver::start(&[], &["--fail-first", "1000", "--fail-status", "503"]);
+    let ep = api
+        .post("/v1/webhooks", ALICE, json!({"url": rx.url("/down")}))
+        .await;
+    assert_eq!(ep.status, 201, "{}", ep.body);
+    let ep_id = ep.body["id"].as_str().unwrap().to_string();
+    rx.set_secrets(&[ep.body["secret"].as_str().unwrap()]);
+    api.submit(ALICE, json!({"kind": "noop"})).await;
+
+    let shown = wait_until(&api, &format!("/v1/webhooks/{ep_id}"), ALICE, |b| {
+        b["enabled"] == false
+    })
+    .await;
+    assert!(
+        shown["disabled_reason"]
+            .as_str()
+            .unwrap()
+            .contains("without a success"),
+        "{shown}"
+    );
+    let ds = wait_until(
+        &api,
+        &format!("/v1/webhooks/{ep_id}/deliveries"),
+        ALICE,
+        |b| b["deliveries"][0]["status"] == "failed",
+    )
+    .await;
+    let attempts = ds["deliveries"][0]["attempts"].as_array().unwrap();
+    assert!(attempts.len() >= 2, "{ds}");
+    assert!(attempts.iter().all(|a| a["status"] == 503), "{ds}");
+    // Every attempt the receiver saw is logged, and each verified.
+    let r = rx.records();
+    assert_eq!(r.len(), attempts.len());
+    assert!(r.iter().all(|x| x["verified_by"] == json!([0])));
+
+    let doc = api.get("/openapi.json", ALICE).await;
+    for path in [
+        "/v1/webhooks",
+        "/v1/webhooks/{id}",
+        "/v1/webhooks/{id}/enable",
+        "/v1/webhooks/{id}/deliveries",
+        "/v1/webhooks/{id}/secret/rotate",
+        "/v1/webhooks/secret",
+        "/v1/webhooks/secret/rotate",
+        "/v1/jobs/{id}/deliveries",
+        "/v1/deliveries/{id}",
+        "/v1/deliveries/{id}/replay",
+    ] {
+        assert!(
+            doc.body["paths"].get(path).is_some(),
+            "{path} missing from OpenAPI"
+        );
+    }
+    assert_eq!(
+        api.get("/v1/webhooks/not-an-id!", ALICE).await.code(),
+        "invalid_id"
+    );
+}
