@@ -4,7 +4,7 @@
 # set), the API and two workers. Ctrl-C stops everything it started.
 #
 # Knobs: JOBMILL_API_ADDR (default 127.0.0.1:8080), JOBMILL_API_KEYS,
-# JOBMILL_WORKER_ARGS (default "--queues default --concurrency 16"),
+# JOBMILL_WORKER_ARGS (default "--queues default,webhooks --concurrency 16"),
 # JOBMILL_DEV_WORKERS (default 2), JOBMILL_DEV_STOP_TIMEOUT (default 60 s).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -155,7 +155,7 @@ start_proc() {
 if [[ -n "${JOBMILL_WORKER_ARGS:-}" ]]; then
     read -r -a worker_args <<<"$JOBMILL_WORKER_ARGS"
 else
-    worker_args=(--queues default --concurrency 16)
+    worker_args=(--queues default,webhooks --concurrency 16)
 fi
 
 log "starting api on $JOBMILL_API_ADDR"

@@ -16,6 +16,10 @@ JM_MONGO_PINS="nx-27017==0.8.1 neosqlite==1.17.2 pymongo==4.20.0"
 JM_MONGO_VENV="$ROOT/.venv-mongo"
 JM_NX_BIN="$JM_MONGO_VENV/bin/nx-27017"
 
+# Pinned Standard Webhooks reference library, used by the tests' webhook receiver.
+JM_HOOKS_PINS="standardwebhooks==1.1.0"
+JM_HOOKS_VENV="$ROOT/.venv-hooks"
+
 log() {
     printf '[jobmill] %s\n' "$*" >&2
 }
@@ -113,6 +117,33 @@ ensure_mongo_installed() {
     "$JM_MONGO_VENV/bin/python" -m pip install -q --disable-pip-version-check $JM_MONGO_PINS </dev/null
     [[ -x "$JM_NX_BIN" ]] || die "nx-27017 was not installed into $JM_MONGO_VENV"
     printf '%s\n' "$JM_MONGO_PINS" >"$stamp"
+}
+
+# ensure_webhook_venv: .venv-hooks with the pinned `standardwebhooks` package, for
+# tests/webhook_receiver.py (the spec's own verifier checks every signature we send).
+ensure_webhook_venv() {
+    local stamp="$JM_HOOKS_VENV/.jobmill-stamp"
+    if [[ -f "$stamp" && "$(cat "$stamp")" == "$JM_HOOKS_PINS" ]] \
+        && "$JM_HOOKS_VENV/bin/python" -c 'import standardwebhooks' >/dev/null 2>&1; then
+        return 0
+    fi
+    if [[ -d "$JM_HOOKS_VENV" ]] && ! "$JM_HOOKS_VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
+        log "$JM_HOOKS_VENV is broken; recreating it"
+        rm -rf -- "$JM_HOOKS_VENV"
+    fi
+    if [[ ! -x "$JM_HOOKS_VENV/bin/python" ]]; then
+        if ! _jm_python_ok; then
+            jm_apt_install python3 python3-venv
+        fi
+        log "creating $JM_HOOKS_VENV"
+        python3 -m venv "$JM_HOOKS_VENV"
+    fi
+    log "installing $JM_HOOKS_PINS into .venv-hooks"
+    # shellcheck disable=SC2086
+    "$JM_HOOKS_VENV/bin/python" -m pip install -q --disable-pip-version-check $JM_HOOKS_PINS </dev/null
+    "$JM_HOOKS_VENV/bin/python" -c 'import standardwebhooks' \
+        || die "standardwebhooks was not installed into $JM_HOOKS_VENV"
+    printf '%s\n' "$JM_HOOKS_PINS" >"$stamp"
 }
 
 _jm_python() {

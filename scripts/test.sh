@@ -17,6 +17,7 @@ fi
 ensure_cargo
 ensure_redis_installed
 ensure_mongo_installed
+ensure_webhook_venv
 if ! cargo fmt --version >/dev/null 2>&1; then
     command -v rustup >/dev/null 2>&1 || die "cargo fmt missing and rustup not found"
     rustup component add rustfmt </dev/null
@@ -74,6 +75,7 @@ export JOBMILL_TEST_NX_BIN="$JM_NX_BIN"
 JOBMILL_TEST_REDIS_BIN="$(command -v redis-server)"
 export JOBMILL_TEST_REDIS_BIN
 export JOBMILL_TEST_BIN_DIR="$ROOT/target/debug"
+export JOBMILL_TEST_HOOKS_PYTHON="$JM_HOOKS_VENV/bin/python"
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-${JOBMILL_TEST_THREADS:-4}}"
 
 # ---- tests ----

@@ -122,3 +122,27 @@ pub fn parse_job_id(raw: &str) -> Result<String, ApiError> {
         )),
     }
 }
+
+/// The id of a webhook endpoint or delivery from the path (`we_...`, `dlv_...`): checked to be
+/// short and plain before it reaches a query.
+pub struct ResourceId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ResourceId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let bad = || ApiError::bad_request("invalid_id", "the id is missing or malformed");
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| bad())?;
+        let ok = !raw.is_empty()
+            && raw.len() <= 200
+            && raw.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if ok {
+            Ok(ResourceId(raw))
+        } else {
+            Err(bad())
+        }
+    }
+}

@@ -2,8 +2,8 @@
 //!
 //! # Layout
 //! - [`app`]: the router, for `serve` and for tests (no socket needed).
-//! - `routes/`: handlers, one file per resource (`jobs`, `uploads`, `files`,
-//!   `datasets`, `health`).
+//! - `routes/`: handlers, one file per resource (`jobs`, `uploads`, `files`, `datasets`,
+//!   `webhooks`, `deliveries`, `health`).
 //! - [`view`]: request and answer shapes, with OpenAPI schemas.
 //! - [`auth`]: bearer API keys and tenants.
 //! - [`extract`]: extractors that answer bad input in the API's error shape.
@@ -48,6 +48,11 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Webhook settings (allow-list, rotation grace, timeout of replays).
+    pub fn webhooks(&self) -> &jobmill::webhooks::WebhookSettings {
+        &self.settings.webhooks
+    }
+
     /// The file store.
     pub fn files(&self) -> jobmill::files::FileStore {
         jobmill::files::FileStore::new(
@@ -79,7 +84,7 @@ impl AppState {
 /// The OpenAPI document, generated from the handlers' annotations.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "jobmill", description = "Background jobs over HTTP: submit, watch, cancel, retry."),
+    info(title = "jobmill", description = "Background jobs over HTTP: submit, watch, cancel, retry; signed webhook callbacks."),
     paths(
         routes::jobs::jobs_create,
         routes::jobs::jobs_batch,
@@ -97,6 +102,18 @@ impl AppState {
         routes::datasets::datasets_index,
         routes::datasets::datasets_rows,
         routes::datasets::datasets_page,
+        routes::jobs::jobs_deliveries,
+        routes::webhooks::webhooks_create,
+        routes::webhooks::webhooks_index,
+        routes::webhooks::webhooks_show,
+        routes::webhooks::webhooks_delete,
+        routes::webhooks::webhooks_enable,
+        routes::webhooks::webhooks_rotate,
+        routes::webhooks::webhooks_deliveries,
+        routes::webhooks::webhooks_secret_show,
+        routes::webhooks::webhooks_secret_rotate,
+        routes::deliveries::deliveries_show,
+        routes::deliveries::deliveries_replay,
         routes::health::healthz,
         routes::health::readyz,
         routes::health::openapi,
@@ -108,6 +125,8 @@ impl AppState {
         routes::uploads::CreateUpload, routes::uploads::UploadView, routes::uploads::PartView,
         routes::files::FileView, routes::files::FilePage,
         routes::datasets::DatasetView, routes::datasets::DatasetList, routes::datasets::RowPage,
+        view::CreateWebhook, view::WebhookView, view::WebhookList, view::SigningSecretView,
+        view::DeliveryView, view::DeliveryAttemptView, view::DeliveryList,
     )),
     modifiers(&BearerAuth),
 )]
@@ -127,7 +146,7 @@ impl Modify for BearerAuth {
 
 /// The API router.
 pub fn app(state: AppState) -> Router {
-    use routes::{datasets, files, health, jobs, uploads};
+    use routes::{datasets, deliveries, files, health, jobs, uploads, webhooks};
     Router::new()
         .route("/v1/jobs", post(jobs::jobs_create).get(jobs::jobs_index))
         .route("/v1/jobs/batch", post(jobs::jobs_batch))
@@ -152,6 +171,34 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/v1/datasets/{name}/pages/{n}",
             get(datasets::datasets_page),
+        )
+        .route("/v1/jobs/{id}/deliveries", get(jobs::jobs_deliveries))
+        .route(
+            "/v1/webhooks",
+            post(webhooks::webhooks_create).get(webhooks::webhooks_index),
+        )
+        .route("/v1/webhooks/secret", get(webhooks::webhooks_secret_show))
+        .route(
+            "/v1/webhooks/secret/rotate",
+            post(webhooks::webhooks_secret_rotate),
+        )
+        .route(
+            "/v1/webhooks/{id}",
+            get(webhooks::webhooks_show).delete(webhooks::webhooks_delete),
+        )
+        .route("/v1/webhooks/{id}/enable", post(webhooks::webhooks_enable))
+        .route(
+            "/v1/webhooks/{id}/secret/rotate",
+            post(webhooks::webhooks_rotate),
+        )
+        .route(
+            "/v1/webhooks/{id}/deliveries",
+            get(webhooks::webhooks_deliveries),
+        )
+        .route("/v1/deliveries/{id}", get(deliveries::deliveries_show))
+        .route(
+            "/v1/deliveries/{id}/replay",
+            post(deliveries::deliveries_replay),
         )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -1,7 +1,8 @@
 //! The JSON shapes of the jobs API (requests and answers), with their OpenAPI schemas.
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use jobmill::{Job, JobState, NewJob};
+use chrono::{DateTime, Utc};
+pub use jobmill::view::{AttemptErrorView, JobView, ProgressView};
+use jobmill::NewJob;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -31,6 +32,9 @@ pub struct SubmitJob {
     pub timeout_ms: Option<u64>,
     /// Deduplication key, unique per tenant (also accepted as an `Idempotency-Key` header).
     pub idempotency_key: Option<String>,
+    /// `https://` (or allow-listed `http://`) URL that receives a signed POST when the job
+    /// ends (`job.succeeded`, `job.failed`, `job.cancelled`).
+    pub callback_url: Option<String>,
 }
 
 impl SubmitJob {
@@ -81,6 +85,7 @@ impl SubmitJob {
             max_attempts: self.max_attempts,
             timeout_ms: self.timeout_ms,
             idempotency_key,
+            callback_url: self.callback_url,
         })
     }
 }
@@ -91,119 +96,6 @@ impl SubmitJob {
 pub struct SubmitBatch {
     /// Up to 1000 jobs; all are valid or none is stored.
     pub jobs: Vec<SubmitJob>,
-}
-
-/// Progress of a running job.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ProgressView {
-    /// Units done.
-    pub done: i64,
-    /// Units in all, if known.
-    pub total: Option<i64>,
-    /// Free text.
-    pub message: Option<String>,
-}
-
-/// One failed attempt.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AttemptErrorView {
-    /// Attempt number.
-    pub attempt: i32,
-    /// When it failed (RFC 3339).
-    pub at: String,
-    /// What went wrong.
-    pub message: String,
-}
-
-/// A job as the API shows it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct JobView {
-    /// Job id (UUIDv7).
-    pub id: String,
-    /// Kind.
-    pub kind: String,
-    /// Queue.
-    pub queue: String,
-    /// Priority 0-9.
-    pub priority: i32,
-    /// `queued`, `scheduled`, `running`, `retrying`, `succeeded`, `failed` or `cancelled`.
-    #[schema(value_type = String)]
-    pub state: JobState,
-    /// Attempts started so far.
-    pub attempt: i32,
-    /// Attempt after which a failure is final.
-    pub max_attempts: i32,
-    /// Per-attempt timeout in ms.
-    pub timeout_ms: i64,
-    /// Arguments as submitted.
-    pub args: Value,
-    /// Latest progress, or null.
-    pub progress: Option<ProgressView>,
-    /// Result, null until succeeded.
-    pub result: Option<Value>,
-    /// One entry per failed attempt.
-    pub errors: Vec<AttemptErrorView>,
-    /// A cancel was requested while the job ran.
-    pub cancel_requested: bool,
-    /// Idempotency key, if given.
-    pub idempotency_key: Option<String>,
-    /// The API key name that submitted the job.
-    pub owner: String,
-    /// Accepted at (RFC 3339).
-    pub created_at: String,
-    /// Runs no earlier than (RFC 3339).
-    pub run_at: String,
-    /// Latest attempt started at.
-    pub started_at: Option<String>,
-    /// Reached its terminal state at.
-    pub finished_at: Option<String>,
-}
-
-fn ts(ms: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-impl From<&Job> for JobView {
-    fn from(j: &Job) -> Self {
-        JobView {
-            id: j.id.clone(),
-            kind: j.kind.clone(),
-            queue: j.queue.clone(),
-            priority: j.priority,
-            state: j.state,
-            attempt: j.attempt,
-            max_attempts: j.max_attempts,
-            timeout_ms: j.timeout_ms,
-            args: serde_json::from_str(&j.args_json).unwrap_or(Value::Null),
-            progress: j.progress.as_ref().map(|p| ProgressView {
-                done: p.done,
-                total: p.total,
-                message: p.message.clone(),
-            }),
-            result: j
-                .result_json
-                .as_deref()
-                .and_then(|r| serde_json::from_str(r).ok()),
-            errors: j
-                .errors_in_order()
-                .into_iter()
-                .map(|e| AttemptErrorView {
-                    attempt: e.attempt,
-                    at: ts(e.at_ms),
-                    message: e.message.clone(),
-                })
-                .collect(),
-            cancel_requested: j.cancel_requested,
-            idempotency_key: j.idempotency_key.clone(),
-            owner: j.tenant.clone(),
-            created_at: ts(j.created_ms),
-            run_at: ts(j.run_at_ms),
-            started_at: j.started_ms.map(ts),
-            finished_at: j.finished_ms.map(ts),
-        }
-    }
 }
 
 /// A page of jobs.
@@ -220,4 +112,176 @@ pub struct JobPage {
 pub struct BatchView {
     /// The jobs.
     pub jobs: Vec<JobView>,
+}
+
+/// Register a webhook endpoint.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhook {
+    /// `https://` (or allow-listed `http://`) URL receiving the events.
+    pub url: String,
+    /// Event types: `job.succeeded`, `job.failed`, `job.cancelled` (default: all three).
+    pub events: Option<Vec<String>>,
+}
+
+/// A webhook endpoint.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookView {
+    /// `we_...`.
+    pub id: String,
+    /// Where events go.
+    pub url: String,
+    /// Subscribed event types.
+    pub events: Vec<String>,
+    /// False after a `410 Gone`, after failing for `JOBMILL_WEBHOOK_DISABLE_AFTER`, or by hand.
+    pub enabled: bool,
+    /// Why it is disabled.
+    pub disabled_reason: Option<String>,
+    /// Start of the current run of failed attempts, if any.
+    pub failing_since: Option<String>,
+    /// Created at.
+    pub created_at: String,
+    /// The signing secret: only in the answers of create and secret rotation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// During a rotation: until when the previous secret still signs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_secret_valid_until: Option<String>,
+}
+
+impl WebhookView {
+    /// The public view (no secret).
+    pub fn of(ep: &jobmill::webhooks::records::Endpoint) -> Self {
+        WebhookView {
+            id: ep.id.clone(),
+            url: ep.url.clone(),
+            events: ep.events.clone(),
+            enabled: ep.enabled == 1,
+            disabled_reason: ep.disabled_reason.clone(),
+            failing_since: (ep.failing_since_ms != 0)
+                .then(|| jobmill::view::ts(ep.failing_since_ms)),
+            created_at: jobmill::view::ts(ep.created_ms),
+            secret: None,
+            previous_secret_valid_until: None,
+        }
+    }
+
+    /// The view with the secret, for the one answer that hands it out.
+    pub fn with_secret(ep: &jobmill::webhooks::records::Endpoint) -> Self {
+        WebhookView {
+            secret: Some(ep.secret.clone()),
+            previous_secret_valid_until: ep
+                .previous_secret
+                .as_ref()
+                .filter(|p| p.expires_ms > jobmill::job::now_ms())
+                .map(|p| jobmill::view::ts(p.expires_ms)),
+            ..WebhookView::of(ep)
+        }
+    }
+}
+
+/// Endpoints, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookList {
+    /// The endpoints (without secrets).
+    pub webhooks: Vec<WebhookView>,
+}
+
+/// The tenant's signing secret for `callback_url` deliveries.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SigningSecretView {
+    /// `whsec_...`: verify `webhook-signature` with it (Standard Webhooks).
+    pub secret: String,
+    /// Made at.
+    pub created_at: String,
+    /// During a rotation: until when the previous secret also signs (both signatures are sent).
+    pub previous_secret_valid_until: Option<String>,
+}
+
+impl From<&jobmill::webhooks::records::TenantSecret> for SigningSecretView {
+    fn from(s: &jobmill::webhooks::records::TenantSecret) -> Self {
+        SigningSecretView {
+            secret: s.secret.clone(),
+            created_at: jobmill::view::ts(s.created_ms),
+            previous_secret_valid_until: s
+                .previous
+                .as_ref()
+                .filter(|p| p.expires_ms > jobmill::job::now_ms())
+                .map(|p| jobmill::view::ts(p.expires_ms)),
+        }
+    }
+}
+
+/// One HTTP attempt of a delivery.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryAttemptView {
+    /// Attempt number (replays continue the count).
+    pub attempt: i32,
+    /// Sent at.
+    pub at: String,
+    /// HTTP status, if the receiver answered.
+    pub status: Option<i32>,
+    /// Time to the answer or error, ms.
+    pub latency_ms: i64,
+    /// Connection error, timeout or refusal.
+    pub error: Option<String>,
+    /// First bytes (up to 1 KiB) of the response body.
+    pub response: Option<String>,
+}
+
+/// A delivery: one event to one target, with every attempt.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryView {
+    /// `dlv_...`.
+    pub id: String,
+    /// The job.
+    pub job_id: String,
+    /// The endpoint, or null for the job's `callback_url`.
+    pub endpoint_id: Option<String>,
+    /// Target URL.
+    pub url: String,
+    /// Event type.
+    pub event: String,
+    /// The `webhook-id` header: the same on every attempt and replay.
+    pub webhook_id: String,
+    /// `pending`, `delivered`, `failed` or `gone`.
+    pub status: String,
+    /// Created at.
+    pub created_at: String,
+    /// Every attempt, oldest first.
+    pub attempts: Vec<DeliveryAttemptView>,
+}
+
+impl From<&jobmill::webhooks::records::Delivery> for DeliveryView {
+    fn from(d: &jobmill::webhooks::records::Delivery) -> Self {
+        DeliveryView {
+            id: d.id.clone(),
+            job_id: d.job_id.clone(),
+            endpoint_id: d.endpoint_id.clone(),
+            url: d.url.clone(),
+            event: d.event.clone(),
+            webhook_id: d.event_id.clone(),
+            status: d.status.clone(),
+            created_at: jobmill::view::ts(d.created_ms),
+            attempts: d
+                .attempts_in_order()
+                .into_iter()
+                .map(|a| DeliveryAttemptView {
+                    attempt: a.attempt,
+                    at: jobmill::view::ts(a.at_ms),
+                    status: a.status,
+                    latency_ms: a.latency_ms,
+                    error: a.error.clone(),
+                    response: a.response.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Deliveries, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryList {
+    /// The deliveries.
+    pub deliveries: Vec<DeliveryView>,
 }

@@ -2,8 +2,9 @@
 //! directly: validation, the MongoDB-then-Redis write order that makes an accepted job durable,
 //! idempotency keys, cancel and retry.
 
-use std::collections::HashSet;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime as ChronoDateTime, Utc};
 use mongodb::bson::DateTime;
@@ -17,6 +18,11 @@ use crate::kind::Registry;
 use crate::queue::{CancelEffect, Enqueue, Placement, RedisQueue};
 use crate::state::JobState;
 use crate::store::{Inserted, Store};
+use crate::webhooks::{guard, AllowList};
+
+/// How long "does this tenant have webhook endpoints" is cached per process. An endpoint
+/// registered through another API process is seen by submissions here after at most this long.
+const ENDPOINT_CACHE: Duration = Duration::from_secs(2);
 
 /// Most attempts a job may be given.
 pub const MAX_ATTEMPTS: u32 = 100;
@@ -54,6 +60,8 @@ pub struct NewJob {
     pub timeout_ms: Option<u64>,
     /// Deduplication key, unique per tenant.
     pub idempotency_key: Option<String>,
+    /// URL that receives the signed `job.*` event when the job ends.
+    pub callback_url: Option<String>,
 }
 
 /// Result of a submission.
@@ -66,10 +74,22 @@ pub struct Submitted {
 }
 
 /// Submission limits, from the settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// Largest serialized args.
     pub max_args_bytes: usize,
+    /// Callback hosts allowed to resolve to private addresses.
+    pub webhook_allow: AllowList,
+}
+
+impl Limits {
+    /// The limits the settings ask for.
+    pub fn from_settings(s: &Settings) -> Self {
+        Limits {
+            max_args_bytes: s.max_args_bytes,
+            webhook_allow: s.webhooks.allow.clone(),
+        }
+    }
 }
 
 /// Submits, cancels and retries jobs. Cheap to clone.
@@ -80,6 +100,7 @@ pub struct JobClient {
     registry: Registry,
     limits: Limits,
     confirm: mpsc::UnboundedSender<Vec<String>>,
+    has_endpoints: Arc<Mutex<HashMap<String, (bool, Instant)>>>,
 }
 
 impl JobClient {
@@ -94,6 +115,7 @@ impl JobClient {
             registry,
             limits,
             confirm,
+            has_endpoints: Arc::default(),
         }
     }
 
@@ -110,9 +132,7 @@ impl JobClient {
             store,
             queue,
             registry,
-            Limits {
-                max_args_bytes: settings.max_args_bytes,
-            },
+            Limits::from_settings(settings),
         ))
     }
 
@@ -182,6 +202,10 @@ impl JobClient {
                 ));
             }
         }
+        let callback_url = match &new.callback_url {
+            None => None,
+            Some(raw) => Some(guard::parse_url(raw)?.to_string()),
+        };
         let now = DateTime::now();
         let now_ms = now.timestamp_millis();
         let run_at_ms = match (new.run_at, new.delay_ms) {
@@ -231,6 +255,9 @@ impl JobClient {
             attempt_budget: max_attempts as i32,
             timeout_ms: timeout_ms as i64,
             idempotency_key: new.idempotency_key,
+            notify: callback_url.is_some(),
+            callback_url,
+            outbox: None,
             progress: None,
             result_json: None,
             errors: Default::default(),
@@ -289,6 +316,12 @@ impl JobClient {
             })?;
             jobs.push(job);
         }
+        self.check_callbacks(&jobs, batch).await?;
+        if jobs.iter().any(|j| !j.notify) && self.tenant_has_endpoints(tenant).await? {
+            for j in &mut jobs {
+                j.notify = true;
+            }
+        }
         // MongoDB first: from here on the job is durable and will run.
         let inserted = self.store.insert_jobs(&jobs).await?;
         let mut out = Vec::with_capacity(jobs.len());
@@ -317,6 +350,48 @@ impl JobClient {
         }
         self.push_to_redis(&fresh).await;
         Ok(out)
+    }
+
+    /// Refuse callback URLs that resolve to private addresses (the worker checks again, after
+    /// its own resolution, right before sending).
+    async fn check_callbacks(&self, jobs: &[Job], batch: bool) -> Result<()> {
+        for (i, job) in jobs.iter().enumerate() {
+            let Some(raw) = &job.callback_url else {
+                continue;
+            };
+            let url = guard::parse_url(raw)?;
+            guard::resolve(&url, &self.limits.webhook_allow)
+                .await
+                .map_err(|e| match e {
+                    Error::InvalidJob { code, message } if batch => Error::InvalidJob {
+                        code,
+                        message: format!("job {i}: {message}"),
+                    },
+                    other => other,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Whether the tenant has webhook endpoints (cached for [`ENDPOINT_CACHE`]). A job
+    /// submitted while it has none records no outbox entry when it ends.
+    async fn tenant_has_endpoints(&self, tenant: &str) -> Result<bool> {
+        if let Some((has, at)) = self.has_endpoints.lock().expect("cache").get(tenant) {
+            if at.elapsed() < ENDPOINT_CACHE {
+                return Ok(*has);
+            }
+        }
+        let has = self.store.webhooks().tenant_has_endpoints(tenant).await?;
+        self.has_endpoints
+            .lock()
+            .expect("cache")
+            .insert(tenant.to_string(), (has, Instant::now()));
+        Ok(has)
+    }
+
+    /// Forget the cached answer for a tenant whose endpoints just changed.
+    pub fn endpoints_changed(&self, tenant: &str) {
+        self.has_endpoints.lock().expect("cache").remove(tenant);
     }
 
     /// Push stored jobs into Redis and confirm them. A failure is logged, not returned: the

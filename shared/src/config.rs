@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::webhooks::{AllowList, WebhookSettings};
 
 /// Default Redis URL when `JOBMILL_REDIS_URL` is unset.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/";
@@ -31,7 +32,7 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Largest serialized `args` of one job.
 pub const DEFAULT_MAX_ARGS_BYTES: usize = 64 * 1024;
 /// Default worker queues.
-pub const DEFAULT_QUEUES: &str = "default";
+pub const DEFAULT_QUEUES: &str = "default,webhooks";
 /// Default handler concurrency per worker process.
 pub const DEFAULT_CONCURRENCY: usize = 16;
 /// How long SIGTERM waits for running jobs before releasing them.
@@ -119,6 +120,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "worker: time a cancelled handler gets before it is abandoned",
     ),
     (
+        "JOBMILL_MAX_UNRECORDED",
+        "10000",
+        "worker: finished attempts held while MongoDB catches up; claiming pauses beyond",
+    ),
+    (
         "JOBMILL_UPLOAD_PART_SIZE",
         "8388608",
         "size of an upload part in bytes (65536 or more)",
@@ -137,6 +143,31 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "JOBMILL_CACHE_PAGES",
         "10",
         "leading pages of each dataset kept in the Redis cache",
+    ),
+    (
+        "JOBMILL_WEBHOOK_ALLOW",
+        "(none)",
+        "hosts (host or host:port, comma-separated) whose callbacks may resolve to private or loopback addresses",
+    ),
+    (
+        "JOBMILL_WEBHOOK_TIMEOUT",
+        "15s",
+        "timeout of one webhook delivery attempt",
+    ),
+    (
+        "JOBMILL_WEBHOOK_RETRY_BASE",
+        "5s",
+        "first webhook retry delay ceiling (doubles 11 times; 22 attempts span about a day)",
+    ),
+    (
+        "JOBMILL_WEBHOOK_DISABLE_AFTER",
+        "5d",
+        "an endpoint failing this long without a success is disabled",
+    ),
+    (
+        "JOBMILL_WEBHOOK_ROTATION_GRACE",
+        "24h",
+        "how long a rotated-out webhook secret keeps signing",
     ),
     (
         "JOBMILL_LOG",
@@ -266,6 +297,8 @@ pub struct Settings {
     pub page_size: usize,
     /// Leading pages of a dataset kept in the cache.
     pub cache_pages: usize,
+    /// Webhook delivery settings.
+    pub webhooks: WebhookSettings,
     /// Tracing filter.
     pub log: String,
     /// Log format.
@@ -315,6 +348,11 @@ impl Settings {
         let upload_retention = read("JOBMILL_UPLOAD_RETENTION", "24h");
         let page_size = read("JOBMILL_PAGE_SIZE", "50");
         let cache_pages = read("JOBMILL_CACHE_PAGES", "10");
+        let webhook_allow = read("JOBMILL_WEBHOOK_ALLOW", "");
+        let webhook_timeout = read("JOBMILL_WEBHOOK_TIMEOUT", "15s");
+        let webhook_retry_base = read("JOBMILL_WEBHOOK_RETRY_BASE", "5s");
+        let webhook_disable_after = read("JOBMILL_WEBHOOK_DISABLE_AFTER", "5d");
+        let webhook_rotation_grace = read("JOBMILL_WEBHOOK_ROTATION_GRACE", "24h");
         let log = read("JOBMILL_LOG", "info");
         let log_format = read("JOBMILL_LOG_FORMAT", "text");
 
@@ -428,6 +466,30 @@ impl Settings {
             Duration::from_secs(60),
             day * 365,
         );
+        let webhook_timeout = dur(
+            "JOBMILL_WEBHOOK_TIMEOUT",
+            &webhook_timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(300),
+        );
+        let webhook_retry_base = dur(
+            "JOBMILL_WEBHOOK_RETRY_BASE",
+            &webhook_retry_base,
+            Duration::from_millis(1),
+            Duration::from_secs(3600),
+        );
+        let webhook_disable_after = dur(
+            "JOBMILL_WEBHOOK_DISABLE_AFTER",
+            &webhook_disable_after,
+            Duration::ZERO,
+            day * 365,
+        );
+        let webhook_rotation_grace = dur(
+            "JOBMILL_WEBHOOK_ROTATION_GRACE",
+            &webhook_rotation_grace,
+            Duration::ZERO,
+            day * 30,
+        );
         let mut num = |name: &str, raw: &str, min: usize, max: usize| -> usize {
             match raw.parse::<usize>() {
                 Ok(n) if (min..=max).contains(&n) => n,
@@ -466,6 +528,13 @@ impl Settings {
                     Err(format!("'{other}' is neither text nor json")),
                 );
                 LogFormat::Text
+            }
+        };
+        let webhook_allow = match AllowList::parse(&webhook_allow) {
+            Ok(a) => a,
+            Err(e) => {
+                check("JOBMILL_WEBHOOK_ALLOW", Err(e));
+                AllowList::default()
             }
         };
         // Rules that tie two settings together.
@@ -507,6 +576,13 @@ impl Settings {
             upload_retention,
             page_size,
             cache_pages,
+            webhooks: WebhookSettings {
+                allow: webhook_allow,
+                timeout: webhook_timeout,
+                retry_base: webhook_retry_base,
+                disable_after: webhook_disable_after,
+                rotation_grace: webhook_rotation_grace,
+            },
             log,
             log_format,
         })
@@ -745,11 +821,20 @@ mod tests {
         assert_eq!(s.lease_ttl, DEFAULT_LEASE_TTL);
         assert_eq!(
             s.queues,
-            vec![QueueWeight {
-                name: "default".into(),
-                weight: 1
-            }]
+            vec![
+                QueueWeight {
+                    name: "default".into(),
+                    weight: 1
+                },
+                QueueWeight {
+                    name: "webhooks".into(),
+                    weight: 1
+                }
+            ]
         );
+        assert_eq!(s.webhooks.retry_base, Duration::from_secs(5));
+        assert_eq!(s.webhooks.timeout, Duration::from_secs(15));
+        assert!(s.webhooks.allow.is_empty());
         assert_eq!(s.heartbeat_interval(), Duration::from_secs(10));
     }
 
@@ -851,6 +936,33 @@ mod tests {
         ] {
             assert!(err.contains(name), "{name} missing from: {err}");
         }
+    }
+
+    #[test]
+    fn webhook_settings_parse_and_are_checked() {
+        let s = load(
+            &[
+                ("JOBMILL_WEBHOOK_ALLOW", "127.0.0.1,hooks.local:8443"),
+                ("JOBMILL_WEBHOOK_RETRY_BASE", "100ms"),
+                ("JOBMILL_WEBHOOK_DISABLE_AFTER", "1h"),
+            ],
+            Component::Worker,
+        )
+        .unwrap();
+        assert!(!s.webhooks.allow.is_empty());
+        assert_eq!(s.webhooks.retry_base, Duration::from_millis(100));
+        assert_eq!(s.webhooks.disable_after, Duration::from_secs(3600));
+        let err = load(
+            &[
+                ("JOBMILL_WEBHOOK_ALLOW", "a/b"),
+                ("JOBMILL_WEBHOOK_TIMEOUT", "1ms"),
+            ],
+            Component::Worker,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("JOBMILL_WEBHOOK_ALLOW"), "{err}");
+        assert!(err.contains("JOBMILL_WEBHOOK_TIMEOUT"), "{err}");
     }
 
     #[test]

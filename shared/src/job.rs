@@ -50,6 +50,19 @@ pub struct Job {
     /// Caller-supplied deduplication key, unique per tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// URL that receives the signed webhook event when the job ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+    /// Whether anyone wants to hear about this job's end (it has a `callback_url`, or its tenant
+    /// had webhook endpoints when it was submitted). Decides whether the terminal write records
+    /// an outbox entry.
+    #[serde(default, deserialize_with = "lenient_bool")]
+    pub notify: bool,
+    /// The webhook outbox: written by the same update that moves the job to a terminal state,
+    /// so the intent to notify can never be lost between "job finished" and "webhook sent".
+    /// The dispatcher turns it into deliveries and clears `pending`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox: Option<Outbox>,
     /// Latest progress report of the running attempt.
     #[serde(default)]
     pub progress: Option<Progress>,
@@ -87,6 +100,28 @@ pub struct Job {
     /// and its Redis push.
     #[serde(default, deserialize_with = "lenient_bool")]
     pub enqueue_pending: bool,
+}
+
+/// A terminal event waiting to be turned into webhook deliveries. A sub-document, so its
+/// fields keep their types on the MongoDB-compatible server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outbox {
+    /// 1 while the dispatcher has not handled it, 0 after (an integer: the partial index filters
+    /// on it, and the compatible server turns booleans into integers anyway).
+    pub pending: i32,
+    /// Event type, e.g. `job.succeeded`.
+    pub event: String,
+    /// Stable event id, the `webhook-id` header of every delivery of this event.
+    pub id: String,
+    /// When the job reached its terminal state, ms since the epoch.
+    pub at_ms: i64,
+}
+
+/// The stable id of the terminal event of job `id` reached at `at_ms`. A job has at most one
+/// terminal event per instant (a manual retry must come between two), and a retried batch
+/// write carries the same `at`, so the id never changes for one event.
+pub fn event_id(job_id: &str, at_ms: i64) -> String {
+    format!("evt_{}_{at_ms}", job_id.replace('-', ""))
 }
 
 /// When a finished job may be deleted.
@@ -133,6 +168,7 @@ impl Job {
             max_attempts: self.max_attempts,
             timeout_ms: self.timeout_ms,
             args: self.args_json.clone(),
+            notify: self.notify,
         }
     }
 }
@@ -179,6 +215,9 @@ pub struct Payload {
     pub timeout_ms: i64,
     /// Arguments as JSON text.
     pub args: String,
+    /// Record a webhook outbox entry when the job ends (see [`Job::notify`]).
+    #[serde(default)]
+    pub notify: bool,
 }
 
 /// Score of a job in a ready set: higher priority first, then earlier ready time first.

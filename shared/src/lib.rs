@@ -13,6 +13,8 @@
 //! - [`queue`]: Redis queues, one Lua script per atomic operation (`src/scripts/`).
 //! - [`keys`]: every Redis key name.
 //! - [`pubsub`]: Redis pub/sub for wake-ups, cancel signals and change events.
+//! - [`view`]: the job as the API and webhook events show it.
+//! - [`webhooks`]: signed result callbacks: signing, SSRF guard, endpoints and deliveries.
 //! - [`client`]: submission (MongoDB first, then Redis), cancel, retry.
 //! - [`config`]: typed `JOBMILL_*` settings, validated at startup.
 //! - [`telemetry`]: logging setup and the shutdown signal of the binaries.
@@ -34,6 +36,8 @@ pub mod queue;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod view;
+pub mod webhooks;
 
 pub use client::{JobClient, NewJob, Submitted};
 pub use config::Settings;

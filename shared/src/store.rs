@@ -60,6 +60,9 @@ pub enum Write {
         decision: Decision,
         /// The handler's last progress report not yet written, so the final state shows it.
         progress: Option<Progress>,
+        /// The job wants webhook events ([`Job::notify`]): a terminal decision also records
+        /// the outbox entry, in this same statement.
+        notify: bool,
     },
     /// Attempt `attempt` is given back unrun (graceful shutdown): → `queued`, attempt not
     /// charged.
@@ -179,6 +182,11 @@ impl Store {
         &self.db
     }
 
+    /// The webhook collections of this database.
+    pub fn webhooks(&self) -> crate::webhooks::records::WebhookStore {
+        crate::webhooks::records::WebhookStore::new(&self.db, self.retention)
+    }
+
     /// The client.
     pub fn client(&self) -> &Client {
         &self.client
@@ -219,6 +227,15 @@ impl Store {
                 .keys(doc! { "retention.expire_at": 1 })
                 .options(IndexOptions::builder().expire_after(Duration::ZERO).build())
                 .build(),
+            // The webhook dispatcher's scan of terminal events not yet turned into deliveries.
+            IndexModel::builder()
+                .keys(doc! { "outbox.pending": 1, "list_key": 1 })
+                .options(
+                    IndexOptions::builder()
+                        .partial_filter_expression(doc! { "outbox.pending": 1 })
+                        .build(),
+                )
+                .build(),
             IndexModel::builder()
                 .keys(doc! { "enqueue_pending": 1, "list_key": 1 })
                 .options(
@@ -242,6 +259,7 @@ impl Store {
         crate::files::FileStore::new(&self.db, self.retention)
             .ensure_indexes()
             .await?;
+        self.webhooks().ensure_indexes().await?;
         Ok(())
     }
 
@@ -420,6 +438,38 @@ impl Store {
             .await?)
     }
 
+    /// Jobs whose terminal event the webhook dispatcher has not handled yet, oldest first.
+    pub async fn pending_outbox(&self, limit: i64) -> Result<Vec<Job>> {
+        Ok(self
+            .jobs
+            .find(doc! { "outbox.pending": 1 })
+            .sort(doc! { "list_key": 1 })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    /// Mark outbox entries handled. Guarded on the event id, so an entry that a newer terminal
+    /// event (after a manual retry) replaced meanwhile stays pending.
+    pub async fn clear_outbox(&self, events: &[(String, String)]) -> Result<()> {
+        for chunk in events.chunks(WRITE_BATCH) {
+            let updates: Vec<Document> = chunk
+                .iter()
+                .map(|(id, event)| {
+                    doc! {
+                        "q": { "_id": id, "outbox.id": event },
+                        "u": { "$set": { "outbox.pending": 0 } },
+                    }
+                })
+                .collect();
+            self.db
+                .run_command(doc! { "update": JOBS, "updates": updates, "ordered": false })
+                .await?;
+        }
+        Ok(())
+    }
+
     // ----- transitions requested through the API ---------------------------------------
 
     /// Cancel a waiting job (`queued`, `scheduled`, `retrying` → `cancelled`), or flag a running
@@ -434,12 +484,15 @@ impl Store {
         let after = FindOneAndUpdateOptions::builder()
             .return_document(ReturnDocument::After)
             .build();
+        // The outbox is always recorded here (the filter cannot depend on `notify`); the
+        // dispatcher clears entries with nobody to tell. Cancels of waiting jobs are rare.
         let update = doc! {
             "$set": {
                 "state": JobState::Cancelled.as_str(),
                 "finished_ms": now.timestamp_millis(),
                 "retention": self.retention_doc(now),
                 "enqueue_pending": false,
+                "outbox": outbox_doc(id, JobState::Cancelled, now.timestamp_millis()),
             },
             "$inc": { "rev": 1 },
         };
@@ -655,6 +708,7 @@ impl Store {
                 at,
                 decision,
                 progress,
+                notify,
             } => {
                 let mut set = doc! {
                     "state": decision.state().as_str(),
@@ -693,6 +747,14 @@ impl Store {
                 if decision.state().is_terminal() {
                     set.insert("finished_ms", at.timestamp_millis());
                     set.insert("retention", self.retention_doc(*at));
+                    // The outbox rides on the terminal write itself: if this statement applies,
+                    // the event will be delivered, whatever crashes next.
+                    if *notify {
+                        set.insert(
+                            "outbox",
+                            outbox_doc(id, decision.state(), at.timestamp_millis()),
+                        );
+                    }
                 }
                 (
                     doc! { "_id": id, "state": { "$in": &live }, "attempt": { "$lte": attempt } },
@@ -714,6 +776,16 @@ impl Store {
             ),
         };
         doc! { "q": q, "u": u }
+    }
+}
+
+/// The outbox sub-document of a job that reached terminal `state` at `at_ms`.
+fn outbox_doc(id: &str, state: JobState, at_ms: i64) -> Document {
+    doc! {
+        "pending": 1,
+        "event": format!("job.{}", state.as_str()),
+        "id": crate::job::event_id(id, at_ms),
+        "at_ms": at_ms,
     }
 }
 

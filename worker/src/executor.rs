@@ -81,6 +81,7 @@ pub(crate) async fn execute(
                     at: now,
                     decision,
                     progress: shared.persister.progress.take(&p.id),
+                    notify: p.notify,
                 },
                 0.0,
             )

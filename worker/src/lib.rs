@@ -8,10 +8,12 @@
 //! - `heartbeat`: lease renewal on its own thread.
 //! - `listener`: pub/sub wake-ups and cancel signals.
 //! - `maintenance`: scheduler, rescuer, reconciler.
+//! - `dispatcher`: turns webhook outbox entries into deliveries and delivery jobs.
 //! - `inflight`: the jobs this process holds.
 #![warn(missing_docs)]
 
 mod backoff;
+mod dispatcher;
 mod error;
 mod executor;
 mod fetcher;
@@ -26,6 +28,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use jobmill::client::{JobClient, Limits};
 use jobmill::config::{QueueWeight, Secret, Settings};
 use jobmill::kind::Registry;
 use jobmill::queue::RedisQueue;
@@ -60,6 +63,8 @@ pub(crate) struct Shared {
     inflight: Arc<Inflight>,
     persister: Persister,
     stats: Arc<Stats>,
+    /// Submits follow-up jobs (webhook deliveries from the dispatcher).
+    client: JobClient,
     /// Fires when the drain time is over: running handlers are stopped and released.
     hard_stop: CancellationToken,
 }
@@ -123,15 +128,16 @@ pub async fn run_with_store(
         stats: stats.clone(),
         stop: stop_all.clone(),
     }));
+    // One client for everything this process submits: follow-up jobs of handlers (a finished
+    // import queues a cache rebuild) and webhook deliveries of the dispatcher.
+    let client = JobClient::new(
+        store.clone(),
+        queue.clone(),
+        registry.clone(),
+        Limits::from_settings(&settings),
+    );
     let resources = Arc::new(jobmill::kind::Resources {
-        client: jobmill::JobClient::new(
-            store.clone(),
-            queue.clone(),
-            registry.clone(),
-            jobmill::client::Limits {
-                max_args_bytes: settings.max_args_bytes,
-            },
-        ),
+        client: client.clone(),
         settings: Arc::new(settings.clone()),
     });
     let shared = Arc::new(Shared {
@@ -148,6 +154,7 @@ pub async fn run_with_store(
             base: settings.retry_base,
             max: settings.retry_max,
         },
+        client,
         registry,
         resources,
         store,
@@ -176,6 +183,11 @@ pub async fn run_with_store(
     ));
     tokio::spawn(maintenance::rescuer(shared.clone(), stop_all.clone()));
     tokio::spawn(maintenance::reconciler(shared.clone(), stop_all.clone()));
+    tokio::spawn(dispatcher::dispatcher(
+        shared.clone(),
+        settings.webhooks.timeout,
+        stop_all.clone(),
+    ));
     let fetcher = tokio::spawn(fetcher::fetch_loop(
         shared.clone(),
         slots.clone(),

@@ -132,6 +132,7 @@ async fn settle_rescued(shared: &Shared, queue: &str, taken: Vec<Claimed>) -> jo
                 rand::random::<f64>(),
             ),
             progress: None,
+            notify: c.payload.notify,
         })
         .collect();
     let applied = shared.store.apply(&writes).await?;

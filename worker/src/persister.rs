@@ -396,6 +396,7 @@ mod tests {
                 at,
                 decision: Decision::Succeed(serde_json::json!(null)),
                 progress: None,
+                notify: false,
             }),
             // An older attempt's start is not the same attempt: kept.
             item(Write::Start {

@@ -14,7 +14,9 @@ use utoipa::IntoParams;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{parse_job_id, JobId, Json, Query};
-use crate::view::{BatchView, JobPage, JobView, SubmitBatch, SubmitJob};
+use crate::view::{
+    BatchView, DeliveryList, DeliveryView, JobPage, JobView, SubmitBatch, SubmitJob,
+};
 use crate::watch::mentions;
 use crate::AppState;
 
@@ -361,6 +363,32 @@ pub async fn jobs_retry(
 ) -> Result<Response, ApiError> {
     let job = state.client.retry(&id, caller.scope()).await?;
     Ok(job_response(StatusCode::ACCEPTED, &job))
+}
+
+/// The webhook deliveries of a job's events, newest first, with every attempt.
+#[utoipa::path(get, path = "/v1/jobs/{id}/deliveries", tag = "webhooks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "job id")),
+    responses(
+        (status = 200, description = "deliveries", body = DeliveryList),
+        (status = 400, description = "bad id", body = ErrorBody),
+        (status = 404, description = "no such job for this key", body = ErrorBody),
+    ))]
+pub async fn jobs_deliveries(
+    State(state): State<AppState>,
+    caller: Caller,
+    JobId(id): JobId,
+) -> Result<Response, ApiError> {
+    load(&state, &caller, &id).await?;
+    let ds = state
+        .client
+        .store()
+        .webhooks()
+        .deliveries_of_job(&id, caller.scope(), crate::routes::webhooks::MAX_DELIVERIES)
+        .await?;
+    Ok(axum::Json(DeliveryList {
+        deliveries: ds.iter().map(DeliveryView::from).collect(),
+    })
+    .into_response())
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! HTTP handlers, one file per resource.
 
 pub mod datasets;
+pub mod deliveries;
 pub mod files;
 pub mod health;
 pub mod jobs;
 pub mod uploads;
+pub mod webhooks;

@@ -70,9 +70,7 @@ impl Producer {
                     store,
                     queue,
                     registry,
-                    Limits {
-                        max_args_bytes: s.max_args_bytes,
-                    },
+                    Limits::from_settings(&s),
                 )))
             }
             "jobmill-http" => Ok(Producer::Http {

@@ -194,9 +194,7 @@ async fn w2_durable() -> anyhow::Result<Rows> {
         store.clone(),
         queue.clone(),
         registry.clone(),
-        Limits {
-            max_args_bytes: 4096,
-        },
+        Limits::from_settings(&s),
     );
     for _ in 0..N / 1000 {
         let jobs = (0..1000)

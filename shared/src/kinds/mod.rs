@@ -7,6 +7,7 @@ mod fail;
 mod file_assembly;
 mod noop;
 mod sleep;
+mod webhook_delivery;
 
 pub use bulk_import::BulkImport;
 pub use cache_rebuild::CacheRebuild;
@@ -14,6 +15,7 @@ pub use fail::Fail;
 pub use file_assembly::{check_parts, FileAssembly};
 pub use noop::Noop;
 pub use sleep::Sleep;
+pub use webhook_delivery::WebhookDelivery;
 
 use crate::kind::Registry;
 
@@ -24,5 +26,6 @@ pub fn register_builtin(r: &mut Registry) {
         .register(Fail)
         .register(FileAssembly)
         .register(BulkImport)
-        .register(CacheRebuild);
+        .register(CacheRebuild)
+        .register(WebhookDelivery);
 }

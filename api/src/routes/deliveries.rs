@@ -1,0 +1,75 @@
+//! `/v1/deliveries`: one webhook delivery with its attempt log, and replay.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use jobmill::webhooks::{delivery_job, TENANT};
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::ResourceId;
+use crate::view::DeliveryView;
+use crate::AppState;
+
+fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such delivery")
+}
+
+/// Show a delivery with every attempt.
+#[utoipa::path(get, path = "/v1/deliveries/{id}", tag = "webhooks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "delivery id")),
+    responses(
+        (status = 200, description = "the delivery", body = DeliveryView),
+        (status = 400, description = "bad id", body = ErrorBody),
+        (status = 404, description = "no such delivery for this key", body = ErrorBody),
+    ))]
+pub async fn deliveries_show(
+    State(state): State<AppState>,
+    caller: Caller,
+    ResourceId(id): ResourceId,
+) -> Result<Response, ApiError> {
+    let d = state
+        .client
+        .store()
+        .webhooks()
+        .get_delivery(&id, caller.scope())
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(axum::Json(DeliveryView::from(&d)).into_response())
+}
+
+/// Send a finished delivery again: same body, same `webhook-id` (receivers that already have it
+/// dedupe), a fresh timestamp and signature, and a fresh retry schedule.
+#[utoipa::path(post, path = "/v1/deliveries/{id}/replay", tag = "webhooks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "delivery id")),
+    responses(
+        (status = 202, description = "queued for sending", body = DeliveryView),
+        (status = 400, description = "bad id", body = ErrorBody),
+        (status = 404, description = "no such delivery for this key", body = ErrorBody),
+        (status = 409, description = "the delivery is still pending", body = ErrorBody),
+    ))]
+pub async fn deliveries_replay(
+    State(state): State<AppState>,
+    caller: Caller,
+    ResourceId(id): ResourceId,
+) -> Result<Response, ApiError> {
+    let hooks = state.client.store().webhooks();
+    let Some(d) = hooks.start_replay(&id, caller.scope()).await? else {
+        return match hooks.get_delivery(&id, caller.scope()).await? {
+            None => Err(not_found()),
+            Some(_) => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "delivery_pending",
+                "the delivery is still being sent or retried; replay it once it has ended",
+            )),
+        };
+    };
+    // The replay number makes the idempotency key unique per replay, while a retried request
+    // for the same replay cannot queue it twice.
+    let key = format!("{}:replay:{}", d.id, d.replays);
+    state
+        .client
+        .submit(TENANT, delivery_job(&d.id, key, state.webhooks().timeout))
+        .await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(DeliveryView::from(&d))).into_response())
+}

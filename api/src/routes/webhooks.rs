@@ -1,0 +1,291 @@
+//! `/v1/webhooks`: registered endpoints (create, list, show, delete, enable, rotate their
+//! secret, their deliveries) and the tenant's signing secret for per-job `callback_url`s.
+//!
+//! Secrets appear in exactly three answers: creating an endpoint, rotating its secret, and the
+//! tenant secret endpoints. Never in listings, job views or logs.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use jobmill::webhooks::records::{list_key, Endpoint};
+use jobmill::webhooks::{guard, signing, EVENTS};
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{Json, ResourceId};
+use crate::view::{
+    CreateWebhook, DeliveryList, DeliveryView, SigningSecretView, WebhookList, WebhookView,
+};
+use crate::AppState;
+
+/// Most endpoints listed (and most a tenant may have).
+pub const MAX_ENDPOINTS: i64 = 100;
+/// Most deliveries listed.
+pub const MAX_DELIVERIES: i64 = 200;
+
+fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such webhook")
+}
+
+fn check_events(events: Option<Vec<String>>) -> Result<Vec<String>, ApiError> {
+    let events = events.unwrap_or_else(|| EVENTS.iter().map(|e| e.to_string()).collect());
+    if events.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_events",
+            "events must name at least one event type",
+        ));
+    }
+    let mut out: Vec<String> = Vec::new();
+    for e in events {
+        if !EVENTS.contains(&e.as_str()) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_events",
+                format!(
+                    "unknown event type '{}'; known: {}",
+                    e.chars().take(64).collect::<String>(),
+                    EVENTS.join(", ")
+                ),
+            ));
+        }
+        if !out.contains(&e) {
+            out.push(e);
+        }
+    }
+    Ok(out)
+}
+
+/// Register an endpoint. The answer carries its signing secret; it is not shown again.
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhook,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "registered; `secret` signs its deliveries", body = WebhookView),
+        (status = 400, description = "malformed JSON", body = ErrorBody),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
+        (status = 422, description = "invalid_callback_url, callback_url_not_allowed, invalid_events, too_many_webhooks", body = ErrorBody),
+    ))]
+pub async fn webhooks_create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(body): Json<CreateWebhook>,
+) -> Result<Response, ApiError> {
+    let events = check_events(body.events)?;
+    let url = guard::parse_url(&body.url)?;
+    guard::resolve(&url, &state.webhooks().allow).await?;
+    let hooks = state.client.store().webhooks();
+    if hooks
+        .list_endpoints(Some(&caller.tenant), MAX_ENDPOINTS)
+        .await?
+        .len() as i64
+        >= MAX_ENDPOINTS
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too_many_webhooks",
+            format!("a tenant may register at most {MAX_ENDPOINTS} endpoints"),
+        ));
+    }
+    let now = jobmill::job::now_ms();
+    let id = format!("we_{}", uuid::Uuid::now_v7().simple());
+    let ep = Endpoint {
+        list_key: list_key(now, &id),
+        id,
+        tenant: caller.tenant.clone(),
+        url: url.to_string(),
+        events,
+        secret: signing::generate_secret(),
+        previous_secret: None,
+        enabled: 1,
+        disabled_reason: None,
+        failing_since_ms: 0,
+        created_ms: now,
+    };
+    hooks.create_endpoint(&ep).await?;
+    state.client.endpoints_changed(&caller.tenant);
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(WebhookView::with_secret(&ep)),
+    )
+        .into_response())
+}
+
+/// List endpoints (without secrets), newest first.
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the endpoints", body = WebhookList),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
+    ))]
+pub async fn webhooks_index(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let eps = state
+        .client
+        .store()
+        .webhooks()
+        .list_endpoints(caller.scope(), MAX_ENDPOINTS)
+        .await?;
+    Ok(axum::Json(WebhookList {
+        webhooks: eps.iter().map(WebhookView::of).collect(),
+    })
+    .into_response())
+}
+
+/// Show an endpoint (without its secret).
+#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "endpoint id")),
+    responses(
+        (status = 200, description = "the endpoint", body = WebhookView),
+        (status = 400, description = "bad id", body = ErrorBody),
+        (status = 404, description = "no such endpoint for this key", body = ErrorBody),
+    ))]
+pub async fn webhooks_show(
+    State(state): State<AppState>,
+    caller: Caller,
+    ResourceId(id): ResourceId,
+) -> Result<Response, ApiError> {
+    let ep = state
+        .client
+        .store()
+        .webhooks()
+        .get_endpoint(&id, caller.scope())
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(axum::Json(WebhookView::of(&ep)).into_response())
+}
+
+/// Delete an endpoint. Deliveries still being retried stop at their next attempt.
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "endpoint id")),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 400, description = "bad id", body = ErrorBody),
+        (status = 404, description = "no such endpoint for this key", body = ErrorBody),
+    ))]
+pub async fn webhooks_delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    ResourceId(id): ResourceId,
+) -> Result<Response, ApiError> {
+    let hooks = state.client.store().webhooks();
+    if !hooks.delete_endpoint(&id, caller.scope()).await? {
+        return Err(not_found());
+    }
+    state.client.endpoints_changed(&caller.tenant);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Re-enable a disabled endpoint (after a `410`, or after it kept failing).
+#[utoipa::path(post, path = "/v1/webhooks/{id}/enable", tag = "webhooks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "endpoint id")),
+    responses(
+        (status = 200, description = "enabled", body = WebhookView),
+        (status = 400, description = "bad id", body = ErrorBody),
+        (status = 404, description = "no such endpoint for this key", body = ErrorBody),
+    ))]
+pub async fn webhooks_enable(
+    State(state): State<AppState>,
+    caller: Caller,
+    ResourceId(id): ResourceId,
+) -> Result<Response, ApiError> {
+    let ep = state
+        .client
+        .store()
+        .webhooks()
+        .set_enabled(&id, caller.scope(), true, None)
+        .await?
+        .ok_or_else(not_found)?;
+    state.client.endpoints_changed(&ep.tenant);
+    Ok(axum::Json(WebhookView::of(&ep)).into_response())
+}
+
+/// Rotate an endpoint's secret. The answer carries the new secret; the old one keeps signing
+/// (both signatures are sent) for `JOBMILL_WEBHOOK_ROTATION_GRACE`.
+#[utoipa::path(post, path = "/v1/webhooks/{id}/secret/rotate", tag = "webhooks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "endpoint id")),
+    responses(
+        (status = 200, description = "rotated; the new secret", body = WebhookView),
+        (status = 400, description = "bad id", body = ErrorBody),
+        (status = 404, description = "no such endpoint for this key", body = ErrorBody),
+    ))]
+pub async fn webhooks_rotate(
+    State(state): State<AppState>,
+    caller: Caller,
+    ResourceId(id): ResourceId,
+) -> Result<Response, ApiError> {
+    let ep = state
+        .client
+        .store()
+        .webhooks()
+        .rotate_endpoint_secret(&id, caller.scope(), state.webhooks().rotation_grace)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(axum::Json(WebhookView::with_secret(&ep)).into_response())
+}
+
+/// Deliveries to an endpoint, newest first, with every attempt.
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "endpoint id")),
+    responses(
+        (status = 200, description = "deliveries", body = DeliveryList),
+        (status = 400, description = "bad id", body = ErrorBody),
+        (status = 404, description = "no such endpoint for this key", body = ErrorBody),
+    ))]
+pub async fn webhooks_deliveries(
+    State(state): State<AppState>,
+    caller: Caller,
+    ResourceId(id): ResourceId,
+) -> Result<Response, ApiError> {
+    let hooks = state.client.store().webhooks();
+    hooks
+        .get_endpoint(&id, caller.scope())
+        .await?
+        .ok_or_else(not_found)?;
+    let ds = hooks
+        .deliveries_of_endpoint(&id, caller.scope(), MAX_DELIVERIES)
+        .await?;
+    Ok(axum::Json(DeliveryList {
+        deliveries: ds.iter().map(DeliveryView::from).collect(),
+    })
+    .into_response())
+}
+
+/// The signing secret of this key's `callback_url` deliveries (made on first use).
+#[utoipa::path(get, path = "/v1/webhooks/secret", tag = "webhooks", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the secret", body = SigningSecretView),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
+    ))]
+pub async fn webhooks_secret_show(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let s = state
+        .client
+        .store()
+        .webhooks()
+        .tenant_secret(&caller.tenant)
+        .await?;
+    Ok(axum::Json(SigningSecretView::from(&s)).into_response())
+}
+
+/// Rotate the `callback_url` signing secret. Deliveries carry signatures of both the new and
+/// the previous secret for `JOBMILL_WEBHOOK_ROTATION_GRACE`.
+#[utoipa::path(post, path = "/v1/webhooks/secret/rotate", tag = "webhooks", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the new secret", body = SigningSecretView),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
+    ))]
+pub async fn webhooks_secret_rotate(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    let s = state
+        .client
+        .store()
+        .webhooks()
+        .rotate_tenant_secret(&caller.tenant, state.webhooks().rotation_grace)
+        .await?;
+    Ok(axum::Json(SigningSecretView::from(&s)).into_response())
+}

@@ -1,0 +1,227 @@
+//! `webhook_delivery`: sends one webhook delivery (an event to one target) and, until a 2xx,
+//! asks to be retried on the webhook backoff schedule. Submitted only by the worker's
+//! dispatcher (owner [`TENANT`](crate::webhooks::TENANT)), one job per delivery, with the
+//! delivery id as idempotency key.
+//!
+//! At least once: a worker that dies after the POST but before recording it sends again, with
+//! the same `webhook-id`, which is what receivers dedupe on.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::{Error, Result};
+use crate::job::now_ms;
+use crate::kind::{JobContext, JobKind, KindDefaults, Outcome, Resources};
+use crate::webhooks::records::{status, AttemptLog, Delivery, WebhookStore};
+use crate::webhooks::{
+    guard, retry_delay, send, signing, DELIVERY_ATTEMPTS, LOGGED_BODY_BYTES, TENANT,
+};
+
+/// Arguments of `webhook_delivery`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryArgs {
+    /// The delivery to send.
+    pub delivery_id: String,
+}
+
+/// Sends one delivery; see the module doc.
+pub struct WebhookDelivery;
+
+impl JobKind for WebhookDelivery {
+    const NAME: &'static str = "webhook_delivery";
+    type Args = DeliveryArgs;
+
+    fn validate(&self, a: &DeliveryArgs) -> std::result::Result<(), String> {
+        if a.delivery_id.is_empty() || a.delivery_id.len() > 200 {
+            return Err("delivery_id must be 1-200 characters".into());
+        }
+        Ok(())
+    }
+
+    fn defaults(&self) -> KindDefaults {
+        KindDefaults {
+            max_attempts: DELIVERY_ATTEMPTS,
+            timeout: Duration::from_secs(60),
+        }
+    }
+
+    async fn run(&self, ctx: JobContext, args: DeliveryArgs) -> Outcome {
+        // Anyone may name a kind in a submission; only the dispatcher's jobs may send.
+        if ctx.tenant != TENANT {
+            return Outcome::fail("webhook_delivery jobs are submitted by jobmill itself");
+        }
+        let res = match ctx.resources() {
+            Ok(r) => r.clone(),
+            Err(no_store) => return no_store,
+        };
+        let store = res.client.store();
+        let hooks = WebhookStore::new(store.database(), store.retention());
+        match deliver(&ctx, &res, &hooks, &args.delivery_id).await {
+            Ok(o) => o,
+            // MongoDB trouble: nothing was decided; try again on the job backoff.
+            Err(e) => Outcome::retry(format!("store: {e}")),
+        }
+    }
+}
+
+async fn deliver(
+    ctx: &JobContext,
+    res: &Resources,
+    hooks: &WebhookStore,
+    id: &str,
+) -> Result<Outcome> {
+    let Some(d) = hooks.get_delivery(id, None).await? else {
+        return Ok(Outcome::fail(format!(
+            "delivery {id} does not exist (expired?)"
+        )));
+    };
+    if d.status != status::PENDING {
+        // A rerun after the outcome was recorded (worker crash): nothing left to do.
+        return Ok(Outcome::success(json!({ "status": d.status })));
+    }
+    let (secrets, endpoint) = match &d.endpoint_id {
+        Some(eid) => match hooks.get_endpoint(eid, None).await? {
+            None => {
+                hooks.set_status(&d.id, status::FAILED).await?;
+                return Ok(Outcome::fail("the endpoint was deleted"));
+            }
+            Some(ep) if ep.enabled != 1 => {
+                hooks.set_status(&d.id, status::FAILED).await?;
+                return Ok(Outcome::fail(format!(
+                    "the endpoint is disabled ({})",
+                    ep.disabled_reason.as_deref().unwrap_or("by hand")
+                )));
+            }
+            Some(ep) => (ep.signing_secrets(), Some(ep)),
+        },
+        None => (
+            hooks.tenant_secret(&d.tenant).await?.signing_secrets(),
+            None,
+        ),
+    };
+    let attempt = hooks.next_attempt(&d.id).await?;
+    let at_ms = now_ms();
+    let mut log = AttemptLog {
+        attempt,
+        at_ms,
+        status: None,
+        latency_ms: 0,
+        error: None,
+        response: None,
+    };
+
+    // Checked again at send time, on the addresses we will connect to.
+    let target = match guard::parse_url(&d.url) {
+        Ok(u) => guard::resolve(&u, &res.settings.webhooks.allow)
+            .await
+            .map(|a| (u, a)),
+        Err(e) => Err(e),
+    };
+    let (url, addrs) = match target {
+        Ok(t) => t,
+        Err(Error::InvalidJob {
+            code: "callback_url_not_allowed",
+            message,
+        }) => {
+            log.error = Some(message.clone());
+            hooks.record_attempt(&d.id, &log, status::FAILED).await?;
+            return Ok(Outcome::fail(message));
+        }
+        Err(e) => {
+            // A host that does not resolve (now) is retried like a connection error.
+            let msg = e.to_string();
+            log.error = Some(msg.clone());
+            return failed(ctx, res, hooks, &d, endpoint.as_ref(), log, msg).await;
+        }
+    };
+
+    let timestamp = at_ms / 1000;
+    let signature =
+        signing::signature_header(&secrets, &d.event_id, timestamp, d.body_json.as_bytes())?;
+    let msg = send::Signed {
+        id: d.event_id.clone(),
+        timestamp,
+        signature,
+        body: d.body_json.clone(),
+    };
+    let answer = send::post(&url, &addrs, &msg, res.settings.webhooks.timeout).await;
+    log.status = answer.status.map(i32::from);
+    log.latency_ms = answer.latency.as_millis() as i64;
+    log.error = answer.error.clone();
+    if !answer.body.is_empty() {
+        let n = answer.body.len().min(LOGGED_BODY_BYTES);
+        log.response = Some(String::from_utf8_lossy(&answer.body[..n]).into_owned());
+    }
+    match answer.status {
+        Some(s) if (200..300).contains(&s) => {
+            hooks.record_attempt(&d.id, &log, status::DELIVERED).await?;
+            if let Some(ep) = &endpoint {
+                hooks.endpoint_succeeded(ep).await?;
+            }
+            tracing::debug!(delivery = %d.id, attempt, status = s, "webhook delivered");
+            Ok(Outcome::success(
+                json!({ "status": status::DELIVERED, "http_status": s, "attempt": attempt }),
+            ))
+        }
+        Some(410) => {
+            hooks.record_attempt(&d.id, &log, status::GONE).await?;
+            if let Some(ep) = &endpoint {
+                hooks
+                    .set_enabled(&ep.id, None, false, Some("the receiver answered 410 Gone"))
+                    .await?;
+                tracing::info!(endpoint = %ep.id, "webhook endpoint answered 410; disabled");
+            }
+            Ok(Outcome::fail(
+                "the receiver answered 410 Gone; delivery stopped",
+            ))
+        }
+        Some(s) => {
+            let msg = format!("the receiver answered HTTP {s}");
+            failed(ctx, res, hooks, &d, endpoint.as_ref(), log, msg).await
+        }
+        None => {
+            let msg = answer.error.unwrap_or_else(|| "no answer".into());
+            failed(ctx, res, hooks, &d, endpoint.as_ref(), log, msg).await
+        }
+    }
+}
+
+/// A failed attempt: retry on the webhook schedule, or end the delivery when the schedule ran
+/// out or the endpoint has been failing for too long.
+async fn failed(
+    ctx: &JobContext,
+    res: &Resources,
+    hooks: &WebhookStore,
+    d: &Delivery,
+    endpoint: Option<&crate::webhooks::records::Endpoint>,
+    log: AttemptLog,
+    msg: String,
+) -> Result<Outcome> {
+    let disabled = match endpoint {
+        Some(ep) => {
+            hooks
+                .endpoint_failed(ep, res.settings.webhooks.disable_after)
+                .await?
+        }
+        None => false,
+    };
+    if disabled || ctx.attempt >= ctx.max_attempts {
+        hooks.record_attempt(&d.id, &log, status::FAILED).await?;
+        let why = if disabled {
+            "the endpoint kept failing and was disabled"
+        } else {
+            "the retry schedule is exhausted"
+        };
+        return Ok(Outcome::fail(format!("{msg}; {why}")));
+    }
+    hooks.record_attempt(&d.id, &log, status::PENDING).await?;
+    let delay = retry_delay(
+        res.settings.webhooks.retry_base,
+        ctx.attempt,
+        rand::random::<f64>(),
+    );
+    Ok(Outcome::retry_after(delay, msg))
+}
