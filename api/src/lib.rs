@@ -158,7 +158,9 @@ pub fn app(state: AppState) -> Router {
         // Parts are streamed into the file store and limited by the part size instead.
         .route(
             "/v1/uploads/{id}/parts/{n}",
-            put(uploads::uploads_part).layer(DefaultBodyLimit::disable()),
+            put(uploads::uploads_part)
+                .layer(DefaultBodyLimit::disable())
+                .layer(axum::middleware::map_response(close_unless_success)),
         )
         .route("/v1/uploads/{id}/complete", post(uploads::uploads_complete))
         .route("/v1/files", get(files::files_index))
@@ -209,6 +211,19 @@ pub fn app(state: AppState) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// A part upload refused before its body was read (bad auth, unknown upload, completed
+/// upload...) leaves unread bytes on the connection; reusing it would make the client's next
+/// request fail. So such answers close the connection.
+async fn close_unless_success(mut res: axum::response::Response) -> axum::response::Response {
+    if !res.status().is_success() {
+        res.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    res
 }
 
 async fn not_found(method: Method, uri: Uri) -> ApiError {
