@@ -82,7 +82,30 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     }
 }
 
+/// The `If-None-Match` header, if any (without cloning every header of the request).
+pub struct IfNoneMatch(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfNoneMatch {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(IfNoneMatch(
+            parts
+                .headers
+                .get(axum::http::header::IF_NONE_MATCH)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        ))
+    }
+}
+
 fn serde_urlencoded_from_str<T: DeserializeOwned>(q: &str) -> Result<T, ApiError> {
+    if q.is_empty() {
+        // The common case (a plain poll); no URI to build.
+        if let Ok(v) = serde_json::from_value::<T>(serde_json::json!({})) {
+            return Ok(v);
+        }
+    }
     axum::extract::Query::<T>::try_from_uri(
         &format!("/?{q}")
             .parse()

@@ -9,11 +9,13 @@
 //! - [`extract`]: extractors that answer bad input in the API's error shape.
 //! - [`error`]: the `ApiError` answer type.
 //! - [`watch`]: job-change events for long-polls.
+//! - [`finished`]: finished jobs cached in memory for status polls.
 #![warn(missing_docs)]
 
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod finished;
 pub mod routes;
 pub mod view;
 pub mod watch;
@@ -41,6 +43,8 @@ pub struct AppState {
     pub keys: Arc<Vec<ApiKey>>,
     /// Job-change events.
     pub watch: watch::Watch,
+    /// Finished jobs served to status polls without a MongoDB read.
+    pub finished: Arc<finished::FinishedJobs>,
     /// Largest request body.
     pub max_body_bytes: usize,
     /// All settings (part size, page size, retention...).
@@ -67,14 +71,17 @@ impl AppState {
     pub async fn connect(settings: &Settings, registry: Registry) -> jobmill::Result<Self> {
         let client = JobClient::connect(settings, registry).await?;
         client.store().ensure_indexes().await?;
+        let finished = Arc::new(finished::FinishedJobs::default());
         let watch = watch::Watch::start(
             settings.redis_url.expose().to_string(),
             client.queue().keys().events_channel(),
+            finished.clone(),
         );
         Ok(AppState {
             client,
             keys: Arc::new(settings.api_keys.clone()),
             watch,
+            finished,
             max_body_bytes: settings.max_body_bytes,
             settings: Arc::new(settings.clone()),
         })

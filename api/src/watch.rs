@@ -15,7 +15,11 @@ pub struct Watch {
 
 impl Watch {
     /// Start listening on the events channel of `prefix` at `redis_url`.
-    pub fn start(redis_url: String, channel: String) -> Self {
+    pub fn start(
+        redis_url: String,
+        channel: String,
+        finished: Arc<crate::finished::FinishedJobs>,
+    ) -> Self {
         let (tx, _) = broadcast::channel(1024);
         let sender = tx.clone();
         tokio::spawn(async move {
@@ -28,8 +32,11 @@ impl Watch {
                     }
                 }
             };
+            // Events published before the subscription existed are unknown: start clean.
+            finished.clear();
             loop {
                 let msg = sub.next().await;
+                finished.forget(&msg.payload);
                 // No receivers is fine: nobody is waiting.
                 let _ = sender.send(Arc::from(msg.payload.as_str()));
             }

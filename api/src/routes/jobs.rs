@@ -1,9 +1,10 @@
 //! `/v1/jobs`: submit (one or a batch), show (with ETag and long-poll), list, cancel, retry.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::header::{ETAG, IF_NONE_MATCH, LOCATION};
+use axum::http::header::{ETAG, LOCATION};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use jobmill::store::ListQuery;
@@ -13,7 +14,8 @@ use utoipa::IntoParams;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{parse_job_id, JobId, Json, Query};
+use crate::extract::{parse_job_id, IfNoneMatch, JobId, Json, Query};
+use crate::finished::Cached;
 use crate::view::{
     BatchView, DeliveryList, DeliveryView, JobPage, JobView, SubmitBatch, SubmitJob,
 };
@@ -131,16 +133,18 @@ pub async fn jobs_show(
     caller: Caller,
     JobId(id): JobId,
     Query(q): Query<ShowQuery>,
-    headers: HeaderMap,
+    IfNoneMatch(if_none_match): IfNoneMatch,
 ) -> Result<Response, ApiError> {
     let wait = match q.wait.as_deref() {
         None => Duration::ZERO,
         Some(w) => parse_wait(w)?,
     };
-    let if_none_match = headers
-        .get(IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    // The common case: a poll without wait of a finished job, answered from memory.
+    if wait.is_zero() {
+        if let Some(c) = cached(&state, &caller, &id)? {
+            return Ok(cached_response(&c, if_none_match.as_deref()));
+        }
+    }
     // Subscribe before the first read so a change in between is not missed.
     let mut events = state.watch.subscribe();
     let job = load(&state, &caller, &id).await?;
@@ -181,12 +185,58 @@ pub async fn jobs_show(
 }
 
 async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<Job, ApiError> {
-    state
+    if let Some(c) = cached(state, caller, id)? {
+        return Ok(c.job.clone());
+    }
+    let job = state
         .client
         .store()
         .get(id, caller.scope())
         .await?
-        .ok_or_else(ApiError::job_not_found)
+        .ok_or_else(ApiError::job_not_found)?;
+    if job.state.is_terminal() {
+        let body = serde_json::to_vec(&JobView::from(&job)).map_err(|_| ApiError::internal())?;
+        if let (Ok(etag), Ok(location)) = (
+            HeaderValue::from_str(&etag(&job)),
+            HeaderValue::from_str(&format!("/v1/jobs/{}", job.id)),
+        ) {
+            state.finished.put(Cached {
+                job: job.clone(),
+                body: body.into(),
+                etag,
+                location,
+            });
+        }
+    }
+    Ok(job)
+}
+
+/// The cached answer for a finished job the caller may see.
+fn cached(state: &AppState, caller: &Caller, id: &str) -> Result<Option<Arc<Cached>>, ApiError> {
+    match state.finished.get(id) {
+        Some(c) if caller.scope().is_some_and(|t| t != c.job.tenant) => {
+            Err(ApiError::job_not_found())
+        }
+        other => Ok(other),
+    }
+}
+
+/// Answer a poll from the cache: `304` if the tag matches, else the rendered job.
+fn cached_response(c: &Cached, if_none_match: Option<&str>) -> Response {
+    let tag = c.etag.to_str().unwrap_or("");
+    let mut res = if if_none_match.is_some_and(|inm| etag_matches(inm, tag)) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let mut res = (StatusCode::OK, c.body.clone()).into_response();
+        res.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        res.headers_mut().insert(LOCATION, c.location.clone());
+        res
+    };
+    res.headers_mut().insert(ETAG, c.etag.clone());
+    res
 }
 
 fn parse_wait(w: &str) -> Result<Duration, ApiError> {
@@ -339,6 +389,7 @@ pub async fn jobs_cancel(
     JobId(id): JobId,
 ) -> Result<Response, ApiError> {
     let job = state.client.cancel(&id, caller.scope()).await?;
+    state.finished.forget(&id);
     let status = if job.state == JobState::Cancelled {
         StatusCode::OK
     } else {
@@ -362,6 +413,9 @@ pub async fn jobs_retry(
     JobId(id): JobId,
 ) -> Result<Response, ApiError> {
     let job = state.client.retry(&id, caller.scope()).await?;
+    // This process must not answer the next poll from its cache; other API processes drop their
+    // entry when the change event arrives.
+    state.finished.forget(&id);
     Ok(job_response(StatusCode::ACCEPTED, &job))
 }
 
