@@ -112,6 +112,10 @@ impl From<jobmill::Error> for ApiError {
                 tracing::warn!(error = %err, "mongodb error");
                 ApiError::unavailable("the job store (MongoDB)")
             }
+            E::StoreUnavailable(err) => {
+                tracing::warn!(error = %err, "mongodb error");
+                ApiError::unavailable("the job store (MongoDB)")
+            }
             other => {
                 tracing::error!(error = %other, "internal error");
                 ApiError::internal()

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime as ChronoDateTime, Utc};
 use mongodb::bson::DateTime;
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{check_queue_name, Settings};
 use crate::error::{Error, Result};
@@ -100,21 +100,26 @@ pub struct JobClient {
     registry: Registry,
     limits: Limits,
     confirm: mpsc::UnboundedSender<Vec<String>>,
+    inserts: mpsc::UnboundedSender<GroupedInsert>,
     has_endpoints: Arc<Mutex<HashMap<String, (bool, Instant)>>>,
 }
 
 impl JobClient {
-    /// Build a client. Spawns a background task (on the current Tokio runtime) that batches the
-    /// "this job is in Redis" confirmations into few MongoDB writes.
+    /// Build a client. Spawns two background tasks (on the current Tokio runtime): one groups
+    /// concurrent single submissions into one MongoDB insert, one batches the "this job is in
+    /// Redis" confirmations into few MongoDB writes.
     pub fn new(store: Store, queue: RedisQueue, registry: Registry, limits: Limits) -> Self {
         let (confirm, rx) = mpsc::unbounded_channel();
         tokio::spawn(confirm_loop(store.clone(), rx));
+        let (inserts, rx) = mpsc::unbounded_channel();
+        tokio::spawn(insert_group_loop(store.clone(), rx));
         JobClient {
             store,
             queue,
             registry,
             limits,
             confirm,
+            inserts,
             has_endpoints: Arc::default(),
         }
     }
@@ -323,7 +328,11 @@ impl JobClient {
             }
         }
         // MongoDB first: from here on the job is durable and will run.
-        let inserted = self.store.insert_jobs(&jobs).await?;
+        let inserted = if jobs.len() == 1 {
+            vec![self.insert_grouped(jobs[0].clone()).await?]
+        } else {
+            self.store.insert_jobs(&jobs).await?
+        };
         let mut out = Vec::with_capacity(jobs.len());
         let mut fresh = Vec::new();
         for (job, ins) in jobs.into_iter().zip(inserted) {
@@ -394,6 +403,17 @@ impl JobClient {
         self.has_endpoints.lock().expect("cache").remove(tenant);
     }
 
+    /// Insert one job together with whatever other single submissions are waiting (see
+    /// [`insert_group_loop`]).
+    async fn insert_grouped(&self, job: Job) -> Result<Inserted> {
+        let (tx, rx) = oneshot::channel();
+        self.inserts
+            .send((job, tx))
+            .map_err(|_| Error::StoreUnavailable("the insert task stopped".into()))?;
+        rx.await
+            .map_err(|_| Error::StoreUnavailable("the insert task stopped".into()))?
+    }
+
     /// Push stored jobs into Redis and confirm them. A failure is logged, not returned: the
     /// jobs keep `enqueue_pending` and the reconciler pushes them once Redis answers.
     async fn push_to_redis(&self, jobs: &[Job]) {
@@ -454,13 +474,55 @@ pub fn enqueue_entry(job: &Job) -> Enqueue {
     }
 }
 
+/// A single submission waiting for its insert.
+type GroupedInsert = (Job, oneshot::Sender<Result<Inserted>>);
+
+/// Group commit for single submissions: the submissions that arrive while one insert is in
+/// flight go out together in the next `insert_many`. A lone sequential producer waits for
+/// nothing extra; many concurrent ones (HTTP clients) share one MongoDB write per group instead
+/// of one each. Unordered, so one job's duplicate idempotency key does not affect the others;
+/// on any other failure every job of the group is removed again and every caller told (none of
+/// them is answered 202, so none must run).
+async fn insert_group_loop(store: Store, mut rx: mpsc::UnboundedReceiver<GroupedInsert>) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while group.len() < crate::store::WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(more) => group.push(more),
+                Err(_) => break,
+            }
+        }
+        let jobs: Vec<Job> = group.iter().map(|(j, _)| j.clone()).collect();
+        match store.insert_jobs(&jobs).await {
+            Ok(results) => {
+                for ((_, reply), r) in group.into_iter().zip(results) {
+                    let _ = reply.send(Ok(r));
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                for (_, reply) in group {
+                    let _ = reply.send(Err(Error::StoreUnavailable(why.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// How long confirmations gather before they are written.
+const CONFIRM_WINDOW: Duration = Duration::from_millis(50);
+
 /// Batch confirmations: whatever arrived while the previous write ran goes in the next one.
 async fn confirm_loop(store: Store, mut rx: mpsc::UnboundedReceiver<Vec<String>>) {
     while let Some(first) = rx.recv().await {
+        // Wait a moment so a sequential producer's confirmations share one write instead of
+        // doubling its MongoDB writes; nothing depends on the flag clearing sooner (the
+        // reconciler only looks at jobs flagged for 10 s).
+        tokio::time::sleep(CONFIRM_WINDOW).await;
         let mut ids = first;
         while let Ok(more) = rx.try_recv() {
             ids.extend(more);
-            if ids.len() >= crate::store::WRITE_BATCH {
+            if ids.len() >= 10 * crate::store::WRITE_BATCH {
                 break;
             }
         }

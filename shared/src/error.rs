@@ -75,6 +75,11 @@ pub enum Error {
     #[error("mongodb: {0}")]
     Mongo(#[from] mongodb::error::Error),
 
+    /// MongoDB failed a grouped write that this caller's job was part of (the cause is shared
+    /// by every caller of the group, so it travels as text).
+    #[error("mongodb: {0}")]
+    StoreUnavailable(String),
+
     /// A stored document or queue payload could not be decoded.
     #[error("corrupt data: {0}")]
     Corrupt(String),
@@ -91,7 +96,10 @@ impl Error {
 
     /// True for failures of Redis or MongoDB themselves: worth retrying after a pause.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Error::Redis(_) | Error::Mongo(_))
+        matches!(
+            self,
+            Error::Redis(_) | Error::Mongo(_) | Error::StoreUnavailable(_)
+        )
     }
 }
 

@@ -207,8 +207,20 @@ async fn w2_durable() -> anyhow::Result<Rows> {
             .collect();
         client.submit_batch(TENANT, jobs).await?;
     }
-    // Let the submission side's confirmations land before the drain is measured.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Let the submission side's confirmations (clearing `enqueue_pending`) land before the drain
+    // is measured, so the drain competes with nothing but itself.
+    let pending = store
+        .database()
+        .collection::<Document>(jobmill::store::JOBS);
+    let until = Instant::now() + Duration::from_secs(120);
+    while pending
+        .count_documents(doc! { "enqueue_pending": true })
+        .await?
+        > 0
+        && Instant::now() < until
+    {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let (wstore, counter) = deployment::counted_store(&s).await?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let before = counter.total();
