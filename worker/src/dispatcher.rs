@@ -22,12 +22,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 
-/// How often the outbox is scanned (the lock lives as long, so one process scans per round).
+/// How often the outbox is scanned while it has work (the lock lives as long, so one process
+/// scans per round).
 const EVERY: Duration = Duration::from_millis(200);
+/// Longest pause while the outbox stays empty. The scan is an index lookup on MongoDB but a
+/// collection scan on the MongoDB-compatible server, so an idle dispatcher backs off instead of
+/// taxing every other write; a callback then waits at most this long to be dispatched.
+const IDLE_MAX: Duration = Duration::from_millis(1600);
 /// Jobs handled per round trip.
 const BATCH: i64 = 500;
 
 pub(crate) async fn dispatcher(shared: Arc<Shared>, timeout: Duration, stop: CancellationToken) {
+    let mut pause = EVERY;
     loop {
         match shared
             .queue
@@ -37,7 +43,14 @@ pub(crate) async fn dispatcher(shared: Arc<Shared>, timeout: Duration, stop: Can
             Ok(true) => loop {
                 match dispatch_once(&shared, timeout).await {
                     Ok(n) if n as i64 == BATCH && !stop.is_cancelled() => continue,
-                    Ok(_) => break,
+                    Ok(0) => {
+                        pause = (pause * 2).min(IDLE_MAX);
+                        break;
+                    }
+                    Ok(_) => {
+                        pause = EVERY;
+                        break;
+                    }
                     Err(e) => {
                         // The entries stay pending and the next round tries again.
                         tracing::warn!(error = %e, "webhook dispatch failed");
@@ -49,7 +62,7 @@ pub(crate) async fn dispatcher(shared: Arc<Shared>, timeout: Duration, stop: Can
             Err(e) => tracing::debug!(error = %e, "dispatch lock"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(EVERY) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = stop.cancelled() => return,
         }
     }
