@@ -169,3 +169,32 @@ impl<S: Send + Sync> FromRequestParts<S> for ResourceId {
         }
     }
 }
+
+/// Largest page of any listing.
+pub const MAX_LIMIT: i64 = 500;
+/// Default page of any listing.
+pub const DEFAULT_LIMIT: i64 = 50;
+
+/// Check a listing's `limit` and id `cursor` (the last id of the previous page).
+pub fn page_params(
+    limit: Option<i64>,
+    cursor: Option<&str>,
+) -> Result<(i64, Option<String>), ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be from 1 to {MAX_LIMIT}"),
+        ));
+    }
+    let before = match cursor {
+        None => None,
+        Some(c) => Some(parse_job_id(c).map_err(|_| {
+            ApiError::bad_request(
+                "invalid_cursor",
+                "cursor must be a next_cursor from an earlier page",
+            )
+        })?),
+    };
+    Ok((limit, before))
+}

@@ -15,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{parse_job_id, Query};
+use crate::extract::{page_params, parse_job_id, Query};
 use crate::AppState;
 
 /// A stored file.
@@ -79,22 +79,7 @@ pub async fn files_index(
     caller: Caller,
     Query(p): Query<FileListParams>,
 ) -> Result<Response, ApiError> {
-    let limit = p.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
-            "limit must be from 1 to 500",
-        ));
-    }
-    let before = match p.cursor.as_deref() {
-        None => None,
-        Some(c) => Some(parse_job_id(c).map_err(|_| {
-            ApiError::bad_request(
-                "invalid_cursor",
-                "cursor must be a next_cursor from an earlier page",
-            )
-        })?),
-    };
+    let (limit, before) = page_params(p.limit, p.cursor.as_deref())?;
     let files = state
         .files()
         .list_files(caller.scope(), before.as_deref(), limit)

@@ -14,7 +14,7 @@ use utoipa::IntoParams;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{parse_job_id, IfNoneMatch, JobId, Json, Query};
+use crate::extract::{page_params, IfNoneMatch, JobId, Json, Query};
 use crate::finished::Cached;
 use crate::view::{
     BatchView, DeliveryList, DeliveryView, JobPage, JobView, SubmitBatch, SubmitJob,
@@ -24,10 +24,6 @@ use crate::AppState;
 
 /// Longest long-poll.
 pub const MAX_WAIT_SECS: u64 = 60;
-/// Largest page.
-pub const MAX_LIMIT: i64 = 500;
-/// Default page.
-pub const DEFAULT_LIMIT: i64 = 50;
 /// How often a long-poll re-reads the job even without an event.
 const WAIT_RECHECK: Duration = Duration::from_secs(1);
 
@@ -326,13 +322,7 @@ pub async fn jobs_index(
             )
         })?),
     };
-    let limit = p.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
-            format!("limit must be from 1 to {MAX_LIMIT}"),
-        ));
-    }
+    let (limit, before) = page_params(p.limit, p.cursor.as_deref())?;
     for (name, v) in [("kind", &p.kind), ("queue", &p.queue)] {
         if v.as_ref().is_some_and(|v| v.len() > 128) {
             return Err(ApiError::bad_request(
@@ -341,15 +331,6 @@ pub async fn jobs_index(
             ));
         }
     }
-    let before = match p.cursor.as_deref() {
-        None => None,
-        Some(c) => Some(parse_job_id(c).map_err(|_| {
-            ApiError::bad_request(
-                "invalid_cursor",
-                "cursor must be a next_cursor from an earlier page",
-            )
-        })?),
-    };
     let jobs = state
         .client
         .store()
