@@ -94,56 +94,43 @@ _jm_python_ok() {
     command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' >/dev/null 2>&1
 }
 
-ensure_mongo_installed() {
-    local stamp="$JM_MONGO_VENV/.jobmill-stamp"
-    if [[ -x "$JM_NX_BIN" && -f "$stamp" && "$(cat "$stamp")" == "$JM_MONGO_PINS" ]] \
-        && "$JM_MONGO_VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
+# _jm_ensure_venv DIR PINS CHECK: a venv in DIR with the pinned PINS installed, where the
+# python statement CHECK succeeds. Cheap when a stamp says the pins are already there.
+_jm_ensure_venv() {
+    local venv="$1" pins="$2" check="$3" stamp="$1/.jobmill-stamp"
+    if [[ -f "$stamp" && "$(cat "$stamp")" == "$pins" ]] \
+        && "$venv/bin/python" -c "$check" >/dev/null 2>&1; then
         return 0
     fi
-    # A venv whose interpreter no longer runs is useless: rebuild it.
-    if [[ -d "$JM_MONGO_VENV" ]] && ! "$JM_MONGO_VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
-        log "$JM_MONGO_VENV is broken; recreating it"
-        rm -rf -- "$JM_MONGO_VENV"
+    # A venv whose interpreter no longer runs (or a dangling link left in its place) is useless.
+    if [[ -L "$venv" && ! -e "$venv" ]] \
+        || { [[ -d "$venv" ]] && ! "$venv/bin/python" -c 'import sys' >/dev/null 2>&1; }; then
+        log "$venv is broken; recreating it"
+        rm -rf -- "$venv"
     fi
-    if [[ ! -x "$JM_MONGO_VENV/bin/python" ]]; then
+    if [[ ! -x "$venv/bin/python" ]]; then
         if ! _jm_python_ok; then
             jm_apt_install python3 python3-venv
         fi
-        log "creating $JM_MONGO_VENV"
-        python3 -m venv "$JM_MONGO_VENV"
+        log "creating $venv"
+        python3 -m venv "$venv"
     fi
-    log "installing $JM_MONGO_PINS into .venv-mongo"
+    log "installing $pins into $(basename "$venv")"
     # shellcheck disable=SC2086
-    "$JM_MONGO_VENV/bin/python" -m pip install -q --disable-pip-version-check $JM_MONGO_PINS </dev/null
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check $pins </dev/null
+    "$venv/bin/python" -c "$check" || die "$pins did not install into $venv"
+    printf '%s\n' "$pins" >"$stamp"
+}
+
+ensure_mongo_installed() {
+    _jm_ensure_venv "$JM_MONGO_VENV" "$JM_MONGO_PINS" "import pymongo"
     [[ -x "$JM_NX_BIN" ]] || die "nx-27017 was not installed into $JM_MONGO_VENV"
-    printf '%s\n' "$JM_MONGO_PINS" >"$stamp"
 }
 
 # ensure_webhook_venv: .venv-hooks with the pinned `standardwebhooks` package, for
 # tests/webhook_receiver.py (the spec's own verifier checks every signature we send).
 ensure_webhook_venv() {
-    local stamp="$JM_HOOKS_VENV/.jobmill-stamp"
-    if [[ -f "$stamp" && "$(cat "$stamp")" == "$JM_HOOKS_PINS" ]] \
-        && "$JM_HOOKS_VENV/bin/python" -c 'import standardwebhooks' >/dev/null 2>&1; then
-        return 0
-    fi
-    if [[ -d "$JM_HOOKS_VENV" ]] && ! "$JM_HOOKS_VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
-        log "$JM_HOOKS_VENV is broken; recreating it"
-        rm -rf -- "$JM_HOOKS_VENV"
-    fi
-    if [[ ! -x "$JM_HOOKS_VENV/bin/python" ]]; then
-        if ! _jm_python_ok; then
-            jm_apt_install python3 python3-venv
-        fi
-        log "creating $JM_HOOKS_VENV"
-        python3 -m venv "$JM_HOOKS_VENV"
-    fi
-    log "installing $JM_HOOKS_PINS into .venv-hooks"
-    # shellcheck disable=SC2086
-    "$JM_HOOKS_VENV/bin/python" -m pip install -q --disable-pip-version-check $JM_HOOKS_PINS </dev/null
-    "$JM_HOOKS_VENV/bin/python" -c 'import standardwebhooks' \
-        || die "standardwebhooks was not installed into $JM_HOOKS_VENV"
-    printf '%s\n' "$JM_HOOKS_PINS" >"$stamp"
+    _jm_ensure_venv "$JM_HOOKS_VENV" "$JM_HOOKS_PINS" "import standardwebhooks"
 }
 
 _jm_python() {
