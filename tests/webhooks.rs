@@ -637,3 +637,227 @@ async fn an_endpoint_that_keeps_failing_is_disabled_and_the_api_documents_webhoo
         "invalid_id"
     );
 }
+
+/// The event-time in ms carried in a `webhook-id` (`evt_<job>_<ms>`, `p` appended for
+/// progress events).
+fn event_ms(record: &Value) -> i64 {
+    let id = record["headers"]["webhook-id"].as_str().unwrap();
+    let ms = id.rsplit('_').next().unwrap().trim_end_matches('p');
+    ms.parse().unwrap_or_else(|_| panic!("webhook-id {id}"))
+}
+
+/// Endpoints are asked when a job ends, not when it was submitted: ones registered while a job
+/// runs still hear how it ended. `job.progress` goes only to endpoints that subscribe to it, at
+/// most once per `JOBMILL_WEBHOOK_PROGRESS_EVERY` per job, and never to a `callback_url`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_is_opt_in_and_rate_limited_and_late_endpoints_still_hear() {
+    let mut ctx = hooks_ctx("hooks_progress");
+    ctx.set("JOBMILL_WEBHOOK_PROGRESS_EVERY", "1s");
+    let api = ctx.api().await;
+    let _worker = ctx.worker();
+    let tenant_secret = api.get("/v1/webhooks/secret", ALICE).await.body["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cb_rx = Receiver::start(&[&tenant_secret], &[]);
+
+    // Both submitted while alice has no endpoint at all; 50 progress reports over 5 s each.
+    let sleep = json!({"ms": 5000, "steps": 50});
+    let plain = api
+        .submit(ALICE, json!({"kind": "sleep", "args": sleep}))
+        .await;
+    let with_cb = api
+        .submit(
+            ALICE,
+            json!({"kind": "sleep", "args": sleep, "callback_url": cb_rx.url("/cb")}),
+        )
+        .await;
+    api.wait_state(ALICE, &plain, "running", LIMIT).await;
+    api.wait_state(ALICE, &with_cb, "running", LIMIT).await;
+
+    // Registered while they run: one endpoint for progress and successes, one with the default
+    // events (the terminal ones).
+    let prog_rx = Receiver::start(&[], &[]);
+    let ep = api
+        .post(
+            "/v1/webhooks",
+            ALICE,
+            json!({"url": prog_rx.url("/p"), "events": ["job.progress", "job.succeeded"]}),
+        )
+        .await;
+    assert_eq!(ep.status, 201, "{}", ep.body);
+    prog_rx.set_secrets(&[ep.body["secret"].as_str().unwrap()]);
+    let end_rx = Receiver::start(&[], &[]);
+    let ep2 = api
+        .post("/v1/webhooks", ALICE, json!({"url": end_rx.url("/e")}))
+        .await;
+    assert_eq!(ep2.status, 201, "{}", ep2.body);
+    end_rx.set_secrets(&[ep2.body["secret"].as_str().unwrap()]);
+    assert_eq!(
+        ep2.body["events"],
+        json!(["job.succeeded", "job.failed", "job.cancelled"])
+    );
+    // The premise: both endpoints exist before either job ends.
+    let shown = api.get(&format!("/v1/jobs/{plain}"), ALICE).await;
+    assert_eq!(shown.body["state"], "running", "{}", shown.body);
+
+    api.wait_terminal(ALICE, &plain, LIMIT).await;
+    api.wait_terminal(ALICE, &with_cb, LIMIT).await;
+
+    // The terminal-events endpoint: both successes, nothing else.
+    let ends = end_rx.wait_records(2).await;
+    let mut ids: Vec<String> = ends
+        .iter()
+        .map(|r| {
+            assert_eq!(r["verified_by"], json!([0]), "{r}");
+            let b = body_of(r);
+            assert_eq!(b["type"], "job.succeeded", "{b}");
+            b["data"]["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    ids.sort();
+    let mut want = vec![plain.clone(), with_cb.clone()];
+    want.sort();
+    assert_eq!(ids, want);
+
+    // The progress endpoint: both successes, and progress of both jobs, spaced by the limit.
+    let end = Instant::now() + LIMIT;
+    let records = loop {
+        let r = prog_rx.records();
+        let done = r
+            .iter()
+            .filter(|r| body_of(r)["type"] == "job.succeeded")
+            .count();
+        if done == 2 {
+            break r;
+        }
+        assert!(Instant::now() < end, "progress receiver got {r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for job in [&plain, &with_cb] {
+        let progress: Vec<&Value> = records
+            .iter()
+            .filter(|r| {
+                let b = body_of(r);
+                b["type"] == "job.progress" && b["data"]["id"] == job.as_str()
+            })
+            .collect();
+        assert!(!progress.is_empty(), "no progress event for {job}");
+        // 5 s of running, at most one event per second.
+        assert!(progress.len() <= 6, "{} progress events", progress.len());
+        let mut times: Vec<i64> = progress.iter().map(|r| event_ms(r)).collect();
+        times.sort();
+        for pair in times.windows(2) {
+            assert!(pair[1] - pair[0] >= 900, "events too close: {times:?}");
+        }
+        for r in &progress {
+            assert_eq!(r["verified_by"], json!([0]), "{r}");
+            let b = body_of(r);
+            assert_eq!(b["data"]["state"], "running", "{b}");
+            assert_eq!(b["data"]["progress"]["total"], 5000, "{b}");
+        }
+    }
+
+    // The job's own callback_url heard only how it ended.
+    let cb = cb_rx.wait_records(1).await;
+    assert_eq!(body_of(&cb[0])["type"], "job.succeeded");
+    assert_eq!(cb[0]["verified_by"], json!([0]));
+    let ds = api
+        .get(&format!("/v1/jobs/{with_cb}/deliveries"), ALICE)
+        .await;
+    let to_cb: Vec<&Value> = ds.body["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["endpoint_id"].is_null())
+        .collect();
+    assert_eq!(to_cb.len(), 1, "{}", ds.body);
+    assert_eq!(to_cb[0]["event"], "job.succeeded");
+
+    // Unknown event types are refused with the list of known ones.
+    let bad = api
+        .post(
+            "/v1/webhooks",
+            ALICE,
+            json!({"url": prog_rx.url("/x"), "events": ["job.progres"]}),
+        )
+        .await;
+    assert_eq!(bad.status, 422, "{}", bad.body);
+    assert_eq!(bad.code(), "invalid_events");
+    assert!(bad.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("job.progress"));
+}
+
+/// A delivery left `pending` by a sending job that ended without recording it (its MongoDB
+/// writes failed on every attempt) can still be replayed; one whose job is still retrying
+/// cannot (two sends at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orphaned_pending_delivery_can_be_replayed() {
+    let ctx = hooks_ctx("hooks_orphan");
+    let api = ctx.api().await;
+    let worker = ctx.worker();
+    let secret = api.get("/v1/webhooks/secret", ALICE).await.body["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rx = Receiver::start(&[&secret], &[]);
+    let id = api
+        .submit(
+            ALICE,
+            json!({"kind": "noop", "callback_url": rx.url("/cb")}),
+        )
+        .await;
+    let first = rx.wait_records(1).await;
+    let ds = wait_until(&api, &format!("/v1/jobs/{id}/deliveries"), ALICE, |b| {
+        b["deliveries"][0]["status"] == "delivered"
+    })
+    .await;
+    let dlv = ds["deliveries"][0]["id"].as_str().unwrap().to_string();
+
+    // Simulate the lost status write: the delivery says pending, its sending job has ended.
+    let store = ctx.store().await;
+    store
+        .database()
+        .collection::<mongodb::bson::Document>("webhook_deliveries")
+        .update_one(
+            mongodb::bson::doc! { "_id": &dlv },
+            mongodb::bson::doc! { "$set": { "status": "pending" } },
+        )
+        .await
+        .unwrap();
+    let r = api
+        .post(&format!("/v1/deliveries/{dlv}/replay"), ALICE, json!({}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let again = rx.wait_records(2).await;
+    assert_eq!(
+        again[1]["headers"]["webhook-id"],
+        first[0]["headers"]["webhook-id"]
+    );
+    assert_eq!(again[1]["verified_by"], json!([0]));
+
+    // Pending while its sending job is still retrying: refused, as two sends at once would be.
+    let failing = Receiver::start(&[&secret], &["--status", "500"]);
+    let id2 = api
+        .submit(
+            ALICE,
+            json!({"kind": "noop", "callback_url": failing.url("/cb")}),
+        )
+        .await;
+    let ds = wait_until(&api, &format!("/v1/jobs/{id2}/deliveries"), ALICE, |b| {
+        b["deliveries"][0]["attempts"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    assert_eq!(ds["deliveries"][0]["status"], "pending", "{ds}");
+    let dlv2 = ds["deliveries"][0]["id"].as_str().unwrap();
+    let r = api
+        .post(&format!("/v1/deliveries/{dlv2}/replay"), ALICE, json!({}))
+        .await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(r.code(), "delivery_pending");
+    drop(worker);
+}

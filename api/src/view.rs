@@ -120,7 +120,8 @@ pub struct BatchView {
 pub struct CreateWebhook {
     /// `https://` (or allow-listed `http://`) URL receiving the events.
     pub url: String,
-    /// Event types: `job.succeeded`, `job.failed`, `job.cancelled` (default: all three).
+    /// Event types: `job.succeeded`, `job.failed`, `job.cancelled` (the default: these three)
+    /// and `job.progress` (opt-in; at most one per job per `JOBMILL_WEBHOOK_PROGRESS_EVERY`).
     pub events: Option<Vec<String>>,
 }
 

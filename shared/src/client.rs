@@ -398,9 +398,14 @@ impl JobClient {
         Ok(has)
     }
 
-    /// Forget the cached answer for a tenant whose endpoints just changed.
-    pub fn endpoints_changed(&self, tenant: &str) {
+    /// A tenant's endpoints just changed: forget the cached answer here and tell the workers,
+    /// which decide again when each job ends (a lost message only delays that by their reload
+    /// period).
+    pub async fn endpoints_changed(&self, tenant: &str) {
         self.has_endpoints.lock().expect("cache").remove(tenant);
+        if let Err(e) = self.queue.publish_endpoints_changed(tenant).await {
+            tracing::debug!(error = %e, "could not announce an endpoint change");
+        }
     }
 
     /// Insert one job together with whatever other single submissions are waiting (see

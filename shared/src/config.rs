@@ -170,6 +170,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "how long a rotated-out webhook secret keeps signing",
     ),
     (
+        "JOBMILL_WEBHOOK_PROGRESS_EVERY",
+        "1s",
+        "least time between two job.progress events of one job (for endpoints subscribed to them)",
+    ),
+    (
         "JOBMILL_LOG",
         "info",
         "tracing filter, e.g. info,jobmill=debug",
@@ -353,6 +358,7 @@ impl Settings {
         let webhook_retry_base = read("JOBMILL_WEBHOOK_RETRY_BASE", "5s");
         let webhook_disable_after = read("JOBMILL_WEBHOOK_DISABLE_AFTER", "5d");
         let webhook_rotation_grace = read("JOBMILL_WEBHOOK_ROTATION_GRACE", "24h");
+        let webhook_progress_every = read("JOBMILL_WEBHOOK_PROGRESS_EVERY", "1s");
         let log = read("JOBMILL_LOG", "info");
         let log_format = read("JOBMILL_LOG_FORMAT", "text");
 
@@ -490,6 +496,12 @@ impl Settings {
             Duration::ZERO,
             day * 30,
         );
+        let webhook_progress_every = dur(
+            "JOBMILL_WEBHOOK_PROGRESS_EVERY",
+            &webhook_progress_every,
+            Duration::from_millis(10),
+            Duration::from_secs(3600),
+        );
         let mut num = |name: &str, raw: &str, min: usize, max: usize| -> usize {
             match raw.parse::<usize>() {
                 Ok(n) if (min..=max).contains(&n) => n,
@@ -582,6 +594,7 @@ impl Settings {
                 retry_base: webhook_retry_base,
                 disable_after: webhook_disable_after,
                 rotation_grace: webhook_rotation_grace,
+                progress_every: webhook_progress_every,
             },
             log,
             log_format,

@@ -53,9 +53,11 @@ pub struct Job {
     /// URL that receives the signed webhook event when the job ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
-    /// Whether anyone wants to hear about this job's end (it has a `callback_url`, or its tenant
-    /// had webhook endpoints when it was submitted). Decides whether the terminal write records
-    /// an outbox entry.
+    /// Whether someone was known, at submit, to want this job's end (it has a `callback_url`,
+    /// or its tenant had webhook endpoints). The worker that ends the job also asks its
+    /// [`Subscriptions`](crate::webhooks::subscriptions::Subscriptions), so an endpoint
+    /// registered later still hears about it. Either decides that the terminal write records an
+    /// outbox entry.
     #[serde(default, deserialize_with = "lenient_bool")]
     pub notify: bool,
     /// The webhook outbox: written by the same update that moves the job to a terminal state,

@@ -134,6 +134,12 @@ impl Keys {
     pub fn events_channel(&self) -> String {
         format!("{}:events", self.prefix)
     }
+
+    /// Channel: a tenant's webhook endpoints changed (payload: tenant); workers reload their
+    /// subscriptions table.
+    pub fn endpoints_channel(&self) -> String {
+        format!("{}:endpoints", self.prefix)
+    }
 }
 
 #[cfg(test)]

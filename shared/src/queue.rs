@@ -399,6 +399,14 @@ impl RedisQueue {
         Ok(())
     }
 
+    /// Tell workers that a tenant's webhook endpoints changed (a hint: they also reload on a
+    /// timer, see [`crate::webhooks::subscriptions`]).
+    pub async fn publish_endpoints_changed(&self, tenant: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: () = conn.publish(self.keys.endpoints_channel(), tenant).await?;
+        Ok(())
+    }
+
     /// The keys of one queue.
     pub fn queue_keys(&self, queue: &str) -> QueueKeys {
         self.keys.queue(queue)

@@ -43,6 +43,9 @@ pub enum Write {
         attempt: i32,
         /// The report.
         progress: Progress,
+        /// Also record a `job.progress` outbox entry (an endpoint of the tenant wants it and
+        /// the job's rate limit allows one now).
+        event: bool,
     },
     /// Attempt `attempt` ended with `decision`: → `succeeded`, `retrying`, `failed` or
     /// `cancelled`. Also carries the start time, so a start that was never written (the job
@@ -691,14 +694,35 @@ impl Store {
                 },
             ),
             // Guard: exactly this attempt is running.
+            // With an event, also: no outbox entry is pending. A pending entry is an earlier
+            // run's terminal event (the job was retried by hand before the dispatcher got to
+            // it), which a progress event must not replace; this report then waits a round.
             Write::Progress {
                 id,
                 attempt,
                 progress,
-            } => (
-                doc! { "_id": id, "state": JobState::Running.as_str(), "attempt": attempt },
-                doc! { "$set": { "progress": progress_doc(progress) }, "$inc": { "rev": 1 } },
-            ),
+                event,
+            } => {
+                let mut q =
+                    doc! { "_id": id, "state": JobState::Running.as_str(), "attempt": attempt };
+                let mut set = doc! { "progress": progress_doc(progress) };
+                if *event {
+                    // `$nin`, not `$ne`: the compatible server's update path does not match
+                    // `$ne` against a missing field (MongoDB does; both agree on `$nin`).
+                    q.insert("outbox.pending", doc! { "$nin": [1] });
+                    let at_ms = crate::job::now_ms();
+                    set.insert(
+                        "outbox",
+                        doc! {
+                            "pending": 1,
+                            "event": crate::webhooks::PROGRESS,
+                            "id": format!("{}p", crate::job::event_id(id, at_ms)),
+                            "at_ms": at_ms,
+                        },
+                    );
+                }
+                (q, doc! { "$set": set, "$inc": { "rev": 1 } })
+            }
             // Guard: still live and no newer attempt (a rescued-and-rerun job has a higher
             // attempt, so the stale worker's outcome is refused).
             Write::Finish {

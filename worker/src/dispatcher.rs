@@ -1,5 +1,6 @@
-//! The webhook dispatcher: turns the outbox entries that terminal writes leave on jobs into
-//! deliveries and delivery jobs.
+//! The webhook dispatcher: turns the outbox entries that terminal writes (and rate-limited
+//! progress writes) leave on jobs into deliveries and delivery jobs. Also keeps the worker's
+//! table of webhook subscriptions fresh.
 //!
 //! Every step is idempotent, so a dispatcher that dies anywhere (or two that race past the
 //! lock) never loses an event and never sends one twice to the same target:
@@ -16,7 +17,7 @@ use std::time::Duration;
 use jobmill::client::MAX_BATCH;
 use jobmill::view::{ts, JobView};
 use jobmill::webhooks::records::{list_key, status, Delivery};
-use jobmill::webhooks::{delivery_job, TENANT};
+use jobmill::webhooks::{delivery_job, PROGRESS, TENANT};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -68,6 +69,23 @@ pub(crate) async fn dispatcher(shared: Arc<Shared>, timeout: Duration, stop: Can
     }
 }
 
+/// Keep [`Shared::subscriptions`](crate::Shared) fresh: reload every
+/// [`REFRESH`](jobmill::webhooks::subscriptions::REFRESH), and at once when the API announces
+/// an endpoint change. The announcement is only a hint; the timer bounds a missed one.
+pub(crate) async fn subscriptions(shared: Arc<Shared>, stop: CancellationToken) {
+    let hooks = shared.store.webhooks();
+    loop {
+        if let Err(e) = shared.subscriptions.refresh(&hooks).await {
+            tracing::debug!(error = %e, "webhook subscriptions reload failed; keeping the last");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(jobmill::webhooks::subscriptions::REFRESH) => {}
+            _ = shared.subscriptions_changed.notified() => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
 /// One round; returns how many outbox entries it handled.
 async fn dispatch_once(shared: &Shared, timeout: Duration) -> jobmill::Result<usize> {
     let jobs = shared.store.pending_outbox(BATCH).await?;
@@ -88,7 +106,9 @@ async fn dispatch_once(shared: &Shared, timeout: Duration) -> jobmill::Result<us
         let Some(ob) = &job.outbox else { continue };
         handled.push((job.id.clone(), ob.id.clone()));
         let mut targets: Vec<(String, String, Option<String>)> = Vec::new();
-        if let Some(url) = &job.callback_url {
+        // A job's own callback_url hears only how it ended; progress is for endpoints that
+        // subscribe to it.
+        if let Some(url) = job.callback_url.as_ref().filter(|_| ob.event != PROGRESS) {
             targets.push(("cb".into(), url.clone(), None));
         }
         for ep in endpoints

@@ -36,7 +36,7 @@ pub(crate) async fn execute(
     let p = &claimed.payload;
     let attempt = claimed.attempt;
     let started = DateTime::now();
-    shared.persister.progress.track(&p.id, &p.queue);
+    shared.persister.progress.track(&p.id, &p.queue, &p.tenant);
     shared.persister.send(Item {
         queue: p.queue.clone(),
         write: Write::Start {
@@ -73,6 +73,7 @@ pub(crate) async fn execute(
                 rand::random::<f64>(),
             );
             tracing::debug!(job = %p.id, kind = %p.kind, attempt, next = %decision.state(), "attempt ended");
+            let notify = shared.wants_end_event(&p.tenant, p.notify, &decision);
             (
                 Write::Finish {
                     id: p.id.clone(),
@@ -81,7 +82,7 @@ pub(crate) async fn execute(
                     at: now,
                     decision,
                     progress: shared.persister.progress.take(&p.id),
-                    notify: p.notify,
+                    notify,
                 },
                 0.0,
             )

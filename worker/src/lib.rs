@@ -32,8 +32,10 @@ use jobmill::client::{JobClient, Limits};
 use jobmill::config::{QueueWeight, Secret, Settings};
 use jobmill::kind::Registry;
 use jobmill::queue::RedisQueue;
-use jobmill::state::RetryPolicy;
+use jobmill::state::{Decision, RetryPolicy};
 use jobmill::store::Store;
+use jobmill::webhooks::event_type;
+use jobmill::webhooks::subscriptions::Subscriptions;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -67,6 +69,21 @@ pub(crate) struct Shared {
     client: JobClient,
     /// Fires when the drain time is over: running handlers are stopped and released.
     hard_stop: CancellationToken,
+    /// Which tenants' webhook endpoints want which events (reloaded by the dispatcher module).
+    subscriptions: Arc<Subscriptions>,
+    /// Wakes the subscriptions reload early (an endpoint changed).
+    subscriptions_changed: Arc<Notify>,
+}
+
+impl Shared {
+    /// Whether the write that ends a job with `decision` records an outbox entry: it has a
+    /// `callback_url` (or its tenant had endpoints at submit: `notify_at_submit`), or an
+    /// endpoint of its tenant wants this event now.
+    fn wants_end_event(&self, tenant: &str, notify_at_submit: bool, decision: &Decision) -> bool {
+        let state = decision.state();
+        state.is_terminal()
+            && (notify_at_submit || self.subscriptions.wants(tenant, &event_type(state)))
+    }
 }
 
 /// Run a worker until `shutdown` resolves, then drain: stop claiming, let running jobs finish
@@ -120,6 +137,7 @@ pub async fn run_with_store(
 
     let inflight = Arc::new(Inflight::default());
     let stats = Arc::new(Stats::default());
+    let subscriptions = Arc::new(Subscriptions::default());
     let persister = persister::spawn(Arc::new(persister::Context {
         store: store.clone(),
         queue: queue.clone(),
@@ -127,6 +145,8 @@ pub async fn run_with_store(
         inflight: inflight.clone(),
         stats: stats.clone(),
         stop: stop_all.clone(),
+        subscriptions: subscriptions.clone(),
+        progress_events_every: settings.webhooks.progress_every,
     }));
     // One client for everything this process submits: follow-up jobs of handlers (a finished
     // import queues a cache rebuild) and webhook deliveries of the dispatcher.
@@ -163,6 +183,8 @@ pub async fn run_with_store(
         persister,
         stats,
         hard_stop: hard_stop.clone(),
+        subscriptions,
+        subscriptions_changed: Arc::new(Notify::new()),
     });
 
     let slots = Arc::new(Semaphore::new(settings.concurrency));
@@ -183,6 +205,7 @@ pub async fn run_with_store(
     ));
     tokio::spawn(maintenance::rescuer(shared.clone(), stop_all.clone()));
     tokio::spawn(maintenance::reconciler(shared.clone(), stop_all.clone()));
+    tokio::spawn(dispatcher::subscriptions(shared.clone(), stop_all.clone()));
     tokio::spawn(dispatcher::dispatcher(
         shared.clone(),
         settings.webhooks.timeout,

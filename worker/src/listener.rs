@@ -1,5 +1,6 @@
 //! Pub/sub listener: wakes the fetcher when a queue gets work, the scheduler when a job was
-//! scheduled, and stops handlers whose job was cancelled. Everything here is a latency hint;
+//! scheduled, reloads webhook subscriptions when an endpoint changed, and stops handlers whose
+//! job was cancelled. Everything here is a latency hint;
 //! polling covers a missed message.
 
 use std::sync::Arc;
@@ -25,6 +26,8 @@ pub(crate) async fn listen(
         .map(|q| keys.wake_channel(&q.name))
         .collect();
     channels.push(cancel_channel.clone());
+    let endpoints_channel = keys.endpoints_channel();
+    channels.push(endpoints_channel.clone());
     let Some(mut sub) = crate::backoff::until_ok("pub/sub subscription", &stop, || {
         Subscription::open(shared.redis_url.expose(), &channels)
     })
@@ -39,6 +42,8 @@ pub(crate) async fn listen(
         };
         if msg.channel == cancel_channel {
             shared.inflight.stop(&msg.payload, StopReason::Cancelled);
+        } else if msg.channel == endpoints_channel {
+            shared.subscriptions_changed.notify_one();
         } else if msg.payload == "s" {
             schedule.notify_one();
         } else {

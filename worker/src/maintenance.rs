@@ -119,20 +119,23 @@ async fn settle_rescued(shared: &Shared, queue: &str, taken: Vec<Claimed>) -> jo
     let now = DateTime::now();
     let writes: Vec<Write> = taken
         .iter()
-        .map(|c| Write::Finish {
-            id: c.payload.id.clone(),
-            attempt: c.attempt as i32,
-            started_at: None,
-            at: now,
-            decision: decide(
+        .map(|c| {
+            let decision = decide(
                 AttemptOutcome::LeaseExpired,
                 c.attempt,
                 c.payload.max_attempts.max(1) as u32,
                 &shared.policy,
                 rand::random::<f64>(),
-            ),
-            progress: None,
-            notify: c.payload.notify,
+            );
+            Write::Finish {
+                id: c.payload.id.clone(),
+                attempt: c.attempt as i32,
+                started_at: None,
+                at: now,
+                notify: shared.wants_end_event(&c.payload.tenant, c.payload.notify, &decision),
+                decision,
+                progress: None,
+            }
         })
         .collect();
     let applied = shared.store.apply(&writes).await?;

@@ -11,13 +11,15 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jobmill::job::Progress;
 use jobmill::kind::ProgressSink;
 use jobmill::queue::RedisQueue;
 use jobmill::state::Decision;
 use jobmill::store::{Applied, Store, Write, WRITE_BATCH};
+use jobmill::webhooks::subscriptions::Subscriptions;
+use jobmill::webhooks::PROGRESS;
 use jobmill::JobState;
 use mongodb::bson::DateTime;
 use tokio::sync::mpsc;
@@ -55,22 +57,43 @@ pub struct Stats {
 /// Latest progress per running job, drained every [`PROGRESS_EVERY`].
 #[derive(Default)]
 pub struct ProgressTable {
-    latest: Mutex<HashMap<String, (String, u32, Progress)>>,
-    queues: Mutex<HashMap<String, String>>,
+    latest: Mutex<HashMap<String, (u32, Progress)>>,
+    jobs: Mutex<HashMap<String, Tracked>>,
+}
+
+/// What the table knows of a running job.
+struct Tracked {
+    queue: String,
+    tenant: String,
+    /// When its last `job.progress` event was recorded (the per-job rate limit).
+    last_event: Option<Instant>,
+}
+
+/// One progress report ready to be written.
+struct Report {
+    id: String,
+    queue: String,
+    tenant: String,
+    attempt: u32,
+    progress: Progress,
 }
 
 impl ProgressTable {
-    /// Remember which queue a running job came from.
-    pub fn track(&self, id: &str, queue: &str) {
-        self.queues
-            .lock()
-            .expect("progress lock")
-            .insert(id.to_string(), queue.to_string());
+    /// Remember which queue and tenant a running job belongs to.
+    pub fn track(&self, id: &str, queue: &str, tenant: &str) {
+        self.jobs.lock().expect("progress lock").insert(
+            id.to_string(),
+            Tracked {
+                queue: queue.to_string(),
+                tenant: tenant.to_string(),
+                last_event: None,
+            },
+        );
     }
 
     /// Forget a job.
     pub fn untrack(&self, id: &str) {
-        self.queues.lock().expect("progress lock").remove(id);
+        self.jobs.lock().expect("progress lock").remove(id);
         self.latest.lock().expect("progress lock").remove(id);
     }
 
@@ -80,27 +103,50 @@ impl ProgressTable {
             .lock()
             .expect("progress lock")
             .remove(id)
-            .map(|(_, _, p)| p)
+            .map(|(_, p)| p)
     }
 
-    fn drain(&self) -> Vec<(String, String, u32, Progress)> {
-        self.latest
-            .lock()
-            .expect("progress lock")
-            .drain()
-            .map(|(id, (q, a, p))| (id, q, a, p))
+    fn drain(&self) -> Vec<Report> {
+        let latest: Vec<(String, (u32, Progress))> =
+            self.latest.lock().expect("progress lock").drain().collect();
+        let jobs = self.jobs.lock().expect("progress lock");
+        latest
+            .into_iter()
+            .filter_map(|(id, (attempt, progress))| {
+                let t = jobs.get(&id)?;
+                Some(Report {
+                    queue: t.queue.clone(),
+                    tenant: t.tenant.clone(),
+                    id,
+                    attempt,
+                    progress,
+                })
+            })
             .collect()
+    }
+
+    /// Whether this job may emit a `job.progress` event now (at most one per `every`); if so,
+    /// the time is taken.
+    fn event_due(&self, id: &str, every: Duration) -> bool {
+        let mut jobs = self.jobs.lock().expect("progress lock");
+        let Some(t) = jobs.get_mut(id) else {
+            return false;
+        };
+        if t.last_event.is_some_and(|at| at.elapsed() < every) {
+            return false;
+        }
+        t.last_event = Some(Instant::now());
+        true
     }
 }
 
 impl ProgressSink for ProgressTable {
     fn report(&self, id: &str, attempt: u32, progress: Progress) {
-        let queue = self.queues.lock().expect("progress lock").get(id).cloned();
-        if let Some(queue) = queue {
+        if self.jobs.lock().expect("progress lock").contains_key(id) {
             self.latest
                 .lock()
                 .expect("progress lock")
-                .insert(id.to_string(), (queue, attempt, progress));
+                .insert(id.to_string(), (attempt, progress));
         }
     }
 }
@@ -140,6 +186,10 @@ pub struct Context {
     pub stats: Arc<Stats>,
     /// Fires when the worker has finished with everything.
     pub stop: CancellationToken,
+    /// Which tenants want which webhook events.
+    pub subscriptions: Arc<Subscriptions>,
+    /// Least time between two `job.progress` events of one job.
+    pub progress_events_every: Duration,
 }
 
 /// Start both stages.
@@ -170,10 +220,18 @@ async fn mongo_stage(
                 None => return,
             },
             _ = tick.tick() => {
-                for (id, queue, attempt, p) in progress.drain() {
+                for r in progress.drain() {
+                    // Checked in this order so the rate limit is only spent on a sent event.
+                    let event = ctx.subscriptions.wants(&r.tenant, PROGRESS)
+                        && progress.event_due(&r.id, ctx.progress_events_every);
                     batch.push(Item {
-                        queue,
-                        write: Write::Progress { id, attempt: attempt as i32, progress: p },
+                        queue: r.queue,
+                        write: Write::Progress {
+                            id: r.id,
+                            attempt: r.attempt as i32,
+                            progress: r.progress,
+                            event,
+                        },
                         release_score: 0.0,
                     });
                 }
@@ -388,6 +446,7 @@ mod tests {
                     total: None,
                     message: None,
                 },
+                event: false,
             }),
             item(Write::Finish {
                 id: "a".into(),

@@ -3,6 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use jobmill::webhooks::records::sending_job_key;
 use jobmill::webhooks::{delivery_job, TENANT};
 
 use crate::auth::Caller;
@@ -54,19 +55,40 @@ pub async fn deliveries_replay(
     ResourceId(id): ResourceId,
 ) -> Result<Response, ApiError> {
     let hooks = state.client.store().webhooks();
-    let Some(d) = hooks.start_replay(&id, caller.scope()).await? else {
-        return match hooks.get_delivery(&id, caller.scope()).await? {
-            None => Err(not_found()),
-            Some(_) => Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "delivery_pending",
-                "the delivery is still being sent or retried; replay it once it has ended",
-            )),
-        };
+    let d = match hooks.start_replay(&id, caller.scope()).await? {
+        Some(d) => d,
+        None => {
+            let Some(d) = hooks.get_delivery(&id, caller.scope()).await? else {
+                return Err(not_found());
+            };
+            // Still pending: normally its sending job is retrying it, and a replay on top would
+            // send it twice at once. But if that job has ended (its store writes failed on
+            // every attempt), nobody will ever finish the delivery: let it be replayed.
+            let sender = state
+                .client
+                .store()
+                .find_by_idempotency_key(TENANT, &sending_job_key(&d.id, d.replays))
+                .await?;
+            let orphaned = sender.is_some_and(|j| j.state.is_terminal());
+            let restarted = if orphaned {
+                hooks
+                    .replay_orphaned(&d.id, caller.scope(), d.replays)
+                    .await?
+            } else {
+                None
+            };
+            restarted.ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "delivery_pending",
+                    "the delivery is still being sent or retried; replay it once it has ended",
+                )
+            })?
+        }
     };
     // The replay number makes the idempotency key unique per replay, while a retried request
     // for the same replay cannot queue it twice.
-    let key = format!("{}:replay:{}", d.id, d.replays);
+    let key = sending_job_key(&d.id, d.replays);
     state
         .client
         .submit(TENANT, delivery_job(&d.id, key, state.webhooks().timeout))

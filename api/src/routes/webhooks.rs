@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use jobmill::webhooks::records::{list_key, Endpoint};
-use jobmill::webhooks::{guard, signing, EVENTS};
+use jobmill::webhooks::{guard, signing, EVENTS, TERMINAL_EVENTS};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
@@ -28,7 +28,8 @@ fn not_found() -> ApiError {
 }
 
 fn check_events(events: Option<Vec<String>>) -> Result<Vec<String>, ApiError> {
-    let events = events.unwrap_or_else(|| EVENTS.iter().map(|e| e.to_string()).collect());
+    // Omitted: the terminal events. `job.progress` is opt-in (it can be many per job).
+    let events = events.unwrap_or_else(|| TERMINAL_EVENTS.iter().map(|e| e.to_string()).collect());
     if events.is_empty() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -102,7 +103,7 @@ pub async fn webhooks_create(
         created_ms: now,
     };
     hooks.create_endpoint(&ep).await?;
-    state.client.endpoints_changed(&caller.tenant);
+    state.client.endpoints_changed(&caller.tenant).await;
     Ok((
         StatusCode::CREATED,
         axum::Json(WebhookView::with_secret(&ep)),
@@ -172,7 +173,7 @@ pub async fn webhooks_delete(
     if !hooks.delete_endpoint(&id, caller.scope()).await? {
         return Err(not_found());
     }
-    state.client.endpoints_changed(&caller.tenant);
+    state.client.endpoints_changed(&caller.tenant).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -196,7 +197,7 @@ pub async fn webhooks_enable(
         .set_enabled(&id, caller.scope(), true, None)
         .await?
         .ok_or_else(not_found)?;
-    state.client.endpoints_changed(&ep.tenant);
+    state.client.endpoints_changed(&ep.tenant).await;
     Ok(axum::Json(WebhookView::of(&ep)).into_response())
 }
 

@@ -10,6 +10,8 @@ use crate::kind::{JobContext, JobKind, KindDefaults, Outcome};
 
 /// Longest sleep accepted (one day).
 const MAX_MS: u64 = 86_400_000;
+/// Most progress steps.
+const MAX_STEPS: u32 = 10_000;
 
 /// Arguments of `sleep`.
 #[derive(Debug, Deserialize)]
@@ -17,6 +19,10 @@ const MAX_MS: u64 = 86_400_000;
 pub struct SleepArgs {
     /// How long to sleep.
     pub ms: u64,
+    /// Report progress this many times along the way (default 1: only at the start and end),
+    /// as a long job with visible progress would.
+    #[serde(default)]
+    pub steps: Option<u32>,
 }
 
 /// Sleeps, then succeeds with `{"slept_ms": ms}`; stops early when cancelled. No effects, so
@@ -31,6 +37,9 @@ impl JobKind for Sleep {
         if args.ms > MAX_MS {
             return Err(format!("ms must be at most {MAX_MS}"));
         }
+        if args.steps.is_some_and(|s| !(1..=MAX_STEPS).contains(&s)) {
+            return Err(format!("steps must be from 1 to {MAX_STEPS}"));
+        }
         Ok(())
     }
 
@@ -42,13 +51,20 @@ impl JobKind for Sleep {
     }
 
     async fn run(&self, ctx: JobContext, args: SleepArgs) -> Outcome {
-        ctx.progress(0, Some(args.ms as i64), Some("sleeping"));
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(args.ms)) => {
-                ctx.progress(args.ms as i64, Some(args.ms as i64), Some("done"));
-                Outcome::success(json!({ "slept_ms": args.ms }))
+        let total = args.ms as i64;
+        let steps = args.steps.unwrap_or(1).max(1) as u64;
+        ctx.progress(0, Some(total), Some("sleeping"));
+        for step in 1..=steps {
+            // Step ends at an exact share of the total, so the slices add up to `ms`.
+            let slice = args.ms * step / steps - args.ms * (step - 1) / steps;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(slice)) => {}
+                _ = ctx.cancelled() => return Outcome::Cancelled("cancelled while sleeping".into()),
             }
-            _ = ctx.cancelled() => Outcome::Cancelled("cancelled while sleeping".into()),
+            let done = (args.ms * step / steps) as i64;
+            let message = if step == steps { "done" } else { "sleeping" };
+            ctx.progress(done, Some(total), Some(message));
         }
+        Outcome::success(json!({ "slept_ms": args.ms }))
     }
 }

@@ -61,6 +61,15 @@ impl JobKind for WebhookDelivery {
         let hooks = WebhookStore::new(store.database(), store.retention());
         match deliver(&ctx, &res, &hooks, &args.delivery_id).await {
             Ok(o) => o,
+            // MongoDB trouble on the last attempt: end the delivery too, so it shows `failed`
+            // and can be replayed. If even that write fails, the replay route sees the
+            // delivery's job ended and lets it be replayed anyway.
+            Err(e) if ctx.attempt >= ctx.max_attempts => {
+                if let Err(e2) = hooks.set_status(&args.delivery_id, status::FAILED).await {
+                    tracing::warn!(delivery = %args.delivery_id, error = %e2, "could not mark the delivery failed");
+                }
+                Outcome::fail(format!("store: {e}; out of attempts"))
+            }
             // MongoDB trouble: nothing was decided; try again on the job backoff.
             Err(e) => Outcome::retry(format!("store: {e}")),
         }

@@ -15,11 +15,14 @@
 //! - [`guard`]: URL checks, DNS resolution and the private-address refusal (SSRF).
 //! - [`records`]: the MongoDB collections: endpoints, deliveries, tenant signing secrets.
 //! - [`send`]: one HTTP attempt, with pinned addresses, no redirects and a bounded read.
+//! - [`subscriptions`]: the worker's view of which tenants' endpoints want which events, so an
+//!   endpoint registered after a job was submitted still gets that job's events.
 
 pub mod guard;
 pub mod records;
 pub mod send;
 pub mod signing;
+pub mod subscriptions;
 
 use std::time::Duration;
 
@@ -31,7 +34,13 @@ pub const QUEUE: &str = "webhooks";
 /// caller can own (or submit as) it.
 pub const TENANT: &str = "system:webhooks";
 /// Event types an endpoint may subscribe to.
-pub const EVENTS: [&str; 3] = ["job.succeeded", "job.failed", "job.cancelled"];
+pub const EVENTS: [&str; 4] = ["job.succeeded", "job.failed", "job.cancelled", PROGRESS];
+/// The events of a job that ended: what a job's `callback_url` receives, and what an endpoint
+/// registered without `events` subscribes to.
+pub const TERMINAL_EVENTS: [&str; 3] = ["job.succeeded", "job.failed", "job.cancelled"];
+/// The progress event: sent only to endpoints that subscribe to it (never to a job's own
+/// `callback_url`), at most once per [`WebhookSettings::progress_every`] per job.
+pub const PROGRESS: &str = "job.progress";
 /// Attempts of one delivery job: with the backoff below this spans about a day (see
 /// [`schedule_span`]).
 pub const DELIVERY_ATTEMPTS: u32 = 22;
@@ -50,6 +59,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
 pub const DEFAULT_DISABLE_AFTER: Duration = Duration::from_secs(5 * 86_400);
 /// Default time a rotated-out secret keeps signing.
 pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(86_400);
+/// Default least time between two `job.progress` events of one job.
+pub const DEFAULT_PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// Webhook settings (`JOBMILL_WEBHOOK_*`).
 #[derive(Debug, Clone)]
@@ -64,6 +75,8 @@ pub struct WebhookSettings {
     pub disable_after: Duration,
     /// How long the previous secret keeps signing after a rotation.
     pub rotation_grace: Duration,
+    /// Least time between two `job.progress` events of one job.
+    pub progress_every: Duration,
 }
 
 impl Default for WebhookSettings {
@@ -74,6 +87,7 @@ impl Default for WebhookSettings {
             retry_base: DEFAULT_RETRY_BASE,
             disable_after: DEFAULT_DISABLE_AFTER,
             rotation_grace: DEFAULT_ROTATION_GRACE,
+            progress_every: DEFAULT_PROGRESS_EVERY,
         }
     }
 }

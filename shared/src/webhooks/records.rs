@@ -348,6 +348,25 @@ impl WebhookStore {
             .await?)
     }
 
+    /// `(tenant, events)` of every enabled endpoint: only these two fields travel, since every
+    /// worker reloads this every few seconds.
+    pub async fn enabled_subscriptions(&self) -> Result<Vec<(String, Vec<String>)>> {
+        #[derive(Deserialize)]
+        struct Sub {
+            tenant: String,
+            events: Vec<String>,
+        }
+        let subs: Vec<Sub> = self
+            .endpoints
+            .clone_with_type::<Sub>()
+            .find(doc! { "enabled": 1 })
+            .projection(doc! { "tenant": 1, "events": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(subs.into_iter().map(|s| (s.tenant, s.events)).collect())
+    }
+
     /// Whether a tenant has an enabled endpoint.
     pub async fn tenant_has_endpoints(&self, tenant: &str) -> Result<bool> {
         Ok(self
@@ -572,6 +591,38 @@ impl WebhookStore {
             )
             .with_options(after())
             .await?)
+    }
+
+    /// Like [`start_replay`](Self::start_replay), for a delivery left `pending` by a sending job
+    /// that ended without recording an outcome (its store writes kept failing). Guarded on the
+    /// replay number the caller checked, so two replays cannot both start.
+    pub async fn replay_orphaned(
+        &self,
+        id: &str,
+        tenant: Option<&str>,
+        replays: i32,
+    ) -> Result<Option<Delivery>> {
+        Ok(self
+            .deliveries
+            .find_one_and_update(
+                scoped(
+                    doc! { "_id": id, "status": status::PENDING, "replays": replays },
+                    tenant,
+                ),
+                doc! { "$inc": { "replays": 1 } },
+            )
+            .with_options(after())
+            .await?)
+    }
+}
+
+/// The idempotency key of the job that sends replay number `replays` of delivery `id` (0 =
+/// the first send).
+pub fn sending_job_key(id: &str, replays: i32) -> String {
+    if replays == 0 {
+        id.to_string()
+    } else {
+        format!("{id}:replay:{replays}")
     }
 }
 
