@@ -514,8 +514,10 @@ async fn insert_group_loop(store: Store, mut rx: mpsc::UnboundedReceiver<Grouped
     }
 }
 
-/// How long confirmations gather before they are written.
-const CONFIRM_WINDOW: Duration = Duration::from_millis(50);
+/// How long confirmations gather before they are written: long enough that a steady stream of
+/// submissions costs the store about two confirm commands a second (each one it serves delays
+/// the submissions queued behind it), far below the reconciler's 10 s grace.
+const CONFIRM_WINDOW: Duration = Duration::from_millis(500);
 
 /// Batch confirmations: whatever arrived while the previous write ran goes in the next one.
 async fn confirm_loop(store: Store, mut rx: mpsc::UnboundedReceiver<Vec<String>>) {

@@ -4,6 +4,8 @@
 //! - `w2`: 20,000 no-op jobs drained by one worker: handler rate, time until every outcome is
 //!   durable in MongoDB, that durable rate against the store's update ceiling, and MongoDB
 //!   commands per job (driver command monitoring).
+//! - `w3`: submit→start latency at 200 jobs/s (the harness's W3) between two passes of plain
+//!   `insert_one` calls on the same schedule: the store's latency, W3's floor.
 //! - `w1http`: 20,000 submissions over HTTP from 64 concurrent clients.
 //! - `w5`: `wrk` on `GET /v1/jobs/{id}` of a finished job, plain and with `If-None-Match`,
 //!   against a trivial axum endpoint returning a constant (the HTTP stack's ceiling).
@@ -12,7 +14,7 @@
 //! private servers), `wrk` on the PATH for `w5`.
 //!
 //! ```text
-//! jobmill-bench [store] [w2] [w1http] [w5]      (default: all, in that order)
+//! jobmill-bench [store] [w2] [w3] [w1http] [w5]      (default: all, in that order)
 //! ```
 
 use std::time::{Duration, Instant};
@@ -34,16 +36,19 @@ const N: usize = 20_000;
 async fn main() -> anyhow::Result<()> {
     let mut which: Vec<String> = std::env::args().skip(1).collect();
     if which.is_empty() {
-        which = ["store", "w2", "w1http", "w5"].map(String::from).to_vec();
+        which = ["store", "w2", "w3", "w1http", "w5"]
+            .map(String::from)
+            .to_vec();
     }
     let mut rows: Vec<(String, String, String)> = Vec::new();
     for w in &which {
         let r = match w.as_str() {
             "store" => store_ceiling().await?,
             "w2" => w2_durable().await?,
+            "w3" => w3_floor().await?,
             "w1http" => w1_http().await?,
             "w5" => w5().await?,
-            other => bail!("unknown workload {other} (store, w2, w1http, w5)"),
+            other => bail!("unknown workload {other} (store, w2, w3, w1http, w5)"),
         };
         for (k, v, base) in r {
             eprintln!("{w}: {k} = {v}   [{base}]");
@@ -89,45 +94,18 @@ async fn store_ceiling() -> anyhow::Result<Rows> {
     let db = store.database();
     let plain = db.collection::<Document>("ceiling_plain");
     let _ = plain.drop().await;
-    let indexed = db.collection::<Document>("ceiling_indexed");
-    let _ = indexed.drop().await;
-    // Same indexes as the jobs collection.
-    let jobs_indexes: Vec<Document> = store
-        .database()
-        .collection::<Document>(jobmill::store::JOBS)
-        .list_indexes()
-        .await?
-        .map(|m| m.map(|m| m.keys))
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<_, _>>()?;
-    for keys in jobs_indexes.into_iter().filter(|k| !k.contains_key("_id")) {
-        indexed
-            .create_index(mongodb::IndexModel::builder().keys(keys).build())
-            .await?;
-    }
-    let doc_of = |i: usize| {
-        let id = uuid::Uuid::now_v7().to_string();
-        doc! {
-            "_id": &id, "list_key": &id, "tenant": "bench", "kind": "bench_noop", "queue": "bench",
-            "priority": 0, "args_json": format!("{{\"ts\":{i}}}"), "state": "queued", "attempt": 0,
-            "max_attempts": 3, "attempt_budget": 3, "timeout_ms": 300000_i64, "errors": {},
-            "cancel_requested": false, "created_ms": 0_i64, "run_at_ms": 0_i64, "rev": 1_i64,
-            "enqueue_pending": true,
-        }
-    };
+    let indexed = indexed_scratch(&store, "ceiling_indexed").await?;
     let mut out = Rows::new();
     // insert_one, sequential (what one synchronous submit costs).
     let t = Instant::now();
     for i in 0..2000 {
-        plain.insert_one(doc_of(i)).await?;
+        plain.insert_one(job_doc(i)).await?;
     }
     let single = rate(2000, t.elapsed());
     // insert_many in batches of 1000, without and with the job indexes.
     let mut ids = Vec::new();
     for (coll, label) in [(&plain, "no indexes"), (&indexed, "job indexes")] {
-        let docs: Vec<Document> = (0..N).map(doc_of).collect();
+        let docs: Vec<Document> = (0..N).map(job_doc).collect();
         if label == "job indexes" {
             ids = docs
                 .iter()
@@ -179,6 +157,42 @@ async fn store_ceiling() -> anyhow::Result<Rows> {
     let _ = s;
     std::fs::write(ceiling_file(), format!("{ceiling}"))?;
     Ok(out)
+}
+
+/// A document shaped like a freshly submitted job.
+fn job_doc(i: usize) -> Document {
+    let id = uuid::Uuid::now_v7().to_string();
+    doc! {
+        "_id": &id, "list_key": &id, "tenant": "bench", "kind": "bench_noop", "queue": "bench",
+        "priority": 0, "args_json": format!("{{\"ts\":{i}}}"), "state": "queued", "attempt": 0,
+        "max_attempts": 3, "attempt_budget": 3, "timeout_ms": 300000_i64, "errors": {},
+        "cancel_requested": false, "created_ms": 0_i64, "run_at_ms": 0_i64, "rev": 1_i64,
+        "enqueue_pending": true,
+    }
+}
+
+/// An empty scratch collection with the same indexes as the jobs collection.
+async fn indexed_scratch(
+    store: &Store,
+    name: &str,
+) -> anyhow::Result<mongodb::Collection<Document>> {
+    let coll = store.database().collection::<Document>(name);
+    let _ = coll.drop().await;
+    let jobs_indexes: Vec<Document> = store
+        .database()
+        .collection::<Document>(jobmill::store::JOBS)
+        .list_indexes()
+        .await?
+        .map(|m| m.map(|m| m.keys))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    for keys in jobs_indexes.into_iter().filter(|k| !k.contains_key("_id")) {
+        coll.create_index(mongodb::IndexModel::builder().keys(keys).build())
+            .await?;
+    }
+    Ok(coll)
 }
 
 fn ceiling_file() -> std::path::PathBuf {
@@ -307,6 +321,158 @@ async fn w2_durable() -> anyhow::Result<Rows> {
             "mongodb commands per job".into(),
             format!("{:.4}", cmds as f64 / N as f64),
             format!("{cmds} commands: {by_name:?}"),
+        ),
+    ])
+}
+
+/// Run `f` on an absolute schedule of `rate` calls per second for `secs`; the duration of each
+/// call, in µs.
+async fn paced<F, Fut>(rate: f64, secs: f64, mut f: F) -> anyhow::Result<Vec<u64>>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let n = (rate * secs).round() as usize;
+    let t0 = Instant::now();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        tokio::time::sleep_until((t0 + Duration::from_secs_f64(i as f64 / rate)).into()).await;
+        let t = Instant::now();
+        f(i).await?;
+        out.push(t.elapsed().as_micros() as u64);
+    }
+    Ok(out)
+}
+
+/// Nearest-rank percentile of sorted µs values, in ms (the harness's definition).
+fn pct_ms(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let k = ((p / 100.0 * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[k] as f64 / 1000.0
+}
+
+fn env_f64(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// W3 next to its floor. The harness's W3 (submit→start at 200 jobs/s) through the library
+/// client and one worker, run between two passes of the same schedule of plain `insert_one`
+/// calls (job-shaped documents, the job indexes) on the same server. A submission is a durable
+/// insert before anything else, so the insert's own latency is the floor of W3's.
+async fn w3_floor() -> anyhow::Result<Rows> {
+    let rate_per_s = env_f64("BENCH_W3_RATE", 200.0);
+    let secs = env_f64("BENCH_W3_SECS", 10.0);
+    let (s, store, _) = fresh(64).await?;
+    let scratch = indexed_scratch(&store, "w3_floor").await?;
+    let insert_pass = |scratch: mongodb::Collection<Document>| async move {
+        let mut v = paced(rate_per_s, secs, |i| {
+            let c = scratch.clone();
+            async move {
+                c.insert_one(job_doc(i)).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        v.sort_unstable();
+        anyhow::Ok(v)
+    };
+    let before = insert_pass(scratch.clone()).await?;
+
+    let registry = kinds::registry(s.redis_url.expose()).await?;
+    let queue = RedisQueue::connect(s.redis_url.expose(), &s.key_prefix).await?;
+    let client = JobClient::new(
+        store.clone(),
+        queue.clone(),
+        registry.clone(),
+        Limits::from_settings(&s),
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (settings, wstore) = (s.clone(), store.clone());
+    let worker = tokio::spawn(async move {
+        jobmill_worker::run_with_store(settings, registry, wstore, async {
+            let _ = rx.await;
+        })
+        .await
+    });
+    let lat_job = || NewJob {
+        kind: "bench_lat".into(),
+        args: json!({"ts": now_us()}),
+        queue: Some(QUEUE.into()),
+        ..Default::default()
+    };
+    let mut redis = queue.connection();
+    // Warm up: the worker is listening once a job has run.
+    client.submit(TENANT, lat_job()).await?;
+    let until = Instant::now() + Duration::from_secs(30);
+    while redis.llen::<_, usize>("bench:lat").await? < 1 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _: () = redis.del("bench:lat").await?;
+    let mut submit = paced(rate_per_s, secs, |_| {
+        let c = client.clone();
+        async move {
+            c.submit(TENANT, lat_job()).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    submit.sort_unstable();
+    let until = Instant::now() + Duration::from_secs(60);
+    while redis.llen::<_, usize>("bench:lat").await? < submit.len() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut lat: Vec<u64> = redis
+        .lrange::<_, Vec<i64>>("bench:lat", 0, -1)
+        .await?
+        .into_iter()
+        .map(|v| v.max(0) as u64)
+        .collect();
+    lat.sort_unstable();
+    let _ = tx.send(());
+    worker.await??;
+    anyhow::ensure!(
+        lat.len() == submit.len(),
+        "only {} of {} jobs started",
+        lat.len(),
+        submit.len()
+    );
+
+    let after = insert_pass(scratch.clone()).await?;
+    let _ = scratch.drop().await;
+    let mut floor = before;
+    floor.extend(after);
+    floor.sort_unstable();
+    let line = |v: &[u64]| {
+        format!(
+            "p50 {:.2} / p95 {:.2} / p99 {:.2} ms",
+            pct_ms(v, 50.0),
+            pct_ms(v, 95.0),
+            pct_ms(v, 99.0)
+        )
+    };
+    Ok(vec![
+        (
+            format!("submit→start at {rate_per_s:.0}/s"),
+            line(&lat),
+            format!(
+                "p99 = {:.2}× the floor's p99",
+                pct_ms(&lat, 99.0) / pct_ms(&floor, 99.0)
+            ),
+        ),
+        (
+            "submit call (insert + Redis)".into(),
+            line(&submit),
+            "part of submit→start".into(),
+        ),
+        (
+            "floor: plain insert_one, same schedule".into(),
+            line(&floor),
+            "store latency (two passes, before and after)".into(),
         ),
     ])
 }
