@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # jobmill's own benchmark (W1 over HTTP, W2 durability, W5, the store's ceilings), on private
-# servers it starts and stops itself:  bench/run.sh [store] [w2] [w3] [w1http] [w5]
+# servers it starts and stops itself:  bench/run.sh [store] [w2] [w3] [w1http] [w5] [soak]
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
@@ -10,7 +10,7 @@ ensure_cargo
 ensure_redis_installed
 ensure_mongo_installed
 command -v wrk >/dev/null || jm_apt_install wrk
-(cd "$ROOT" && cargo build --release -q -p jobmill-bench --bin jobmill-bench)
+(cd "$ROOT" && cargo build --release -q -p jobmill-bench --bins)
 RUN="$HERE/.run/own-$$"
 mkdir -p "$RUN"
 cleanup() { stop_pid_file "$RUN/redis/redis.pid"; stop_pid_file "$RUN/mongo/nx.pid" 10; rm -rf "$RUN"; }

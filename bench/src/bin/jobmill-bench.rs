@@ -7,6 +7,7 @@
 //! - `w3`: submit→start latency at 200 jobs/s (the harness's W3) between two passes of plain
 //!   `insert_one` calls on the same schedule: the store's latency, W3's floor.
 //! - `w1http`: 20,000 submissions over HTTP from 64 concurrent clients.
+//! - `soak` (not in the default list: minutes): the worker process's RSS over 200,000 jobs.
 //! - `w5`: `wrk` on `GET /v1/jobs/{id}` of a finished job, plain and with `If-None-Match`,
 //!   against a trivial axum endpoint returning a constant (the HTTP stack's ceiling).
 //!
@@ -14,7 +15,7 @@
 //! private servers), `wrk` on the PATH for `w5`.
 //!
 //! ```text
-//! jobmill-bench [store] [w2] [w3] [w1http] [w5]      (default: all, in that order)
+//! jobmill-bench [store] [w2] [w3] [w1http] [w5] [soak]   (default: all but soak, in order)
 //! ```
 
 use std::time::{Duration, Instant};
@@ -46,9 +47,10 @@ async fn main() -> anyhow::Result<()> {
             "store" => store_ceiling().await?,
             "w2" => w2_durable().await?,
             "w3" => w3_floor().await?,
+            "soak" => soak().await?,
             "w1http" => w1_http().await?,
             "w5" => w5().await?,
-            other => bail!("unknown workload {other} (store, w2, w3, w1http, w5)"),
+            other => bail!("unknown workload {other} (store, w2, w3, w1http, w5, soak)"),
         };
         for (k, v, base) in r {
             eprintln!("{w}: {k} = {v}   [{base}]");
@@ -473,6 +475,123 @@ async fn w3_floor() -> anyhow::Result<Rows> {
             "floor: plain insert_one, same schedule".into(),
             line(&floor),
             "store latency (two passes, before and after)".into(),
+        ),
+    ])
+}
+
+/// Resident set size of process `pid`, MiB.
+fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("VmRSS")?;
+    Ok(kb / 1024.0)
+}
+
+/// Worker memory over a long drain. One worker process (`bench-peer worker cpu`, the harness's
+/// W2 worker) drains `BENCH_SOAK_ROUNDS` (20) rounds of 10,000 no-op jobs; after each round the
+/// finished jobs are deleted from MongoDB, as retention would, so the store does not slow down
+/// round after round. RSS is sampled every 250 ms. Flat means the last round ends where the
+/// second did (the first round includes warm-up allocations).
+async fn soak() -> anyhow::Result<Rows> {
+    let rounds = (env_f64("BENCH_SOAK_ROUNDS", 20.0) as usize).max(2);
+    let per_round = 10_000usize;
+    let (s, store, _) = fresh(64).await?;
+    let exe = std::env::current_exe()?.with_file_name("bench-peer");
+    let log = std::fs::File::create(std::env::temp_dir().join("jobmill-bench-soak-worker.log"))?;
+    let mut child = tokio::process::Command::new(&exe)
+        .args(["worker", "cpu"])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("start {}", exe.display()))?;
+    let pid = child.id().context("worker pid")?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = rss_mib(pid)?;
+    let peak = std::sync::Arc::new(std::sync::Mutex::new(idle));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            while let Ok(v) = rss_mib(pid) {
+                let mut p = peak.lock().expect("peak");
+                *p = p.max(v);
+                drop(p);
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    let registry = kinds::registry(s.redis_url.expose()).await?;
+    let queue = RedisQueue::connect(s.redis_url.expose(), &s.key_prefix).await?;
+    let client = JobClient::new(store.clone(), queue, registry, Limits::from_settings(&s));
+    let jobs = store
+        .database()
+        .collection::<Document>(jobmill::store::JOBS);
+    let t0 = Instant::now();
+    let mut after_round = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        for _ in 0..per_round / 1000 {
+            let batch = (0..1000)
+                .map(|_| NewJob {
+                    kind: "bench_noop".into(),
+                    args: json!({"ts": now_us()}),
+                    queue: Some(QUEUE.into()),
+                    ..Default::default()
+                })
+                .collect();
+            client.submit_batch(TENANT, batch).await?;
+        }
+        // Deleting what succeeded is both the retention and the "all durable" check.
+        let mut gone = 0u64;
+        let until = Instant::now() + Duration::from_secs(300);
+        while gone < per_round as u64 {
+            anyhow::ensure!(Instant::now() < until, "round {round} did not drain");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            gone += jobs
+                .delete_many(doc! { "state": "succeeded" })
+                .await?
+                .deleted_count;
+        }
+        after_round.push(rss_mib(pid)?);
+        eprintln!(
+            "soak: round {}/{rounds} done after {:.0} s, worker RSS {:.1} MiB",
+            round + 1,
+            t0.elapsed().as_secs_f64(),
+            after_round[round]
+        );
+    }
+    let elapsed = t0.elapsed();
+    sampler.abort();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    let peak = *peak.lock().expect("peak");
+    let (second, last) = (after_round[1], after_round[rounds - 1]);
+    Ok(vec![
+        (
+            "worker RSS idle".into(),
+            format!("{idle:.1} MiB"),
+            "before the first job".into(),
+        ),
+        (
+            format!("worker RSS after rounds 2 / {rounds}"),
+            format!("{second:.1} / {last:.1} MiB"),
+            format!(
+                "{:+.1} MiB over {} jobs in {:.0} s",
+                last - second,
+                per_round * (rounds - 1),
+                elapsed.as_secs_f64()
+            ),
+        ),
+        (
+            "worker RSS peak".into(),
+            format!("{peak:.1} MiB"),
+            "sampled every 250 ms".into(),
         ),
     ])
 }
