@@ -518,9 +518,10 @@ async fn soak() -> anyhow::Result<Rows> {
         let peak = peak.clone();
         tokio::spawn(async move {
             while let Ok(v) = rss_mib(pid) {
-                let mut p = peak.lock().expect("peak");
-                *p = p.max(v);
-                drop(p);
+                {
+                    let mut p = peak.lock().expect("peak");
+                    *p = p.max(v);
+                }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         })
