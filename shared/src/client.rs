@@ -92,16 +92,22 @@ impl Limits {
     }
 }
 
-/// Submits, cancels and retries jobs. Cheap to clone.
+/// Submits, cancels and retries jobs. Cheap to clone: one reference count, since the API
+/// clones its state (and with it this client) for every request.
 #[derive(Clone)]
 pub struct JobClient {
+    inner: Arc<ClientParts>,
+}
+
+/// What a [`JobClient`] holds.
+struct ClientParts {
     store: Store,
     queue: RedisQueue,
     registry: Registry,
     limits: Limits,
     confirm: mpsc::UnboundedSender<Vec<String>>,
     inserts: mpsc::UnboundedSender<GroupedInsert>,
-    has_endpoints: Arc<Mutex<HashMap<String, (bool, Instant)>>>,
+    has_endpoints: Mutex<HashMap<String, (bool, Instant)>>,
 }
 
 impl JobClient {
@@ -114,13 +120,15 @@ impl JobClient {
         let (inserts, rx) = mpsc::unbounded_channel();
         tokio::spawn(insert_group_loop(store.clone(), rx));
         JobClient {
-            store,
-            queue,
-            registry,
-            limits,
-            confirm,
-            inserts,
-            has_endpoints: Arc::default(),
+            inner: Arc::new(ClientParts {
+                store,
+                queue,
+                registry,
+                limits,
+                confirm,
+                inserts,
+                has_endpoints: Mutex::default(),
+            }),
         }
     }
 
@@ -143,31 +151,31 @@ impl JobClient {
 
     /// The store.
     pub fn store(&self) -> &Store {
-        &self.store
+        &self.inner.store
     }
 
     /// The queues.
     pub fn queue(&self) -> &RedisQueue {
-        &self.queue
+        &self.inner.queue
     }
 
     /// The kinds.
     pub fn registry(&self) -> &Registry {
-        &self.registry
+        &self.inner.registry
     }
 
     /// Validate a submission and build its job record. Nothing is written.
     pub fn prepare(&self, tenant: &str, new: NewJob) -> Result<Job> {
-        let kind = self.registry.validate(&new.kind, &new.args)?;
+        let kind = self.inner.registry.validate(&new.kind, &new.args)?;
         let defaults = kind.defaults();
         let args_json = new.args.to_string();
-        if args_json.len() > self.limits.max_args_bytes {
+        if args_json.len() > self.inner.limits.max_args_bytes {
             return Err(Error::invalid(
                 "args_too_large",
                 format!(
                     "args are {} bytes; the limit is {} (upload large inputs as files and pass their id)",
                     args_json.len(),
-                    self.limits.max_args_bytes
+                    self.inner.limits.max_args_bytes
                 ),
             ));
         }
@@ -331,7 +339,7 @@ impl JobClient {
         let inserted = if jobs.len() == 1 {
             vec![self.insert_grouped(jobs[0].clone()).await?]
         } else {
-            self.store.insert_jobs(&jobs).await?
+            self.inner.store.insert_jobs(&jobs).await?
         };
         let mut out = Vec::with_capacity(jobs.len());
         let mut fresh = Vec::new();
@@ -344,6 +352,7 @@ impl JobClient {
                 Inserted::DuplicateKey => {
                     let key = job.idempotency_key.as_deref().unwrap_or_default();
                     let original = self
+                        .inner
                         .store
                         .find_by_idempotency_key(tenant, key)
                         .await?
@@ -369,7 +378,7 @@ impl JobClient {
                 continue;
             };
             let url = guard::parse_url(raw)?;
-            guard::resolve(&url, &self.limits.webhook_allow)
+            guard::resolve(&url, &self.inner.limits.webhook_allow)
                 .await
                 .map_err(|e| match e {
                     Error::InvalidJob { code, message } if batch => Error::InvalidJob {
@@ -385,13 +394,19 @@ impl JobClient {
     /// Whether the tenant has webhook endpoints (cached for [`ENDPOINT_CACHE`]). A job
     /// submitted while it has none records no outbox entry when it ends.
     async fn tenant_has_endpoints(&self, tenant: &str) -> Result<bool> {
-        if let Some((has, at)) = self.has_endpoints.lock().expect("cache").get(tenant) {
+        if let Some((has, at)) = self.inner.has_endpoints.lock().expect("cache").get(tenant) {
             if at.elapsed() < ENDPOINT_CACHE {
                 return Ok(*has);
             }
         }
-        let has = self.store.webhooks().tenant_has_endpoints(tenant).await?;
-        self.has_endpoints
+        let has = self
+            .inner
+            .store
+            .webhooks()
+            .tenant_has_endpoints(tenant)
+            .await?;
+        self.inner
+            .has_endpoints
             .lock()
             .expect("cache")
             .insert(tenant.to_string(), (has, Instant::now()));
@@ -402,8 +417,12 @@ impl JobClient {
     /// which decide again when each job ends (a lost message only delays that by their reload
     /// period).
     pub async fn endpoints_changed(&self, tenant: &str) {
-        self.has_endpoints.lock().expect("cache").remove(tenant);
-        if let Err(e) = self.queue.publish_endpoints_changed(tenant).await {
+        self.inner
+            .has_endpoints
+            .lock()
+            .expect("cache")
+            .remove(tenant);
+        if let Err(e) = self.inner.queue.publish_endpoints_changed(tenant).await {
             tracing::debug!(error = %e, "could not announce an endpoint change");
         }
     }
@@ -412,7 +431,8 @@ impl JobClient {
     /// [`insert_group_loop`]).
     async fn insert_grouped(&self, job: Job) -> Result<Inserted> {
         let (tx, rx) = oneshot::channel();
-        self.inserts
+        self.inner
+            .inserts
             .send((job, tx))
             .map_err(|_| Error::StoreUnavailable("the insert task stopped".into()))?;
         rx.await
@@ -426,9 +446,10 @@ impl JobClient {
             return;
         }
         let entries: Vec<Enqueue> = jobs.iter().map(enqueue_entry).collect();
-        match self.queue.enqueue(&entries).await {
+        match self.inner.queue.enqueue(&entries).await {
             Ok(_) => {
                 let _ = self
+                    .inner
                     .confirm
                     .send(jobs.iter().map(|j| j.id.clone()).collect());
             }
@@ -442,23 +463,23 @@ impl JobClient {
 
     /// Cancel a job (see [`Store::cancel`]) and remove or signal it in Redis.
     pub async fn cancel(&self, id: &str, tenant: Option<&str>) -> Result<Job> {
-        let job = self.store.cancel(id, tenant).await?;
-        let effect = self.queue.cancel(&job.queue, id).await;
+        let job = self.inner.store.cancel(id, tenant).await?;
+        let effect = self.inner.queue.cancel(&job.queue, id).await;
         match effect {
             Ok(CancelEffect::Removed) | Ok(CancelEffect::Signalled) | Ok(CancelEffect::Absent) => {}
             // MongoDB already says cancelled; if a worker claims the job anyway, its start is
             // refused by the state guard and it stops the handler.
             Err(e) => tracing::warn!(error = %e, job = id, "redis cancel failed"),
         }
-        let _ = self.queue.publish_changes(&[id.to_string()]).await;
+        let _ = self.inner.queue.publish_changes(&[id.to_string()]).await;
         Ok(job)
     }
 
     /// Retry a failed or cancelled job (see [`Store::retry`]).
     pub async fn retry(&self, id: &str, tenant: Option<&str>) -> Result<Job> {
-        let job = self.store.retry(id, tenant).await?;
+        let job = self.inner.store.retry(id, tenant).await?;
         self.push_to_redis(std::slice::from_ref(&job)).await;
-        let _ = self.queue.publish_changes(&[id.to_string()]).await;
+        let _ = self.inner.queue.publish_changes(&[id.to_string()]).await;
         Ok(job)
     }
 }
