@@ -43,7 +43,11 @@ pub enum Cached {
     /// The page JSON of the current version.
     Hit(String),
     /// No current version (cold), or it does not hold the page.
-    Miss,
+    Miss {
+        /// The current version the reader found (`None`: cold), for
+        /// [`PageCache::request_rebuild_after_miss`].
+        current: Option<String>,
+    },
 }
 
 /// Handle to the page cache. Cheap to clone.
@@ -84,7 +88,7 @@ impl PageCache {
         let k = self.keys(tenant, dataset);
         let mut c = self.conn.clone();
         let Some(version): Option<String> = c.get(&k.current).await? else {
-            return Ok(Cached::Miss);
+            return Ok(Cached::Miss { current: None });
         };
         // Not atomic with the GET above, and need not be: a replaced version stays readable
         // for OLD_VERSION_GRACE, far longer than this round trip.
@@ -104,13 +108,41 @@ impl PageCache {
                 Vec::new(),
                 Some(&version),
             )),
-            _ => Cached::Miss,
+            _ => Cached::Miss {
+                current: Some(version),
+            },
         })
     }
 
     /// Ask for a rebuild of a dataset's cache: returns the job id of the one queued or running,
     /// submitting it if there is none.
     pub async fn request_rebuild(&self, tenant: &str, dataset: &str) -> Result<String> {
+        Ok(self
+            .request(tenant, dataset, None)
+            .await?
+            .expect("always submits when unguarded"))
+    }
+
+    /// Ask for a rebuild after a miss that found `seen` as the current version (`None`: cold).
+    /// Returns `None`, submitting nothing, when a rebuild swapped in a new version since: a
+    /// reader can miss, then find the marker gone because that rebuild already ended (under a
+    /// stampede with a worker running, the miss's MongoDB read takes long enough for this to
+    /// happen), and would otherwise start a second rebuild of a cache that is fresh.
+    pub async fn request_rebuild_after_miss(
+        &self,
+        tenant: &str,
+        dataset: &str,
+        seen: Option<&str>,
+    ) -> Result<Option<String>> {
+        self.request(tenant, dataset, Some(seen)).await
+    }
+
+    async fn request(
+        &self,
+        tenant: &str,
+        dataset: &str,
+        unless_swapped_since: Option<Option<&str>>,
+    ) -> Result<Option<String>> {
         let k = self.keys(tenant, dataset);
         let mut c = self.conn.clone();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -126,6 +158,19 @@ impl PageCache {
                 .query_async(&mut c)
                 .await?;
             if won.is_some() {
+                if let Some(seen) = unless_swapped_since {
+                    // A rebuild swaps its version in before it clears the marker, so having won
+                    // the marker means any rebuild that ended after the miss is visible here.
+                    let now: Option<String> = c.get(&k.current).await?;
+                    if now.as_deref() != seen {
+                        let _: i64 = RELEASE
+                            .key(&k.rebuild)
+                            .arg(&placeholder)
+                            .invoke_async(&mut c)
+                            .await?;
+                        return Ok(None);
+                    }
+                }
                 let submitted = self
                     .client
                     .submit(
@@ -152,12 +197,12 @@ impl PageCache {
                     .arg(REBUILD_MARK_TTL.as_secs())
                     .query_async(&mut c)
                     .await?;
-                return Ok(job.id);
+                return Ok(Some(job.id));
             }
             // Someone else is submitting or has submitted: wait for the job id.
             let current: Option<String> = c.get(&k.rebuild).await?;
             match current {
-                Some(v) if !v.starts_with("pending:") => return Ok(v),
+                Some(v) if !v.starts_with("pending:") => return Ok(Some(v)),
                 _ => {}
             }
             if tokio::time::Instant::now() > deadline {

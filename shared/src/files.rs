@@ -448,15 +448,40 @@ impl FileStore {
             .await;
     }
 
-    /// Piece `k` of a part.
-    pub async fn piece(&self, part: &Part, k: i64) -> Result<Vec<u8>> {
-        let id = format!("{}:{}:{}:{k}", part.upload_id, part.n, part.token);
-        let d = self
+    /// Pieces `from..from + count` of a part (fewer at its end), in order.
+    ///
+    /// One query for several pieces rather than one per piece: the MongoDB-compatible server
+    /// sweeps a TTL-indexed collection for expired documents before every read, a scan of every
+    /// piece of every upload, which made assembly quadratic in the file's size (a 64 MiB file
+    /// took 20 s, 1 GiB would take hours). Ordered here, not by the server, whose integer sorts
+    /// are not to be trusted everywhere; memory is `count` pieces.
+    pub async fn pieces(&self, part: &Part, from: i64, count: i64) -> Result<Vec<Vec<u8>>> {
+        let to = (from + count).min(part.pieces);
+        let mut found: Vec<Document> = self
             .pieces
-            .find_one(doc! { "_id": &id })
+            .find(doc! {
+                "upload_id": &part.upload_id,
+                "n": part.n,
+                "token": &part.token,
+                "k": { "$gte": from, "$lt": to },
+            })
             .await?
-            .ok_or_else(|| Error::Corrupt(format!("piece {id} is missing")))?;
-        doc_bytes(&d)
+            .try_collect()
+            .await?;
+        let k_of = |d: &Document| {
+            d.get_i64("k")
+                .ok()
+                .or_else(|| d.get_i32("k").ok().map(i64::from))
+        };
+        found.sort_by_key(k_of);
+        let ks: Vec<Option<i64>> = found.iter().map(k_of).collect();
+        if ks != (from..to).map(Some).collect::<Vec<_>>() {
+            return Err(Error::Corrupt(format!(
+                "pieces {from}..{to} of part {} are incomplete (found {ks:?})",
+                part.id
+            )));
+        }
+        found.iter().map(doc_bytes).collect()
     }
 
     /// Move an upload from `open` to `completing` and remember its assembly job.

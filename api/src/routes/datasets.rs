@@ -140,7 +140,7 @@ pub async fn datasets_rows(
 /// Page `n` (from 0) of the listing, `JOBMILL_PAGE_SIZE` rows each. The first
 /// `JOBMILL_CACHE_PAGES` pages come from Redis (`x-cache: hit`); on a miss the page comes from
 /// MongoDB and one `cache_rebuild` is queued for the dataset, however many readers missed
-/// (`x-rebuild-job` names it).
+/// (`x-rebuild-job` names it; absent when a rebuild finished between the miss and the request).
 #[utoipa::path(get, path = "/v1/datasets/{name}/pages/{n}", tag = "datasets", security(("bearer" = [])),
     params(("name" = String, Path, description = "dataset name"), ("n" = u64, Path, description = "page from 0")),
     responses(
@@ -160,16 +160,20 @@ pub async fn datasets_page(
     let ds = load(&state, &caller, &name).await?;
     let cache = PageCache::with(&state.client, &state.settings);
     let cacheable = n < cache.pages as u64;
+    let mut seen = None;
     if cacheable {
-        if let Cached::Hit(json) = cache.read(&caller.tenant, &name, n).await? {
-            let mut res = (
-                [(axum::http::header::CONTENT_TYPE, "application/json")],
-                json,
-            )
-                .into_response();
-            res.headers_mut()
-                .insert("x-cache", HeaderValue::from_static("hit"));
-            return Ok(res);
+        match cache.read(&caller.tenant, &name, n).await? {
+            Cached::Hit(json) => {
+                let mut res = (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    json,
+                )
+                    .into_response();
+                res.headers_mut()
+                    .insert("x-cache", HeaderValue::from_static("hit"));
+                return Ok(res);
+            }
+            Cached::Miss { current } => seen = current,
         }
     }
     let rows = datasets(&state)
@@ -192,8 +196,11 @@ pub async fn datasets_page(
         HeaderValue::from_static(if cacheable { "miss" } else { "bypass" }),
     );
     if cacheable {
-        let job = cache.request_rebuild(&caller.tenant, &name).await?;
-        if let Ok(v) = HeaderValue::from_str(&job) {
+        // None: a rebuild finished since the miss; nothing to name, nothing to submit.
+        let job = cache
+            .request_rebuild_after_miss(&caller.tenant, &name, seen.as_deref())
+            .await?;
+        if let Some(v) = job.and_then(|j| HeaderValue::from_str(&j).ok()) {
             res.headers_mut().insert("x-rebuild-job", v);
         }
     }

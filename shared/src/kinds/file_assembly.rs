@@ -16,6 +16,10 @@ use crate::files::{hex_digest, FileMeta, FileStore, Part, CHUNK_SIZE};
 use crate::job::now_ms;
 use crate::kind::{JobContext, JobKind, KindDefaults, Outcome};
 
+/// Pieces read per query: a default 8 MiB part in one read, and at most 8 MiB held in memory
+/// whatever the part size (see [`FileStore::pieces`] for why reads are batched).
+const PIECES_PER_READ: i64 = (8 * 1024 * 1024 / CHUNK_SIZE) as i64;
+
 /// Arguments of `file_assembly`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -130,32 +134,33 @@ async fn assemble(ctx: &JobContext, files: &FileStore, upload_id: &str) -> crate
             continue;
         }
         let mut piece_start = part_start;
-        for k in 0..part.pieces {
-            let data = files.piece(part, k).await?;
-            let piece_end = piece_start + data.len() as i64;
-            if piece_end <= offset {
+        for from in (0..part.pieces).step_by(PIECES_PER_READ as usize) {
+            for data in files.pieces(part, from, PIECES_PER_READ).await? {
+                let piece_end = piece_start + data.len() as i64;
+                if piece_end <= offset {
+                    piece_start = piece_end;
+                    continue;
+                }
+                let skip = (offset - piece_start).max(0) as usize;
+                let mut rest = &data[skip..];
                 piece_start = piece_end;
-                continue;
-            }
-            let skip = (offset - piece_start).max(0) as usize;
-            let mut rest = &data[skip..];
-            piece_start = piece_end;
-            while !rest.is_empty() {
-                let take = (CHUNK_SIZE - buf.len()).min(rest.len());
-                buf.extend_from_slice(&rest[..take]);
-                rest = &rest[take..];
-                if buf.len() == CHUNK_SIZE {
-                    let chunk = std::mem::replace(&mut buf, Vec::with_capacity(CHUNK_SIZE));
-                    sha.update(&chunk);
-                    files.write_chunk(&file_id, n, chunk).await?;
-                    n += 1;
-                    ctx.progress(
-                        (n * cs).min(total),
-                        Some(total),
-                        Some(&format!("{n} of {total_chunks} chunks stored")),
-                    );
-                    if ctx.is_cancelled() {
-                        return Ok(Outcome::Cancelled("cancelled while assembling".into()));
+                while !rest.is_empty() {
+                    let take = (CHUNK_SIZE - buf.len()).min(rest.len());
+                    buf.extend_from_slice(&rest[..take]);
+                    rest = &rest[take..];
+                    if buf.len() == CHUNK_SIZE {
+                        let chunk = std::mem::replace(&mut buf, Vec::with_capacity(CHUNK_SIZE));
+                        sha.update(&chunk);
+                        files.write_chunk(&file_id, n, chunk).await?;
+                        n += 1;
+                        ctx.progress(
+                            (n * cs).min(total),
+                            Some(total),
+                            Some(&format!("{n} of {total_chunks} chunks stored")),
+                        );
+                        if ctx.is_cancelled() {
+                            return Ok(Outcome::Cancelled("cancelled while assembling".into()));
+                        }
                     }
                 }
             }
