@@ -13,6 +13,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use mongodb::bson::Document;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use serde_json::json;
@@ -36,6 +37,8 @@ pub const OLD_VERSION_GRACE: Duration = Duration::from_secs(60);
 pub const BUILDING_TTL: Duration = Duration::from_secs(3600);
 /// Longest a single-flight marker lives if its job never clears it.
 pub const REBUILD_MARK_TTL: Duration = Duration::from_secs(600);
+/// Rows a rebuild reads per query (whole pages of them): bounds its memory.
+const REBUILD_WINDOW_ROWS: usize = 5000;
 
 /// What a page read found.
 #[derive(Debug, Clone, PartialEq)]
@@ -240,27 +243,48 @@ impl PageCache {
         let version = crate::job::new_job_id();
         let vkey = k.version(&version);
         let mut written = 0;
-        for n in 0..pages {
-            let rows = datasets.page(ds, n as u64, self.page_size as i64).await?;
-            let full = rows.len() == self.page_size;
-            if !rows.is_empty() {
-                let json = page_json(
-                    &ds.name,
-                    n as u64,
-                    self.page_size,
-                    rows.into_iter().map(row_json).collect(),
-                    Some(&version),
+        // Rows are read by seek on `_id`, a window of pages per query, not one skip query per
+        // page: on the compatible server every sorted query sorts the whole dataset, so ten
+        // skip queries over an imported million rows held the store for seconds (W7).
+        let window = (REBUILD_WINDOW_ROWS / self.page_size.max(1)).max(1);
+        let mut after: Option<String> = None;
+        let mut n = 0;
+        'windows: while n < pages {
+            let take = window.min(pages - n);
+            let rows = datasets
+                .rows_after(ds, after.as_deref(), (take * self.page_size) as i64)
+                .await?;
+            if let Some(last) = rows.last() {
+                after = Some(
+                    last.get_str("_id")
+                        .map_err(|e| Error::Corrupt(format!("row _id: {e}")))?
+                        .to_string(),
                 );
-                let _: () = redis::pipe()
-                    .hset(&vkey, n, json)
-                    .expire(&vkey, BUILDING_TTL.as_secs() as i64)
-                    .query_async(&mut c)
-                    .await?;
-                written = n + 1;
             }
-            progress(n + 1);
-            if !full {
-                break;
+            let mut rows = rows.into_iter();
+            for _ in 0..take {
+                let page: Vec<Document> = rows.by_ref().take(self.page_size).collect();
+                let full = page.len() == self.page_size;
+                if !page.is_empty() {
+                    let json = page_json(
+                        &ds.name,
+                        n as u64,
+                        self.page_size,
+                        page.into_iter().map(row_json).collect(),
+                        Some(&version),
+                    );
+                    let _: () = redis::pipe()
+                        .hset(&vkey, n, json)
+                        .expire(&vkey, BUILDING_TTL.as_secs() as i64)
+                        .query_async(&mut c)
+                        .await?;
+                    written = n + 1;
+                }
+                n += 1;
+                progress(n);
+                if !full {
+                    break 'windows;
+                }
             }
         }
         let _: () = redis::pipe()
