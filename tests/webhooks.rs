@@ -109,6 +109,14 @@ fn body_of(record: &Value) -> Value {
     serde_json::from_str(record["body"].as_str().unwrap()).unwrap()
 }
 
+/// The key's signing secret for `callback_url` deliveries.
+async fn tenant_secret(api: &Api, key: &str) -> String {
+    api.get("/v1/webhooks/secret", key).await.body["secret"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// Poll a JSON answer until `done` holds.
 async fn wait_until(api: &Api, path: &str, key: &str, done: impl Fn(&Value) -> bool) -> Value {
     let end = Instant::now() + LIMIT;
@@ -277,10 +285,7 @@ async fn a_failing_receiver_gets_each_retry_once_with_the_same_webhook_id_then_r
     let ctx = hooks_ctx("hooks_retry");
     let api = ctx.api().await;
     let _worker = ctx.worker();
-    let secret = api.get("/v1/webhooks/secret", ALICE).await.body["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let secret = tenant_secret(&api, ALICE).await;
     let rx = Receiver::start(&[&secret], &["--fail-first", "3", "--fail-status", "500"]);
     let id = api
         .submit(
@@ -518,10 +523,7 @@ async fn sigkill_right_after_a_job_ends_still_delivers_the_callback() {
     let ctx = hooks_ctx("hooks_kill");
     let api = ctx.api().await;
     let store = ctx.store().await;
-    let secret = api.get("/v1/webhooks/secret", ALICE).await.body["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let secret = tenant_secret(&api, ALICE).await;
     let rx = Receiver::start(&[&secret], &[]);
     let mut doomed = ctx.worker_process(&[]);
     let id = api
@@ -655,10 +657,7 @@ async fn progress_is_opt_in_and_rate_limited_and_late_endpoints_still_hear() {
     ctx.set("JOBMILL_WEBHOOK_PROGRESS_EVERY", "1s");
     let api = ctx.api().await;
     let _worker = ctx.worker();
-    let tenant_secret = api.get("/v1/webhooks/secret", ALICE).await.body["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let tenant_secret = tenant_secret(&api, ALICE).await;
     let cb_rx = Receiver::start(&[&tenant_secret], &[]);
 
     // Both submitted while alice has no endpoint at all; 50 progress reports over 5 s each.
@@ -798,10 +797,7 @@ async fn an_orphaned_pending_delivery_can_be_replayed() {
     let ctx = hooks_ctx("hooks_orphan");
     let api = ctx.api().await;
     let worker = ctx.worker();
-    let secret = api.get("/v1/webhooks/secret", ALICE).await.body["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let secret = tenant_secret(&api, ALICE).await;
     let rx = Receiver::start(&[&secret], &[]);
     let id = api
         .submit(

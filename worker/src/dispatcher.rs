@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use jobmill::client::MAX_BATCH;
 use jobmill::view::{ts, JobView};
-use jobmill::webhooks::records::{list_key, status, Delivery};
+use jobmill::webhooks::records::{list_key, sending_job_key, status, Delivery};
 use jobmill::webhooks::{delivery_job, PROGRESS, TENANT};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -153,7 +153,7 @@ async fn dispatch_once(shared: &Shared, timeout: Duration) -> jobmill::Result<us
     for chunk in deliveries.chunks(MAX_BATCH) {
         let news = chunk
             .iter()
-            .map(|d| delivery_job(&d.id, d.id.clone(), timeout))
+            .map(|d| delivery_job(&d.id, sending_job_key(&d.id, 0), timeout))
             .collect();
         shared.client.submit_batch(TENANT, news).await?;
     }

@@ -59,7 +59,6 @@ pub struct Stats {
 /// Latest progress per running job, drained every [`PROGRESS_EVERY`].
 #[derive(Default)]
 pub struct ProgressTable {
-    latest: Mutex<HashMap<String, (u32, Progress)>>,
     jobs: Mutex<HashMap<String, Tracked>>,
 }
 
@@ -67,6 +66,8 @@ pub struct ProgressTable {
 struct Tracked {
     queue: String,
     tenant: String,
+    /// The latest report not yet written: (attempt, report).
+    latest: Option<(u32, Progress)>,
     /// When its last `job.progress` event was recorded (the per-job rate limit).
     last_event: Option<Instant>,
 }
@@ -81,13 +82,18 @@ struct Report {
 }
 
 impl ProgressTable {
+    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tracked>> {
+        self.jobs.lock().expect("progress lock")
+    }
+
     /// Remember which queue and tenant a running job belongs to.
     pub fn track(&self, id: &str, queue: &str, tenant: &str) {
-        self.jobs.lock().expect("progress lock").insert(
+        self.jobs().insert(
             id.to_string(),
             Tracked {
                 queue: queue.to_string(),
                 tenant: tenant.to_string(),
+                latest: None,
                 last_event: None,
             },
         );
@@ -95,31 +101,26 @@ impl ProgressTable {
 
     /// Forget a job.
     pub fn untrack(&self, id: &str) {
-        self.jobs.lock().expect("progress lock").remove(id);
-        self.latest.lock().expect("progress lock").remove(id);
+        self.jobs().remove(id);
     }
 
     /// The job's unwritten progress report, removing it (it travels with the outcome instead).
     pub fn take(&self, id: &str) -> Option<Progress> {
-        self.latest
-            .lock()
-            .expect("progress lock")
-            .remove(id)
+        self.jobs()
+            .get_mut(id)
+            .and_then(|t| t.latest.take())
             .map(|(_, p)| p)
     }
 
     fn drain(&self) -> Vec<Report> {
-        let latest: Vec<(String, (u32, Progress))> =
-            self.latest.lock().expect("progress lock").drain().collect();
-        let jobs = self.jobs.lock().expect("progress lock");
-        latest
-            .into_iter()
-            .filter_map(|(id, (attempt, progress))| {
-                let t = jobs.get(&id)?;
+        self.jobs()
+            .iter_mut()
+            .filter_map(|(id, t)| {
+                let (attempt, progress) = t.latest.take()?;
                 Some(Report {
+                    id: id.clone(),
                     queue: t.queue.clone(),
                     tenant: t.tenant.clone(),
-                    id,
                     attempt,
                     progress,
                 })
@@ -130,7 +131,7 @@ impl ProgressTable {
     /// Whether this job may emit a `job.progress` event now (at most one per `every`); if so,
     /// the time is taken.
     fn event_due(&self, id: &str, every: Duration) -> bool {
-        let mut jobs = self.jobs.lock().expect("progress lock");
+        let mut jobs = self.jobs();
         let Some(t) = jobs.get_mut(id) else {
             return false;
         };
@@ -144,11 +145,8 @@ impl ProgressTable {
 
 impl ProgressSink for ProgressTable {
     fn report(&self, id: &str, attempt: u32, progress: Progress) {
-        if self.jobs.lock().expect("progress lock").contains_key(id) {
-            self.latest
-                .lock()
-                .expect("progress lock")
-                .insert(id.to_string(), (attempt, progress));
+        if let Some(t) = self.jobs().get_mut(id) {
+            t.latest = Some((attempt, progress));
         }
     }
 }

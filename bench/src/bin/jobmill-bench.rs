@@ -114,6 +114,18 @@ async fn clear_redis(s: &jobmill::Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `n` no-op jobs on the bench queue, stamped now.
+fn noop_batch(n: usize) -> Vec<NewJob> {
+    (0..n)
+        .map(|_| NewJob {
+            kind: "bench_noop".into(),
+            args: json!({"ts": now_us()}),
+            queue: Some(QUEUE.into()),
+            ..Default::default()
+        })
+        .collect()
+}
+
 fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
@@ -244,15 +256,7 @@ async fn w2_durable() -> anyhow::Result<Rows> {
         Limits::from_settings(&s),
     );
     for _ in 0..N / 1000 {
-        let jobs = (0..1000)
-            .map(|_| NewJob {
-                kind: "bench_noop".into(),
-                args: json!({"ts": now_us()}),
-                queue: Some(QUEUE.into()),
-                ..Default::default()
-            })
-            .collect();
-        client.submit_batch(TENANT, jobs).await?;
+        client.submit_batch(TENANT, noop_batch(1000)).await?;
     }
     // Let the submission side's confirmations (clearing `enqueue_pending`) land before the drain
     // is measured, so the drain competes with nothing but itself.
@@ -269,16 +273,9 @@ async fn w2_durable() -> anyhow::Result<Rows> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let (wstore, counter) = deployment::counted_store(&s).await?;
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let before = counter.total();
     let t0 = Instant::now();
-    let settings = s.clone();
-    let worker = tokio::spawn(async move {
-        jobmill_worker::run_with_store(settings, registry, wstore, async {
-            let _ = rx.await;
-        })
-        .await
-    });
+    let worker = Worker::start(&s, wstore).await?;
     // Durable outcomes are read from the worker's own counter (its registry entry in Redis,
     // refreshed with every heartbeat), not by counting in MongoDB: a count is a scan on the
     // MongoDB-compatible server and would slow down the very writes it measures.
@@ -317,8 +314,7 @@ async fn w2_durable() -> anyhow::Result<Rows> {
     );
     let cmds = counter.total() - before;
     let by_name = counter.by_name();
-    let _ = tx.send(());
-    worker.await??;
+    worker.stop().await?;
     let (Some(first), Some(handlers), Some(durable)) = (t_first, t_handlers, t_durable) else {
         bail!("w2 did not finish");
     };
@@ -421,14 +417,7 @@ async fn w3_floor() -> anyhow::Result<Rows> {
         registry.clone(),
         Limits::from_settings(&s),
     );
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let (settings, wstore) = (s.clone(), store.clone());
-    let worker = tokio::spawn(async move {
-        jobmill_worker::run_with_store(settings, registry, wstore, async {
-            let _ = rx.await;
-        })
-        .await
-    });
+    let worker = Worker::start(&s, store.clone()).await?;
     let lat_job = || NewJob {
         kind: "bench_lat".into(),
         args: json!({"ts": now_us()}),
@@ -463,8 +452,7 @@ async fn w3_floor() -> anyhow::Result<Rows> {
         .map(|v| v.max(0) as u64)
         .collect();
     lat.sort_unstable();
-    let _ = tx.send(());
-    worker.await??;
+    worker.stop().await?;
     anyhow::ensure!(
         lat.len() == submit.len(),
         "only {} of {} jobs started",
@@ -564,15 +552,7 @@ async fn soak() -> anyhow::Result<Rows> {
     let mut after_round = Vec::with_capacity(rounds);
     for round in 0..rounds {
         for _ in 0..per_round / 1000 {
-            let batch = (0..1000)
-                .map(|_| NewJob {
-                    kind: "bench_noop".into(),
-                    args: json!({"ts": now_us()}),
-                    queue: Some(QUEUE.into()),
-                    ..Default::default()
-                })
-                .collect();
-            client.submit_batch(TENANT, batch).await?;
+            client.submit_batch(TENANT, noop_batch(1000)).await?;
         }
         // Deleting what succeeded is both the retention and the "all durable" check.
         let mut gone = 0u64;

@@ -37,15 +37,15 @@ impl Subscriptions {
 
     /// Reload from the endpoints collection. On error the previous table stays.
     pub async fn refresh(&self, hooks: &WebhookStore) -> Result<()> {
-        let mut table: HashMap<String, BTreeSet<String>> = HashMap::new();
-        for (tenant, events) in hooks.enabled_subscriptions().await? {
-            table.entry(tenant).or_default().extend(events);
-        }
-        *self.table.write().expect("subscriptions lock") = Some(table);
+        let subs = hooks.enabled_subscriptions().await?;
+        self.set(
+            subs.into_iter()
+                .flat_map(|(t, evs)| evs.into_iter().map(move |e| (t.clone(), e))),
+        );
         Ok(())
     }
 
-    /// Replace the table (tests, and callers that already hold the endpoints).
+    /// Replace the table with these (tenant, event) pairs.
     pub fn set(&self, pairs: impl IntoIterator<Item = (String, String)>) {
         let mut table: HashMap<String, BTreeSet<String>> = HashMap::new();
         for (tenant, event) in pairs {
