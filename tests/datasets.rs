@@ -221,7 +221,9 @@ async fn row_count(ctx: &Ctx, tenant: &str, name: &str) -> u64 {
     let store = ctx.store().await;
     store
         .database()
-        .collection::<mongodb::bson::Document>(&jobmill::datasets::collection_name(tenant, name))
+        .collection::<mongodb::bson::Document>(&jobmill_data::datasets::collection_name(
+            tenant, name,
+        ))
         .count_documents(mongodb::bson::doc! {})
         .await
         .unwrap()
@@ -305,7 +307,10 @@ async fn a_thousand_cold_reads_cause_one_rebuild_and_pages_stay_full_during_rebu
     worker.stop().await;
 
     // Make it cold, with no worker running so the rebuild stays queued.
-    let keys = jobmill::keys::Keys::new(&ctx.vars["JOBMILL_KEY_PREFIX"]).cache("alice", "listing");
+    let keys = jobmill_data::keys::DataKeys::new(&jobmill::keys::Keys::new(
+        &ctx.vars["JOBMILL_KEY_PREFIX"],
+    ))
+    .cache("alice", "listing");
     let client = redis::Client::open(ctx.vars["JOBMILL_REDIS_URL"].as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let _: () = redis::cmd("DEL")

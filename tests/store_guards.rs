@@ -40,7 +40,7 @@ async fn stale_writers_are_refused_and_retries_are_recognised() {
         at: now,
         decision: d,
         progress: None,
-        notify: false,
+        record_event: false,
     };
 
     assert_eq!(store.apply(&[start(1)]).await.unwrap(), vec![Applied::Done]);

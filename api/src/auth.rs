@@ -1,10 +1,10 @@
 //! Bearer API keys. A key's name is the tenant that owns the jobs it submits; `submitter` keys
 //! see only their own jobs, `operator` keys see all.
 
+use crate::settings::Role;
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use jobmill::config::Role;
 
 use crate::error::ApiError;
 use crate::AppState;

@@ -1,6 +1,8 @@
 //! `ApiError`, the one error type of the API: every failure becomes
 //! `{"error": {"code", "message"}}` with a 4xx for the caller's mistakes and an opaque 5xx for
-//! ours (logged once, here, with its cause).
+//! ours. Conversions never log: an internal error travels to the response in an extension and
+//! [`log_internal_errors`] logs it once, with its cause chain, as axum's error-handling example
+//! does.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +18,15 @@ pub struct ApiError {
     pub code: &'static str,
     /// Human sentence.
     pub message: String,
+    /// Per-field problems (`invalid_args`: JSON Pointer into `args` and the reason).
+    pub details: Vec<jobmill::error::ArgProblem>,
+    /// The cause of an internal or store error, logged once by the middleware.
+    pub cause: Option<String>,
 }
+
+/// The cause of a 5xx, carried from the handler to [`log_internal_errors`].
+#[derive(Debug, Clone)]
+pub struct Cause(pub String);
 
 /// The body of every error answer.
 #[derive(Serialize, ToSchema)]
@@ -32,6 +42,18 @@ pub struct ErrorDetail {
     pub code: String,
     /// What went wrong, for humans.
     pub message: String,
+    /// For `invalid_args`: each problem, with `path` a JSON Pointer into `args`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<ArgProblemView>,
+}
+
+/// One problem with a submission's args.
+#[derive(Serialize, ToSchema)]
+pub struct ArgProblemView {
+    /// JSON Pointer into `args` (`""` for args as a whole).
+    pub path: String,
+    /// What is wrong there.
+    pub reason: String,
 }
 
 impl ApiError {
@@ -41,6 +63,8 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            details: Vec::new(),
+            cause: None,
         }
     }
 
@@ -85,6 +109,10 @@ impl From<jobmill::Error> for ApiError {
             E::InvalidJob { code, message } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
             }
+            E::InvalidArgs { message, details } => ApiError {
+                details,
+                ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_args", message)
+            },
             E::NotFound => ApiError::job_not_found(),
             E::Missing(what) => ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -104,22 +132,22 @@ impl From<jobmill::Error> for ApiError {
                 },
                 format!("the job is {state}; {action} is not possible"),
             ),
-            E::Redis(err) => {
-                tracing::warn!(error = %err, "redis error");
-                ApiError::unavailable("the queue (Redis)")
-            }
-            E::Mongo(err) => {
-                tracing::warn!(error = %err, "mongodb error");
-                ApiError::unavailable("the job store (MongoDB)")
-            }
-            E::StoreUnavailable(err) => {
-                tracing::warn!(error = %err, "mongodb error");
-                ApiError::unavailable("the job store (MongoDB)")
-            }
-            other => {
-                tracing::error!(error = %other, "internal error");
-                ApiError::internal()
-            }
+            E::Redis(err) => ApiError {
+                cause: Some(format!("redis: {err}")),
+                ..ApiError::unavailable("the queue (Redis)")
+            },
+            E::Mongo(err) => ApiError {
+                cause: Some(format!("mongodb: {err}")),
+                ..ApiError::unavailable("the job store (MongoDB)")
+            },
+            E::StoreUnavailable(err) => ApiError {
+                cause: Some(format!("mongodb: {err}")),
+                ..ApiError::unavailable("the job store (MongoDB)")
+            },
+            other => ApiError {
+                cause: Some(cause_chain(&other)),
+                ..ApiError::internal()
+            },
         }
     }
 }
@@ -130,9 +158,20 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: self.code.to_string(),
                 message: self.message,
+                details: self
+                    .details
+                    .into_iter()
+                    .map(|d| ArgProblemView {
+                        path: d.path,
+                        reason: d.reason,
+                    })
+                    .collect(),
             },
         };
         let mut res = (self.status, axum::Json(body)).into_response();
+        if let Some(cause) = self.cause {
+            res.extensions_mut().insert(Cause(cause));
+        }
         match self.status {
             StatusCode::UNAUTHORIZED => {
                 res.headers_mut()
@@ -146,4 +185,36 @@ impl IntoResponse for ApiError {
         }
         res
     }
+}
+
+/// An error and every `source` under it, as one line.
+fn cause_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut next = e.source();
+    while let Some(c) = next {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        next = c.source();
+    }
+    s
+}
+
+/// Middleware: log each failure of ours once, with its cause. Store outages (503) are warnings
+/// (the caller retries, nothing was accepted); anything else of ours is an error. Client
+/// mistakes (4xx) are not logged here.
+pub async fn log_internal_errors(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let res = next.run(req).await;
+    if let Some(Cause(cause)) = res.extensions().get::<Cause>() {
+        if res.status() == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(%method, %path, cause = %cause, "store unavailable");
+        } else {
+            tracing::error!(%method, %path, cause = %cause, "internal error");
+        }
+    }
+    res
 }

@@ -1,22 +1,28 @@
-//! jobmill HTTP API: a thin axum layer over [`jobmill::JobClient`].
+//! jobmill HTTP API: a thin axum layer over the engine's [`jobmill::JobClient`] and the
+//! webhooks and data features, assembled here.
 //!
 //! # Layout
 //! - [`app`]: the router, for `serve` and for tests (no socket needed).
-//! - `routes/`: handlers, one file per resource (`jobs`, `uploads`, `files`, `datasets`,
-//!   `webhooks`, `deliveries`, `health`).
+//! - [`AppState`]: what handlers share, built by [`AppState::connect`] from an [`ApiConfig`].
+//! - `routes/`: handlers, one file per resource (`jobs`, `kinds`, `uploads`, `files`,
+//!   `datasets`, `webhooks`, `deliveries`, `health`).
 //! - [`view`]: request and answer shapes, with OpenAPI schemas.
 //! - [`auth`]: bearer API keys and tenants.
 //! - [`extract`]: extractors that answer bad input in the API's error shape.
-//! - [`error`]: the `ApiError` answer type.
+//! - [`error`]: the `ApiError` answer type and the middleware that logs internal errors once.
+//! - [`settings`]: the API's settings section and the whole config of an API process.
+//! - [`catalog`]: keeps the kinds catalog fresh.
 //! - [`watch`]: job-change events for long-polls.
 //! - [`finished`]: finished jobs cached in memory for status polls.
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod catalog;
 pub mod error;
 pub mod extract;
 pub mod finished;
 pub mod routes;
+pub mod settings;
 pub mod view;
 pub mod watch;
 
@@ -27,18 +33,28 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, StatusCode, Uri};
 use axum::routing::{get, post, put};
 use axum::Router;
-use jobmill::config::{ApiKey, Settings};
+use jobmill::catalog::Catalog;
+use jobmill::client::Limits;
+use jobmill::queue::RedisQueue;
+use jobmill::store::Store;
 use jobmill::{JobClient, Registry};
+use jobmill_data::Data;
+use jobmill_webhooks::Webhooks;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::ApiError;
+pub use settings::{ApiConfig, ApiKey, Role};
 
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
-    /// Submission, cancel, retry, reads.
+    /// Submission, cancel, retry, reads, and the kinds catalog.
     pub client: JobClient,
+    /// The webhooks feature (endpoints, deliveries, secrets).
+    pub webhooks: Webhooks,
+    /// The data feature (uploads, files, datasets, cached pages).
+    pub data: Data,
     /// Accepted API keys.
     pub keys: Arc<Vec<ApiKey>>,
     /// Job-change events.
@@ -47,43 +63,58 @@ pub struct AppState {
     pub finished: Arc<finished::FinishedJobs>,
     /// Largest request body.
     pub max_body_bytes: usize,
-    /// All settings (part size, page size, retention...).
-    pub settings: Arc<Settings>,
 }
 
 impl AppState {
-    /// Webhook settings (allow-list, rotation grace, timeout of replays).
-    pub fn webhooks(&self) -> &jobmill::webhooks::WebhookSettings {
-        &self.settings.webhooks
-    }
-
-    /// The file store.
-    pub fn files(&self) -> jobmill::files::FileStore {
-        jobmill::files::FileStore::new(
-            self.client.store().database(),
-            self.settings.upload_retention,
-        )
-    }
-}
-
-impl AppState {
-    /// Connect to Redis and MongoDB and create the indexes.
-    pub async fn connect(settings: &Settings, registry: Registry) -> jobmill::Result<Self> {
-        let client = JobClient::connect(settings, registry).await?;
-        client.store().ensure_indexes().await?;
+    /// Connect to Redis and MongoDB, assemble the features and create the indexes. `kinds` are
+    /// kinds this binary links beyond the stock ones (their schemas are known before any worker
+    /// announces them).
+    pub async fn connect(config: &ApiConfig, kinds: Registry) -> jobmill::Result<Self> {
+        let core = &config.core;
+        let store =
+            Store::connect(core.mongodb_uri.expose(), &core.mongodb_db, core.retention).await?;
+        let queue = RedisQueue::connect(core.redis_url.expose(), &core.key_prefix).await?;
+        let webhooks = Webhooks::new(
+            &store,
+            &queue,
+            core.redis_url.clone(),
+            config.webhooks.clone(),
+        );
+        let catalog = Catalog::new(&Registry::new());
+        let client = JobClient::new(
+            store.clone(),
+            queue,
+            catalog.clone(),
+            Limits::from_settings(core),
+            vec![webhooks.submit_hook()],
+        );
+        let data = Data::new(&client, config.data.clone());
+        let mut registry = Registry::builtin();
+        webhooks.register_kinds(&mut registry);
+        data.register_kinds(&mut registry);
+        registry.extend(&kinds);
+        catalog.set_local(&registry);
+        store.ensure_indexes().await?;
+        webhooks.ensure_indexes().await?;
+        data.ensure_indexes().await?;
+        if let Err(e) = catalog.refresh(&store).await {
+            tracing::warn!(error = %e, "kinds catalog not loaded yet; only linked kinds are accepted");
+        }
+        catalog::start(client.clone(), core.redis_url.expose().to_string());
         let finished = Arc::new(finished::FinishedJobs::default());
         let watch = watch::Watch::start(
-            settings.redis_url.expose().to_string(),
+            core.redis_url.expose().to_string(),
             client.queue().keys().events_channel(),
             finished.clone(),
         );
         Ok(AppState {
             client,
-            keys: Arc::new(settings.api_keys.clone()),
+            webhooks,
+            data,
+            keys: Arc::new(config.api.keys.clone()),
             watch,
             finished,
-            max_body_bytes: settings.max_body_bytes,
-            settings: Arc::new(settings.clone()),
+            max_body_bytes: config.api.max_body_bytes,
         })
     }
 }
@@ -99,6 +130,7 @@ impl AppState {
         routes::jobs::jobs_show,
         routes::jobs::jobs_cancel,
         routes::jobs::jobs_retry,
+        routes::kinds::kinds_index,
         routes::uploads::uploads_create,
         routes::uploads::uploads_show,
         routes::uploads::uploads_part,
@@ -128,6 +160,8 @@ impl AppState {
     components(schemas(
         view::SubmitJob, view::SubmitBatch, view::JobView, view::JobPage, view::BatchView,
         view::ProgressView, view::AttemptErrorView, error::ErrorBody, error::ErrorDetail,
+        error::ArgProblemView,
+        routes::kinds::KindList, routes::kinds::KindView, routes::kinds::KindDefaultsView,
         routes::health::Readiness,
         routes::uploads::CreateUpload, routes::uploads::UploadView, routes::uploads::PartView,
         routes::files::FileView, routes::files::FilePage,
@@ -153,13 +187,14 @@ impl Modify for BearerAuth {
 
 /// The API router.
 pub fn app(state: AppState) -> Router {
-    use routes::{datasets, deliveries, files, health, jobs, uploads, webhooks};
+    use routes::{datasets, deliveries, files, health, jobs, kinds, uploads, webhooks};
     Router::new()
         .route("/v1/jobs", post(jobs::jobs_create).get(jobs::jobs_index))
         .route("/v1/jobs/batch", post(jobs::jobs_batch))
         .route("/v1/jobs/{id}", get(jobs::jobs_show))
         .route("/v1/jobs/{id}/cancel", post(jobs::jobs_cancel))
         .route("/v1/jobs/{id}/retry", post(jobs::jobs_retry))
+        .route("/v1/kinds", get(kinds::kinds_index))
         .route("/v1/uploads", post(uploads::uploads_create))
         .route("/v1/uploads/{id}", get(uploads::uploads_show))
         // Parts are streamed into the file store and limited by the part size instead.
@@ -215,6 +250,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(axum::middleware::from_fn(error::log_internal_errors))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(on_panic))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
@@ -255,19 +291,19 @@ fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Respo
     ApiError::internal().into_response()
 }
 
-/// Serve the API on `settings.api_addr` until `shutdown` resolves.
+/// Serve the API on the configured address until `shutdown` resolves.
 pub async fn serve(
-    settings: &Settings,
-    registry: Registry,
+    config: &ApiConfig,
+    kinds: Registry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let state = AppState::connect(settings, registry)
+    let state = AppState::connect(config, kinds)
         .await
         .context("connecting to Redis and MongoDB")?;
-    let listener = tokio::net::TcpListener::bind(settings.api_addr)
+    let listener = tokio::net::TcpListener::bind(config.api.addr)
         .await
-        .with_context(|| format!("binding {}", settings.api_addr))?;
+        .with_context(|| format!("binding {}", config.api.addr))?;
     tracing::info!(addr = %listener.local_addr()?, "api listening");
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)

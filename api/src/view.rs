@@ -85,7 +85,16 @@ impl SubmitJob {
             max_attempts: self.max_attempts,
             timeout_ms: self.timeout_ms,
             idempotency_key,
-            callback_url: self.callback_url,
+            ext: self
+                .callback_url
+                .map(|url| {
+                    (
+                        jobmill_webhooks::CALLBACK_URL.to_string(),
+                        Value::String(url),
+                    )
+                })
+                .into_iter()
+                .collect(),
         })
     }
 }
@@ -152,11 +161,11 @@ pub struct WebhookView {
 
 impl WebhookView {
     /// The public view (no secret).
-    pub fn of(ep: &jobmill::webhooks::records::Endpoint) -> Self {
+    pub fn of(ep: &jobmill_webhooks::records::Endpoint) -> Self {
         WebhookView {
             id: ep.id.clone(),
             url: ep.url.clone(),
-            events: ep.events.clone(),
+            events: ep.events.iter().map(|e| e.as_str().to_string()).collect(),
             enabled: ep.enabled == 1,
             disabled_reason: ep.disabled_reason.clone(),
             failing_since: (ep.failing_since_ms != 0)
@@ -168,7 +177,7 @@ impl WebhookView {
     }
 
     /// The view with the secret, for the one answer that hands it out.
-    pub fn with_secret(ep: &jobmill::webhooks::records::Endpoint) -> Self {
+    pub fn with_secret(ep: &jobmill_webhooks::records::Endpoint) -> Self {
         WebhookView {
             secret: Some(ep.secret.clone()),
             previous_secret_valid_until: ep
@@ -199,8 +208,8 @@ pub struct SigningSecretView {
     pub previous_secret_valid_until: Option<String>,
 }
 
-impl From<&jobmill::webhooks::records::TenantSecret> for SigningSecretView {
-    fn from(s: &jobmill::webhooks::records::TenantSecret) -> Self {
+impl From<&jobmill_webhooks::records::TenantSecret> for SigningSecretView {
+    fn from(s: &jobmill_webhooks::records::TenantSecret) -> Self {
         SigningSecretView {
             secret: s.secret.clone(),
             created_at: jobmill::view::ts(s.created_ms),
@@ -253,16 +262,16 @@ pub struct DeliveryView {
     pub attempts: Vec<DeliveryAttemptView>,
 }
 
-impl From<&jobmill::webhooks::records::Delivery> for DeliveryView {
-    fn from(d: &jobmill::webhooks::records::Delivery) -> Self {
+impl From<&jobmill_webhooks::records::Delivery> for DeliveryView {
+    fn from(d: &jobmill_webhooks::records::Delivery) -> Self {
         DeliveryView {
             id: d.id.clone(),
             job_id: d.job_id.clone(),
             endpoint_id: d.endpoint_id.clone(),
             url: d.url.clone(),
-            event: d.event.clone(),
+            event: d.event.as_str().to_string(),
             webhook_id: d.event_id.clone(),
-            status: d.status.clone(),
+            status: d.status.as_str().to_string(),
             created_at: jobmill::view::ts(d.created_ms),
             attempts: d
                 .attempts_in_order()

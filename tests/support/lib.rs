@@ -11,8 +11,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use jobmill::config::{Component, Settings};
+use jobmill::config::CoreSettings;
 use jobmill::Registry;
+use jobmill_api::ApiConfig;
+use jobmill_worker::WorkerConfig;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
@@ -107,15 +109,20 @@ impl Ctx {
         self
     }
 
-    /// Typed settings.
-    pub fn settings(&self) -> Settings {
-        Settings::from_lookup(Component::Api, |k| self.vars.get(k).cloned()).expect("test settings")
+    /// Typed settings of an API process.
+    pub fn settings(&self) -> ApiConfig {
+        ApiConfig::from_lookup(|k| self.vars.get(k).cloned()).expect("test settings")
+    }
+
+    /// The engine's settings.
+    pub fn core(&self) -> CoreSettings {
+        self.settings().core
     }
 
     /// Start the API in this process on a free port.
     pub async fn api(&self) -> Api {
         let settings = self.settings();
-        let state = jobmill_api::AppState::connect(&settings, Registry::builtin())
+        let state = jobmill_api::AppState::connect(&settings, Registry::new())
             .await
             .expect("api state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -141,11 +148,10 @@ impl Ctx {
 
     /// Run a worker inside this process.
     pub fn worker(&self) -> InprocWorker {
-        let settings =
-            Settings::from_lookup(Component::Worker, |k| self.vars.get(k).cloned()).unwrap();
+        let settings = WorkerConfig::from_lookup(|k| self.vars.get(k).cloned()).unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(async move {
-            jobmill_worker::run(settings, Registry::builtin(), async {
+            jobmill_worker::run(settings, Registry::new(), async {
                 let _ = rx.await;
             })
             .await
@@ -179,16 +185,18 @@ impl Ctx {
         Proc { child, log }
     }
 
-    /// A library client (what the API uses) on this test's servers.
+    /// A library client on this test's servers that knows the engine's kinds (`noop`,
+    /// `sleep`, `fail`).
     pub async fn client(&self) -> jobmill::JobClient {
-        jobmill::JobClient::connect(&self.settings(), Registry::builtin())
+        let catalog = jobmill::catalog::Catalog::new(&Registry::builtin());
+        jobmill::JobClient::connect(&self.core(), catalog)
             .await
             .expect("client")
     }
 
     /// A direct store handle on this test's database.
     pub async fn store(&self) -> jobmill::store::Store {
-        let s = self.settings();
+        let s = self.core();
         jobmill::store::Store::connect(s.mongodb_uri.expose(), &s.mongodb_db, s.retention)
             .await
             .unwrap()

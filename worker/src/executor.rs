@@ -1,6 +1,7 @@
-//! Runs one attempt of one job: looks up the handler, enforces the timeout, turns panics into
-//! failed attempts, gives a cancelled handler its grace period, and hands the outcome to the
-//! persister. Never writes to a store itself.
+//! Runs one attempt of one job: looks up the handler (a job of a kind this worker does not
+//! serve is deferred, uncharged, for a worker that does), enforces the timeout, turns panics
+//! into failed attempts, gives a cancelled handler its grace period, and hands the outcome to
+//! the persister. Never writes to MongoDB itself.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,10 @@ enum End {
     Released,
 }
 
+/// How long a job of a kind this worker does not serve waits before any worker may claim it
+/// again (jittered up to twice this), so workers that lack the kind do not spin on it.
+const DEFER: Duration = Duration::from_secs(1);
+
 /// Run one claimed attempt to its end and queue its write.
 pub(crate) async fn execute(
     shared: Arc<Shared>,
@@ -35,6 +40,10 @@ pub(crate) async fn execute(
 ) {
     let p = &claimed.payload;
     let attempt = claimed.attempt;
+    if shared.registry.get(&p.kind).is_none() {
+        defer(&shared, &claimed).await;
+        return;
+    }
     let started = DateTime::now();
     shared.persister.progress.track(&p.id, &p.queue, &p.tenant);
     shared.persister.send(Item {
@@ -73,7 +82,10 @@ pub(crate) async fn execute(
                 rand::random::<f64>(),
             );
             tracing::debug!(job = %p.id, kind = %p.kind, attempt, next = %decision.state(), "attempt ended");
-            let notify = shared.wants_end_event(&p.tenant, p.notify, &decision);
+            let record_event =
+                shared
+                    .subscribers
+                    .wants_end(&p.tenant, p.wants_events, decision.state());
             (
                 Write::Finish {
                     id: p.id.clone(),
@@ -82,7 +94,7 @@ pub(crate) async fn execute(
                     at: now,
                     decision,
                     progress: shared.persister.progress.take(&p.id),
-                    notify,
+                    record_event,
                 },
                 0.0,
             )
@@ -98,11 +110,8 @@ pub(crate) async fn execute(
 async fn run_handler(shared: &Shared, claimed: &Claimed, token: CancellationToken) -> End {
     let p = &claimed.payload;
     let Some(kind) = shared.registry.get(&p.kind) else {
-        return End::Outcome(AttemptOutcome::FailedPermanently(format!(
-            "this worker has no handler for kind '{}' (known: {})",
-            p.kind,
-            shared.registry.names().join(", ")
-        )));
+        // Checked before the attempt started; kept so the lookup cannot panic.
+        return End::Released;
     };
     let args = match serde_json::from_str(&p.args) {
         Ok(v) => v,
@@ -120,8 +129,7 @@ async fn run_handler(shared: &Shared, claimed: &Claimed, token: CancellationToke
         p.queue.clone(),
         token.clone(),
         shared.persister.progress.clone(),
-    )
-    .with_resources(shared.resources.clone());
+    );
     // A task of its own, so a panic is caught as a JoinError instead of killing the worker.
     let mut handle = tokio::spawn(kind.run(ctx, args));
     let timeout = Duration::from_millis(p.timeout_ms.max(1) as u64);
@@ -140,7 +148,7 @@ async fn run_handler(shared: &Shared, claimed: &Claimed, token: CancellationToke
                 biased;
                 r = &mut handle => End::Outcome(joined(r)),
                 _ = hard_stop.cancelled() => { handle.abort(); End::Released }
-                _ = tokio::time::sleep(shared.cancel_grace) => {
+                _ = tokio::time::sleep(shared.settings.cancel_grace) => {
                     handle.abort();
                     let why = match shared.inflight.reason(&p.id) {
                         Some(StopReason::Stale) => "the job moved on while this attempt started",
@@ -156,6 +164,25 @@ async fn run_handler(shared: &Shared, claimed: &Claimed, token: CancellationToke
             End::Outcome(AttemptOutcome::TimedOut(timeout))
         }
     }
+}
+
+/// Give back a job of a kind this worker does not serve: uncharged, nothing written to MongoDB
+/// (its start was never sent), to run after a short jittered pause so that a worker serving the
+/// kind claims it. Failing it instead would lose jobs once workers with different kinds share
+/// a queue.
+async fn defer(shared: &Shared, claimed: &Claimed) {
+    let p = &claimed.payload;
+    tracing::debug!(job = %p.id, kind = %p.kind, "kind not served here; deferring the job");
+    let jitter = DEFER.mul_f64(rand::random::<f64>());
+    let at = jobmill::job::now_ms() + (DEFER + jitter).as_millis() as i64;
+    let items = [(p.id.clone(), at)];
+    // If Redis is unreachable the lease stays ours until it expires; the rescuer then reruns
+    // the job (charging the attempt), which is still better than losing it.
+    if let Err(e) = shared.queue.defer(&p.queue, &shared.worker, &items).await {
+        tracing::warn!(job = %p.id, error = %e, "could not defer a job of a kind not served here");
+        return;
+    }
+    shared.inflight.remove(&p.id);
 }
 
 fn joined(r: Result<jobmill::Outcome, tokio::task::JoinError>) -> AttemptOutcome {

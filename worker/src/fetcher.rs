@@ -26,7 +26,7 @@ pub(crate) async fn fetch_loop(
 ) {
     // Finished-but-unrecorded jobs allowed beyond the running ones before claiming pauses
     // (MongoDB slow or down): bounds memory and the work a crash would repeat.
-    let cap = shared.concurrency + shared.max_unrecorded;
+    let cap = shared.settings.concurrency + shared.settings.max_unrecorded;
     let mut failures = 0u32;
     loop {
         let first = tokio::select! {
@@ -49,14 +49,14 @@ pub(crate) async fn fetch_loop(
         }
         let mut got = 0;
         let mut error = None;
-        let order = weighted_order(&shared.queues, &mut rand::rng());
+        let order = weighted_order(&shared.settings.queues, &mut rand::rng());
         for queue in order {
             if permits.is_empty() {
                 break;
             }
             match shared
                 .queue
-                .claim(&queue, &shared.worker, shared.lease, permits.len())
+                .claim(&queue, &shared.worker, shared.core.lease_ttl, permits.len())
                 .await
             {
                 Ok(claimed) => {

@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use jobmill::queue::RedisQueue;
 use redis::AsyncCommands;
@@ -31,18 +30,18 @@ pub(crate) fn spawn(
 
 async fn beat(shared: Arc<Shared>, stop: CancellationToken) {
     let Some(queue) = crate::backoff::until_ok("heartbeat connection", &stop, || {
-        RedisQueue::connect(shared.redis_url.expose(), &shared.key_prefix)
+        RedisQueue::connect(shared.core.redis_url.expose(), &shared.core.key_prefix)
     })
     .await
     else {
         return;
     };
-    let interval = shared.lease / 3;
+    let interval = shared.core.heartbeat_interval();
     loop {
         for (q, ids) in shared.inflight.by_queue() {
             for chunk in ids.chunks(500) {
                 match queue
-                    .heartbeat(&q, &shared.worker, shared.lease, chunk)
+                    .heartbeat(&q, &shared.worker, shared.core.lease_ttl, chunk)
                     .await
                 {
                     Ok((lost, cancel)) => {
@@ -80,6 +79,7 @@ async fn register(queue: &RedisQueue, shared: &Shared) -> jobmill::Result<()> {
     let key = keys.worker(&shared.worker);
     let now = jobmill::job::now_ms();
     let queues: Vec<String> = shared
+        .settings
         .queues
         .iter()
         .map(|q| format!("{}:{}", q.name, q.weight))
@@ -91,7 +91,8 @@ async fn register(queue: &RedisQueue, shared: &Shared) -> jobmill::Result<()> {
         ("started_ms", shared.identity.started_ms.to_string()),
         ("heartbeat_ms", now.to_string()),
         ("queues", queues.join(",")),
-        ("concurrency", shared.concurrency.to_string()),
+        ("concurrency", shared.settings.concurrency.to_string()),
+        ("kinds", shared.registry.names().join(",")),
         ("inflight", shared.inflight.len().to_string()),
         (
             "succeeded",
@@ -103,7 +104,7 @@ async fn register(queue: &RedisQueue, shared: &Shared) -> jobmill::Result<()> {
         ),
     ];
     let mut conn = queue.connection();
-    let ttl = (shared.lease * 3).max(Duration::from_secs(10));
+    let ttl = shared.core.registry_ttl();
     redis::pipe()
         .hset_multiple(&key, &fields)
         .ignore()

@@ -1,19 +1,20 @@
 //! jobmill worker: claims jobs from Redis, runs their handlers, records outcomes in MongoDB.
+//! The library assembles a stock worker (the engine plus the webhooks and data features) around
+//! the kinds a caller adds; `main.rs` is a thin binary over [`run`].
 //!
 //! # Layout
-//! - [`run`]: wires everything together and drains on shutdown.
+//! - [`run`]: assembles the features, wires the tasks together and drains on shutdown.
+//! - [`settings`]: the worker's settings section and the whole config of a worker process.
 //! - `fetcher`: claims jobs when handler slots are free.
-//! - `executor`: runs one attempt (timeout, panic, cancellation, grace period).
+//! - `executor`: runs one attempt (validation, timeout, panic, cancellation, grace period).
 //! - `persister`: write-behind of outcomes: batched MongoDB writes, then Redis follow-ups.
-//! - `heartbeat`: lease renewal on its own thread.
+//! - `heartbeat`: lease renewal and the worker registry, on its own thread.
 //! - `listener`: pub/sub wake-ups and cancel signals.
 //! - `maintenance`: scheduler, rescuer, reconciler.
-//! - `dispatcher`: turns webhook outbox entries into deliveries and delivery jobs.
 //! - `inflight`: the jobs this process holds.
 #![warn(missing_docs)]
 
 mod backoff;
-mod dispatcher;
 mod error;
 mod executor;
 mod fetcher;
@@ -23,24 +24,28 @@ pub mod inflight;
 mod listener;
 mod maintenance;
 pub mod persister;
+pub mod settings;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use jobmill::catalog::{self, Catalog};
 use jobmill::client::{JobClient, Limits};
-use jobmill::config::{QueueWeight, Secret, Settings};
+use jobmill::config::CoreSettings;
 use jobmill::kind::Registry;
+use jobmill::outbox::{self, Subscribers};
 use jobmill::queue::RedisQueue;
-use jobmill::state::{Decision, RetryPolicy};
+use jobmill::state::RetryPolicy;
 use jobmill::store::Store;
-use jobmill::webhooks::event_type;
-use jobmill::webhooks::subscriptions::Subscriptions;
+use jobmill_data::Data;
+use jobmill_webhooks::Webhooks;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 pub use error::WorkerError;
 pub use identity::Identity;
+pub use settings::{WorkerConfig, WorkerSettings};
 
 use inflight::Inflight;
 use persister::{Persister, Stats};
@@ -49,73 +54,54 @@ use persister::{Persister, Stats};
 pub(crate) struct Shared {
     identity: Identity,
     worker: String,
-    redis_url: Secret,
-    key_prefix: String,
-    queues: Vec<QueueWeight>,
-    concurrency: usize,
-    max_unrecorded: usize,
-    lease: Duration,
-    cancel_grace: Duration,
+    core: CoreSettings,
+    settings: WorkerSettings,
     policy: RetryPolicy,
     registry: Registry,
-    /// Stores handed to the handlers of kinds that read or write data.
-    resources: Arc<jobmill::kind::Resources>,
     store: Store,
     queue: RedisQueue,
     inflight: Arc<Inflight>,
     persister: Persister,
     stats: Arc<Stats>,
-    /// Submits follow-up jobs (webhook deliveries from the dispatcher).
-    client: JobClient,
     /// Fires when the drain time is over: running handlers are stopped and released.
     hard_stop: CancellationToken,
-    /// Which tenants' webhook endpoints want which events (reloaded by the dispatcher module).
-    subscriptions: Arc<Subscriptions>,
-    /// Wakes the subscriptions reload early (an endpoint changed).
-    subscriptions_changed: Arc<Notify>,
+    /// Who wants job events: asked by every write that ends a job.
+    subscribers: Subscribers,
 }
 
-impl Shared {
-    /// Whether the write that ends a job with `decision` records an outbox entry: it has a
-    /// `callback_url` (or its tenant had endpoints at submit: `notify_at_submit`), or an
-    /// endpoint of its tenant wants this event now.
-    fn wants_end_event(&self, tenant: &str, notify_at_submit: bool, decision: &Decision) -> bool {
-        let state = decision.state();
-        state.is_terminal()
-            && (notify_at_submit || self.subscriptions.wants(tenant, &event_type(state)))
-    }
-}
-
-/// Run a worker until `shutdown` resolves, then drain: stop claiming, let running jobs finish
-/// for up to `settings.shutdown_timeout`, release the rest back to their queues without
+/// Run a stock worker until `shutdown` resolves: the engine's kinds, the webhooks and data
+/// features, and the caller's own `kinds` on top. Then drain: stop claiming, let running jobs
+/// finish for up to the shutdown timeout, release the rest back to their queues without
 /// charging an attempt, and return once every outcome is recorded.
 ///
 /// Store outages are not errors: the worker waits for Redis and MongoDB and carries on.
 pub async fn run(
-    settings: Settings,
-    registry: Registry,
+    config: WorkerConfig,
+    kinds: Registry,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), WorkerError> {
     let store = Store::connect(
-        settings.mongodb_uri.expose(),
-        &settings.mongodb_db,
-        settings.retention,
+        config.core.mongodb_uri.expose(),
+        &config.core.mongodb_db,
+        config.core.retention,
     )
     .await?;
-    run_with_store(settings, registry, store, shutdown).await
+    run_with_store(config, kinds, store, shutdown).await
 }
 
 /// [`run`] with a store handle built by the caller (for example with MongoDB command
 /// monitoring attached, as the benchmarks do).
 pub async fn run_with_store(
-    settings: Settings,
-    registry: Registry,
+    config: WorkerConfig,
+    kinds: Registry,
     store: Store,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), WorkerError> {
     let identity = Identity::new();
     let worker = identity.id.clone();
     tokio::pin!(shutdown);
+    let core = config.core.clone();
+    let settings = config.worker.clone();
 
     let stop_claiming = CancellationToken::new();
     let hard_stop = CancellationToken::new();
@@ -123,21 +109,66 @@ pub async fn run_with_store(
 
     let queue = tokio::select! {
         q = backoff::until_ok("redis connection", &stop_all, || {
-            RedisQueue::connect(settings.redis_url.expose(), &settings.key_prefix)
+            RedisQueue::connect(core.redis_url.expose(), &core.key_prefix)
         }) => q.expect("only cancelled by stop_all"),
         _ = &mut shutdown => return Ok(()),
     };
+
+    // Assemble the features. The client needs the webhooks' submit hook, the data feature
+    // needs the client, and the catalog learns the kinds last.
+    let catalog = Catalog::new(&Registry::new());
+    let webhooks = Webhooks::new(&store, &queue, core.redis_url.clone(), config.webhooks);
+    let client = JobClient::new(
+        store.clone(),
+        queue.clone(),
+        catalog.clone(),
+        Limits::from_settings(&core),
+        vec![webhooks.submit_hook()],
+    );
+    let data = Data::new(&client, config.data);
+    let mut registry = Registry::builtin();
+    webhooks.register_kinds(&mut registry);
+    data.register_kinds(&mut registry);
+    registry.extend(&kinds);
+    catalog.set_local(&registry);
+    let subscribers = Subscribers::new(vec![webhooks.subscriber()]);
+
     {
-        let store = store.clone();
-        let stop = stop_all.clone();
+        let (store, webhooks, data, stop) = (
+            store.clone(),
+            webhooks.clone(),
+            data.clone(),
+            stop_all.clone(),
+        );
         tokio::spawn(async move {
-            backoff::until_ok("create indexes", &stop, || store.ensure_indexes()).await;
+            backoff::until_ok("create indexes", &stop, || async {
+                store.ensure_indexes().await?;
+                webhooks.ensure_indexes().await?;
+                data.ensure_indexes().await
+            })
+            .await;
+        });
+    }
+    {
+        // Announce the kinds this worker serves, so any API accepts them from now on.
+        let (store, queue, registry, worker, stop) = (
+            store.clone(),
+            queue.clone(),
+            registry.clone(),
+            worker.clone(),
+            stop_all.clone(),
+        );
+        tokio::spawn(async move {
+            backoff::until_ok("announce kinds", &stop, || {
+                catalog::announce(&store, &registry, &worker)
+            })
+            .await;
+            let _ = queue.publish(&queue.keys().kinds_channel(), &worker).await;
         });
     }
 
     let inflight = Arc::new(Inflight::default());
     let stats = Arc::new(Stats::default());
-    let subscriptions = Arc::new(Subscriptions::default());
     let persister = persister::spawn(Arc::new(persister::Context {
         store: store.clone(),
         queue: queue.clone(),
@@ -145,46 +176,25 @@ pub async fn run_with_store(
         inflight: inflight.clone(),
         stats: stats.clone(),
         stop: stop_all.clone(),
-        subscriptions: subscriptions.clone(),
-        progress_events_every: settings.webhooks.progress_every,
+        subscribers: subscribers.clone(),
     }));
-    // One client for everything this process submits: follow-up jobs of handlers (a finished
-    // import queues a cache rebuild) and webhook deliveries of the dispatcher.
-    let client = JobClient::new(
-        store.clone(),
-        queue.clone(),
-        registry.clone(),
-        Limits::from_settings(&settings),
-    );
-    let resources = Arc::new(jobmill::kind::Resources {
-        client: client.clone(),
-        settings: Arc::new(settings.clone()),
-    });
     let shared = Arc::new(Shared {
         identity,
         worker: worker.clone(),
-        redis_url: settings.redis_url.clone(),
-        key_prefix: settings.key_prefix.clone(),
-        queues: settings.queues.clone(),
-        concurrency: settings.concurrency,
-        max_unrecorded: settings.max_unrecorded,
-        lease: settings.lease_ttl,
-        cancel_grace: settings.cancel_grace,
         policy: RetryPolicy {
-            base: settings.retry_base,
-            max: settings.retry_max,
+            base: core.retry_base,
+            max: core.retry_max,
         },
-        client,
+        core,
+        settings: settings.clone(),
         registry,
-        resources,
         store,
         queue,
         inflight: inflight.clone(),
         persister,
         stats,
         hard_stop: hard_stop.clone(),
-        subscriptions,
-        subscriptions_changed: Arc::new(Notify::new()),
+        subscribers: subscribers.clone(),
     });
 
     let slots = Arc::new(Semaphore::new(settings.concurrency));
@@ -205,12 +215,15 @@ pub async fn run_with_store(
     ));
     tokio::spawn(maintenance::rescuer(shared.clone(), stop_all.clone()));
     tokio::spawn(maintenance::reconciler(shared.clone(), stop_all.clone()));
-    tokio::spawn(dispatcher::subscriptions(shared.clone(), stop_all.clone()));
-    tokio::spawn(dispatcher::dispatcher(
-        shared.clone(),
-        settings.webhooks.timeout,
+    tokio::spawn(outbox::run(
+        client.clone(),
+        subscribers,
+        worker.clone(),
         stop_all.clone(),
     ));
+    for feature_loop in webhooks.loops(stop_all.clone()) {
+        tokio::spawn(feature_loop);
+    }
     let fetcher = tokio::spawn(fetcher::fetch_loop(
         shared.clone(),
         slots.clone(),

@@ -1,6 +1,5 @@
 //! Pub/sub listener: wakes the fetcher when a queue gets work, the scheduler when a job was
-//! scheduled, reloads webhook subscriptions when an endpoint changed, and stops handlers whose
-//! job was cancelled. Everything here is a latency hint;
+//! scheduled, and stops handlers whose job was cancelled. Everything here is a latency hint;
 //! polling covers a missed message.
 
 use std::sync::Arc;
@@ -18,18 +17,17 @@ pub(crate) async fn listen(
     schedule: Arc<Notify>,
     stop: CancellationToken,
 ) {
-    let keys = jobmill::keys::Keys::new(&shared.key_prefix);
+    let keys = shared.queue.keys().clone();
     let cancel_channel = keys.cancel_channel();
     let mut channels: Vec<String> = shared
+        .settings
         .queues
         .iter()
         .map(|q| keys.wake_channel(&q.name))
         .collect();
     channels.push(cancel_channel.clone());
-    let endpoints_channel = keys.endpoints_channel();
-    channels.push(endpoints_channel.clone());
     let Some(mut sub) = crate::backoff::until_ok("pub/sub subscription", &stop, || {
-        Subscription::open(shared.redis_url.expose(), &channels)
+        Subscription::open(shared.core.redis_url.expose(), &channels)
     })
     .await
     else {
@@ -42,8 +40,6 @@ pub(crate) async fn listen(
         };
         if msg.channel == cancel_channel {
             shared.inflight.stop(&msg.payload, StopReason::Cancelled);
-        } else if msg.channel == endpoints_channel {
-            shared.subscriptions_changed.notify_one();
         } else if msg.payload == "s" {
             schedule.notify_one();
         } else {

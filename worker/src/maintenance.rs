@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use jobmill::client::enqueue_entry;
 use jobmill::queue::Claimed;
-use jobmill::state::{decide, AttemptOutcome, Decision};
-use jobmill::store::{Applied, Write};
+use jobmill::state::{decide, AttemptOutcome};
+use jobmill::store::{RedisStep, Write};
 use mongodb::bson::DateTime;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -38,7 +38,7 @@ const REBUILD_PAGE: i64 = 500;
 pub(crate) async fn scheduler(shared: Arc<Shared>, wake: Arc<Notify>, stop: CancellationToken) {
     loop {
         let mut sleep = SCHEDULER_IDLE;
-        for q in &shared.queues {
+        for q in &shared.settings.queues {
             loop {
                 match shared.queue.promote(&q.name, PROMOTE_BATCH).await {
                     Ok((ids, next)) => {
@@ -76,11 +76,16 @@ pub(crate) async fn scheduler(shared: Arc<Shared>, wake: Arc<Notify>, stop: Canc
 }
 
 pub(crate) async fn rescuer(shared: Arc<Shared>, stop: CancellationToken) {
-    let every = (shared.lease / 4).clamp(Duration::from_millis(250), Duration::from_secs(5));
+    let every = shared.core.rescue_period();
     // A rescue that stalls this long (its rescuer died) is taken over.
-    let stale = (shared.lease * 2).max(Duration::from_secs(10));
+    let stale = shared.core.rescue_stale_after();
     loop {
-        let mut queues: BTreeSet<String> = shared.queues.iter().map(|q| q.name.clone()).collect();
+        let mut queues: BTreeSet<String> = shared
+            .settings
+            .queues
+            .iter()
+            .map(|q| q.name.clone())
+            .collect();
         match shared.queue.queue_names().await {
             Ok(all) => queues.extend(all),
             Err(e) => tracing::debug!(error = %e, "could not list queues"),
@@ -132,7 +137,11 @@ async fn settle_rescued(shared: &Shared, queue: &str, taken: Vec<Claimed>) -> jo
                 attempt: c.attempt as i32,
                 started_at: None,
                 at: now,
-                notify: shared.wants_end_event(&c.payload.tenant, c.payload.notify, &decision),
+                record_event: shared.subscribers.wants_end(
+                    &c.payload.tenant,
+                    c.payload.wants_events,
+                    decision.state(),
+                ),
                 decision,
                 progress: None,
             }
@@ -142,37 +151,21 @@ async fn settle_rescued(shared: &Shared, queue: &str, taken: Vec<Claimed>) -> jo
     let mut ack = Vec::new();
     let mut reschedule = Vec::new();
     let mut changed = Vec::new();
-    for (w, a) in writes.into_iter().zip(applied) {
-        let Write::Finish {
-            id,
-            attempt,
-            decision,
-            ..
-        } = w
-        else {
-            continue;
-        };
-        match (a, decision) {
-            (Applied::Done, Decision::Retry { delay, .. }) => {
-                tracing::warn!(job = %id, attempt, "lease expired; retrying");
-                reschedule.push((
-                    id.clone(),
-                    now.timestamp_millis() + delay.as_millis() as i64,
-                ));
-                changed.push(id);
+    for (w, a) in writes.iter().zip(applied) {
+        let then = w.follow_up(&a, now.timestamp_millis());
+        let id = w.id().to_string();
+        if then.changed {
+            match then.step {
+                RedisStep::Reschedule(_) => tracing::warn!(job = %id, "lease expired; retrying"),
+                _ => tracing::warn!(job = %id, "lease expired; attempts exhausted"),
             }
-            (Applied::Done, _) => {
-                tracing::warn!(job = %id, attempt, "lease expired; attempts exhausted");
-                ack.push(id.clone());
-                changed.push(id);
-            }
-            (
-                Applied::Stale {
-                    actual: Some(s), ..
-                },
-                _,
-            ) if !s.is_terminal() => reschedule.push((id, now.timestamp_millis())),
-            (Applied::Stale { .. }, _) => ack.push(id),
+            changed.push(id.clone());
+        }
+        match then.step {
+            RedisStep::Reschedule(at) => reschedule.push((id, at)),
+            RedisStep::Ack => ack.push(id),
+            // A rescue writes only `Finish`, whose follow-ups are the two above.
+            RedisStep::Keep | RedisStep::StopHandler | RedisStep::Release => {}
         }
     }
     shared.queue.reschedule(queue, None, &reschedule).await?;

@@ -15,12 +15,10 @@ use std::time::{Duration, Instant};
 
 use jobmill::job::Progress;
 use jobmill::kind::ProgressSink;
+use jobmill::outbox::{JobEvent, Subscribers};
 use jobmill::queue::RedisQueue;
 use jobmill::state::Decision;
-use jobmill::store::{Applied, Store, Write, WRITE_BATCH};
-use jobmill::webhooks::subscriptions::Subscriptions;
-use jobmill::webhooks::PROGRESS;
-use jobmill::JobState;
+use jobmill::store::{Applied, RedisStep, Store, Write, WRITE_BATCH};
 use mongodb::bson::DateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -186,10 +184,8 @@ pub struct Context {
     pub stats: Arc<Stats>,
     /// Fires when the worker has finished with everything.
     pub stop: CancellationToken,
-    /// Which tenants want which webhook events.
-    pub subscriptions: Arc<Subscriptions>,
-    /// Least time between two `job.progress` events of one job.
-    pub progress_events_every: Duration,
+    /// Who wants job events (the outbox).
+    pub subscribers: Subscribers,
 }
 
 /// Start both stages.
@@ -222,8 +218,11 @@ async fn mongo_stage(
             _ = tick.tick() => {
                 for r in progress.drain() {
                     // Checked in this order so the rate limit is only spent on a sent event.
-                    let event = ctx.subscriptions.wants(&r.tenant, PROGRESS)
-                        && progress.event_due(&r.id, ctx.progress_events_every);
+                    let event = ctx.subscribers.wants(&r.tenant, JobEvent::Progress)
+                        && ctx
+                            .subscribers
+                            .progress_every()
+                            .is_some_and(|every| progress.event_due(&r.id, every));
                     batch.push(Item {
                         queue: r.queue,
                         write: Write::Progress {
@@ -321,78 +320,49 @@ async fn redis_stage(
         let mut f = FollowUps::default();
         let now = DateTime::now().timestamp_millis();
         for (item, applied) in items.into_iter().zip(applied) {
-            let q = item.queue;
-            match (item.write, applied) {
-                (Write::Start { id, .. }, Applied::Done) => f.changed.push(id),
-                (Write::Start { id, .. }, Applied::Stale { actual, .. }) => {
-                    // Cancelled or moved on while we claimed it: stop the handler. Its outcome
-                    // will be refused too, and that path cleans Redis up.
-                    tracing::info!(job = %id, ?actual, "start refused; stopping the handler");
+            let id = item.write.id().to_string();
+            let then = item.write.follow_up(&applied, now);
+            if let (Write::Finish { decision, .. }, Applied::Done) = (&item.write, &applied) {
+                match decision {
+                    Decision::Succeed(_) => ctx.stats.succeeded.fetch_add(1, Ordering::Relaxed),
+                    _ => ctx.stats.failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+            match then.step {
+                RedisStep::Keep => {}
+                RedisStep::StopHandler => {
+                    // Cancelled or moved on while we claimed it. Its outcome will be refused
+                    // too, and that path cleans Redis up.
+                    tracing::info!(job = %id, "start refused; stopping the handler");
                     ctx.inflight.stop(&id, StopReason::Stale);
                 }
-                (Write::Progress { id, .. }, Applied::Done) => f.changed.push(id),
-                (Write::Progress { .. }, Applied::Stale { .. }) => {}
-                (
-                    Write::Finish {
-                        id, at, decision, ..
-                    },
-                    Applied::Done,
-                ) => {
-                    match &decision {
-                        Decision::Succeed(_) => ctx.stats.succeeded.fetch_add(1, Ordering::Relaxed),
-                        _ => ctx.stats.failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                    match decision {
-                        Decision::Retry { delay, .. } => f
-                            .reschedule
-                            .entry(q)
-                            .or_default()
-                            .push((id.clone(), at.timestamp_millis() + delay.as_millis() as i64)),
-                        _ => f.ack.entry(q).or_default().push(id.clone()),
-                    }
-                    f.changed.push(id.clone());
-                    f.leave.push(id);
-                }
-                (
-                    Write::Finish { id, attempt, .. },
-                    Applied::Stale {
-                        actual,
-                        attempt: now_attempt,
-                    },
-                ) => {
-                    tracing::info!(job = %id, attempt, ?actual, now_attempt, "outcome refused: the job moved on");
-                    match actual {
-                        // A newer attempt is live somewhere; give back our lease if we still
-                        // hold it (the script checks ownership) so the job is not stranded.
-                        Some(s) if !s.is_terminal() => {
-                            f.reschedule.entry(q).or_default().push((id.clone(), now))
-                        }
-                        _ => f.ack.entry(q).or_default().push(id.clone()),
-                    }
-                    f.leave.push(id);
-                }
-                (Write::Release { id, .. }, Applied::Done) => {
-                    f.release
-                        .entry(q)
-                        .or_default()
-                        .push((id.clone(), item.release_score));
-                    f.changed.push(id.clone());
-                    f.leave.push(id);
-                }
-                (Write::Release { id, .. }, Applied::Stale { actual, .. }) => {
-                    match actual {
-                        Some(JobState::Running)
-                        | Some(JobState::Queued)
-                        | Some(JobState::Scheduled)
-                        | Some(JobState::Retrying) => f
-                            .release
-                            .entry(q)
-                            .or_default()
-                            .push((id.clone(), item.release_score)),
-                        _ => f.ack.entry(q).or_default().push(id.clone()),
-                    }
-                    f.leave.push(id);
-                }
+                RedisStep::Ack => f.ack.entry(item.queue).or_default().push(id.clone()),
+                RedisStep::Reschedule(at) => f
+                    .reschedule
+                    .entry(item.queue)
+                    .or_default()
+                    .push((id.clone(), at)),
+                RedisStep::Release => f
+                    .release
+                    .entry(item.queue)
+                    .or_default()
+                    .push((id.clone(), item.release_score)),
+            }
+            if let (
+                Write::Finish { attempt, .. },
+                Applied::Stale {
+                    actual,
+                    attempt: now_attempt,
+                },
+            ) = (&item.write, &applied)
+            {
+                tracing::info!(job = %id, attempt, ?actual, now_attempt, "outcome refused: the job moved on");
+            }
+            if then.changed {
+                f.changed.push(id.clone());
+            }
+            if then.done {
+                f.leave.push(id);
             }
         }
         let worker = ctx.worker.as_str();
@@ -467,7 +437,7 @@ mod tests {
                 at,
                 decision: Decision::Succeed(serde_json::json!(null)),
                 progress: None,
-                notify: false,
+                record_event: false,
             }),
             // An older attempt's start is not the same attempt: kept.
             item(Write::Start {

@@ -5,8 +5,8 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use jobmill::cache::{page_json, Cached, PageCache};
-use jobmill::datasets::{check_name, row_json, Dataset, Datasets};
+use jobmill_data::cache::{page_json, Cached};
+use jobmill_data::datasets::{check_name, row_json, Dataset};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -54,8 +54,8 @@ pub struct RowParams {
     pub cursor: Option<String>,
 }
 
-fn datasets(state: &AppState) -> Datasets {
-    Datasets::new(state.client.store().database())
+fn datasets(state: &AppState) -> jobmill_data::datasets::Datasets {
+    state.data.datasets().clone()
 }
 
 async fn load(state: &AppState, caller: &Caller, name: &str) -> Result<Dataset, ApiError> {
@@ -158,7 +158,7 @@ pub async fn datasets_page(
             ApiError::bad_request("invalid_page", "page must be from 0 to 999999")
         })?;
     let ds = load(&state, &caller, &name).await?;
-    let cache = PageCache::with(&state.client, &state.settings);
+    let cache = state.data.cache();
     let cacheable = n < cache.pages as u64;
     let mut seen = None;
     if cacheable {

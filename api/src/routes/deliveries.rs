@@ -3,8 +3,8 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use jobmill::webhooks::records::sending_job_key;
-use jobmill::webhooks::{delivery_job, TENANT};
+use jobmill_webhooks::records::sending_job_key;
+use jobmill_webhooks::{delivery_job, TENANT};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
@@ -30,9 +30,8 @@ pub async fn deliveries_show(
     ResourceId(id): ResourceId,
 ) -> Result<Response, ApiError> {
     let d = state
-        .client
+        .webhooks
         .store()
-        .webhooks()
         .get_delivery(&id, caller.scope())
         .await?
         .ok_or_else(not_found)?;
@@ -54,7 +53,7 @@ pub async fn deliveries_replay(
     caller: Caller,
     ResourceId(id): ResourceId,
 ) -> Result<Response, ApiError> {
-    let hooks = state.client.store().webhooks();
+    let hooks = state.webhooks.store();
     let d = match hooks.start_replay(&id, caller.scope()).await? {
         Some(d) => d,
         None => {
@@ -91,7 +90,10 @@ pub async fn deliveries_replay(
     let key = sending_job_key(&d.id, d.replays);
     state
         .client
-        .submit(TENANT, delivery_job(&d.id, key, state.webhooks().timeout))
+        .submit_internal(
+            TENANT,
+            vec![delivery_job(&d.id, key, state.webhooks.settings().timeout)],
+        )
         .await?;
     Ok((StatusCode::ACCEPTED, axum::Json(DeliveryView::from(&d))).into_response())
 }

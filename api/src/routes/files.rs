@@ -9,7 +9,7 @@ use axum::http::header::{
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::TryStreamExt;
-use jobmill::files::FileMeta;
+use jobmill_data::files::{FileMeta, FileState};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -81,6 +81,7 @@ pub async fn files_index(
 ) -> Result<Response, ApiError> {
     let (limit, before) = page_params(p.limit, p.cursor.as_deref())?;
     let files = state
+        .data
         .files()
         .list_files(caller.scope(), before.as_deref(), limit)
         .await?;
@@ -101,8 +102,8 @@ fn not_found() -> ApiError {
 async fn load(state: &AppState, caller: &Caller, raw: &str) -> Result<FileMeta, ApiError> {
     let id = parse_job_id(raw)
         .map_err(|_| ApiError::bad_request("invalid_id", "the file id must be a UUID"))?;
-    match state.files().file(&id, caller.scope()).await? {
-        Some(f) if f.state == "complete" => Ok(f),
+    match state.data.files().file(&id, caller.scope()).await? {
+        Some(f) if f.state == FileState::Complete => Ok(f),
         _ => Err(not_found()),
     }
 }
@@ -224,6 +225,7 @@ pub async fn files_show(
         return Ok((status, h).into_response());
     }
     let stream = state
+        .data
         .files()
         .read_range(&f, start, end)
         .map_err(|e| std::io::Error::other(e.to_string()));
@@ -243,7 +245,12 @@ pub async fn files_delete(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let f = load(&state, &caller, &id).await?;
-    if !state.files().delete_file(&f.id, caller.scope()).await? {
+    if !state
+        .data
+        .files()
+        .delete_file(&f.id, caller.scope())
+        .await?
+    {
         return Err(not_found());
     }
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -415,9 +415,8 @@ pub async fn jobs_deliveries(
 ) -> Result<Response, ApiError> {
     load(&state, &caller, &id).await?;
     let ds = state
-        .client
+        .webhooks
         .store()
-        .webhooks()
         .deliveries_of_job(&id, caller.scope(), crate::routes::webhooks::MAX_DELIVERIES)
         .await?;
     Ok(axum::Json(DeliveryList {

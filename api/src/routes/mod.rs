@@ -5,5 +5,6 @@ pub mod deliveries;
 pub mod files;
 pub mod health;
 pub mod jobs;
+pub mod kinds;
 pub mod uploads;
 pub mod webhooks;

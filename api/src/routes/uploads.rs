@@ -5,11 +5,11 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use jobmill::files::{
-    parse_content_md5, parse_sha256_hex, PartCheck, Upload, MAX_FILENAME, MAX_PARTS,
+use jobmill::{JobKind as _, NewJob};
+use jobmill_data::files::{
+    parse_content_md5, parse_sha256_hex, PartCheck, Upload, UploadState, MAX_FILENAME, MAX_PARTS,
 };
-use jobmill::kinds::check_parts;
-use jobmill::NewJob;
+use jobmill_data::kinds::{check_parts, FileAssembly};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
@@ -69,11 +69,11 @@ pub struct UploadView {
     pub job_id: Option<String>,
 }
 
-fn view(up: &Upload, parts: &[jobmill::files::Part]) -> UploadView {
+fn view(up: &Upload, parts: &[jobmill_data::files::Part]) -> UploadView {
     UploadView {
         id: up.id.clone(),
         filename: up.filename.clone(),
-        state: up.state.clone(),
+        state: up.state.as_str().to_string(),
         part_size: up.part_size,
         size: up.size,
         sha256: up.sha256.clone(),
@@ -109,7 +109,7 @@ pub async fn uploads_create(
     caller: Caller,
     Json(body): Json<CreateUpload>,
 ) -> Result<Response, ApiError> {
-    let part_size = state.settings.upload_part_size as i64;
+    let part_size = state.data.settings().upload_part_size as i64;
     if body.filename.is_empty()
         || body.filename.chars().count() > MAX_FILENAME
         || body.filename.chars().any(char::is_control)
@@ -143,6 +143,7 @@ pub async fn uploads_create(
         }
     };
     let up = state
+        .data
         .files()
         .create_upload(
             &caller.tenant,
@@ -164,6 +165,7 @@ async fn load(state: &AppState, caller: &Caller, raw_id: &str) -> Result<Upload,
     let id = parse_job_id(raw_id)
         .map_err(|_| ApiError::bad_request("invalid_id", "the upload id must be a UUID"))?;
     state
+        .data
         .files()
         .upload(&id, caller.scope())
         .await?
@@ -184,7 +186,7 @@ pub async fn uploads_show(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let up = load(&state, &caller, &id).await?;
-    let parts = state.files().parts(&up.id).await?;
+    let parts = state.data.files().parts(&up.id).await?;
     Ok(axum::Json(view(&up, &parts)).into_response())
 }
 
@@ -234,6 +236,7 @@ pub async fn uploads_part(
     }
     let up = load(&state, &caller, &id).await?;
     let part = state
+        .data
         .files()
         .put_part(&up, n, body.into_data_stream(), check)
         .await?;
@@ -261,8 +264,8 @@ pub async fn uploads_complete(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let up = load(&state, &caller, &id).await?;
-    if up.state == "open" {
-        let parts = state.files().parts(&up.id).await?;
+    if up.state == UploadState::Open {
+        let parts = state.data.files().parts(&up.id).await?;
         check_parts(&parts, up.part_size, up.size)
             .map_err(|m| unprocessable("incomplete_upload", m))?;
     }
@@ -272,7 +275,7 @@ pub async fn uploads_complete(
         .submit(
             &up.tenant,
             NewJob {
-                kind: "file_assembly".into(),
+                kind: FileAssembly::NAME.into(),
                 args: json!({ "upload_id": up.id }),
                 idempotency_key: Some(format!("file_assembly:{}", up.id)),
                 ..Default::default()
@@ -280,6 +283,7 @@ pub async fn uploads_complete(
         )
         .await?;
     state
+        .data
         .files()
         .mark_completing(&up.id, &submitted.job.id)
         .await?;

@@ -7,8 +7,9 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use jobmill::webhooks::records::{list_key, Endpoint};
-use jobmill::webhooks::{guard, signing, EVENTS, TERMINAL_EVENTS};
+use jobmill::outbox::JobEvent;
+use jobmill_webhooks::records::{list_key, Endpoint};
+use jobmill_webhooks::{guard, parse_events, signing};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
@@ -27,29 +28,22 @@ fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such webhook")
 }
 
-fn check_events(events: Option<Vec<String>>) -> Result<Vec<String>, ApiError> {
+fn check_events(events: Option<Vec<String>>) -> Result<Vec<JobEvent>, ApiError> {
     // Omitted: the terminal events. `job.progress` is opt-in (it can be many per job).
-    let events = events.unwrap_or_else(|| TERMINAL_EVENTS.iter().map(|e| e.to_string()).collect());
-    if events.is_empty() {
+    let Some(names) = events else {
+        return Ok(JobEvent::TERMINAL.to_vec());
+    };
+    if names.is_empty() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_events",
             "events must name at least one event type",
         ));
     }
-    let mut out: Vec<String> = Vec::new();
-    for e in events {
-        if !EVENTS.contains(&e.as_str()) {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_events",
-                format!(
-                    "unknown event type '{}'; known: {}",
-                    e.chars().take(64).collect::<String>(),
-                    EVENTS.join(", ")
-                ),
-            ));
-        }
+    let parsed = parse_events(&names)
+        .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_events", m))?;
+    let mut out: Vec<JobEvent> = Vec::new();
+    for e in parsed {
         if !out.contains(&e) {
             out.push(e);
         }
@@ -73,8 +67,8 @@ pub async fn webhooks_create(
 ) -> Result<Response, ApiError> {
     let events = check_events(body.events)?;
     let url = guard::parse_url(&body.url)?;
-    guard::resolve(&url, &state.webhooks().allow).await?;
-    let hooks = state.client.store().webhooks();
+    guard::resolve(&url, &state.webhooks.settings().allow).await?;
+    let hooks = state.webhooks.store();
     if hooks
         .list_endpoints(Some(&caller.tenant), MAX_ENDPOINTS)
         .await?
@@ -103,7 +97,7 @@ pub async fn webhooks_create(
         created_ms: now,
     };
     hooks.create_endpoint(&ep).await?;
-    state.client.endpoints_changed(&caller.tenant).await;
+    state.webhooks.endpoints_changed(&caller.tenant).await;
     Ok((
         StatusCode::CREATED,
         axum::Json(WebhookView::with_secret(&ep)),
@@ -122,9 +116,8 @@ pub async fn webhooks_index(
     caller: Caller,
 ) -> Result<Response, ApiError> {
     let eps = state
-        .client
+        .webhooks
         .store()
-        .webhooks()
         .list_endpoints(caller.scope(), MAX_ENDPOINTS)
         .await?;
     Ok(axum::Json(WebhookList {
@@ -147,9 +140,8 @@ pub async fn webhooks_show(
     ResourceId(id): ResourceId,
 ) -> Result<Response, ApiError> {
     let ep = state
-        .client
+        .webhooks
         .store()
-        .webhooks()
         .get_endpoint(&id, caller.scope())
         .await?
         .ok_or_else(not_found)?;
@@ -169,11 +161,11 @@ pub async fn webhooks_delete(
     caller: Caller,
     ResourceId(id): ResourceId,
 ) -> Result<Response, ApiError> {
-    let hooks = state.client.store().webhooks();
+    let hooks = state.webhooks.store();
     if !hooks.delete_endpoint(&id, caller.scope()).await? {
         return Err(not_found());
     }
-    state.client.endpoints_changed(&caller.tenant).await;
+    state.webhooks.endpoints_changed(&caller.tenant).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -191,13 +183,12 @@ pub async fn webhooks_enable(
     ResourceId(id): ResourceId,
 ) -> Result<Response, ApiError> {
     let ep = state
-        .client
+        .webhooks
         .store()
-        .webhooks()
         .set_enabled(&id, caller.scope(), true, None)
         .await?
         .ok_or_else(not_found)?;
-    state.client.endpoints_changed(&ep.tenant).await;
+    state.webhooks.endpoints_changed(&ep.tenant).await;
     Ok(axum::Json(WebhookView::of(&ep)).into_response())
 }
 
@@ -216,10 +207,13 @@ pub async fn webhooks_rotate(
     ResourceId(id): ResourceId,
 ) -> Result<Response, ApiError> {
     let ep = state
-        .client
+        .webhooks
         .store()
-        .webhooks()
-        .rotate_endpoint_secret(&id, caller.scope(), state.webhooks().rotation_grace)
+        .rotate_endpoint_secret(
+            &id,
+            caller.scope(),
+            state.webhooks.settings().rotation_grace,
+        )
         .await?
         .ok_or_else(not_found)?;
     Ok(axum::Json(WebhookView::with_secret(&ep)).into_response())
@@ -238,7 +232,7 @@ pub async fn webhooks_deliveries(
     caller: Caller,
     ResourceId(id): ResourceId,
 ) -> Result<Response, ApiError> {
-    let hooks = state.client.store().webhooks();
+    let hooks = state.webhooks.store();
     hooks
         .get_endpoint(&id, caller.scope())
         .await?
@@ -262,12 +256,7 @@ pub async fn webhooks_secret_show(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    let s = state
-        .client
-        .store()
-        .webhooks()
-        .tenant_secret(&caller.tenant)
-        .await?;
+    let s = state.webhooks.store().tenant_secret(&caller.tenant).await?;
     Ok(axum::Json(SigningSecretView::from(&s)).into_response())
 }
 
@@ -283,10 +272,9 @@ pub async fn webhooks_secret_rotate(
     caller: Caller,
 ) -> Result<Response, ApiError> {
     let s = state
-        .client
+        .webhooks
         .store()
-        .webhooks()
-        .rotate_tenant_secret(&caller.tenant, state.webhooks().rotation_grace)
+        .rotate_tenant_secret(&caller.tenant, state.webhooks.settings().rotation_grace)
         .await?;
     Ok(axum::Json(SigningSecretView::from(&s)).into_response())
 }

@@ -18,13 +18,12 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use serde_json::json;
 
-use crate::client::JobClient;
-use crate::config::Settings;
+use jobmill::error::{Error, Result};
+use jobmill::{JobClient, JobKind as _, NewJob};
+
 use crate::datasets::{row_json, Dataset, Datasets};
-use crate::error::{Error, Result};
-use crate::keys::{CacheKeys, Keys};
-use crate::kind::Resources;
-use crate::NewJob;
+use crate::keys::{CacheKeys, DataKeys};
+use crate::kinds::CacheRebuild;
 
 static SWAP: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/cache_swap.lua")));
@@ -58,7 +57,7 @@ pub enum Cached {
 pub struct PageCache {
     client: JobClient,
     conn: ConnectionManager,
-    keys: Keys,
+    keys: DataKeys,
     /// Rows per page.
     pub page_size: usize,
     /// Leading pages cached.
@@ -66,19 +65,14 @@ pub struct PageCache {
 }
 
 impl PageCache {
-    /// The cache a job handler uses.
-    pub fn new(res: &Resources) -> Self {
-        Self::with(&res.client, &res.settings)
-    }
-
-    /// The cache over a client's Redis with the given settings.
-    pub fn with(client: &JobClient, settings: &Settings) -> Self {
+    /// The cache over a client's Redis (rebuilds are submitted through the client).
+    pub fn new(client: &JobClient, page_size: usize, pages: usize) -> Self {
         PageCache {
             client: client.clone(),
             conn: client.queue().connection(),
-            keys: client.queue().keys().clone(),
-            page_size: settings.page_size,
-            pages: settings.cache_pages,
+            keys: DataKeys::new(client.queue().keys()),
+            page_size,
+            pages,
         }
     }
 
@@ -179,7 +173,7 @@ impl PageCache {
                     .submit(
                         tenant,
                         NewJob {
-                            kind: "cache_rebuild".into(),
+                            kind: CacheRebuild::NAME.into(),
                             args: json!({ "dataset": dataset }),
                             idempotency_key: Some(format!("cache_rebuild:{dataset}:{nonce}")),
                             ..Default::default()
@@ -240,7 +234,7 @@ impl PageCache {
     ) -> Result<(String, usize)> {
         let k = self.keys(&ds.tenant, &ds.name);
         let mut c = self.conn.clone();
-        let version = crate::job::new_job_id();
+        let version = jobmill::job::new_job_id();
         let vkey = k.version(&version);
         let mut written = 0;
         // Rows are read by seek on `_id`, a window of pages per query, not one skip query per

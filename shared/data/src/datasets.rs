@@ -15,8 +15,8 @@ use mongodb::{Collection, Database};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::Result;
-use crate::job::now_ms;
+use jobmill::error::Result;
+use jobmill::job::now_ms;
 
 /// The registry collection.
 pub const DATASETS: &str = "datasets";
@@ -41,7 +41,10 @@ pub struct Dataset {
     pub created_ms: i64,
 }
 
-/// Validate a dataset name.
+/// The JSON Schema pattern of a dataset name, the same rule as [`check_name`].
+pub const NAME_PATTERN: &str = "^[a-z0-9_]{1,48}$";
+
+/// Check a dataset name.
 pub fn check_name(name: &str) -> std::result::Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME

@@ -25,14 +25,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use md5::Md5;
-use mongodb::bson::{doc, spec::BinarySubtype, Binary, DateTime, Document};
+use mongodb::bson::{doc, spec::BinarySubtype, Binary, Document};
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
-use crate::job::{new_job_id, now_ms};
+use jobmill::error::{Error, Result};
+use jobmill::job::{new_job_id, now_ms, Retention};
+use jobmill::store::{newest_first, scoped};
 
 /// Size of every file chunk and part piece but the last: 256 KiB. Small enough that a chunk
 /// write is one quick round trip on the compatible server and memory per request stays tiny;
@@ -49,17 +50,55 @@ pub const UPLOADS: &str = "uploads";
 pub const UPLOAD_PARTS: &str = "upload_parts";
 /// Part pieces collection.
 pub const UPLOAD_PIECES: &str = "upload_pieces";
+/// The JSON Schema pattern of an upload or file id: a UUID, hyphenated or not.
+pub const ID_PATTERN: &str =
+    "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32})$";
 /// Files collection.
 pub const FILES: &str = "files";
 /// File chunks collection.
 pub const FILE_CHUNKS: &str = "file_chunks";
 
-/// The `retention` sub-document (a date inside a sub-document keeps its type on every server,
-/// which MongoDB's TTL index needs).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Expiry {
-    /// When MongoDB's TTL index removes the document.
-    pub expire_at: DateTime,
+/// Where an upload stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UploadState {
+    /// Parts are accepted.
+    Open,
+    /// Completion was asked for: the assembly job is submitted.
+    Completing,
+    /// The assembly job ended (the file is `complete`, or the job failed).
+    Completed,
+}
+
+impl UploadState {
+    /// The stored and shown name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UploadState::Open => "open",
+            UploadState::Completing => "completing",
+            UploadState::Completed => "completed",
+        }
+    }
+}
+
+/// Where an assembled file stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileState {
+    /// Its chunks are being written; never served.
+    Assembling,
+    /// Every byte is stored and its SHA-256 checked; served.
+    Complete,
+}
+
+impl FileState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileState::Assembling => "assembling",
+            FileState::Complete => "complete",
+        }
+    }
 }
 
 /// An upload in progress (or completed).
@@ -83,15 +122,15 @@ pub struct Upload {
     pub sha256: Option<String>,
     /// Size of every part but the last.
     pub part_size: i64,
-    /// `open` (parts accepted), `completing` (assembly job submitted), `completed`.
-    pub state: String,
+    /// Where it stands.
+    pub state: UploadState,
     /// The assembly job, once completion was asked for.
     #[serde(default)]
     pub job_id: Option<String>,
     /// Creation time.
     pub created_ms: i64,
     /// Abandoned uploads expire.
-    pub retention: Expiry,
+    pub retention: Retention,
 }
 
 /// One received part.
@@ -113,7 +152,7 @@ pub struct Part {
     /// Number of pieces.
     pub pieces: i64,
     /// Expires with the upload.
-    pub retention: Expiry,
+    pub retention: Retention,
 }
 
 /// An assembled (or assembling) file.
@@ -139,8 +178,8 @@ pub struct FileMeta {
     pub content_type: Option<String>,
     /// Chunk size the file was written with.
     pub chunk_size: i64,
-    /// `assembling` or `complete`; only complete files are served.
-    pub state: String,
+    /// Only complete files are served.
+    pub state: FileState,
     /// Creation time.
     pub created_ms: i64,
 }
@@ -229,10 +268,8 @@ impl FileStore {
         Ok(())
     }
 
-    fn expiry(&self) -> Expiry {
-        Expiry {
-            expire_at: DateTime::from_millis(now_ms() + self.retention.as_millis() as i64),
-        }
+    fn expiry(&self) -> Retention {
+        Retention::from_now(self.retention)
     }
 
     // ----- uploads ----------------------------------------------------------------------
@@ -255,7 +292,7 @@ impl FileStore {
             content_type,
             sha256,
             part_size,
-            state: "open".into(),
+            state: UploadState::Open,
             job_id: None,
             created_ms: now_ms(),
             retention: self.expiry(),
@@ -266,10 +303,7 @@ impl FileStore {
 
     /// An upload, optionally only if `tenant` owns it.
     pub async fn upload(&self, id: &str, tenant: Option<&str>) -> Result<Option<Upload>> {
-        let mut f = doc! { "_id": id };
-        if let Some(t) = tenant {
-            f.insert("tenant", t);
-        }
+        let f = scoped(doc! { "_id": id }, tenant);
         Ok(self.uploads.find_one(f).await?)
     }
 
@@ -301,12 +335,12 @@ impl FileStore {
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        if upload.state != "open" {
+        if upload.state != UploadState::Open {
             return Err(Error::Refused {
                 code: "upload_closed",
                 message: format!(
                     "the upload is {}; parts are no longer accepted",
-                    upload.state
+                    upload.state.as_str()
                 ),
             });
         }
@@ -434,7 +468,7 @@ impl FileStore {
                 "token": token,
                 "k": k as i64,
                 "data": binary(data),
-                "retention": { "expire_at": exp.expire_at },
+                "retention": exp.to_doc(),
             })
             .await?;
         Ok(())
@@ -488,8 +522,8 @@ impl FileStore {
     pub async fn mark_completing(&self, upload_id: &str, job_id: &str) -> Result<()> {
         self.uploads
             .update_one(
-                doc! { "_id": upload_id, "state": { "$in": ["open", "completing"] } },
-                doc! { "$set": { "state": "completing", "job_id": job_id } },
+                doc! { "_id": upload_id, "state": { "$in": [UploadState::Open.as_str(), UploadState::Completing.as_str()] } },
+                doc! { "$set": { "state": UploadState::Completing.as_str(), "job_id": job_id } },
             )
             .await?;
         Ok(())
@@ -500,7 +534,7 @@ impl FileStore {
         self.uploads
             .update_one(
                 doc! { "_id": upload_id },
-                doc! { "$set": { "state": "completed" } },
+                doc! { "$set": { "state": UploadState::Completed.as_str() } },
             )
             .await?;
         self.pieces
@@ -516,10 +550,7 @@ impl FileStore {
 
     /// A file, optionally only if `tenant` owns it (any state).
     pub async fn file(&self, id: &str, tenant: Option<&str>) -> Result<Option<FileMeta>> {
-        let mut f = doc! { "_id": id };
-        if let Some(t) = tenant {
-            f.insert("tenant", t);
-        }
+        let f = scoped(doc! { "_id": id }, tenant);
         Ok(self.files.find_one(f).await?)
     }
 
@@ -530,19 +561,8 @@ impl FileStore {
         before: Option<&str>,
         limit: i64,
     ) -> Result<Vec<FileMeta>> {
-        let mut f = doc! { "state": "complete" };
-        if let Some(t) = tenant {
-            f.insert("tenant", t);
-        }
-        f.insert("list_key", doc! { "$lt": before.unwrap_or("~") });
-        Ok(self
-            .files
-            .find(f)
-            .sort(doc! { "list_key": -1 })
-            .limit(limit)
-            .await?
-            .try_collect()
-            .await?)
+        let f = scoped(doc! { "state": FileState::Complete.as_str() }, tenant);
+        newest_first(&self.files, f, before, limit).await
     }
 
     /// Record (or re-record, on a retried assembly) that a file is being assembled.
@@ -559,7 +579,7 @@ impl FileStore {
         self.files
             .update_one(
                 doc! { "_id": id },
-                doc! { "$set": { "state": "complete", "size": size, "sha256": sha256 } },
+                doc! { "$set": { "state": FileState::Complete.as_str(), "size": size, "sha256": sha256 } },
             )
             .await?;
         Ok(())
@@ -616,10 +636,7 @@ impl FileStore {
     /// Delete a file and its chunks. Metadata first: a crash in between leaves unreachable
     /// chunks, never a listed file with missing bytes.
     pub async fn delete_file(&self, id: &str, tenant: Option<&str>) -> Result<bool> {
-        let mut f = doc! { "_id": id };
-        if let Some(t) = tenant {
-            f.insert("tenant", t);
-        }
+        let f = scoped(doc! { "_id": id }, tenant);
         let gone = self.files.delete_one(f).await?.deleted_count == 1;
         if gone {
             self.chunks.delete_many(doc! { "file_id": id }).await?;

@@ -1,28 +1,25 @@
 //! The submitting side of jobmill, used by the API and by Rust programs that enqueue jobs
-//! directly: validation, the MongoDB-then-Redis write order that makes an accepted job durable,
-//! idempotency keys, cancel and retry.
+//! directly: validation against the kinds catalog, the MongoDB-then-Redis write order that makes
+//! an accepted job durable, idempotency keys, cancel and retry. Features check and complete
+//! submissions through [`SubmitHook`]s.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime as ChronoDateTime, Utc};
 use mongodb::bson::DateTime;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{check_queue_name, Settings};
+use crate::catalog::{Access, Catalog};
+use crate::config::{check_queue_name, CoreSettings};
 use crate::error::{Error, Result};
 use crate::job::{new_job_id, ready_score, Job, MAX_PRIORITY, MIN_PRIORITY};
-use crate::kind::Registry;
+use crate::outbox::BoxFuture;
 use crate::queue::{CancelEffect, Enqueue, Placement, RedisQueue};
 use crate::state::JobState;
 use crate::store::{Inserted, Store};
-use crate::webhooks::{guard, AllowList};
-
-/// How long "does this tenant have webhook endpoints" is cached per process. An endpoint
-/// registered through another API process is seen by submissions here after at most this long.
-const ENDPOINT_CACHE: Duration = Duration::from_secs(2);
 
 /// Most attempts a job may be given.
 pub const MAX_ATTEMPTS: u32 = 100;
@@ -36,6 +33,9 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 200;
 pub const MAX_BATCH: usize = 1000;
 /// Default queue.
 pub const DEFAULT_QUEUE: &str = "default";
+/// Internal owners (the tenants of a feature's own jobs) contain this character, which API key
+/// names cannot, so no caller can own or submit as one.
+pub const INTERNAL_TENANT_SEP: char = ':';
 /// Default priority.
 pub const DEFAULT_PRIORITY: i32 = 0;
 
@@ -60,8 +60,22 @@ pub struct NewJob {
     pub timeout_ms: Option<u64>,
     /// Deduplication key, unique per tenant.
     pub idempotency_key: Option<String>,
-    /// URL that receives the signed `job.*` event when the job ends.
-    pub callback_url: Option<String>,
+    /// Fields owned by features (see [`Job::ext`]), checked by their [`SubmitHook`]s.
+    pub ext: serde_json::Map<String, Value>,
+}
+
+/// A feature's check of submissions: refuse what it cannot accept (a bad field of its own in
+/// [`Job::ext`]) and complete the records (for example mark that their events are wanted).
+/// Runs before anything is stored; an error refuses the whole submission.
+pub trait SubmitHook: Send + Sync {
+    /// Check and complete the jobs of one submission by `tenant`. In a batch, an error should
+    /// name the job's index (`job {i}: ...`).
+    fn prepare<'a>(
+        &'a self,
+        tenant: &'a str,
+        jobs: &'a mut [Job],
+        batch: bool,
+    ) -> BoxFuture<'a, Result<()>>;
 }
 
 /// Result of a submission.
@@ -78,16 +92,13 @@ pub struct Submitted {
 pub struct Limits {
     /// Largest serialized args.
     pub max_args_bytes: usize,
-    /// Callback hosts allowed to resolve to private addresses.
-    pub webhook_allow: AllowList,
 }
 
 impl Limits {
     /// The limits the settings ask for.
-    pub fn from_settings(s: &Settings) -> Self {
+    pub fn from_settings(s: &CoreSettings) -> Self {
         Limits {
             max_args_bytes: s.max_args_bytes,
-            webhook_allow: s.webhooks.allow.clone(),
         }
     }
 }
@@ -103,18 +114,24 @@ pub struct JobClient {
 struct ClientParts {
     store: Store,
     queue: RedisQueue,
-    registry: Registry,
+    catalog: Arc<Catalog>,
     limits: Limits,
+    hooks: Vec<Arc<dyn SubmitHook>>,
     confirm: mpsc::UnboundedSender<Vec<String>>,
     inserts: mpsc::UnboundedSender<GroupedInsert>,
-    has_endpoints: Mutex<HashMap<String, (bool, Instant)>>,
 }
 
 impl JobClient {
     /// Build a client. Spawns two background tasks (on the current Tokio runtime): one groups
     /// concurrent single submissions into one MongoDB insert, one batches the "this job is in
     /// Redis" confirmations into few MongoDB writes.
-    pub fn new(store: Store, queue: RedisQueue, registry: Registry, limits: Limits) -> Self {
+    pub fn new(
+        store: Store,
+        queue: RedisQueue,
+        catalog: Arc<Catalog>,
+        limits: Limits,
+        hooks: Vec<Arc<dyn SubmitHook>>,
+    ) -> Self {
         let (confirm, rx) = mpsc::unbounded_channel();
         tokio::spawn(confirm_loop(store.clone(), rx));
         let (inserts, rx) = mpsc::unbounded_channel();
@@ -123,17 +140,17 @@ impl JobClient {
             inner: Arc::new(ClientParts {
                 store,
                 queue,
-                registry,
+                catalog,
                 limits,
+                hooks,
                 confirm,
                 inserts,
-                has_endpoints: Mutex::default(),
             }),
         }
     }
 
-    /// Connect to both stores with `settings` and build a client for `registry`.
-    pub async fn connect(settings: &Settings, registry: Registry) -> Result<Self> {
+    /// Connect to both stores with `settings`; submissions are checked against `catalog`.
+    pub async fn connect(settings: &CoreSettings, catalog: Arc<Catalog>) -> Result<Self> {
         let store = Store::connect(
             settings.mongodb_uri.expose(),
             &settings.mongodb_db,
@@ -144,8 +161,9 @@ impl JobClient {
         Ok(JobClient::new(
             store,
             queue,
-            registry,
+            catalog,
             Limits::from_settings(settings),
+            Vec::new(),
         ))
     }
 
@@ -159,15 +177,19 @@ impl JobClient {
         &self.inner.queue
     }
 
-    /// The kinds.
-    pub fn registry(&self) -> &Registry {
-        &self.inner.registry
+    /// The kinds catalog submissions are checked against.
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.inner.catalog
     }
 
-    /// Validate a submission and build its job record. Nothing is written.
+    /// Validate a submission of a public kind and build its job record. Nothing is written.
     pub fn prepare(&self, tenant: &str, new: NewJob) -> Result<Job> {
-        let kind = self.inner.registry.validate(&new.kind, &new.args)?;
-        let defaults = kind.defaults();
+        self.prepare_as(tenant, new, Access::Public)
+    }
+
+    fn prepare_as(&self, tenant: &str, new: NewJob, access: Access) -> Result<Job> {
+        let kind = self.inner.catalog.validate(&new.kind, &new.args, access)?;
+        let defaults = &kind.defaults;
         let args_json = new.args.to_string();
         if args_json.len() > self.inner.limits.max_args_bytes {
             return Err(Error::invalid(
@@ -179,7 +201,7 @@ impl JobClient {
                 ),
             ));
         }
-        let queue = new.queue.unwrap_or_else(|| DEFAULT_QUEUE.to_string());
+        let queue = new.queue.unwrap_or_else(|| defaults.queue.clone());
         check_queue_name(&queue).map_err(|m| Error::invalid("invalid_queue", m))?;
         let priority = new.priority.unwrap_or(DEFAULT_PRIORITY);
         if !(MIN_PRIORITY..=MAX_PRIORITY).contains(&priority) {
@@ -195,9 +217,7 @@ impl JobClient {
                 format!("max_attempts must be from 1 to {MAX_ATTEMPTS}, got {max_attempts}"),
             ));
         }
-        let timeout_ms = new
-            .timeout_ms
-            .unwrap_or(defaults.timeout.as_millis() as u64);
+        let timeout_ms = new.timeout_ms.unwrap_or(defaults.timeout_ms);
         if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
             return Err(Error::invalid(
                 "invalid_timeout",
@@ -215,10 +235,6 @@ impl JobClient {
                 ));
             }
         }
-        let callback_url = match &new.callback_url {
-            None => None,
-            Some(raw) => Some(guard::parse_url(raw)?.to_string()),
-        };
         let now = DateTime::now();
         let now_ms = now.timestamp_millis();
         let run_at_ms = match (new.run_at, new.delay_ms) {
@@ -268,8 +284,8 @@ impl JobClient {
             attempt_budget: max_attempts as i32,
             timeout_ms: timeout_ms as i64,
             idempotency_key: new.idempotency_key,
-            notify: callback_url.is_some(),
-            callback_url,
+            ext: new.ext,
+            wants_events: false,
             outbox: None,
             progress: None,
             result_json: None,
@@ -295,6 +311,21 @@ impl JobClient {
     /// Submit several jobs: all are validated first, and if any is invalid none is stored.
     /// Jobs whose idempotency key was used before come back as the original job.
     pub async fn submit_batch(&self, tenant: &str, news: Vec<NewJob>) -> Result<Vec<Submitted>> {
+        self.submit_as(tenant, news, Access::Public).await
+    }
+
+    /// Submit jobs of jobmill itself (a feature's follow-up jobs): internal kinds are allowed.
+    /// Never reachable from a request.
+    pub async fn submit_internal(&self, owner: &str, news: Vec<NewJob>) -> Result<Vec<Submitted>> {
+        self.submit_as(owner, news, Access::Internal).await
+    }
+
+    async fn submit_as(
+        &self,
+        tenant: &str,
+        news: Vec<NewJob>,
+        access: Access,
+    ) -> Result<Vec<Submitted>> {
         if news.is_empty() {
             return Err(Error::invalid(
                 "empty_batch",
@@ -320,20 +351,13 @@ impl JobClient {
                 }
             }
             // In a batch, say which job is wrong.
-            let job = self.prepare(tenant, new).map_err(|e| match e {
-                Error::InvalidJob { code, message } if batch => Error::InvalidJob {
-                    code,
-                    message: format!("job {i}: {message}"),
-                },
-                other => other,
-            })?;
+            let job = self
+                .prepare_as(tenant, new, access)
+                .map_err(|e| in_batch(e, batch, i))?;
             jobs.push(job);
         }
-        self.check_callbacks(&jobs, batch).await?;
-        if jobs.iter().any(|j| !j.notify) && self.tenant_has_endpoints(tenant).await? {
-            for j in &mut jobs {
-                j.notify = true;
-            }
+        for hook in &self.inner.hooks {
+            hook.prepare(tenant, &mut jobs, batch).await?;
         }
         // MongoDB first: from here on the job is durable and will run.
         let inserted = if jobs.len() == 1 {
@@ -368,63 +392,6 @@ impl JobClient {
         }
         self.push_to_redis(&fresh).await;
         Ok(out)
-    }
-
-    /// Refuse callback URLs that resolve to private addresses (the worker checks again, after
-    /// its own resolution, right before sending).
-    async fn check_callbacks(&self, jobs: &[Job], batch: bool) -> Result<()> {
-        for (i, job) in jobs.iter().enumerate() {
-            let Some(raw) = &job.callback_url else {
-                continue;
-            };
-            let url = guard::parse_url(raw)?;
-            guard::resolve(&url, &self.inner.limits.webhook_allow)
-                .await
-                .map_err(|e| match e {
-                    Error::InvalidJob { code, message } if batch => Error::InvalidJob {
-                        code,
-                        message: format!("job {i}: {message}"),
-                    },
-                    other => other,
-                })?;
-        }
-        Ok(())
-    }
-
-    /// Whether the tenant has webhook endpoints (cached for [`ENDPOINT_CACHE`]). A job
-    /// submitted while it has none records no outbox entry when it ends.
-    async fn tenant_has_endpoints(&self, tenant: &str) -> Result<bool> {
-        if let Some((has, at)) = self.inner.has_endpoints.lock().expect("cache").get(tenant) {
-            if at.elapsed() < ENDPOINT_CACHE {
-                return Ok(*has);
-            }
-        }
-        let has = self
-            .inner
-            .store
-            .webhooks()
-            .tenant_has_endpoints(tenant)
-            .await?;
-        self.inner
-            .has_endpoints
-            .lock()
-            .expect("cache")
-            .insert(tenant.to_string(), (has, Instant::now()));
-        Ok(has)
-    }
-
-    /// A tenant's endpoints just changed: forget the cached answer here and tell the workers,
-    /// which decide again when each job ends (a lost message only delays that by their reload
-    /// period).
-    pub async fn endpoints_changed(&self, tenant: &str) {
-        self.inner
-            .has_endpoints
-            .lock()
-            .expect("cache")
-            .remove(tenant);
-        if let Err(e) = self.inner.queue.publish_endpoints_changed(tenant).await {
-            tracing::debug!(error = %e, "could not announce an endpoint change");
-        }
     }
 
     /// Insert one job together with whatever other single submissions are waiting (see
@@ -481,6 +448,21 @@ impl JobClient {
         self.push_to_redis(std::slice::from_ref(&job)).await;
         let _ = self.inner.queue.publish_changes(&[id.to_string()]).await;
         Ok(job)
+    }
+}
+
+/// Say which job of a batch an input error is about.
+fn in_batch(e: Error, batch: bool, i: usize) -> Error {
+    match e {
+        Error::InvalidJob { code, message } if batch => Error::InvalidJob {
+            code,
+            message: format!("job {i}: {message}"),
+        },
+        Error::InvalidArgs { message, details } if batch => Error::InvalidArgs {
+            message: format!("job {i}: {message}"),
+            details,
+        },
+        other => other,
     }
 }
 

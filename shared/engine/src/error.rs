@@ -13,14 +13,24 @@ pub enum Error {
     #[error("invalid configuration:\n{0}")]
     Config(String),
 
-    /// Bad input: a job submission failed validation (bad field, unknown kind, bad args), or
-    /// an upload, file or dataset request is malformed (API 422).
+    /// Bad input: a job submission failed validation (bad field, unknown kind), or a request
+    /// of a feature is malformed (API 422).
     #[error("{message}")]
     InvalidJob {
         /// Stable machine-readable code, e.g. `unknown_kind`.
         code: &'static str,
         /// Human sentence.
         message: String,
+    },
+
+    /// The args of a submission do not match the kind's schema (API 422 `invalid_args`, with
+    /// each problem's JSON Pointer into `args`).
+    #[error("{message}")]
+    InvalidArgs {
+        /// Human sentence listing the problems.
+        message: String,
+        /// Each problem.
+        details: Vec<ArgProblem>,
     },
 
     /// A guarded transition found the job in another state or attempt than expected, so a
@@ -48,13 +58,12 @@ pub enum Error {
     #[error("job not found")]
     NotFound,
 
-    /// No such upload, file or dataset (or it belongs to another tenant). The field names
-    /// what was looked for.
+    /// No such record of a feature (or it belongs to another tenant). The field names what was
+    /// looked for.
     #[error("no such {0}")]
     Missing(&'static str),
 
-    /// A request or a resource is in a state that forbids the action (API 409), e.g. a part
-    /// sent to an upload that is already completed.
+    /// A request or a resource is in a state that forbids the action (API 409).
     #[error("{message}")]
     Refused {
         /// Stable machine-readable code.
@@ -83,6 +92,15 @@ pub enum Error {
     /// A stored document or queue payload could not be decoded.
     #[error("corrupt data: {0}")]
     Corrupt(String),
+}
+
+/// One way the args of a submission break the kind's schema.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ArgProblem {
+    /// JSON Pointer into `args` (`""` for args as a whole).
+    pub path: String,
+    /// What is wrong there.
+    pub reason: String,
 }
 
 impl Error {

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use mongodb::bson::DateTime;
 use serde::{Deserialize, Serialize};
 
+use crate::outbox::JobEvent;
 use crate::state::JobState;
 
 /// Lowest priority.
@@ -50,19 +51,21 @@ pub struct Job {
     /// Caller-supplied deduplication key, unique per tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
-    /// URL that receives the signed webhook event when the job ends.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub callback_url: Option<String>,
-    /// Whether someone was known, at submit, to want this job's end (it has a `callback_url`,
-    /// or its tenant had webhook endpoints). The worker that ends the job also asks its
-    /// [`Subscriptions`](crate::webhooks::subscriptions::Subscriptions), so an endpoint
-    /// registered later still hears about it. Either decides that the terminal write records an
+    /// Fields owned by features, stored and shown as they are (for example a URL a feature
+    /// calls when the job ends). The engine never reads them; a feature's
+    /// [`SubmitHook`](crate::client::SubmitHook) checks them at submission.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub ext: serde_json::Map<String, serde_json::Value>,
+    /// Whether a subscriber of the job-event outbox was known, at submit, to want this job's
+    /// events (a feature's submit hook decided so). The worker that ends the job also asks the
+    /// subscribers ([`Subscribers::wants`](crate::outbox::Subscribers::wants)), so one that
+    /// starts caring later still hears of it. Either decides that the terminal write records an
     /// outbox entry.
-    #[serde(default, deserialize_with = "lenient_bool")]
-    pub notify: bool,
-    /// The webhook outbox: written by the same update that moves the job to a terminal state,
-    /// so the intent to notify can never be lost between "job finished" and "webhook sent".
-    /// The dispatcher turns it into deliveries and clears `pending`.
+    #[serde(default, alias = "notify", deserialize_with = "lenient_bool")]
+    pub wants_events: bool,
+    /// The job-event outbox: written by the same update that moves the job to a terminal state,
+    /// so the intent to tell subscribers can never be lost between "job finished" and "event
+    /// handled". The worker's outbox loop hands it to the subscribers, then clears `pending`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbox: Option<Outbox>,
     /// Latest progress report of the running attempt.
@@ -104,18 +107,18 @@ pub struct Job {
     pub enqueue_pending: bool,
 }
 
-/// A terminal event waiting to be turned into webhook deliveries. A sub-document, so its
-/// fields keep their types on the MongoDB-compatible server.
+/// An event waiting in the outbox. A sub-document, so its fields keep their types on the
+/// MongoDB-compatible server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outbox {
-    /// 1 while the dispatcher has not handled it, 0 after (an integer: the partial index filters
-    /// on it, and the compatible server turns booleans into integers anyway).
+    /// 1 while the subscribers have not handled it, 0 after (an integer: the partial index
+    /// filters on it, and the compatible server turns booleans into integers anyway).
     pub pending: i32,
-    /// Event type, e.g. `job.succeeded`.
-    pub event: String,
-    /// Stable event id, the `webhook-id` header of every delivery of this event.
+    /// What happened.
+    pub event: JobEvent,
+    /// Stable event id: subscribers, and whoever they tell, dedupe on it.
     pub id: String,
-    /// When the job reached its terminal state, ms since the epoch.
+    /// When it happened, ms since the epoch.
     pub at_ms: i64,
 }
 
@@ -126,11 +129,35 @@ pub fn event_id(job_id: &str, at_ms: i64) -> String {
     format!("evt_{}_{at_ms}", job_id.replace('-', ""))
 }
 
-/// When a finished job may be deleted.
+/// When a record may be deleted: the sub-document every TTL index of jobmill (jobs, and the
+/// records of features) reads. A sub-document because a date inside one keeps its type on every
+/// server, and MongoDB's TTL index needs a real date.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Retention {
     /// Deletion time (the TTL index fires after it).
     pub expire_at: DateTime,
+}
+
+impl Retention {
+    /// Expire `keep` after `from`.
+    pub fn after(from: DateTime, keep: std::time::Duration) -> Self {
+        Retention {
+            expire_at: DateTime::from_millis(
+                from.timestamp_millis()
+                    .saturating_add(keep.as_millis().min(i64::MAX as u128) as i64),
+            ),
+        }
+    }
+
+    /// Expire `keep` from now.
+    pub fn from_now(keep: std::time::Duration) -> Self {
+        Self::after(DateTime::now(), keep)
+    }
+
+    /// As a BSON sub-document, for `$set`.
+    pub fn to_doc(&self) -> mongodb::bson::Document {
+        mongodb::bson::doc! { "expire_at": self.expire_at }
+    }
 }
 
 /// Read a flag written as a boolean, or as 0/1 (the MongoDB-compatible server stores a
@@ -170,7 +197,7 @@ impl Job {
             max_attempts: self.max_attempts,
             timeout_ms: self.timeout_ms,
             args: self.args_json.clone(),
-            notify: self.notify,
+            wants_events: self.wants_events,
         }
     }
 }
@@ -217,9 +244,9 @@ pub struct Payload {
     pub timeout_ms: i64,
     /// Arguments as JSON text.
     pub args: String,
-    /// Record a webhook outbox entry when the job ends (see [`Job::notify`]).
-    #[serde(default)]
-    pub notify: bool,
+    /// Record an outbox entry when the job ends (see [`Job::wants_events`]).
+    #[serde(default, alias = "notify")]
+    pub wants_events: bool,
 }
 
 /// Score of a job in a ready set: higher priority first, then earlier ready time first.

@@ -35,25 +35,6 @@ pub struct QueueKeys {
     pub rescued: String,
 }
 
-/// The cache keys of one dataset (see [`Keys::cache`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheKeys {
-    /// STRING: the version readers use now.
-    pub current: String,
-    /// STRING: the job id of the queued or running rebuild (`pending:<nonce>` while it is
-    /// being submitted); the single-flight marker.
-    pub rebuild: String,
-    /// Prefix of the version HASHes (page number → page JSON, plus `pages`).
-    version_prefix: String,
-}
-
-impl CacheKeys {
-    /// HASH of one version: field `<n>` = page n as JSON, field `pages` = pages written.
-    pub fn version(&self, version: &str) -> String {
-        format!("{}{version}", self.version_prefix)
-    }
-}
-
 impl Keys {
     /// Keys under `prefix` (validated by the config: no braces).
     pub fn new(prefix: &str) -> Self {
@@ -109,17 +90,6 @@ impl Keys {
         format!("{}:worker:{}", self.prefix, id)
     }
 
-    /// The cache keys of one dataset's pages. They share the hash tag `{tenant/dataset}`, so
-    /// the swap script stays on one Redis Cluster slot.
-    pub fn cache(&self, tenant: &str, dataset: &str) -> CacheKeys {
-        let base = format!("{}:cache:{{{tenant}/{dataset}}}", self.prefix);
-        CacheKeys {
-            current: format!("{base}:current"),
-            rebuild: format!("{base}:rebuild"),
-            version_prefix: format!("{base}:v"),
-        }
-    }
-
     /// Channel: a job of queue `name` became ready (payload `r`) or was scheduled (`s`).
     pub fn wake_channel(&self, name: &str) -> String {
         format!("{}:wake:{}", self.prefix, name)
@@ -135,10 +105,16 @@ impl Keys {
         format!("{}:events", self.prefix)
     }
 
-    /// Channel: a tenant's webhook endpoints changed (payload: tenant); workers reload their
-    /// subscriptions table.
-    pub fn endpoints_channel(&self) -> String {
-        format!("{}:endpoints", self.prefix)
+    /// Channel: a worker announced the kinds it serves (payload: worker id); API processes
+    /// reload the kinds catalog.
+    pub fn kinds_channel(&self) -> String {
+        format!("{}:kinds", self.prefix)
+    }
+
+    /// A channel or key of a feature, under this prefix (`{prefix}:{name}`). Features keep
+    /// their own key names in their own `keys` module and build them from here.
+    pub fn feature(&self, name: &str) -> String {
+        format!("{}:{name}", self.prefix)
     }
 }
 
@@ -169,15 +145,6 @@ mod tests {
             assert_eq!(hash_tag(key), "imports", "{key}");
             assert!(key.starts_with("jm:test:"), "{key}");
         }
-    }
-
-    #[test]
-    fn cache_keys_share_the_dataset_hash_tag() {
-        let k = Keys::new("jm").cache("alice", "orders");
-        for key in [&k.current, &k.rebuild, &k.version("7")] {
-            assert_eq!(hash_tag(key), "alice/orders", "{key}");
-        }
-        assert_ne!(k.current, Keys::new("jm").cache("bob", "orders").current);
     }
 
     #[test]

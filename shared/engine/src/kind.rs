@@ -1,8 +1,10 @@
 //! How a job kind is written: the [`JobKind`] trait, the [`JobContext`] its handler gets, the
 //! typed [`Outcome`] it returns, and the [`Registry`] that maps kind names to handlers.
 //!
-//! A user adds a kind by implementing `JobKind` in one file and registering it; see
-//! `kinds/sleep.rs` for a complete example and the README for the walk-through.
+//! A user adds a kind by implementing `JobKind` in one file and registering it in their own
+//! worker; see `kinds/sleep.rs` for a complete example, `examples/custom-kind` for a whole
+//! worker binary, and the README for the walk-through. A kind gets what it needs (stores,
+//! clients) when it is constructed, not from the context.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -10,18 +12,20 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Error, Result};
 use crate::job::Progress;
 use crate::state::AttemptOutcome;
 
 /// Defaults a kind applies when the submission does not say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KindDefaults {
+    /// Queue of its jobs.
+    pub queue: &'static str,
     /// Attempts before the job fails for good.
     pub max_attempts: u32,
     /// Per-attempt timeout.
@@ -31,6 +35,7 @@ pub struct KindDefaults {
 impl Default for KindDefaults {
     fn default() -> Self {
         KindDefaults {
+            queue: crate::client::DEFAULT_QUEUE,
             max_attempts: 3,
             timeout: Duration::from_secs(300),
         }
@@ -104,27 +109,6 @@ pub trait ProgressSink: Send + Sync {
     fn report(&self, id: &str, attempt: u32, progress: Progress);
 }
 
-/// What the built-in kinds that touch data need: the stores and the settings. The worker sets
-/// it on every context ([`JobContext::with_resources`]); a context built without it (unit tests
-/// of pure kinds) answers [`JobContext::resources`] with a failed outcome.
-#[derive(Clone)]
-pub struct Resources {
-    /// MongoDB, Redis, and submission of follow-up jobs.
-    pub client: crate::client::JobClient,
-    /// The process's settings (part size, page size, retention...).
-    pub settings: Arc<crate::config::Settings>,
-}
-
-impl Resources {
-    /// The file store.
-    pub fn files(&self) -> crate::files::FileStore {
-        crate::files::FileStore::new(
-            self.client.store().database(),
-            self.settings.upload_retention,
-        )
-    }
-}
-
 /// What a handler knows about the attempt it runs, and how it talks back.
 #[derive(Clone)]
 pub struct JobContext {
@@ -140,7 +124,6 @@ pub struct JobContext {
     pub queue: String,
     cancel: CancellationToken,
     progress: Arc<dyn ProgressSink>,
-    resources: Option<Arc<Resources>>,
 }
 
 impl JobContext {
@@ -162,21 +145,7 @@ impl JobContext {
             queue,
             cancel,
             progress,
-            resources: None,
         }
-    }
-
-    /// Give the handler access to the stores.
-    pub fn with_resources(mut self, resources: Arc<Resources>) -> Self {
-        self.resources = Some(resources);
-        self
-    }
-
-    /// The stores, or a permanent failure to return when this process did not provide them.
-    pub fn resources(&self) -> std::result::Result<&Resources, Outcome> {
-        self.resources.as_deref().ok_or_else(|| {
-            Outcome::fail("this process runs kinds without store access (no Resources)")
-        })
     }
 
     /// Resolves when the job should stop: a user cancelled it, it timed out, or the worker is
@@ -205,19 +174,24 @@ impl JobContext {
     }
 }
 
-/// A job kind: a stable name, typed arguments, validation, and the handler.
+/// A job kind: a stable name, typed arguments with a JSON Schema, validation, and the handler.
 pub trait JobKind: Send + Sync + 'static {
     /// The name clients submit as `kind`. Stable: it is stored with every job.
     const NAME: &'static str;
-    /// Arguments, deserialized from the submitted `args`.
-    type Args: DeserializeOwned + Send + 'static;
+    /// What it does, one sentence, shown in `GET /v1/kinds`.
+    const DESCRIPTION: &'static str = "";
+    /// Arguments, deserialized from the submitted `args`. Their JSON Schema (derived with
+    /// `schemars`) is what any API validates submissions against, so encode every rule that
+    /// [`JobKind::validate`] checks in it too (ranges, lengths, patterns).
+    type Args: DeserializeOwned + JsonSchema + Send + 'static;
 
-    /// Checks beyond the type, run at submission (a failure answers 422 with this message).
+    /// Checks beyond the type. Run at submission by processes that link the kind, and again by
+    /// the worker as the first step of every attempt (a failure there fails the job for good).
     fn validate(&self, _args: &Self::Args) -> std::result::Result<(), String> {
         Ok(())
     }
 
-    /// Defaults for attempts and timeout.
+    /// Defaults for queue, attempts and timeout.
     fn defaults(&self) -> KindDefaults {
         KindDefaults::default()
     }
@@ -232,17 +206,35 @@ pub type BoxOutcome = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 
 /// Object-safe face of a [`JobKind`], so kinds of different types share one registry.
 pub trait ErasedKind: Send + Sync {
-    /// Validate raw args.
+    /// The kind's name.
+    fn name(&self) -> &'static str;
+    /// One sentence on what it does.
+    fn description(&self) -> &'static str;
+    /// JSON Schema of its args.
+    fn schema(&self) -> Value;
+    /// Validate raw args (typed deserialization, then the kind's own checks).
     fn validate(&self, args: &Value) -> std::result::Result<(), String>;
     /// Defaults.
     fn defaults(&self) -> KindDefaults;
-    /// Start one attempt.
+    /// Start one attempt: deserialize, validate, run.
     fn run(&self, ctx: JobContext, args: Value) -> BoxOutcome;
 }
 
 struct Erased<K>(Arc<K>);
 
 impl<K: JobKind> ErasedKind for Erased<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+
+    fn description(&self) -> &'static str {
+        K::DESCRIPTION
+    }
+
+    fn schema(&self) -> Value {
+        serde_json::to_value(schemars::schema_for!(K::Args)).unwrap_or(Value::Bool(true))
+    }
+
     fn validate(&self, args: &Value) -> std::result::Result<(), String> {
         let typed: K::Args = K::Args::deserialize(args).map_err(|e| e.to_string())?;
         self.0.validate(&typed)
@@ -255,22 +247,47 @@ impl<K: JobKind> ErasedKind for Erased<K> {
     fn run(&self, ctx: JobContext, args: Value) -> BoxOutcome {
         let kind = Arc::clone(&self.0);
         Box::pin(async move {
-            match serde_json::from_value::<K::Args>(args) {
-                Ok(typed) => kind.run(ctx, typed).await,
-                // Validated at submission, so this means the kind's Args changed since.
-                Err(e) => Outcome::fail(format!("args no longer match kind {}: {e}", K::NAME)),
+            let typed = match serde_json::from_value::<K::Args>(args) {
+                Ok(typed) => typed,
+                // Validated at submission (perhaps by an API that only knew the schema), so this
+                // means the args do not fit this worker's version of the kind: no attempt can fix
+                // that.
+                Err(e) => return Outcome::fail(format!("args do not fit kind {}: {e}", K::NAME)),
+            };
+            if let Err(reason) = kind.validate(&typed) {
+                return Outcome::fail(format!("args for kind {} are invalid: {reason}", K::NAME));
             }
+            kind.run(ctx, typed).await
         })
     }
 }
 
 use serde::Deserialize as _;
 
-/// The kinds a process knows, by name. The API uses it to validate submissions; the worker to
-/// run them. Both must be built with the same kinds.
+/// Who may submit a kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visibility {
+    /// Anyone through the API; listed in the kinds catalog.
+    Public,
+    /// Only jobmill itself (a feature's own follow-up jobs). The API refuses it exactly like a
+    /// kind that does not exist, and no listing names it.
+    Internal,
+}
+
+/// A registered kind.
+#[derive(Clone)]
+pub struct Registered {
+    /// The handler.
+    pub kind: Arc<dyn ErasedKind>,
+    /// Who may submit it.
+    pub visibility: Visibility,
+}
+
+/// The kinds a process links, by name: the worker runs them, and any process validates
+/// submissions of them with their own checks on top of the catalog's schema.
 #[derive(Clone, Default)]
 pub struct Registry {
-    kinds: BTreeMap<&'static str, Arc<dyn ErasedKind>>,
+    kinds: BTreeMap<&'static str, Registered>,
 }
 
 impl Registry {
@@ -279,47 +296,58 @@ impl Registry {
         Registry::default()
     }
 
-    /// The kinds that ship with jobmill.
+    /// The engine's own kinds (`noop`, `sleep`, `fail`), for smoke tests and benchmarks.
     pub fn builtin() -> Self {
         let mut r = Registry::new();
         crate::kinds::register_builtin(&mut r);
         r
     }
 
-    /// Add a kind (replacing one of the same name).
+    /// Add a public kind (replacing one of the same name).
     pub fn register<K: JobKind>(&mut self, kind: K) -> &mut Self {
-        self.kinds.insert(K::NAME, Arc::new(Erased(Arc::new(kind))));
+        self.insert(kind, Visibility::Public)
+    }
+
+    /// Add an internal kind: only jobmill's own submissions may use it.
+    pub fn register_internal<K: JobKind>(&mut self, kind: K) -> &mut Self {
+        self.insert(kind, Visibility::Internal)
+    }
+
+    fn insert<K: JobKind>(&mut self, kind: K, visibility: Visibility) -> &mut Self {
+        self.kinds.insert(
+            K::NAME,
+            Registered {
+                kind: Arc::new(Erased(Arc::new(kind))),
+                visibility,
+            },
+        );
         self
     }
 
-    /// A kind by name.
+    /// Add every kind of `other`.
+    pub fn extend(&mut self, other: &Registry) -> &mut Self {
+        self.kinds
+            .extend(other.kinds.iter().map(|(k, v)| (*k, v.clone())));
+        self
+    }
+
+    /// A kind by name, whatever its visibility.
     pub fn get(&self, name: &str) -> Option<&Arc<dyn ErasedKind>> {
+        self.kinds.get(name).map(|r| &r.kind)
+    }
+
+    /// A kind with its visibility.
+    pub fn entry(&self, name: &str) -> Option<&Registered> {
         self.kinds.get(name)
     }
 
-    /// Every known kind name, sorted.
+    /// Every kind name, sorted.
     pub fn names(&self) -> Vec<&'static str> {
         self.kinds.keys().copied().collect()
     }
 
-    /// Look up a kind and validate args against it.
-    pub fn validate(&self, name: &str, args: &Value) -> Result<&Arc<dyn ErasedKind>> {
-        let kind = self.get(name).ok_or_else(|| {
-            Error::invalid(
-                "unknown_kind",
-                format!(
-                    "unknown job kind '{}'; known kinds: {}",
-                    name.chars().take(64).collect::<String>(),
-                    self.names().join(", ")
-                ),
-            )
-        })?;
-        kind.validate(args).map_err(|reason| {
-            Error::invalid(
-                "invalid_args",
-                format!("args for kind '{name}' are invalid: {reason}"),
-            )
-        })?;
-        Ok(kind)
+    /// Every registered kind, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &Registered)> {
+        self.kinds.iter().map(|(k, v)| (*k, v))
     }
 }

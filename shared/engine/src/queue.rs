@@ -28,6 +28,7 @@ script!(RELEASE, "release.lua");
 script!(PROMOTE, "promote.lua");
 script!(RESCUE, "rescue.lua");
 script!(CANCEL, "cancel.lua");
+script!(DEFER, "defer.lua");
 
 /// Largest number of jobs sent to one script call, so no call blocks Redis for long.
 pub const SCRIPT_BATCH: usize = 500;
@@ -399,12 +400,31 @@ impl RedisQueue {
         Ok(())
     }
 
-    /// Tell workers that a tenant's webhook endpoints changed (a hint: they also reload on a
-    /// timer, see [`crate::webhooks::subscriptions`]).
-    pub async fn publish_endpoints_changed(&self, tenant: &str) -> Result<()> {
+    /// Publish a hint on a channel (features announce their changes this way; listeners also
+    /// poll, so a lost message only delays them).
+    pub async fn publish(&self, channel: &str, payload: &str) -> Result<()> {
         let mut conn = self.conn.clone();
-        let _: () = conn.publish(self.keys.endpoints_channel(), tenant).await?;
+        let _: () = conn.publish(channel, payload).await?;
         Ok(())
+    }
+
+    /// Give leased jobs back uncharged, to run no earlier than the given times (ms since the
+    /// epoch): a worker that claimed a job of a kind it does not serve leaves it for a worker
+    /// that does. Only jobs `worker` still holds are moved.
+    pub async fn defer(&self, queue: &str, worker: &str, items: &[(String, i64)]) -> Result<usize> {
+        let k = self.keys.queue(queue);
+        let mut conn = self.conn.clone();
+        let mut inv = DEFER.prepare_invoke();
+        inv.key(&k.leased)
+            .key(&k.owners)
+            .key(&k.attempts)
+            .key(&k.scheduled)
+            .arg(worker)
+            .arg(self.keys.wake_channel(queue));
+        for (id, at) in items {
+            inv.arg(id).arg(*at);
+        }
+        Ok(inv.invoke_async(&mut conn).await?)
     }
 
     /// The keys of one queue.

@@ -150,6 +150,17 @@ pub enum Decision {
 }
 
 impl Decision {
+    /// When the next attempt may run, for a decision to retry made at `at_ms`: the one place
+    /// `run_at = at + delay` is computed.
+    pub fn next_run_at(&self, at_ms: i64) -> Option<i64> {
+        match self {
+            Decision::Retry { delay, .. } => {
+                Some(at_ms.saturating_add(delay.as_millis().min(i64::MAX as u128) as i64))
+            }
+            Decision::Succeed(_) | Decision::Fail(_) | Decision::Cancel(_) => None,
+        }
+    }
+
     /// The state this decision moves the job to.
     pub fn state(&self) -> JobState {
         match self {

@@ -13,7 +13,8 @@ use mongodb::options::{ClientOptions, FindOneAndUpdateOptions, IndexOptions, Ret
 use mongodb::{Client, Collection, Database, IndexModel};
 
 use crate::error::{Error, Result};
-use crate::job::{Job, Progress};
+use crate::job::{event_id, now_ms, Job, Progress, Retention};
+use crate::outbox::JobEvent;
 use crate::state::{Decision, JobState};
 
 /// Name of the jobs collection.
@@ -43,8 +44,8 @@ pub enum Write {
         attempt: i32,
         /// The report.
         progress: Progress,
-        /// Also record a `job.progress` outbox entry (an endpoint of the tenant wants it and
-        /// the job's rate limit allows one now).
+        /// Also record a `job.progress` outbox entry (a subscriber wants it and the job's rate
+        /// limit allows one now).
         event: bool,
     },
     /// Attempt `attempt` ended with `decision`: → `succeeded`, `retrying`, `failed` or
@@ -63,9 +64,9 @@ pub enum Write {
         decision: Decision,
         /// The handler's last progress report not yet written, so the final state shows it.
         progress: Option<Progress>,
-        /// The job wants webhook events ([`Job::notify`]): a terminal decision also records
-        /// the outbox entry, in this same statement.
-        notify: bool,
+        /// A subscriber wants this job's end ([`crate::outbox::Subscribers::wants_end`]): a
+        /// terminal decision also records the outbox entry, in this same statement.
+        record_event: bool,
     },
     /// Attempt `attempt` is given back unrun (graceful shutdown): → `queued`, attempt not
     /// charged.
@@ -98,6 +99,72 @@ impl Write {
                 attempt, decision, ..
             } => state == decision.state() && current == *attempt,
             Write::Release { attempt, .. } => !state.is_terminal() && current < *attempt,
+        }
+    }
+}
+
+/// What Redis must do for a job once MongoDB has answered one of its writes. Every caller of
+/// [`Store::apply`] (the worker's persister, the rescuer) follows the same mapping
+/// ([`Write::follow_up`]), so a transition and its Redis side are written in one place.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RedisStep {
+    /// Nothing to change in Redis.
+    Keep,
+    /// The attempt may not run (its start was refused): stop the handler. Its outcome will be
+    /// refused as well, and that path cleans Redis up.
+    StopHandler,
+    /// Forget the job (`ack.lua`): it is terminal, or someone else owns its future.
+    Ack,
+    /// Its next attempt waits in the schedule set until this time (ms since the epoch).
+    Reschedule(i64),
+    /// Give it back to the ready set, attempt not charged (`release.lua`).
+    Release,
+}
+
+/// A write's Redis follow-up, and what else the caller does with the job.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FollowUp {
+    /// The Redis step.
+    pub step: RedisStep,
+    /// The job visibly changed: tell watchers (long-polls, streams).
+    pub changed: bool,
+    /// The attempt is over for this worker: it leaves the in-flight table.
+    pub done: bool,
+}
+
+impl Write {
+    /// The Redis follow-up of this write, given what MongoDB did with it at `now_ms`.
+    ///
+    /// Why each stale case goes where it goes: a job that moved on to a newer live attempt is
+    /// given back (`Reschedule(now)`: the script only acts if we still hold the lease), so it is
+    /// never stranded in our lease; a job that ended or vanished is forgotten.
+    pub fn follow_up(&self, applied: &Applied, now_ms: i64) -> FollowUp {
+        let live = |actual: &Option<JobState>| actual.is_some_and(|s| !s.is_terminal());
+        let (step, changed, done) = match (self, applied) {
+            (Write::Start { .. }, Applied::Done) => (RedisStep::Keep, true, false),
+            (Write::Start { .. }, Applied::Stale { .. }) => (RedisStep::StopHandler, false, false),
+            (Write::Progress { .. }, Applied::Done) => (RedisStep::Keep, true, false),
+            (Write::Progress { .. }, Applied::Stale { .. }) => (RedisStep::Keep, false, false),
+            (Write::Finish { at, decision, .. }, Applied::Done) => {
+                match decision.next_run_at(at.timestamp_millis()) {
+                    Some(next) => (RedisStep::Reschedule(next), true, true),
+                    None => (RedisStep::Ack, true, true),
+                }
+            }
+            (Write::Finish { .. }, Applied::Stale { actual, .. }) if live(actual) => {
+                (RedisStep::Reschedule(now_ms), false, true)
+            }
+            (Write::Finish { .. }, Applied::Stale { .. }) => (RedisStep::Ack, false, true),
+            (Write::Release { .. }, Applied::Done) => (RedisStep::Release, true, true),
+            (Write::Release { .. }, Applied::Stale { actual, .. }) if live(actual) => {
+                (RedisStep::Release, false, true)
+            }
+            (Write::Release { .. }, Applied::Stale { .. }) => (RedisStep::Ack, false, true),
+        };
+        FollowUp {
+            step,
+            changed,
+            done,
         }
     }
 }
@@ -185,11 +252,6 @@ impl Store {
         &self.db
     }
 
-    /// The webhook collections of this database.
-    pub fn webhooks(&self) -> crate::webhooks::records::WebhookStore {
-        crate::webhooks::records::WebhookStore::new(&self.db, self.retention)
-    }
-
     /// The client.
     pub fn client(&self) -> &Client {
         &self.client
@@ -230,7 +292,7 @@ impl Store {
                 .keys(doc! { "retention.expire_at": 1 })
                 .options(IndexOptions::builder().expire_after(Duration::ZERO).build())
                 .build(),
-            // The webhook dispatcher's scan of terminal events not yet turned into deliveries.
+            // The outbox loop's scan of events its subscribers have not handled yet.
             IndexModel::builder()
                 .keys(doc! { "outbox.pending": 1, "list_key": 1 })
                 .options(
@@ -258,11 +320,6 @@ impl Store {
                     .build(),
             )
             .await?;
-        // The file store's indexes do not depend on its retention setting.
-        crate::files::FileStore::new(&self.db, self.retention)
-            .ensure_indexes()
-            .await?;
-        self.webhooks().ensure_indexes().await?;
         Ok(())
     }
 
@@ -273,12 +330,7 @@ impl Store {
 
     /// The `retention` sub-document of a job finished at `finished`.
     fn retention_doc(&self, finished: DateTime) -> Document {
-        let at = DateTime::from_millis(
-            finished
-                .timestamp_millis()
-                .saturating_add(self.retention.as_millis() as i64),
-        );
-        doc! { "expire_at": at }
+        Retention::after(finished, self.retention).to_doc()
     }
 
     // ----- submission -------------------------------------------------------------------
@@ -364,11 +416,10 @@ impl Store {
 
     /// One job, optionally only if `tenant` owns it.
     pub async fn get(&self, id: &str, tenant: Option<&str>) -> Result<Option<Job>> {
-        let mut filter = doc! { "_id": id };
-        if let Some(t) = tenant {
-            filter.insert("tenant", t);
-        }
-        Ok(self.jobs.find_one(filter).await?)
+        Ok(self
+            .jobs
+            .find_one(scoped(doc! { "_id": id }, tenant))
+            .await?)
     }
 
     /// Several jobs by id.
@@ -383,10 +434,7 @@ impl Store {
 
     /// A page of the listing, newest first.
     pub async fn list(&self, q: &ListQuery) -> Result<Vec<Job>> {
-        let mut filter = Document::new();
-        if let Some(t) = &q.tenant {
-            filter.insert("tenant", t);
-        }
+        let mut filter = scoped(Document::new(), q.tenant.as_deref());
         if let Some(s) = q.state {
             filter.insert("state", s.as_str());
         }
@@ -396,17 +444,7 @@ impl Store {
         if let Some(qu) = &q.queue {
             filter.insert("queue", qu);
         }
-        if let Some(b) = &q.before {
-            filter.insert("list_key", doc! { "$lt": b });
-        }
-        Ok(self
-            .jobs
-            .find(filter)
-            .sort(doc! { "list_key": -1 })
-            .limit(q.limit)
-            .await?
-            .try_collect()
-            .await?)
+        newest_first(&self.jobs, filter, q.before.as_deref(), q.limit).await
     }
 
     /// Live (non-terminal) jobs in id order after `after`, for rebuilding Redis.
@@ -441,7 +479,7 @@ impl Store {
             .await?)
     }
 
-    /// Jobs whose terminal event the webhook dispatcher has not handled yet, oldest first.
+    /// Jobs whose outbox entry the subscribers have not handled yet, oldest first.
     pub async fn pending_outbox(&self, limit: i64) -> Result<Vec<Job>> {
         Ok(self
             .jobs
@@ -480,22 +518,22 @@ impl Store {
     /// Returns the job after the change. Terminal jobs answer [`Error::Conflict`].
     pub async fn cancel(&self, id: &str, tenant: Option<&str>) -> Result<Job> {
         let now = DateTime::now();
-        let mut filter = doc! { "_id": id, "state": { "$in": waiting_names() } };
-        if let Some(t) = tenant {
-            filter.insert("tenant", t);
-        }
+        let mut filter = scoped(
+            doc! { "_id": id, "state": { "$in": waiting_names() } },
+            tenant,
+        );
         let after = FindOneAndUpdateOptions::builder()
             .return_document(ReturnDocument::After)
             .build();
-        // The outbox is always recorded here (the filter cannot depend on `notify`); the
-        // dispatcher clears entries with nobody to tell. Cancels of waiting jobs are rare.
+        // The outbox is always recorded here (the filter cannot depend on `wants_events`); the
+        // outbox loop clears entries with nobody to tell. Cancels of waiting jobs are rare.
         let update = doc! {
             "$set": {
                 "state": JobState::Cancelled.as_str(),
                 "finished_ms": now.timestamp_millis(),
                 "retention": self.retention_doc(now),
                 "enqueue_pending": false,
-                "outbox": outbox_doc(id, JobState::Cancelled, now.timestamp_millis()),
+                "outbox": outbox_doc(id, JobEvent::Cancelled, now.timestamp_millis()),
             },
             "$inc": { "rev": 1 },
         };
@@ -710,16 +748,10 @@ impl Store {
                     // `$nin`, not `$ne`: the compatible server's update path does not match
                     // `$ne` against a missing field (MongoDB does; both agree on `$nin`).
                     q.insert("outbox.pending", doc! { "$nin": [1] });
-                    let at_ms = crate::job::now_ms();
-                    set.insert(
-                        "outbox",
-                        doc! {
-                            "pending": 1,
-                            "event": crate::webhooks::PROGRESS,
-                            "id": format!("{}p", crate::job::event_id(id, at_ms)),
-                            "at_ms": at_ms,
-                        },
-                    );
+                    let at_ms = now_ms();
+                    let mut entry = outbox_doc(id, JobEvent::Progress, at_ms);
+                    entry.insert("id", format!("{}p", event_id(id, at_ms)));
+                    set.insert("outbox", entry);
                 }
                 (q, doc! { "$set": set, "$inc": { "rev": 1 } })
             }
@@ -732,7 +764,7 @@ impl Store {
                 at,
                 decision,
                 progress,
-                notify,
+                record_event,
             } => {
                 let mut set = doc! {
                     "state": decision.state().as_str(),
@@ -756,28 +788,25 @@ impl Store {
                     Decision::Succeed(v) => {
                         set.insert("result_json", v.to_string());
                     }
-                    Decision::Retry { error: e, delay } => {
+                    Decision::Retry { error: e, .. } => {
                         set.insert(format!("errors.{attempt}"), error(e));
-                        set.insert(
-                            "run_at_ms",
-                            at.timestamp_millis() + delay.as_millis() as i64,
-                        );
                     }
                     Decision::Fail(e) => {
                         set.insert(format!("errors.{attempt}"), error(e));
                     }
                     Decision::Cancel(_) => {}
                 }
+                if let Some(at) = decision.next_run_at(at.timestamp_millis()) {
+                    set.insert("run_at_ms", at);
+                }
                 if decision.state().is_terminal() {
                     set.insert("finished_ms", at.timestamp_millis());
                     set.insert("retention", self.retention_doc(*at));
                     // The outbox rides on the terminal write itself: if this statement applies,
                     // the event will be delivered, whatever crashes next.
-                    if *notify {
-                        set.insert(
-                            "outbox",
-                            outbox_doc(id, decision.state(), at.timestamp_millis()),
-                        );
+                    if let Some(event) = JobEvent::ended(decision.state()).filter(|_| *record_event)
+                    {
+                        set.insert("outbox", outbox_doc(id, event, at.timestamp_millis()));
                     }
                 }
                 (
@@ -803,14 +832,46 @@ impl Store {
     }
 }
 
-/// The outbox sub-document of a job that reached terminal `state` at `at_ms`.
-fn outbox_doc(id: &str, state: JobState, at_ms: i64) -> Document {
+/// The outbox sub-document of `event` of job `id` at `at_ms`.
+fn outbox_doc(id: &str, event: JobEvent, at_ms: i64) -> Document {
     doc! {
         "pending": 1,
-        "event": format!("job.{}", state.as_str()),
-        "id": crate::job::event_id(id, at_ms),
+        "event": event.as_str(),
+        "id": event_id(id, at_ms),
         "at_ms": at_ms,
     }
+}
+
+/// `filter` limited to `tenant`'s records (`None`: everyone's, for operators). The one place
+/// the tenant rule of every collection is written.
+pub fn scoped(mut filter: Document, tenant: Option<&str>) -> Document {
+    if let Some(t) = tenant {
+        filter.insert("tenant", t);
+    }
+    filter
+}
+
+/// A page of `coll` newest first by its `list_key`, before the cursor `before` if any: the one
+/// listing query of every collection with a `list_key` (jobs, and the records of features).
+pub async fn newest_first<T>(
+    coll: &Collection<T>,
+    mut filter: Document,
+    before: Option<&str>,
+    limit: i64,
+) -> Result<Vec<T>>
+where
+    T: serde::de::DeserializeOwned + Send + Sync,
+{
+    if let Some(b) = before {
+        filter.insert("list_key", doc! { "$lt": b });
+    }
+    Ok(coll
+        .find(filter)
+        .sort(doc! { "list_key": -1 })
+        .limit(limit)
+        .await?
+        .try_collect()
+        .await?)
 }
 
 fn progress_doc(p: &Progress) -> Document {

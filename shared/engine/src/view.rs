@@ -1,5 +1,5 @@
-//! How a job looks from outside: the shape `GET /v1/jobs/{id}` answers and webhook events
-//! carry as their `data`. One conversion, shared by the API and the webhook sender, so a
+//! How a job looks from outside: the shape `GET /v1/jobs/{id}` answers and event subscribers
+//! carry as their `data`. One conversion, shared by the API and every subscriber, so a
 //! receiver sees exactly what a poller sees.
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -64,8 +64,11 @@ pub struct JobView {
     pub cancel_requested: bool,
     /// Idempotency key, if given.
     pub idempotency_key: Option<String>,
-    /// Where the job's result is POSTed when it ends, if given.
-    pub callback_url: Option<String>,
+    /// Fields of features, shown at the top level next to the engine's (for example
+    /// `callback_url`).
+    #[serde(flatten)]
+    #[schema(ignore)]
+    pub ext: serde_json::Map<String, Value>,
     /// The API key name that submitted the job.
     pub owner: String,
     /// Accepted at (RFC 3339).
@@ -117,7 +120,7 @@ impl From<&Job> for JobView {
                 .collect(),
             cancel_requested: j.cancel_requested,
             idempotency_key: j.idempotency_key.clone(),
-            callback_url: j.callback_url.clone(),
+            ext: j.ext.clone(),
             owner: j.tenant.clone(),
             created_at: ts(j.created_ms),
             run_at: ts(j.run_at_ms),

@@ -1,6 +1,6 @@
 //! `webhook_delivery`: sends one webhook delivery (an event to one target) and, until a 2xx,
 //! asks to be retried on the webhook backoff schedule. Submitted only by the worker's
-//! dispatcher (owner [`TENANT`](crate::webhooks::TENANT)), one job per delivery, with the
+//! outbox subscriber (owner [`TENANT`](crate::TENANT)), one job per delivery, with the
 //! delivery id as idempotency key.
 //!
 //! At least once: a worker that dies after the POST but before recording it sends again, with
@@ -11,24 +11,39 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::error::{Error, Result};
-use crate::job::now_ms;
-use crate::kind::{JobContext, JobKind, KindDefaults, Outcome, Resources};
-use crate::webhooks::records::{status, AttemptLog, Delivery, WebhookStore};
-use crate::webhooks::{
-    guard, retry_delay, send, signing, DELIVERY_ATTEMPTS, LOGGED_BODY_BYTES, TENANT,
+use jobmill::error::{Error, Result};
+use jobmill::job::now_ms;
+use jobmill::kind::{JobContext, JobKind, KindDefaults, Outcome};
+use schemars::JsonSchema;
+
+use crate::records::{AttemptLog, Delivery, DeliveryStatus, Endpoint, WebhookStore};
+use crate::{
+    guard, retry_delay, send, signing, WebhookSettings, DELIVERY_ATTEMPTS, LOGGED_BODY_BYTES,
+    QUEUE, TENANT,
 };
 
 /// Arguments of `webhook_delivery`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryArgs {
     /// The delivery to send.
+    #[schemars(length(min = 1, max = 200))]
     pub delivery_id: String,
 }
 
-/// Sends one delivery; see the module doc.
-pub struct WebhookDelivery;
+/// Sends one delivery; see the module doc. An internal kind: only the outbox subscriber and
+/// replays submit it.
+pub struct WebhookDelivery {
+    hooks: WebhookStore,
+    settings: WebhookSettings,
+}
+
+impl WebhookDelivery {
+    /// The kind, with the collections it reads and writes.
+    pub fn new(hooks: WebhookStore, settings: WebhookSettings) -> Self {
+        WebhookDelivery { hooks, settings }
+    }
+}
 
 impl JobKind for WebhookDelivery {
     const NAME: &'static str = "webhook_delivery";
@@ -43,29 +58,28 @@ impl JobKind for WebhookDelivery {
 
     fn defaults(&self) -> KindDefaults {
         KindDefaults {
+            queue: QUEUE,
             max_attempts: DELIVERY_ATTEMPTS,
             timeout: Duration::from_secs(60),
         }
     }
 
     async fn run(&self, ctx: JobContext, args: DeliveryArgs) -> Outcome {
-        // Anyone may name a kind in a submission; only the dispatcher's jobs may send.
+        // The API refuses internal kinds; this stays as a second line of defence.
         if ctx.tenant != TENANT {
             return Outcome::fail("webhook_delivery jobs are submitted by jobmill itself");
         }
-        let res = match ctx.resources() {
-            Ok(r) => r.clone(),
-            Err(no_store) => return no_store,
-        };
-        let store = res.client.store();
-        let hooks = WebhookStore::new(store.database(), store.retention());
-        match deliver(&ctx, &res, &hooks, &args.delivery_id).await {
+        let hooks = &self.hooks;
+        match deliver(&ctx, &self.settings, hooks, &args.delivery_id).await {
             Ok(o) => o,
             // MongoDB trouble on the last attempt: end the delivery too, so it shows `failed`
             // and can be replayed. If even that write fails, the replay route sees the
             // delivery's job ended and lets it be replayed anyway.
             Err(e) if ctx.attempt >= ctx.max_attempts => {
-                if let Err(e2) = hooks.set_status(&args.delivery_id, status::FAILED).await {
+                if let Err(e2) = hooks
+                    .set_status(&args.delivery_id, DeliveryStatus::Failed)
+                    .await
+                {
                     tracing::warn!(delivery = %args.delivery_id, error = %e2, "could not mark the delivery failed");
                 }
                 Outcome::fail(format!("store: {e}; out of attempts"))
@@ -78,7 +92,7 @@ impl JobKind for WebhookDelivery {
 
 async fn deliver(
     ctx: &JobContext,
-    res: &Resources,
+    settings: &WebhookSettings,
     hooks: &WebhookStore,
     id: &str,
 ) -> Result<Outcome> {
@@ -87,18 +101,18 @@ async fn deliver(
             "delivery {id} does not exist (expired?)"
         )));
     };
-    if d.status != status::PENDING {
+    if d.status != DeliveryStatus::Pending {
         // A rerun after the outcome was recorded (worker crash): nothing left to do.
         return Ok(Outcome::success(json!({ "status": d.status })));
     }
     let (secrets, endpoint) = match &d.endpoint_id {
         Some(eid) => match hooks.get_endpoint(eid, None).await? {
             None => {
-                hooks.set_status(&d.id, status::FAILED).await?;
+                hooks.set_status(&d.id, DeliveryStatus::Failed).await?;
                 return Ok(Outcome::fail("the endpoint was deleted"));
             }
             Some(ep) if ep.enabled != 1 => {
-                hooks.set_status(&d.id, status::FAILED).await?;
+                hooks.set_status(&d.id, DeliveryStatus::Failed).await?;
                 return Ok(Outcome::fail(format!(
                     "the endpoint is disabled ({})",
                     ep.disabled_reason.as_deref().unwrap_or("by hand")
@@ -124,9 +138,7 @@ async fn deliver(
 
     // Checked again at send time, on the addresses we will connect to.
     let target = match guard::parse_url(&d.url) {
-        Ok(u) => guard::resolve(&u, &res.settings.webhooks.allow)
-            .await
-            .map(|a| (u, a)),
+        Ok(u) => guard::resolve(&u, &settings.allow).await.map(|a| (u, a)),
         Err(e) => Err(e),
     };
     let (url, addrs) = match target {
@@ -136,14 +148,16 @@ async fn deliver(
             message,
         }) => {
             log.error = Some(message.clone());
-            hooks.record_attempt(&d.id, &log, status::FAILED).await?;
+            hooks
+                .record_attempt(&d.id, &log, DeliveryStatus::Failed)
+                .await?;
             return Ok(Outcome::fail(message));
         }
         Err(e) => {
             // A host that does not resolve (now) is retried like a connection error.
             let msg = e.to_string();
             log.error = Some(msg.clone());
-            return failed(ctx, res, hooks, &d, endpoint.as_ref(), log, msg).await;
+            return failed(ctx, settings, hooks, &d, endpoint.as_ref(), log, msg).await;
         }
     };
 
@@ -156,7 +170,7 @@ async fn deliver(
         signature,
         body: d.body_json.clone(),
     };
-    let answer = send::post(&url, &addrs, &msg, res.settings.webhooks.timeout).await;
+    let answer = send::post(&url, &addrs, &msg, settings.timeout).await;
     log.status = answer.status.map(i32::from);
     log.latency_ms = answer.latency.as_millis() as i64;
     log.error = answer.error.clone();
@@ -166,17 +180,21 @@ async fn deliver(
     }
     match answer.status {
         Some(s) if (200..300).contains(&s) => {
-            hooks.record_attempt(&d.id, &log, status::DELIVERED).await?;
+            hooks
+                .record_attempt(&d.id, &log, DeliveryStatus::Delivered)
+                .await?;
             if let Some(ep) = &endpoint {
                 hooks.endpoint_succeeded(ep).await?;
             }
             tracing::debug!(delivery = %d.id, attempt, status = s, "webhook delivered");
             Ok(Outcome::success(
-                json!({ "status": status::DELIVERED, "http_status": s, "attempt": attempt }),
+                json!({ "status": DeliveryStatus::Delivered, "http_status": s, "attempt": attempt }),
             ))
         }
         Some(410) => {
-            hooks.record_attempt(&d.id, &log, status::GONE).await?;
+            hooks
+                .record_attempt(&d.id, &log, DeliveryStatus::Gone)
+                .await?;
             if let Some(ep) = &endpoint {
                 hooks
                     .set_enabled(&ep.id, None, false, Some("the receiver answered 410 Gone"))
@@ -189,11 +207,11 @@ async fn deliver(
         }
         Some(s) => {
             let msg = format!("the receiver answered HTTP {s}");
-            failed(ctx, res, hooks, &d, endpoint.as_ref(), log, msg).await
+            failed(ctx, settings, hooks, &d, endpoint.as_ref(), log, msg).await
         }
         None => {
             let msg = answer.error.unwrap_or_else(|| "no answer".into());
-            failed(ctx, res, hooks, &d, endpoint.as_ref(), log, msg).await
+            failed(ctx, settings, hooks, &d, endpoint.as_ref(), log, msg).await
         }
     }
 }
@@ -202,23 +220,21 @@ async fn deliver(
 /// out or the endpoint has been failing for too long.
 async fn failed(
     ctx: &JobContext,
-    res: &Resources,
+    settings: &WebhookSettings,
     hooks: &WebhookStore,
     d: &Delivery,
-    endpoint: Option<&crate::webhooks::records::Endpoint>,
+    endpoint: Option<&Endpoint>,
     log: AttemptLog,
     msg: String,
 ) -> Result<Outcome> {
     let disabled = match endpoint {
-        Some(ep) => {
-            hooks
-                .endpoint_failed(ep, res.settings.webhooks.disable_after)
-                .await?
-        }
+        Some(ep) => hooks.endpoint_failed(ep, settings.disable_after).await?,
         None => false,
     };
     if disabled || ctx.attempt >= ctx.max_attempts {
-        hooks.record_attempt(&d.id, &log, status::FAILED).await?;
+        hooks
+            .record_attempt(&d.id, &log, DeliveryStatus::Failed)
+            .await?;
         let why = if disabled {
             "the endpoint kept failing and was disabled"
         } else {
@@ -226,11 +242,9 @@ async fn failed(
         };
         return Ok(Outcome::fail(format!("{msg}; {why}")));
     }
-    hooks.record_attempt(&d.id, &log, status::PENDING).await?;
-    let delay = retry_delay(
-        res.settings.webhooks.retry_base,
-        ctx.attempt,
-        rand::random::<f64>(),
-    );
+    hooks
+        .record_attempt(&d.id, &log, DeliveryStatus::Pending)
+        .await?;
+    let delay = retry_delay(settings.retry_base, ctx.attempt, rand::random::<f64>());
     Ok(Outcome::retry_after(delay, msg))
 }

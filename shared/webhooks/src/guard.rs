@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use url::{Host, Url};
 
-use crate::error::{Error, Result};
+use jobmill::error::{Error, Result};
 
 /// Longest callback URL.
 pub const MAX_URL_LEN: usize = 2048;

@@ -1,46 +1,73 @@
-//! Webhook result callbacks, signed to the Standard Webhooks specification.
+//! jobmill-webhooks: signed result callbacks to the Standard Webhooks specification. A feature
+//! of jobmill: it plugs into the engine as a submit hook (checks `callback_url`), a subscriber
+//! of the job-event outbox, an internal kind (`webhook_delivery`) and two loops, and owns its
+//! collections, indexes, settings and Redis channel.
 //!
 //! # How an event travels
-//! 1. The write that moves a job to a terminal state also records an *outbox* entry on the job
-//!    (`store.rs`), so the intent to notify is as durable as the state itself.
-//! 2. The worker's dispatcher loop turns outbox entries into one [`records::Delivery`] per
-//!    (event, target) with a deterministic id, enqueues one `webhook_delivery` job per delivery
-//!    on the [`QUEUE`] queue (idempotency key = delivery id), then clears the entry.
-//! 3. The `webhook_delivery` job ([`send`]) resolves the host, refuses private addresses
-//!    ([`guard`]), signs ([`signing`]), POSTs, logs the attempt and asks for a retry with
-//!    this module's backoff ([`retry_delay`]) until a 2xx, a `410`, or the schedule ends.
+//! 1. The engine's write that moves a job to a terminal state also records an outbox entry on
+//!    the job when this feature wants it ([`Dispatcher`] says so from its subscriptions table,
+//!    or the job was marked at submit), so the intent to notify is as durable as the state.
+//! 2. The engine's outbox loop hands pending entries to [`Dispatcher`], which inserts one
+//!    [`records::Delivery`] per (event, target) with a deterministic id and returns one
+//!    `webhook_delivery` job per delivery on the [`QUEUE`] queue (idempotency key = delivery
+//!    id); the engine submits them, then clears the entry.
+//! 3. The `webhook_delivery` job ([`delivery`]) resolves the host, refuses private addresses
+//!    ([`guard`]), signs ([`signing`]), POSTs ([`send`]), logs the attempt and asks for a retry
+//!    with this crate's backoff ([`retry_delay`]) until a 2xx, a `410`, or the schedule ends.
 //!
 //! # Layout
+//! - [`Webhooks`]: the feature, as the binaries assemble it; [`WebhookSettings`] its section.
+//! - [`callbacks`]: the submit hook.
+//! - [`dispatcher`]: the outbox subscriber.
+//! - [`delivery`]: the `webhook_delivery` kind.
 //! - [`signing`]: `whsec_` secrets and `v1,` HMAC-SHA256 signatures.
 //! - [`guard`]: URL checks, DNS resolution and the private-address refusal (SSRF).
 //! - [`records`]: the MongoDB collections: endpoints, deliveries, tenant signing secrets.
 //! - [`send`]: one HTTP attempt, with pinned addresses, no redirects and a bounded read.
 //! - [`subscriptions`]: the worker's view of which tenants' endpoints want which events, so an
 //!   endpoint registered after a job was submitted still gets that job's events.
+#![warn(missing_docs)]
 
+pub mod callbacks;
+pub mod delivery;
+pub mod dispatcher;
 pub mod guard;
 pub mod records;
 pub mod send;
 pub mod signing;
 pub mod subscriptions;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use jobmill::config::{Bounds, Env, Secret, Section, Setting};
+use jobmill::job::Job;
+use jobmill::kind::Registry;
+use jobmill::outbox::{BoxFuture, JobEvent, Subscriber};
+use jobmill::pubsub::Subscription;
+use jobmill::queue::RedisQueue;
+use jobmill::store::Store;
+use jobmill::{NewJob, Result, SubmitHook};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use callbacks::CallbackCheck;
+pub use delivery::WebhookDelivery;
+pub use dispatcher::Dispatcher;
 pub use guard::AllowList;
+use records::WebhookStore;
+use subscriptions::Subscriptions;
 
 /// The queue delivery jobs run on. Workers consume it by default (`JOBMILL_QUEUES`).
 pub const QUEUE: &str = "webhooks";
 /// The tenant that owns delivery jobs. It contains a `:`, which API key names cannot, so no
 /// caller can own (or submit as) it.
 pub const TENANT: &str = "system:webhooks";
-/// Event types an endpoint may subscribe to.
-pub const EVENTS: [&str; 4] = ["job.succeeded", "job.failed", "job.cancelled", PROGRESS];
-/// The events of a job that ended: what a job's `callback_url` receives, and what an endpoint
-/// registered without `events` subscribes to.
-pub const TERMINAL_EVENTS: [&str; 3] = ["job.succeeded", "job.failed", "job.cancelled"];
-/// The progress event: sent only to endpoints that subscribe to it (never to a job's own
-/// `callback_url`), at most once per [`WebhookSettings::progress_every`] per job.
-pub const PROGRESS: &str = "job.progress";
+/// The job field (in [`Job::ext`]) holding the URL that hears how the job ended.
+pub const CALLBACK_URL: &str = "callback_url";
+/// The Redis channel (under the key prefix) on which the API announces endpoint changes.
+pub const ENDPOINTS_CHANNEL: &str = "endpoints";
 /// Attempts of one delivery job: with the backoff below this spans about a day (see
 /// [`schedule_span`]).
 pub const DELIVERY_ATTEMPTS: u32 = 22;
@@ -51,16 +78,47 @@ pub const LOGGED_BODY_BYTES: usize = 1024;
 /// Bytes of a response body read at most (the rest is never received).
 pub const MAX_READ_BYTES: usize = 4096;
 
-/// Default delay ceiling of the first retry.
-pub const DEFAULT_RETRY_BASE: Duration = Duration::from_secs(5);
-/// Default HTTP timeout of one attempt.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
-/// Default time an endpoint may fail without a success before it is disabled.
-pub const DEFAULT_DISABLE_AFTER: Duration = Duration::from_secs(5 * 86_400);
-/// Default time a rotated-out secret keeps signing.
-pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(86_400);
-/// Default least time between two `job.progress` events of one job.
-pub const DEFAULT_PROGRESS_EVERY: Duration = Duration::from_secs(1);
+const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// `JOBMILL_WEBHOOK_ALLOW`.
+pub const ALLOW: Setting = Setting { env: "JOBMILL_WEBHOOK_ALLOW", default: "", bounds: Bounds::Text, doc: "hosts (host or host:port, comma-separated) whose callbacks may resolve to private or loopback addresses" };
+/// `JOBMILL_WEBHOOK_TIMEOUT`.
+pub const TIMEOUT: Setting = Setting {
+    env: "JOBMILL_WEBHOOK_TIMEOUT",
+    default: "15s",
+    bounds: Bounds::Duration(Duration::from_millis(100), secs(300)),
+    doc: "timeout of one webhook delivery attempt",
+};
+/// `JOBMILL_WEBHOOK_RETRY_BASE`.
+pub const RETRY_BASE: Setting = Setting {
+    env: "JOBMILL_WEBHOOK_RETRY_BASE",
+    default: "5s",
+    bounds: Bounds::Duration(Duration::from_millis(1), secs(3600)),
+    doc: "first webhook retry delay ceiling (doubles 11 times; 22 attempts span about a day)",
+};
+/// `JOBMILL_WEBHOOK_DISABLE_AFTER`.
+pub const DISABLE_AFTER: Setting = Setting {
+    env: "JOBMILL_WEBHOOK_DISABLE_AFTER",
+    default: "5d",
+    bounds: Bounds::Duration(Duration::ZERO, secs(365 * 86_400)),
+    doc: "an endpoint failing this long without a success is disabled",
+};
+/// `JOBMILL_WEBHOOK_ROTATION_GRACE`.
+pub const ROTATION_GRACE: Setting = Setting {
+    env: "JOBMILL_WEBHOOK_ROTATION_GRACE",
+    default: "24h",
+    bounds: Bounds::Duration(Duration::ZERO, secs(30 * 86_400)),
+    doc: "how long a rotated-out webhook secret keeps signing",
+};
+/// `JOBMILL_WEBHOOK_PROGRESS_EVERY`.
+pub const PROGRESS_EVERY: Setting = Setting {
+    env: "JOBMILL_WEBHOOK_PROGRESS_EVERY",
+    default: "1s",
+    bounds: Bounds::Duration(Duration::from_millis(10), secs(3600)),
+    doc: "least time between two job.progress events of one job (for endpoints subscribed to them)",
+};
 
 /// Webhook settings (`JOBMILL_WEBHOOK_*`).
 #[derive(Debug, Clone)]
@@ -79,16 +137,31 @@ pub struct WebhookSettings {
     pub progress_every: Duration,
 }
 
+impl Section for WebhookSettings {
+    const SETTINGS: &'static [Setting] = &[
+        ALLOW,
+        TIMEOUT,
+        RETRY_BASE,
+        DISABLE_AFTER,
+        ROTATION_GRACE,
+        PROGRESS_EVERY,
+    ];
+
+    fn read(env: &Env) -> Self {
+        WebhookSettings {
+            allow: env.parse(&ALLOW, AllowList::parse).unwrap_or_default(),
+            timeout: env.duration(&TIMEOUT),
+            retry_base: env.duration(&RETRY_BASE),
+            disable_after: env.duration(&DISABLE_AFTER),
+            rotation_grace: env.duration(&ROTATION_GRACE),
+            progress_every: env.duration(&PROGRESS_EVERY),
+        }
+    }
+}
+
 impl Default for WebhookSettings {
     fn default() -> Self {
-        WebhookSettings {
-            allow: AllowList::default(),
-            timeout: DEFAULT_TIMEOUT,
-            retry_base: DEFAULT_RETRY_BASE,
-            disable_after: DEFAULT_DISABLE_AFTER,
-            rotation_grace: DEFAULT_ROTATION_GRACE,
-            progress_every: DEFAULT_PROGRESS_EVERY,
-        }
+        WebhookSettings::read(&Env::new(|_| None))
     }
 }
 
@@ -110,9 +183,10 @@ pub fn schedule_span(base: Duration) -> Duration {
 
 /// The job that sends delivery `id`, deduplicated by `key` (the delivery id for the first run,
 /// `<id>:replay:<n>` for replays).
-pub fn delivery_job(id: &str, key: String, timeout: Duration) -> crate::NewJob {
-    crate::NewJob {
-        kind: "webhook_delivery".into(),
+pub fn delivery_job(id: &str, key: String, timeout: Duration) -> NewJob {
+    use jobmill::JobKind as _;
+    NewJob {
+        kind: WebhookDelivery::NAME.into(),
         args: serde_json::json!({ "delivery_id": id }),
         queue: Some(QUEUE.into()),
         max_attempts: Some(DELIVERY_ATTEMPTS),
@@ -123,9 +197,156 @@ pub fn delivery_job(id: &str, key: String, timeout: Duration) -> crate::NewJob {
     }
 }
 
-/// The `type` of the event a job in terminal state `state` emits.
-pub fn event_type(state: crate::JobState) -> String {
-    format!("job.{}", state.as_str())
+/// The job's `callback_url`, if it has one.
+pub fn callback_url(job: &Job) -> Option<&str> {
+    job.ext.get(CALLBACK_URL).and_then(|v| v.as_str())
+}
+
+/// The webhooks feature, as a binary assembles it. Cheap to clone.
+#[derive(Clone)]
+pub struct Webhooks {
+    hooks: WebhookStore,
+    settings: WebhookSettings,
+    queue: RedisQueue,
+    redis_url: Secret,
+    subscriptions: Arc<Subscriptions>,
+    changed: Arc<Notify>,
+    callbacks: Arc<CallbackCheck>,
+}
+
+impl Webhooks {
+    /// The feature on these stores. Deliveries are kept as long as jobs (`store`'s retention).
+    pub fn new(
+        store: &Store,
+        queue: &RedisQueue,
+        redis_url: Secret,
+        settings: WebhookSettings,
+    ) -> Self {
+        let hooks = WebhookStore::new(store.database(), store.retention());
+        Webhooks {
+            callbacks: Arc::new(CallbackCheck {
+                hooks: hooks.clone(),
+                allow: settings.allow.clone(),
+                has_endpoints: Mutex::new(HashMap::new()),
+            }),
+            hooks,
+            settings,
+            queue: queue.clone(),
+            redis_url,
+            subscriptions: Arc::new(Subscriptions::default()),
+            changed: Arc::new(Notify::new()),
+        }
+    }
+
+    /// The collections.
+    pub fn store(&self) -> &WebhookStore {
+        &self.hooks
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &WebhookSettings {
+        &self.settings
+    }
+
+    /// Create the indexes. Idempotent; both binaries call it at startup.
+    pub async fn ensure_indexes(&self) -> Result<()> {
+        self.hooks.ensure_indexes().await
+    }
+
+    /// The check of `callback_url` and of the tenant's endpoints at submit.
+    pub fn submit_hook(&self) -> Arc<dyn SubmitHook> {
+        self.callbacks.clone()
+    }
+
+    /// The outbox subscriber (the worker runs it).
+    pub fn subscriber(&self) -> Arc<dyn Subscriber> {
+        Arc::new(Dispatcher {
+            hooks: self.hooks.clone(),
+            settings: self.settings.clone(),
+            subscriptions: self.subscriptions.clone(),
+        })
+    }
+
+    /// Register the internal `webhook_delivery` kind.
+    pub fn register_kinds(&self, r: &mut Registry) {
+        r.register_internal(WebhookDelivery::new(
+            self.hooks.clone(),
+            self.settings.clone(),
+        ));
+    }
+
+    /// The worker's loops of this feature: keep the subscriptions table fresh.
+    pub fn loops(&self, stop: CancellationToken) -> Vec<BoxFuture<'static, ()>> {
+        vec![
+            Box::pin(refresh_subscriptions(self.clone(), stop.clone())),
+            Box::pin(listen_for_changes(self.clone(), stop)),
+        ]
+    }
+
+    /// A tenant's endpoints just changed: forget the cached answer here and tell the workers,
+    /// which decide again when each job ends (a lost message only delays that by their reload
+    /// period).
+    pub async fn endpoints_changed(&self, tenant: &str) {
+        self.callbacks.forget(tenant);
+        let channel = self.queue.keys().feature(ENDPOINTS_CHANNEL);
+        if let Err(e) = self.queue.publish(&channel, tenant).await {
+            tracing::debug!(error = %e, "could not announce an endpoint change");
+        }
+    }
+}
+
+/// Reload the subscriptions table every [`subscriptions::REFRESH`], and at once when the API
+/// announces an endpoint change. The announcement is only a hint; the timer bounds a missed one.
+async fn refresh_subscriptions(w: Webhooks, stop: CancellationToken) {
+    loop {
+        if let Err(e) = w.subscriptions.refresh(&w.hooks).await {
+            tracing::debug!(error = %e, "webhook subscriptions reload failed; keeping the last");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(subscriptions::REFRESH) => {}
+            _ = w.changed.notified() => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Turn the API's announcements of endpoint changes into early reloads.
+async fn listen_for_changes(w: Webhooks, stop: CancellationToken) {
+    let channel = w.queue.keys().feature(ENDPOINTS_CHANNEL);
+    let mut sub = loop {
+        match Subscription::open(w.redis_url.expose(), std::slice::from_ref(&channel)).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::debug!(error = %e, "endpoint announcements: subscribe failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = sub.next() => w.changed.notify_one(),
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// The event types an endpoint may subscribe to, by name.
+pub fn parse_events(names: &[String]) -> std::result::Result<Vec<JobEvent>, String> {
+    names
+        .iter()
+        .map(|n| {
+            JobEvent::parse(n).ok_or_else(|| {
+                format!(
+                    "unknown event type '{}'; known: {}",
+                    n.chars().take(64).collect::<String>(),
+                    JobEvent::ALL.map(JobEvent::as_str).join(", ")
+                )
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -10,15 +10,17 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::{FindOneAndUpdateOptions, IndexOptions, ReturnDocument};
 use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
-use super::signing::generate_secret;
-use crate::error::{Error, Result};
-use crate::job::{now_ms, Retention};
-use crate::store::is_duplicate_key;
+use jobmill::error::{Error, Result};
+use jobmill::job::{now_ms, Retention};
+use jobmill::outbox::JobEvent;
+use jobmill::store::{is_duplicate_key, newest_first, scoped};
+
+use crate::signing::generate_secret;
 
 /// Registered endpoints.
 pub const ENDPOINTS: &str = "webhook_endpoints";
@@ -60,7 +62,7 @@ pub struct Endpoint {
     /// Where events go.
     pub url: String,
     /// Subscribed event types.
-    pub events: Vec<String>,
+    pub events: Vec<JobEvent>,
     /// The endpoint's own signing secret.
     pub secret: String,
     /// The secret before the last rotation, while it still signs.
@@ -85,8 +87,8 @@ impl Endpoint {
     }
 
     /// Whether it wants events of this type.
-    pub fn wants(&self, event: &str) -> bool {
-        self.enabled == 1 && self.events.iter().any(|e| e == event)
+    pub fn wants(&self, event: JobEvent) -> bool {
+        self.enabled == 1 && self.events.contains(&event)
     }
 }
 
@@ -113,15 +115,37 @@ impl TenantSecret {
 }
 
 /// Where a delivery stands.
-pub mod status {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
     /// Waiting for its next attempt (also after a replay).
-    pub const PENDING: &str = "pending";
+    Pending,
     /// A 2xx was received.
-    pub const DELIVERED: &str = "delivered";
+    Delivered,
     /// The retry schedule ran out, the URL was refused, or the endpoint is gone or disabled.
-    pub const FAILED: &str = "failed";
+    Failed,
     /// The receiver answered `410 Gone`: stopped, and the endpoint disabled.
-    pub const GONE: &str = "gone";
+    Gone,
+}
+
+impl DeliveryStatus {
+    /// The stored and shown name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Failed => "failed",
+            DeliveryStatus::Gone => "gone",
+        }
+    }
+
+    /// Whether no further attempt will run (a replay may start one).
+    pub fn is_final(self) -> bool {
+        match self {
+            DeliveryStatus::Pending => false,
+            DeliveryStatus::Delivered | DeliveryStatus::Failed | DeliveryStatus::Gone => true,
+        }
+    }
 }
 
 /// One HTTP attempt of a delivery.
@@ -159,7 +183,7 @@ pub struct Delivery {
     /// Target URL.
     pub url: String,
     /// Event type.
-    pub event: String,
+    pub event: JobEvent,
     /// Event id: the `webhook-id` header, the same on every attempt and replay.
     pub event_id: String,
     /// The exact body sent on every attempt.
@@ -167,7 +191,7 @@ pub struct Delivery {
     /// Created at.
     pub created_ms: i64,
     /// `pending`, `delivered`, `failed` or `gone`.
-    pub status: String,
+    pub status: DeliveryStatus,
     /// Attempts started (the key of the next log entry).
     #[serde(default)]
     pub attempt_seq: i32,
@@ -211,13 +235,6 @@ fn after() -> FindOneAndUpdateOptions {
         .build()
 }
 
-fn scoped(mut filter: Document, tenant: Option<&str>) -> Document {
-    if let Some(t) = tenant {
-        filter.insert("tenant", t);
-    }
-    filter
-}
-
 impl WebhookStore {
     /// The collections of `db`; deliveries are kept for `retention`.
     pub fn new(db: &Database, retention: Duration) -> Self {
@@ -258,14 +275,7 @@ impl WebhookStore {
 
     /// Endpoints, newest first (`None` = every tenant's, for operators).
     pub async fn list_endpoints(&self, tenant: Option<&str>, limit: i64) -> Result<Vec<Endpoint>> {
-        Ok(self
-            .endpoints
-            .find(scoped(doc! {}, tenant))
-            .sort(doc! { "list_key": -1 })
-            .limit(limit)
-            .await?
-            .try_collect()
-            .await?)
+        newest_first(&self.endpoints, scoped(doc! {}, tenant), None, limit).await
     }
 
     /// One endpoint.
@@ -350,11 +360,11 @@ impl WebhookStore {
 
     /// `(tenant, events)` of every enabled endpoint: only these two fields travel, since every
     /// worker reloads this every few seconds.
-    pub async fn enabled_subscriptions(&self) -> Result<Vec<(String, Vec<String>)>> {
+    pub async fn enabled_subscriptions(&self) -> Result<Vec<(String, Vec<JobEvent>)>> {
         #[derive(Deserialize)]
         struct Sub {
             tenant: String,
-            events: Vec<String>,
+            events: Vec<JobEvent>,
         }
         let subs: Vec<Sub> = self
             .endpoints
@@ -392,7 +402,7 @@ impl WebhookStore {
         if now - ep.failing_since_ms >= disable_after.as_millis() as i64 {
             let reason = format!(
                 "failing since {} without a success",
-                crate::view::ts(ep.failing_since_ms)
+                jobmill::view::ts(ep.failing_since_ms)
             );
             self.set_enabled(&ep.id, None, false, Some(&reason)).await?;
             return Ok(true);
@@ -471,9 +481,7 @@ impl WebhookStore {
 
     /// The retention sub-document of a delivery created now.
     pub fn retention_of_new(&self) -> Retention {
-        Retention {
-            expire_at: DateTime::from_millis(now_ms() + self.retention.as_millis() as i64),
-        }
+        Retention::from_now(self.retention)
     }
 
     /// Insert deliveries; ones that exist already (a re-dispatched event) are left as they are.
@@ -534,14 +542,7 @@ impl WebhookStore {
     }
 
     async fn find_deliveries(&self, filter: Document, limit: i64) -> Result<Vec<Delivery>> {
-        Ok(self
-            .deliveries
-            .find(filter)
-            .sort(doc! { "list_key": -1 })
-            .limit(limit)
-            .await?
-            .try_collect()
-            .await?)
+        newest_first(&self.deliveries, filter, None, limit).await
     }
 
     /// Number the next attempt (counted before sending, so even an attempt whose worker dies
@@ -557,21 +558,29 @@ impl WebhookStore {
     }
 
     /// Log an attempt, and set the delivery's status when it ended it.
-    pub async fn record_attempt(&self, id: &str, log: &AttemptLog, status: &str) -> Result<()> {
+    pub async fn record_attempt(
+        &self,
+        id: &str,
+        log: &AttemptLog,
+        status: DeliveryStatus,
+    ) -> Result<()> {
         let entry = mongodb::bson::to_document(log).map_err(corrupt)?;
         self.deliveries
             .update_one(
                 doc! { "_id": id },
-                doc! { "$set": { format!("attempts.{}", log.attempt): entry, "status": status } },
+                doc! { "$set": { format!("attempts.{}", log.attempt): entry, "status": status.as_str() } },
             )
             .await?;
         Ok(())
     }
 
     /// End a delivery without an attempt (endpoint deleted or disabled).
-    pub async fn set_status(&self, id: &str, status: &str) -> Result<()> {
+    pub async fn set_status(&self, id: &str, status: DeliveryStatus) -> Result<()> {
         self.deliveries
-            .update_one(doc! { "_id": id }, doc! { "$set": { "status": status } })
+            .update_one(
+                doc! { "_id": id },
+                doc! { "$set": { "status": status.as_str() } },
+            )
             .await?;
         Ok(())
     }
@@ -584,10 +593,14 @@ impl WebhookStore {
             .deliveries
             .find_one_and_update(
                 scoped(
-                    doc! { "_id": id, "status": { "$in": [status::DELIVERED, status::FAILED, status::GONE] } },
+                    doc! { "_id": id, "status": { "$in": [
+                        DeliveryStatus::Delivered.as_str(),
+                        DeliveryStatus::Failed.as_str(),
+                        DeliveryStatus::Gone.as_str(),
+                    ] } },
                     tenant,
                 ),
-                doc! { "$set": { "status": status::PENDING }, "$inc": { "replays": 1 } },
+                doc! { "$set": { "status": DeliveryStatus::Pending.as_str() }, "$inc": { "replays": 1 } },
             )
             .with_options(after())
             .await?)
@@ -606,7 +619,7 @@ impl WebhookStore {
             .deliveries
             .find_one_and_update(
                 scoped(
-                    doc! { "_id": id, "status": status::PENDING, "replays": replays },
+                    doc! { "_id": id, "status": DeliveryStatus::Pending.as_str(), "replays": replays },
                     tenant,
                 ),
                 doc! { "$inc": { "replays": 1 } },

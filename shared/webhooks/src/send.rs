@@ -1,13 +1,13 @@
 //! One HTTP attempt of a delivery: connect only to the addresses the guard approved (pinned, so
 //! a second DNS answer cannot redirect the request), follow no redirects, give up after the
-//! timeout, and read at most [`MAX_READ_BYTES`](super::MAX_READ_BYTES) of the answer.
+//! timeout, and read at most [`MAX_READ_BYTES`](crate::MAX_READ_BYTES) of the answer.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use url::Url;
 
-use super::MAX_READ_BYTES;
+use crate::MAX_READ_BYTES;
 
 /// A signed request, ready to send.
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use rand::RngCore;
 use sha2::Sha256;
 
-use crate::error::{Error, Result};
+use jobmill::error::{Error, Result};
 
 /// Prefix of every secret.
 pub const PREFIX: &str = "whsec_";

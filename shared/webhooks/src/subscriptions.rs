@@ -13,8 +13,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::RwLock;
 use std::time::Duration;
 
-use super::records::WebhookStore;
-use crate::error::Result;
+use jobmill::error::Result;
+use jobmill::outbox::JobEvent;
+
+use crate::records::WebhookStore;
 
 /// How often the table is reloaded from MongoDB.
 pub const REFRESH: Duration = Duration::from_secs(2);
@@ -23,15 +25,15 @@ pub const REFRESH: Duration = Duration::from_secs(2);
 #[derive(Debug, Default)]
 pub struct Subscriptions {
     /// `None` until the first load.
-    table: RwLock<Option<HashMap<String, BTreeSet<String>>>>,
+    table: RwLock<Option<HashMap<String, BTreeSet<JobEvent>>>>,
 }
 
 impl Subscriptions {
     /// Whether an enabled endpoint of `tenant` wants `event` (true while not yet loaded).
-    pub fn wants(&self, tenant: &str, event: &str) -> bool {
+    pub fn wants(&self, tenant: &str, event: JobEvent) -> bool {
         match &*self.table.read().expect("subscriptions lock") {
             None => true,
-            Some(t) => t.get(tenant).is_some_and(|evs| evs.contains(event)),
+            Some(t) => t.get(tenant).is_some_and(|evs| evs.contains(&event)),
         }
     }
 
@@ -46,8 +48,8 @@ impl Subscriptions {
     }
 
     /// Replace the table with these (tenant, event) pairs.
-    pub fn set(&self, pairs: impl IntoIterator<Item = (String, String)>) {
-        let mut table: HashMap<String, BTreeSet<String>> = HashMap::new();
+    pub fn set(&self, pairs: impl IntoIterator<Item = (String, JobEvent)>) {
+        let mut table: HashMap<String, BTreeSet<JobEvent>> = HashMap::new();
         for (tenant, event) in pairs {
             table.entry(tenant).or_default().insert(event);
         }
@@ -62,10 +64,10 @@ mod tests {
     #[test]
     fn unknown_means_subscribed_until_loaded() {
         let s = Subscriptions::default();
-        assert!(s.wants("acme", "job.succeeded"));
-        s.set([("acme".to_string(), "job.progress".to_string())]);
-        assert!(s.wants("acme", "job.progress"));
-        assert!(!s.wants("acme", "job.succeeded"));
-        assert!(!s.wants("other", "job.progress"));
+        assert!(s.wants("acme", JobEvent::Succeeded));
+        s.set([("acme".to_string(), JobEvent::Progress)]);
+        assert!(s.wants("acme", JobEvent::Progress));
+        assert!(!s.wants("acme", JobEvent::Succeeded));
+        assert!(!s.wants("other", JobEvent::Progress));
     }
 }

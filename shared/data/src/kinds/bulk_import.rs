@@ -16,14 +16,17 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use jobmill::kind::{JobContext, JobKind, KindDefaults, Outcome};
+use jobmill::store::Store;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::error::ErrorKind;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::datasets::{check_name, Dataset, Datasets};
-use crate::files::{FileMeta, FileStore};
-use crate::kind::{JobContext, JobKind, KindDefaults, Outcome, Resources};
+use crate::cache::PageCache;
+use crate::datasets::{check_name, Dataset, Datasets, NAME_PATTERN};
+use crate::files::{FileMeta, FileState, FileStore, ID_PATTERN};
 
 /// Most errors listed in the result.
 pub const MAX_ERRORS: usize = 1000;
@@ -35,30 +38,104 @@ pub const MAX_RECORD: usize = 1024 * 1024;
 pub const DEFAULT_BATCH: usize = 1000;
 
 /// Arguments of `bulk_import`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkImportArgs {
     /// The stored file (from an upload).
+    #[schemars(regex(pattern = ID_PATTERN))]
     pub file_id: String,
-    /// `ndjson` or `csv` (with a header row).
-    pub format: String,
+    /// The file's format.
+    pub format: Format,
     /// Target dataset name (`[a-z0-9_]{1,48}`).
+    #[schemars(regex(pattern = NAME_PATTERN))]
     pub dataset: String,
     /// Field to upsert on: a row with the same value replaces the earlier one.
     #[serde(default)]
+    #[schemars(regex(pattern = FIELD_PATTERN), extend("not" = {"const": "_id"}))]
     pub key: Option<String>,
     /// Rows per write (1-10000, default 1000).
     #[serde(default)]
+    #[schemars(range(min = 1, max = 10_000))]
     pub batch_size: Option<usize>,
-    /// Expected type per field: `string`, `number`, `integer` or `boolean`. A row whose field
-    /// has another type is a bad row. Without it CSV values are inferred (empty → null,
-    /// integers, decimals, true/false, else text).
+    /// Expected type per field. A row whose field has another type is a bad row. Without it
+    /// CSV values are inferred (empty → null, integers, decimals, true/false, else text).
     #[serde(default)]
-    pub schema: Option<BTreeMap<String, String>>,
+    #[schemars(extend("propertyNames" = {"pattern": FIELD_PATTERN, "not": {"const": "_id"}}))]
+    pub schema: Option<BTreeMap<String, FieldType>>,
+}
+
+/// A field name a row may have: 1-128 characters, no `.`, no leading `$`, not `_id`.
+pub const FIELD_PATTERN: &str = r"^[^$.][^.]{0,127}$";
+
+/// The format of an imported file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// One JSON object per line.
+    Ndjson,
+    /// Comma-separated values with a header row.
+    Csv,
+}
+
+impl Format {
+    fn as_str(self) -> &'static str {
+        match self {
+            Format::Ndjson => "ndjson",
+            Format::Csv => "csv",
+        }
+    }
+}
+
+/// The type a schema expects of a field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldType {
+    /// Text.
+    String,
+    /// Any number.
+    Number,
+    /// A whole number.
+    Integer,
+    /// `true` or `false`.
+    Boolean,
+}
+
+impl FieldType {
+    fn as_str(self) -> &'static str {
+        match self {
+            FieldType::String => "string",
+            FieldType::Number => "number",
+            FieldType::Integer => "integer",
+            FieldType::Boolean => "boolean",
+        }
+    }
+}
+
+impl std::fmt::Display for FieldType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Imports files into datasets.
-pub struct BulkImport;
+pub struct BulkImport {
+    store: Store,
+    files: FileStore,
+    datasets: Datasets,
+    cache: PageCache,
+}
+
+impl BulkImport {
+    /// The kind, with the stores it reads and writes and the cache it asks to rebuild.
+    pub fn new(store: Store, files: FileStore, datasets: Datasets, cache: PageCache) -> Self {
+        BulkImport {
+            store,
+            files,
+            datasets,
+            cache,
+        }
+    }
+}
 
 fn check_field(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 128 || name.starts_with('$') || name.contains('.') {
@@ -75,13 +152,11 @@ fn check_field(name: &str) -> Result<(), String> {
 
 impl JobKind for BulkImport {
     const NAME: &'static str = "bulk_import";
+    const DESCRIPTION: &'static str = "Imports a stored NDJSON or CSV file into a dataset in batches, upserting on a key; reports bad rows.";
     type Args = BulkImportArgs;
 
     fn validate(&self, a: &BulkImportArgs) -> Result<(), String> {
         uuid::Uuid::try_parse(&a.file_id).map_err(|_| "file_id must be a file id (a UUID)")?;
-        if a.format != "ndjson" && a.format != "csv" {
-            return Err(format!("format '{}' is neither ndjson nor csv", a.format));
-        }
         check_name(&a.dataset)?;
         if let Some(k) = &a.key {
             check_field(k)?;
@@ -89,13 +164,8 @@ impl JobKind for BulkImport {
         if a.batch_size.is_some_and(|b| !(1..=10_000).contains(&b)) {
             return Err("batch_size must be from 1 to 10000".into());
         }
-        for (f, t) in a.schema.iter().flatten() {
+        for f in a.schema.iter().flat_map(|s| s.keys()) {
             check_field(f)?;
-            if !["string", "number", "integer", "boolean"].contains(&t.as_str()) {
-                return Err(format!(
-                    "schema type '{t}' of field {f} is not string, number, integer or boolean"
-                ));
-            }
         }
         Ok(())
     }
@@ -104,15 +174,12 @@ impl JobKind for BulkImport {
         KindDefaults {
             max_attempts: 5,
             timeout: Duration::from_secs(6 * 3600),
+            ..KindDefaults::default()
         }
     }
 
     async fn run(&self, ctx: JobContext, a: BulkImportArgs) -> Outcome {
-        let res = match ctx.resources() {
-            Ok(r) => r.clone(),
-            Err(o) => return o,
-        };
-        match import(&ctx, &res, &a).await {
+        match import(&ctx, self, &a).await {
             Ok(o) => o,
             // Store trouble: the next attempt resumes from the checkpoint.
             Err(e) => Outcome::retry(e),
@@ -146,14 +213,14 @@ impl Checkpoint {
     }
 }
 
-async fn import(ctx: &JobContext, res: &Resources, a: &BulkImportArgs) -> crate::Result<Outcome> {
-    let files: FileStore = res.files();
-    let store = res.client.store();
+async fn import(ctx: &JobContext, k: &BulkImport, a: &BulkImportArgs) -> jobmill::Result<Outcome> {
+    let files = &k.files;
+    let store = &k.store;
     let file = match files.file(&a.file_id, Some(&ctx.tenant)).await? {
-        Some(f) if f.state == "complete" => f,
+        Some(f) if f.state == FileState::Complete => f,
         _ => return Ok(Outcome::fail(format!("file {} does not exist", a.file_id))),
     };
-    let datasets = Datasets::new(store.database());
+    let datasets = &k.datasets;
     let ds = datasets.ensure(&ctx.tenant, &a.dataset).await?;
     let mut cp: Checkpoint = match store.load_checkpoint(&ctx.id).await? {
         Some(s) => serde_json::from_str(&s).unwrap_or_default(),
@@ -161,7 +228,7 @@ async fn import(ctx: &JobContext, res: &Resources, a: &BulkImportArgs) -> crate:
     };
     let batch_size = a.batch_size.unwrap_or(DEFAULT_BATCH);
     let total = file.size.max(0) as u64;
-    let mut reader = Records::new(a.format == "csv", cp.offset);
+    let mut reader = Records::new(a.format == Format::Csv, cp.offset);
     let mut batch: Vec<(u64, Document)> = Vec::with_capacity(batch_size);
     let mut pos = cp.offset;
     let cs = file.chunk_size.max(1) as u64;
@@ -170,7 +237,7 @@ async fn import(ctx: &JobContext, res: &Resources, a: &BulkImportArgs) -> crate:
         let data = if pos < total {
             let n = pos / cs;
             let chunk = files.chunk(&file.id, n as i64).await?.ok_or_else(|| {
-                crate::Error::Corrupt(format!("chunk {n} of the file is missing"))
+                jobmill::Error::Corrupt(format!("chunk {n} of the file is missing"))
             })?;
             let from = (pos - n * cs) as usize;
             pos = n * cs + chunk.len() as u64;
@@ -185,8 +252,8 @@ async fn import(ctx: &JobContext, res: &Resources, a: &BulkImportArgs) -> crate:
                 return Ok(o);
             }
             if batch.len() >= batch_size {
-                write_batch(&datasets, &ds, a.key.is_some(), &mut batch, &mut cp).await?;
-                save(ctx, res, &cp).await?;
+                write_batch(datasets, &ds, a.key.is_some(), &mut batch, &mut cp).await?;
+                save(ctx, &k.store, &cp).await?;
                 report(ctx, &cp, total);
                 if ctx.is_cancelled() {
                     return Ok(Outcome::Cancelled("cancelled between batches".into()));
@@ -200,16 +267,13 @@ async fn import(ctx: &JobContext, res: &Resources, a: &BulkImportArgs) -> crate:
     if let Some(o) = sniff(&cp, a, true) {
         return Ok(o);
     }
-    write_batch(&datasets, &ds, a.key.is_some(), &mut batch, &mut cp).await?;
-    save(ctx, res, &cp).await?;
+    write_batch(datasets, &ds, a.key.is_some(), &mut batch, &mut cp).await?;
+    save(ctx, &k.store, &cp).await?;
     report(ctx, &cp, total);
     datasets.bump_generation(&ds).await?;
     // The cached pages of this dataset are stale now: ask for one rebuild (coalesced with any
     // already queued). A failure here must not fail the import; the next cache miss asks again.
-    if let Err(e) = crate::cache::PageCache::new(res)
-        .request_rebuild(&ctx.tenant, &a.dataset)
-        .await
-    {
+    if let Err(e) = k.cache.request_rebuild(&ctx.tenant, &a.dataset).await {
         tracing::warn!(error = %e, dataset = %a.dataset, "could not request a cache rebuild");
     }
     Ok(Outcome::success(json!({
@@ -222,12 +286,9 @@ async fn import(ctx: &JobContext, res: &Resources, a: &BulkImportArgs) -> crate:
     })))
 }
 
-async fn save(ctx: &JobContext, res: &Resources, cp: &Checkpoint) -> crate::Result<()> {
-    let s = serde_json::to_string(cp).map_err(|e| crate::Error::Corrupt(e.to_string()))?;
-    res.client
-        .store()
-        .save_checkpoint(&ctx.id, ctx.attempt, &s)
-        .await
+async fn save(ctx: &JobContext, store: &Store, cp: &Checkpoint) -> jobmill::Result<()> {
+    let s = serde_json::to_string(cp).map_err(|e| jobmill::Error::Corrupt(e.to_string()))?;
+    store.save_checkpoint(&ctx.id, ctx.attempt, &s).await
 }
 
 fn report(ctx: &JobContext, cp: &Checkpoint, total: u64) {
@@ -254,7 +315,7 @@ fn sniff(cp: &Checkpoint, a: &BulkImportArgs, at_end: bool) -> Option<Outcome> {
         .unwrap_or_default();
     Some(Outcome::fail(format!(
         "the file is not {}: none of its first {} rows could be read ({first})",
-        a.format,
+        a.format.as_str(),
         seen.min(SNIFF_ROWS)
     )))
 }
@@ -337,7 +398,7 @@ fn handle_record(
     rec: Record,
     batch: &mut Vec<(u64, Document)>,
 ) -> Option<Outcome> {
-    let csv = a.format == "csv";
+    let csv = a.format == Format::Csv;
     if csv && cp.header.is_none() {
         cp.offset = rec.end;
         let header = std::str::from_utf8(&rec.bytes)
@@ -428,12 +489,11 @@ fn json_row(text: &str, a: &BulkImportArgs) -> Result<Document, String> {
     for (k, v) in map {
         check_field(&k).map_err(|e| format!("field {k}: {e}"))?;
         if let Some(t) = a.schema.as_ref().and_then(|s| s.get(&k)) {
-            let ok = match t.as_str() {
-                "string" => v.is_string(),
-                "number" => v.is_number(),
-                "integer" => v.is_i64() || v.is_u64(),
-                "boolean" => v.is_boolean(),
-                _ => true,
+            let ok = match t {
+                FieldType::String => v.is_string(),
+                FieldType::Number => v.is_number(),
+                FieldType::Integer => v.is_i64() || v.is_u64(),
+                FieldType::Boolean => v.is_boolean(),
             };
             if !ok && !v.is_null() {
                 return Err(format!(
@@ -467,11 +527,7 @@ fn csv_row(text: &str, header: &[String], a: &BulkImportArgs) -> Result<Document
     }
     let mut d = Document::new();
     for (name, raw) in header.iter().zip(fields) {
-        let want = a
-            .schema
-            .as_ref()
-            .and_then(|s| s.get(name))
-            .map(String::as_str);
+        let want = a.schema.as_ref().and_then(|s| s.get(name)).copied();
         let v = csv_value(&raw, want).map_err(|t| {
             format!(
                 "field {name}: expected {t}, got {}",
@@ -484,7 +540,7 @@ fn csv_row(text: &str, header: &[String], a: &BulkImportArgs) -> Result<Document
 }
 
 /// Type a CSV value: as the schema says, or inferred.
-fn csv_value(raw: &str, want: Option<&str>) -> Result<Bson, &'static str> {
+fn csv_value(raw: &str, want: Option<FieldType>) -> Result<Bson, &'static str> {
     let int = || raw.parse::<i64>().ok().map(Bson::Int64);
     let num = || {
         int().or_else(|| {
@@ -503,11 +559,11 @@ fn csv_value(raw: &str, want: Option<&str>) -> Result<Bson, &'static str> {
         return Ok(Bson::Null);
     }
     match want {
-        Some("string") => Ok(Bson::String(raw.to_string())),
-        Some("number") => num().ok_or("number"),
-        Some("integer") => int().ok_or("integer"),
-        Some("boolean") => boolean().ok_or("boolean"),
-        _ => Ok(num()
+        Some(FieldType::String) => Ok(Bson::String(raw.to_string())),
+        Some(FieldType::Number) => num().ok_or("number"),
+        Some(FieldType::Integer) => int().ok_or("integer"),
+        Some(FieldType::Boolean) => boolean().ok_or("boolean"),
+        None => Ok(num()
             .or_else(boolean)
             .unwrap_or_else(|| Bson::String(raw.to_string()))),
     }
@@ -558,7 +614,7 @@ async fn write_batch(
     keyed: bool,
     batch: &mut Vec<(u64, Document)>,
     cp: &mut Checkpoint,
-) -> crate::Result<()> {
+) -> jobmill::Result<()> {
     let Some(&(end, _)) = batch.last() else {
         return Ok(());
     };
@@ -576,7 +632,7 @@ async fn write_batch(
             .run_command(doc! { "update": coll.name(), "updates": updates, "ordered": true })
             .await?;
         if let Ok(errs) = reply.get_array("writeErrors") {
-            return Err(crate::Error::Corrupt(format!(
+            return Err(jobmill::Error::Corrupt(format!(
                 "import write rejected: {errs:?}"
             )));
         }
@@ -643,9 +699,9 @@ mod tests {
         assert_eq!(csv_value("true", None), Ok(Bson::Boolean(true)));
         assert_eq!(csv_value("", None), Ok(Bson::Null));
         assert_eq!(
-            csv_value("12", Some("string")),
+            csv_value("12", Some(FieldType::String)),
             Ok(Bson::String("12".into()))
         );
-        assert_eq!(csv_value("abc", Some("number")), Err("number"));
+        assert_eq!(csv_value("abc", Some(FieldType::Number)), Err("number"));
     }
 }

@@ -5,29 +5,44 @@
 
 use std::time::Duration;
 
+use jobmill::kind::{JobContext, JobKind, KindDefaults, Outcome};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::cache::PageCache;
-use crate::datasets::{check_name, Datasets};
-use crate::kind::{JobContext, JobKind, KindDefaults, Outcome};
+use crate::datasets::{check_name, Datasets, NAME_PATTERN};
 
 /// Arguments of `cache_rebuild`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CacheRebuildArgs {
     /// Dataset whose pages to rebuild.
+    #[schemars(regex(pattern = NAME_PATTERN))]
     pub dataset: String,
     /// How many leading pages (default `JOBMILL_CACHE_PAGES`, at most 1000).
     #[serde(default)]
+    #[schemars(range(min = 1, max = 1000))]
     pub pages: Option<usize>,
 }
 
 /// Rebuilds dataset page caches.
-pub struct CacheRebuild;
+pub struct CacheRebuild {
+    cache: PageCache,
+    datasets: Datasets,
+}
+
+impl CacheRebuild {
+    /// The kind, with the cache it rebuilds and the datasets it reads.
+    pub fn new(cache: PageCache, datasets: Datasets) -> Self {
+        CacheRebuild { cache, datasets }
+    }
+}
 
 impl JobKind for CacheRebuild {
     const NAME: &'static str = "cache_rebuild";
+    const DESCRIPTION: &'static str =
+        "Rebuilds a dataset's cached leading pages as a new version and swaps it in atomically.";
     type Args = CacheRebuildArgs;
 
     fn validate(&self, a: &CacheRebuildArgs) -> Result<(), String> {
@@ -40,19 +55,14 @@ impl JobKind for CacheRebuild {
 
     fn defaults(&self) -> KindDefaults {
         KindDefaults {
-            max_attempts: 3,
             timeout: Duration::from_secs(600),
+            ..KindDefaults::default()
         }
     }
 
     async fn run(&self, ctx: JobContext, a: CacheRebuildArgs) -> Outcome {
-        let res = match ctx.resources() {
-            Ok(r) => r.clone(),
-            Err(o) => return o,
-        };
-        let cache = PageCache::new(&res);
-        let datasets = Datasets::new(res.client.store().database());
-        let outcome = rebuild(&ctx, &cache, &datasets, &a).await;
+        let cache = &self.cache;
+        let outcome = rebuild(&ctx, cache, &self.datasets, &a).await;
         // A retry keeps the marker (this same job runs again); any end releases it, so the next
         // miss may start a fresh rebuild.
         let ends = !matches!(outcome, Outcome::Retry { .. }) || ctx.attempt >= ctx.max_attempts;

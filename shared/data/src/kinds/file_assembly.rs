@@ -8,31 +8,44 @@
 
 use std::time::Duration;
 
+use jobmill::job::now_ms;
+use jobmill::kind::{JobContext, JobKind, KindDefaults, Outcome};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::files::{hex_digest, FileMeta, FileStore, Part, CHUNK_SIZE};
-use crate::job::now_ms;
-use crate::kind::{JobContext, JobKind, KindDefaults, Outcome};
+use crate::files::{hex_digest, FileMeta, FileState, FileStore, Part, CHUNK_SIZE, ID_PATTERN};
 
 /// Pieces read per query: a default 8 MiB part in one read, and at most 8 MiB held in memory
 /// whatever the part size (see [`FileStore::pieces`] for why reads are batched).
 const PIECES_PER_READ: i64 = (8 * 1024 * 1024 / CHUNK_SIZE) as i64;
 
 /// Arguments of `file_assembly`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileAssemblyArgs {
     /// The upload to assemble.
+    #[schemars(regex(pattern = ID_PATTERN))]
     pub upload_id: String,
 }
 
 /// Assembles uploads into files.
-pub struct FileAssembly;
+pub struct FileAssembly {
+    files: FileStore,
+}
+
+impl FileAssembly {
+    /// The kind, with the file store it reads parts from and writes files to.
+    pub fn new(files: FileStore) -> Self {
+        FileAssembly { files }
+    }
+}
 
 impl JobKind for FileAssembly {
     const NAME: &'static str = "file_assembly";
+    const DESCRIPTION: &'static str =
+        "Assembles an upload's parts into one stored file, checking its SHA-256; resumable.";
     type Args = FileAssemblyArgs;
 
     fn validate(&self, a: &FileAssemblyArgs) -> Result<(), String> {
@@ -45,15 +58,12 @@ impl JobKind for FileAssembly {
         KindDefaults {
             max_attempts: 5,
             timeout: Duration::from_secs(6 * 3600),
+            ..KindDefaults::default()
         }
     }
 
     async fn run(&self, ctx: JobContext, a: FileAssemblyArgs) -> Outcome {
-        let files = match ctx.resources() {
-            Ok(r) => r.files(),
-            Err(o) => return o,
-        };
-        match assemble(&ctx, &files, &a.upload_id).await {
+        match assemble(&ctx, &self.files, &a.upload_id).await {
             Ok(o) => o,
             // Store trouble: the next attempt resumes where this one stopped.
             Err(e) => Outcome::retry(e),
@@ -61,7 +71,11 @@ impl JobKind for FileAssembly {
     }
 }
 
-async fn assemble(ctx: &JobContext, files: &FileStore, upload_id: &str) -> crate::Result<Outcome> {
+async fn assemble(
+    ctx: &JobContext,
+    files: &FileStore,
+    upload_id: &str,
+) -> jobmill::Result<Outcome> {
     let Some(upload) = files.upload(upload_id, Some(&ctx.tenant)).await? else {
         return Ok(Outcome::fail(format!(
             "upload {upload_id} does not exist (or expired)"
@@ -70,7 +84,7 @@ async fn assemble(ctx: &JobContext, files: &FileStore, upload_id: &str) -> crate
     let file_id = upload.id.clone();
     // Already done by an earlier attempt whose outcome was not recorded.
     if let Some(f) = files.file(&file_id, None).await? {
-        if f.state == "complete" {
+        if f.state == FileState::Complete {
             return Ok(Outcome::success(
                 json!({ "file_id": f.id, "size": f.size, "sha256": f.sha256 }),
             ));
@@ -91,7 +105,7 @@ async fn assemble(ctx: &JobContext, files: &FileStore, upload_id: &str) -> crate
             sha256: None,
             content_type: upload.content_type.clone(),
             chunk_size: CHUNK_SIZE as i64,
-            state: "assembling".into(),
+            state: FileState::Assembling,
             created_ms: now_ms(),
         })
         .await?;
@@ -105,7 +119,7 @@ async fn assemble(ctx: &JobContext, files: &FileStore, upload_id: &str) -> crate
         let data = files
             .chunk(&file_id, n)
             .await?
-            .ok_or_else(|| crate::Error::Corrupt(format!("chunk {n} vanished")))?;
+            .ok_or_else(|| jobmill::Error::Corrupt(format!("chunk {n} vanished")))?;
         sha.update(&data);
         if ctx.is_cancelled() {
             return Ok(Outcome::Cancelled("cancelled while re-reading".into()));
@@ -173,7 +187,7 @@ async fn assemble(ctx: &JobContext, files: &FileStore, upload_id: &str) -> crate
         n += 1;
     }
     if n != total_chunks {
-        return Err(crate::Error::Corrupt(format!(
+        return Err(jobmill::Error::Corrupt(format!(
             "wrote {n} chunks, expected {total_chunks}"
         )));
     }

@@ -1,31 +1,17 @@
-//! The job kinds that ship with jobmill. One file per kind; add yours beside them and register
-//! it in [`register_builtin`] (or in your own binary's registry).
+//! The engine's own job kinds: side-effect free, for smoke tests and benchmarks. One file per
+//! kind; a user's kinds live in their own crate (see `examples/custom-kind`).
 
-mod bulk_import;
-mod cache_rebuild;
 mod fail;
-mod file_assembly;
 mod noop;
 mod sleep;
-mod webhook_delivery;
 
-pub use bulk_import::BulkImport;
-pub use cache_rebuild::CacheRebuild;
-pub use fail::Fail;
-pub use file_assembly::{check_parts, FileAssembly};
+pub use fail::{Fail, FailMode};
 pub use noop::Noop;
 pub use sleep::Sleep;
-pub use webhook_delivery::WebhookDelivery;
 
 use crate::kind::Registry;
 
-/// Register every built-in kind.
+/// Register `noop`, `sleep` and `fail`.
 pub fn register_builtin(r: &mut Registry) {
-    r.register(Noop)
-        .register(Sleep)
-        .register(Fail)
-        .register(FileAssembly)
-        .register(BulkImport)
-        .register(CacheRebuild)
-        .register(WebhookDelivery);
+    r.register(Noop).register(Sleep).register(Fail);
 }

@@ -9,6 +9,7 @@ pub struct Noop;
 
 impl JobKind for Noop {
     const NAME: &'static str = "noop";
+    const DESCRIPTION: &'static str = "Succeeds at once with its args as the result.";
     type Args = Value;
 
     async fn run(&self, _ctx: JobContext, args: Value) -> Outcome {

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -14,14 +15,16 @@ const MAX_MS: u64 = 86_400_000;
 const MAX_STEPS: u32 = 10_000;
 
 /// Arguments of `sleep`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SleepArgs {
-    /// How long to sleep.
+    /// How long to sleep, in ms (at most a day).
+    #[schemars(range(max = 86_400_000))]
     pub ms: u64,
     /// Report progress this many times along the way (default 1: only at the start and end),
     /// as a long job with visible progress would.
     #[serde(default)]
+    #[schemars(range(min = 1, max = 10_000))]
     pub steps: Option<u32>,
 }
 
@@ -31,6 +34,8 @@ pub struct Sleep;
 
 impl JobKind for Sleep {
     const NAME: &'static str = "sleep";
+    const DESCRIPTION: &'static str =
+        "Waits `ms` milliseconds, reporting progress `steps` times; honours cancellation.";
     type Args = SleepArgs;
 
     fn validate(&self, args: &SleepArgs) -> Result<(), String> {
@@ -45,8 +50,8 @@ impl JobKind for Sleep {
 
     fn defaults(&self) -> KindDefaults {
         KindDefaults {
-            max_attempts: 3,
             timeout: Duration::from_secs(86_400 + 60),
+            ..KindDefaults::default()
         }
     }
 

@@ -1,0 +1,274 @@
+//! The API's settings: its own section ([`ApiSettings`]: address, keys, body limit) and
+//! everything an API process loads ([`ApiConfig`]: the engine's and the features' sections).
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use jobmill::config::{self, Bounds, CoreSettings, Env, Secret, Section, Setting};
+use jobmill_data::DataSettings;
+use jobmill_webhooks::WebhookSettings;
+
+/// `JOBMILL_API_ADDR`.
+pub const API_ADDR: Setting = Setting {
+    env: "JOBMILL_API_ADDR",
+    default: "127.0.0.1:8080",
+    bounds: Bounds::Text,
+    doc: "API listen address (loopback by default: exposing it is a deliberate act)",
+};
+/// `JOBMILL_API_KEYS`.
+pub const API_KEYS: Setting = Setting {
+    env: "JOBMILL_API_KEYS",
+    default: "",
+    bounds: Bounds::Text,
+    doc: "comma-separated name:secret:role, role = submitter|operator (required by the API)",
+};
+/// `JOBMILL_MAX_BODY_BYTES`.
+pub const MAX_BODY_BYTES: Setting = Setting {
+    env: "JOBMILL_MAX_BODY_BYTES",
+    default: "1048576",
+    bounds: Bounds::Count(1024, 64 * 1024 * 1024),
+    doc: "largest HTTP request body",
+};
+
+/// What an API key may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Sees and acts on its own jobs only.
+    Submitter,
+    /// Sees and acts on every job.
+    Operator,
+}
+
+/// One configured API key. The name is the tenant that owns the jobs it submits.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// Tenant name.
+    pub name: String,
+    /// Bearer secret.
+    pub secret: Secret,
+    /// Permissions.
+    pub role: Role,
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The API's own settings.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// Listen address.
+    pub addr: SocketAddr,
+    /// Accepted keys.
+    pub keys: Vec<ApiKey>,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+}
+
+impl Section for ApiSettings {
+    const SETTINGS: &'static [Setting] = &[API_ADDR, API_KEYS, MAX_BODY_BYTES];
+
+    fn read(env: &Env) -> Self {
+        let addr = env
+            .parse(&API_ADDR, |v| {
+                v.parse::<SocketAddr>()
+                    .map_err(|_| format!("'{v}' is not an address like 127.0.0.1:8080"))
+            })
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let keys = env.parse(&API_KEYS, parse_api_keys).unwrap_or_default();
+        ApiSettings {
+            addr,
+            keys,
+            max_body_bytes: env.count(&MAX_BODY_BYTES),
+        }
+    }
+}
+
+/// Everything an API process loads.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// The engine's settings.
+    pub core: CoreSettings,
+    /// The API's own.
+    pub api: ApiSettings,
+    /// The webhooks feature's.
+    pub webhooks: WebhookSettings,
+    /// The data feature's.
+    pub data: DataSettings,
+}
+
+impl ApiConfig {
+    /// Every table this config reads, for flags and `--help`.
+    pub const TABLES: &'static [&'static [Setting]] = &[
+        CoreSettings::SETTINGS,
+        ApiSettings::SETTINGS,
+        WebhookSettings::SETTINGS,
+        DataSettings::SETTINGS,
+    ];
+
+    /// Read every section; all broken settings are reported at once.
+    pub fn read(env: Env) -> jobmill::Result<Self> {
+        let c = ApiConfig {
+            core: CoreSettings::read(&env),
+            api: ApiSettings::read(&env),
+            webhooks: WebhookSettings::read(&env),
+            data: DataSettings::read(&env),
+        };
+        if c.api.keys.is_empty() && !env.is_set(&API_KEYS) {
+            env.problem(
+                &API_KEYS,
+                "the API needs at least one key, e.g. JOBMILL_API_KEYS=ops:<secret of 16+ chars>:operator",
+            );
+        }
+        // A rule that ties two sections together.
+        if c.core.max_args_bytes > c.api.max_body_bytes {
+            env.problem(
+                &jobmill::config::MAX_ARGS_BYTES,
+                "must not exceed JOBMILL_MAX_BODY_BYTES",
+            );
+        }
+        env.finish()?;
+        Ok(c)
+    }
+
+    /// From the environment, with `--flag value` overrides.
+    pub fn load(args: &[String]) -> jobmill::Result<Self> {
+        Self::read(config::process_env(args, Self::TABLES)?)
+    }
+
+    /// From any lookup (tests, benchmarks).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> jobmill::Result<Self> {
+        Self::read(Env::new(get))
+    }
+
+    /// The `--help` text.
+    pub fn help(binary: &str, extra: &str) -> String {
+        config::help(binary, extra, Self::TABLES)
+    }
+}
+
+fn parse_api_keys(raw: &str) -> std::result::Result<Vec<ApiKey>, String> {
+    let mut keys: Vec<ApiKey> = Vec::new();
+    for (i, entry) in raw
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .enumerate()
+    {
+        let n = i + 1;
+        let parts: Vec<&str> = entry.split(':').collect();
+        let [name, secret, role] = parts[..] else {
+            return Err(format!("entry {n} must be name:secret:role"));
+        };
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(format!(
+                "entry {n}: name must be 1-64 letters, digits, '_' or '-'"
+            ));
+        }
+        if secret.len() < 16 || secret.len() > 256 || secret.chars().any(|c| c.is_whitespace()) {
+            return Err(format!(
+                "entry {n} ({name}): secret must be 16-256 characters without spaces"
+            ));
+        }
+        let role = match role {
+            "submitter" => Role::Submitter,
+            "operator" => Role::Operator,
+            other => {
+                return Err(format!(
+                    "entry {n} ({name}): role '{other}' is neither submitter nor operator"
+                ))
+            }
+        };
+        if keys.iter().any(|k| k.name == name) {
+            return Err(format!("name '{name}' is used twice"));
+        }
+        if keys.iter().any(|k| k.secret.expose() == secret) {
+            return Err(format!("entry {n} ({name}) reuses another key's secret"));
+        }
+        keys.push(ApiKey {
+            name: name.to_string(),
+            secret: Secret::new(secret),
+            role,
+        });
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(pairs: &[(&str, &str)]) -> jobmill::Result<ApiConfig> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ApiConfig::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn api_requires_a_key() {
+        let err = load(&[]).unwrap_err().to_string();
+        assert!(err.contains("JOBMILL_API_KEYS"), "{err}");
+    }
+
+    #[test]
+    fn every_broken_setting_is_named() {
+        let err = load(&[
+            ("JOBMILL_API_ADDR", "nowhere"),
+            ("JOBMILL_RETENTION", "forever"),
+            ("JOBMILL_KEY_PREFIX", "a{b}"),
+            ("JOBMILL_REDIS_URL", "http://x"),
+            ("JOBMILL_API_KEYS", "a:short:operator"),
+        ])
+        .unwrap_err()
+        .to_string();
+        for name in [
+            "JOBMILL_API_ADDR",
+            "JOBMILL_RETENTION",
+            "JOBMILL_KEY_PREFIX",
+            "JOBMILL_REDIS_URL",
+            "JOBMILL_API_KEYS",
+        ] {
+            assert!(err.contains(name), "{name} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn keys_parse_and_secrets_stay_secret() {
+        let s = load(&[(
+            "JOBMILL_API_KEYS",
+            "alice:0123456789abcdef:submitter, ops:fedcba9876543210:operator",
+        )])
+        .unwrap();
+        assert_eq!(s.api.keys.len(), 2);
+        assert_eq!(s.api.keys[1].role, Role::Operator);
+        assert!(
+            !format!("{s:?}").contains("0123456789abcdef"),
+            "secrets leak into Debug"
+        );
+    }
+
+    #[test]
+    fn tied_settings_are_checked_together() {
+        let err = load(&[
+            ("JOBMILL_API_KEYS", "ops:fedcba9876543210:operator"),
+            ("JOBMILL_MAX_ARGS_BYTES", "4096"),
+            ("JOBMILL_MAX_BODY_BYTES", "2048"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("JOBMILL_MAX_ARGS_BYTES"), "{err}");
+    }
+}

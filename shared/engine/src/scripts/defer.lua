@@ -1,0 +1,23 @@
+-- Give leased jobs back without charging the attempt, to run later: the worker that claimed
+-- them does not serve their kind, so they wait in the schedule set for a worker that does.
+-- Only jobs this worker still holds are moved (a rescued or re-claimed job is left alone).
+-- KEYS[1] leased ZSET   KEYS[2] owners HASH   KEYS[3] attempts HASH   KEYS[4] scheduled ZSET
+-- ARGV[1] worker id   ARGV[2] wake channel   ARGV[3..] id, run_at ms, id, run_at ms, ...
+-- Returns how many jobs were moved.
+local moved = 0
+for i = 3, #ARGV, 2 do
+  local id = ARGV[i]
+  if redis.call('HGET', KEYS[2], id) == ARGV[1] then
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('HDEL', KEYS[2], id)
+    if tonumber(redis.call('HGET', KEYS[3], id) or '0') > 0 then
+      redis.call('HINCRBY', KEYS[3], id, -1)
+    end
+    redis.call('ZADD', KEYS[4], ARGV[i + 1], id)
+    moved = moved + 1
+  end
+end
+if moved > 0 then
+  redis.call('PUBLISH', ARGV[2], 's')
+end
+return moved
