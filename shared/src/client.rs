@@ -18,7 +18,7 @@ use crate::kind::Registry;
 use crate::queue::{CancelEffect, Enqueue, Placement, RedisQueue};
 use crate::state::JobState;
 use crate::store::{Inserted, Store};
-use crate::webhooks::{guard, AllowList};
+use crate::webhooks::{guard, AllowList, Destinations};
 
 /// How long "does this tenant have webhook endpoints" is cached per process. An endpoint
 /// registered through another API process is seen by submissions here after at most this long.
@@ -80,6 +80,8 @@ pub struct Limits {
     pub max_args_bytes: usize,
     /// Callback hosts allowed to resolve to private addresses.
     pub webhook_allow: AllowList,
+    /// The only destinations callbacks may reach (empty: unrestricted).
+    pub webhook_destinations: Destinations,
 }
 
 impl Limits {
@@ -88,6 +90,7 @@ impl Limits {
         Limits {
             max_args_bytes: s.max_args_bytes,
             webhook_allow: s.webhooks.allow.clone(),
+            webhook_destinations: s.webhooks.destinations.clone(),
         }
     }
 }
@@ -370,15 +373,16 @@ impl JobClient {
         Ok(out)
     }
 
-    /// Refuse callback URLs that resolve to private addresses (the worker checks again, after
-    /// its own resolution, right before sending).
+    /// Refuse callback URLs that resolve to private addresses or lie outside the destination
+    /// list (the worker checks again, after its own resolution, right before sending).
     async fn check_callbacks(&self, jobs: &[Job], batch: bool) -> Result<()> {
         for (i, job) in jobs.iter().enumerate() {
             let Some(raw) = &job.callback_url else {
                 continue;
             };
             let url = guard::parse_url(raw)?;
-            guard::resolve(&url, &self.inner.limits.webhook_allow)
+            let limits = &self.inner.limits;
+            guard::resolve(&url, &limits.webhook_allow, &limits.webhook_destinations)
                 .await
                 .map_err(|e| match e {
                     Error::InvalidJob { code, message } if batch => Error::InvalidJob {

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::webhooks::{AllowList, WebhookSettings};
+use crate::webhooks::{AllowList, Destinations, WebhookSettings};
 
 /// Default Redis URL when `JOBMILL_REDIS_URL` is unset.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/";
@@ -148,6 +148,11 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
         "JOBMILL_WEBHOOK_ALLOW",
         "(none)",
         "hosts (host or host:port, comma-separated) whose callbacks may resolve to private or loopback addresses",
+    ),
+    (
+        "JOBMILL_WEBHOOK_DESTINATIONS",
+        "(none: any public address)",
+        "the only destinations webhooks may reach: host names, IPs or CIDRs, each with an optional :port, comma-separated",
     ),
     (
         "JOBMILL_WEBHOOK_TIMEOUT",
@@ -354,6 +359,7 @@ impl Settings {
         let page_size = read("JOBMILL_PAGE_SIZE", "50");
         let cache_pages = read("JOBMILL_CACHE_PAGES", "10");
         let webhook_allow = read("JOBMILL_WEBHOOK_ALLOW", "");
+        let webhook_destinations = read("JOBMILL_WEBHOOK_DESTINATIONS", "");
         let webhook_timeout = read("JOBMILL_WEBHOOK_TIMEOUT", "15s");
         let webhook_retry_base = read("JOBMILL_WEBHOOK_RETRY_BASE", "5s");
         let webhook_disable_after = read("JOBMILL_WEBHOOK_DISABLE_AFTER", "5d");
@@ -549,6 +555,13 @@ impl Settings {
                 AllowList::default()
             }
         };
+        let webhook_destinations = match Destinations::parse(&webhook_destinations) {
+            Ok(d) => d,
+            Err(e) => {
+                check("JOBMILL_WEBHOOK_DESTINATIONS", Err(e));
+                Destinations::default()
+            }
+        };
         // Rules that tie two settings together.
         if retry_base > retry_max {
             check(
@@ -590,6 +603,7 @@ impl Settings {
             cache_pages,
             webhooks: WebhookSettings {
                 allow: webhook_allow,
+                destinations: webhook_destinations,
                 timeout: webhook_timeout,
                 retry_base: webhook_retry_base,
                 disable_after: webhook_disable_after,
@@ -956,6 +970,10 @@ mod tests {
         let s = load(
             &[
                 ("JOBMILL_WEBHOOK_ALLOW", "127.0.0.1,hooks.local:8443"),
+                (
+                    "JOBMILL_WEBHOOK_DESTINATIONS",
+                    "hooks.local:8443,10.0.0.0/8",
+                ),
                 ("JOBMILL_WEBHOOK_RETRY_BASE", "100ms"),
                 ("JOBMILL_WEBHOOK_DISABLE_AFTER", "1h"),
             ],
@@ -963,11 +981,13 @@ mod tests {
         )
         .unwrap();
         assert!(!s.webhooks.allow.is_empty());
+        assert!(s.webhooks.destinations.is_restricted());
         assert_eq!(s.webhooks.retry_base, Duration::from_millis(100));
         assert_eq!(s.webhooks.disable_after, Duration::from_secs(3600));
         let err = load(
             &[
                 ("JOBMILL_WEBHOOK_ALLOW", "a/b"),
+                ("JOBMILL_WEBHOOK_DESTINATIONS", "10.0.0.1/8"),
                 ("JOBMILL_WEBHOOK_TIMEOUT", "1ms"),
             ],
             Component::Worker,
@@ -975,6 +995,7 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("JOBMILL_WEBHOOK_ALLOW"), "{err}");
+        assert!(err.contains("JOBMILL_WEBHOOK_DESTINATIONS"), "{err}");
         assert!(err.contains("JOBMILL_WEBHOOK_TIMEOUT"), "{err}");
     }
 

@@ -6,8 +6,8 @@
 //! 2. The worker's dispatcher loop turns outbox entries into one [`records::Delivery`] per
 //!    (event, target) with a deterministic id, enqueues one `webhook_delivery` job per delivery
 //!    on the [`QUEUE`] queue (idempotency key = delivery id), then clears the entry.
-//! 3. The `webhook_delivery` job ([`send`]) resolves the host, refuses private addresses
-//!    ([`guard`]), signs ([`signing`]), POSTs, logs the attempt and asks for a retry with
+//! 3. The `webhook_delivery` job ([`send`]) resolves the host, refuses private addresses and
+//!    destinations outside the operator's list ([`guard`]), signs ([`signing`]), POSTs, logs the attempt and asks for a retry with
 //!    this module's backoff ([`retry_delay`]) until a 2xx, a `410`, or the schedule ends.
 //!
 //! # Layout
@@ -26,7 +26,7 @@ pub mod subscriptions;
 
 use std::time::Duration;
 
-pub use guard::AllowList;
+pub use guard::{AllowList, Destinations};
 
 /// The queue delivery jobs run on. Workers consume it by default (`JOBMILL_QUEUES`).
 pub const QUEUE: &str = "webhooks";
@@ -67,6 +67,9 @@ pub const DEFAULT_PROGRESS_EVERY: Duration = Duration::from_secs(1);
 pub struct WebhookSettings {
     /// Hosts (or host:port) that may resolve to private addresses.
     pub allow: AllowList,
+    /// The only destinations webhooks may reach (`JOBMILL_WEBHOOK_DESTINATIONS`); empty: any
+    /// that the address rules let through.
+    pub destinations: Destinations,
     /// HTTP timeout of one attempt.
     pub timeout: Duration,
     /// Delay ceiling of the first retry.
@@ -83,6 +86,7 @@ impl Default for WebhookSettings {
     fn default() -> Self {
         WebhookSettings {
             allow: AllowList::default(),
+            destinations: Destinations::default(),
             timeout: DEFAULT_TIMEOUT,
             retry_base: DEFAULT_RETRY_BASE,
             disable_after: DEFAULT_DISABLE_AFTER,
