@@ -982,6 +982,18 @@ mod tests {
         .unwrap();
         assert!(!s.webhooks.allow.is_empty());
         assert!(s.webhooks.destinations.is_restricted());
+        // What scripts/dev.sh and the tests set both to.
+        let loopback = "127.0.0.1,localhost,[::1]";
+        let dev = load(
+            &[
+                ("JOBMILL_WEBHOOK_ALLOW", loopback),
+                ("JOBMILL_WEBHOOK_DESTINATIONS", loopback),
+            ],
+            Component::Worker,
+        )
+        .unwrap();
+        assert!(!dev.webhooks.allow.is_empty());
+        assert!(dev.webhooks.destinations.is_restricted());
         assert_eq!(s.webhooks.retry_base, Duration::from_millis(100));
         assert_eq!(s.webhooks.disable_after, Duration::from_secs(3600));
         let err = load(
