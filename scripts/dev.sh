@@ -5,7 +5,8 @@
 #
 # Knobs: JOBMILL_API_ADDR (default 127.0.0.1:8080), JOBMILL_API_KEYS,
 # JOBMILL_WORKER_ARGS (default "--queues default,webhooks --concurrency 16"),
-# JOBMILL_DEV_WORKERS (default 2), JOBMILL_DEV_STOP_TIMEOUT (default 60 s).
+# JOBMILL_DEV_WORKERS (default 2), JOBMILL_DEV_STOP_TIMEOUT (default 60 s),
+# JOBMILL_WEBHOOK_ALLOW and JOBMILL_WEBHOOK_DESTINATIONS (default: loopback only).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -138,6 +139,14 @@ if [[ -z "${JOBMILL_API_KEYS:-}" ]]; then
     export JOBMILL_API_KEYS="dev:${DEV_KEY}:operator"
 fi
 
+# ---- webhooks: loopback only ----
+# Callbacks may reach a receiver on this machine and nothing else, so a URL
+# pasted into a dev setup cannot send anything out. A variable set (even to
+# empty) by the caller is kept.
+DEV_LOOPBACK="127.0.0.1,localhost,[::1]"
+export JOBMILL_WEBHOOK_ALLOW="${JOBMILL_WEBHOOK_ALLOW-$DEV_LOOPBACK}"
+export JOBMILL_WEBHOOK_DESTINATIONS="${JOBMILL_WEBHOOK_DESTINATIONS-$DEV_LOOPBACK}"
+
 # ---- start api + workers ----
 # start_proc NAME CMD... : PID of the binary itself goes to $RUN/NAME.pid;
 # output is prefixed with [NAME]. The sed ignores INT/TERM so that it keeps
@@ -199,6 +208,7 @@ cat <<EOF
    API key:  $show_key
    redis:    $JOBMILL_REDIS_URL
    mongodb:  $JOBMILL_MONGODB_URI
+   webhooks: to ${JOBMILL_WEBHOOK_DESTINATIONS:-any public address}
 
  Submit a job:
    curl -s -X POST $API_URL/v1/jobs -H "Authorization: Bearer $show_key" -H 'content-type: application/json' -d '{"kind":"sleep","args":{"ms":2000}}'

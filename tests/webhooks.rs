@@ -1,7 +1,7 @@
 //! Webhook callbacks end to end: a receiver built on the Standard Webhooks reference library
 //! (`tests/webhook_receiver.py`, PyPI `standardwebhooks`) verifies every delivery, including
 //! during secret rotations; retries, the attempt log, `410`, replay, the private-address
-//! refusal, and a worker SIGKILLed right after a job ended.
+//! refusal, the destination list, and a worker SIGKILLed right after a job ended.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -436,7 +436,9 @@ async fn gone_disables_the_endpoint_which_can_be_enabled_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_addresses_are_refused_unless_allow_listed() {
     let mut ctx = Ctx::new("hooks_ssrf");
-    ctx.set("JOBMILL_WEBHOOK_RETRY_BASE", "100ms");
+    // The guard on its own: no destination list narrows what it has to refuse.
+    ctx.unset("JOBMILL_WEBHOOK_DESTINATIONS")
+        .set("JOBMILL_WEBHOOK_RETRY_BASE", "100ms");
     let api = ctx.api().await;
     for url in [
         "http://127.0.0.1:9/hook",
@@ -446,6 +448,16 @@ async fn private_addresses_are_refused_unless_allow_listed() {
         "http://[::1]:8080/",
         "http://[fd00::1]/",
         "http://localhost:9/",
+        // IPv4 inside IPv6, and the blocks of the IANA special-purpose registries.
+        "http://[2002:7f00:1::]/",             // 6to4 of 127.0.0.1
+        "http://[::ffff:0:7f00:1]/",           // IPv4-translated 127.0.0.1
+        "http://[100::1]/",                    // discard-only
+        "http://[64:ff9b::a9fe:a9fe]/",        // NAT64 of 169.254.169.254
+        "http://[2001:0:101:101::80ff:fffe]/", // Teredo, client 127.0.0.1
+        "http://[::7f00:1]/",                  // IPv4-compatible 127.0.0.1
+        "http://100.64.0.1/",                  // shared address space
+        "http://198.18.0.1/",                  // benchmarking
+        "http://240.0.0.1/",                   // reserved
     ] {
         let a = api
             .post(
@@ -464,6 +476,12 @@ async fn private_addresses_are_refused_unless_allow_listed() {
         "ftp://example.com/",
         "https://user:pw@example.com/",
         "nonsense",
+        "https://1.1.1.1:0/",
+        "http://host:00080/",
+        "http://@127.0.0.1/",
+        "http://0x7f.1/",
+        "http://2130706433/",
+        "http:127.0.0.1/",
     ] {
         let a = api
             .post(
@@ -472,7 +490,11 @@ async fn private_addresses_are_refused_unless_allow_listed() {
                 json!({"kind": "noop", "callback_url": url}),
             )
             .await;
+        assert_eq!(a.status, 422, "{url}: {}", a.body);
         assert_eq!(a.code(), "invalid_callback_url", "{url}: {}", a.body);
+        let w = api.post("/v1/webhooks", ALICE, json!({"url": url})).await;
+        assert_eq!(w.status, 422, "{url}: {}", w.body);
+        assert_eq!(w.code(), "invalid_callback_url", "{url}: {}", w.body);
     }
     let bad_events = api
         .post(
@@ -493,6 +515,8 @@ async fn private_addresses_are_refused_unless_allow_listed() {
     assert_eq!(b.status, 422, "{}", b.body);
     let list = api.get("/v1/jobs", ALICE).await;
     assert_eq!(list.body["jobs"], json!([]), "{}", list.body);
+    let hooks = api.get("/v1/webhooks", ALICE).await;
+    assert_eq!(hooks.body["webhooks"], json!([]), "{}", hooks.body);
 
     // Allow-listed, the same URL is accepted ...
     let rx = Receiver::start(&[], &[]);
@@ -515,6 +539,87 @@ async fn private_addresses_are_refused_unless_allow_listed() {
         .as_str()
         .unwrap();
     assert!(err.contains("127.0.0.1"), "{ds}");
+    assert!(rx.records().is_empty(), "nothing was sent");
+}
+
+/// `JOBMILL_WEBHOOK_DESTINATIONS`: a loopback port that the allow-list lets through but the
+/// destination list does not name is refused at submit, for callbacks, batches and endpoints;
+/// and a worker whose list no longer names a stored target refuses to send to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_listed_destinations_are_reached() {
+    let rx = Receiver::start(&[], &[]);
+    let other = free_port();
+    let mut ctx = hooks_ctx("hooks_dest");
+    ctx.set(
+        "JOBMILL_WEBHOOK_DESTINATIONS",
+        &format!("127.0.0.1:{}", rx.port),
+    );
+    let api = ctx.api().await;
+
+    let elsewhere = format!("http://127.0.0.1:{other}/x");
+    for url in [
+        elsewhere.as_str(),
+        // Loopback by another name: it resolves to 127.0.0.1, but on an unlisted port.
+        &format!("http://localhost:{other}/x"),
+    ] {
+        let a = api
+            .post(
+                "/v1/jobs",
+                ALICE,
+                json!({"kind": "noop", "callback_url": url}),
+            )
+            .await;
+        assert_eq!(a.status, 422, "{url}: {}", a.body);
+        assert_eq!(a.code(), "destination_not_allowed", "{url}: {}", a.body);
+        let w = api.post("/v1/webhooks", ALICE, json!({"url": url})).await;
+        assert_eq!(w.status, 422, "{url}: {}", w.body);
+        assert_eq!(w.code(), "destination_not_allowed", "{url}: {}", w.body);
+    }
+    let b = api
+        .post(
+            "/v1/jobs/batch",
+            ALICE,
+            json!({"jobs": [{"kind": "noop", "callback_url": rx.url("/ok")},
+                            {"kind": "noop", "callback_url": elsewhere}]}),
+        )
+        .await;
+    assert_eq!(b.status, 422, "{}", b.body);
+    assert_eq!(b.code(), "destination_not_allowed", "{}", b.body);
+    assert!(b.body.to_string().contains("job 1"), "{}", b.body);
+    assert_eq!(api.get("/v1/jobs", ALICE).await.body["jobs"], json!([]));
+    assert_eq!(
+        api.get("/v1/webhooks", ALICE).await.body["webhooks"],
+        json!([])
+    );
+
+    // The listed destination is accepted, as a callback and as an endpoint ...
+    let ep = api
+        .post("/v1/webhooks", ALICE, json!({"url": rx.url("/ep")}))
+        .await;
+    assert_eq!(ep.status, 201, "{}", ep.body);
+    let id = api
+        .submit(
+            ALICE,
+            json!({"kind": "noop", "callback_url": rx.url("/cb")}),
+        )
+        .await;
+    // ... but a worker whose list names another port refuses both at send time, for good.
+    ctx.set(
+        "JOBMILL_WEBHOOK_DESTINATIONS",
+        &format!("127.0.0.1:{other}"),
+    );
+    let _worker = ctx.worker();
+    let ds = wait_until(&api, &format!("/v1/jobs/{id}/deliveries"), ALICE, |b| {
+        let d = b["deliveries"].as_array().cloned().unwrap_or_default();
+        d.len() == 2 && d.iter().all(|d| d["status"] == "failed")
+    })
+    .await;
+    for d in ds["deliveries"].as_array().unwrap() {
+        let attempts = d["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 1, "not retried: {d}");
+        let err = attempts[0]["error"].as_str().unwrap();
+        assert!(err.contains("JOBMILL_WEBHOOK_DESTINATIONS"), "{d}");
+    }
     assert!(rx.records().is_empty(), "nothing was sent");
 }
 

@@ -24,6 +24,8 @@ pub const ALICE: &str = "alice-secret-0123456789";
 pub const BOB: &str = "bob-secret-0123456789ab";
 /// An operator.
 pub const OPS: &str = "ops-secret-0123456789abc";
+/// Every test's `JOBMILL_WEBHOOK_DESTINATIONS`: loopback only.
+pub const LOOPBACK: &str = "127.0.0.1,localhost,[::1]";
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
@@ -96,6 +98,8 @@ impl Ctx {
             ("JOBMILL_SHUTDOWN_TIMEOUT", "10s".into()),
             ("JOBMILL_CONCURRENCY", "16".into()),
             ("JOBMILL_LOG", "warn,jobmill_worker=info".into()),
+            // No test may send a webhook off this machine, whatever URL it names.
+            ("JOBMILL_WEBHOOK_DESTINATIONS", LOOPBACK.into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -106,6 +110,12 @@ impl Ctx {
     /// Override a setting.
     pub fn set(&mut self, k: &str, v: &str) -> &mut Self {
         self.vars.insert(k.to_string(), v.to_string());
+        self
+    }
+
+    /// Drop a setting (back to its default).
+    pub fn unset(&mut self, k: &str) -> &mut Self {
+        self.vars.remove(k);
         self
     }
 

@@ -178,6 +178,7 @@ mod tests {
             ("JOBMILL_PAGE_SIZE", "0"),
             ("JOBMILL_UPLOAD_RETENTION", "1s"),
             ("JOBMILL_WEBHOOK_ALLOW", "a/b"),
+            ("JOBMILL_WEBHOOK_DESTINATIONS", "10.0.0.1/8"),
             ("JOBMILL_WEBHOOK_TIMEOUT", "1ms"),
         ])
         .unwrap_err()
@@ -190,6 +191,7 @@ mod tests {
             "JOBMILL_PAGE_SIZE",
             "JOBMILL_UPLOAD_RETENTION",
             "JOBMILL_WEBHOOK_ALLOW",
+            "JOBMILL_WEBHOOK_DESTINATIONS",
             "JOBMILL_WEBHOOK_TIMEOUT",
         ] {
             assert!(err.contains(name), "{name} missing from: {err}");
@@ -200,11 +202,25 @@ mod tests {
     fn webhook_settings_parse() {
         let s = load(&[
             ("JOBMILL_WEBHOOK_ALLOW", "127.0.0.1,hooks.local:8443"),
+            (
+                "JOBMILL_WEBHOOK_DESTINATIONS",
+                "hooks.local:8443,10.0.0.0/8",
+            ),
             ("JOBMILL_WEBHOOK_RETRY_BASE", "100ms"),
             ("JOBMILL_WEBHOOK_DISABLE_AFTER", "1h"),
         ])
         .unwrap();
         assert!(!s.webhooks.allow.is_empty());
+        assert!(s.webhooks.destinations.is_restricted());
+        // What scripts/dev.sh and the tests set both to.
+        let loopback = "127.0.0.1,localhost,[::1]";
+        let dev = load(&[
+            ("JOBMILL_WEBHOOK_ALLOW", loopback),
+            ("JOBMILL_WEBHOOK_DESTINATIONS", loopback),
+        ])
+        .unwrap();
+        assert!(!dev.webhooks.allow.is_empty());
+        assert!(dev.webhooks.destinations.is_restricted());
         assert_eq!(s.webhooks.retry_base, Duration::from_millis(100));
         assert_eq!(s.webhooks.disable_after, Duration::from_secs(3600));
     }

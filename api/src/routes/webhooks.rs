@@ -58,7 +58,7 @@ fn check_events(events: Option<Vec<String>>) -> Result<Vec<JobEvent>, ApiError> 
         (status = 201, description = "registered; `secret` signs its deliveries", body = WebhookView),
         (status = 400, description = "malformed JSON", body = ErrorBody),
         (status = 401, description = "missing or unknown API key", body = ErrorBody),
-        (status = 422, description = "invalid_callback_url, callback_url_not_allowed, invalid_events, too_many_webhooks", body = ErrorBody),
+        (status = 422, description = "invalid_callback_url, callback_url_not_allowed, destination_not_allowed, invalid_events, too_many_webhooks", body = ErrorBody),
     ))]
 pub async fn webhooks_create(
     State(state): State<AppState>,
@@ -67,7 +67,8 @@ pub async fn webhooks_create(
 ) -> Result<Response, ApiError> {
     let events = check_events(body.events)?;
     let url = guard::parse_url(&body.url)?;
-    guard::resolve(&url, &state.webhooks.settings().allow).await?;
+    let settings = state.webhooks.settings();
+    guard::resolve(&url, &settings.allow, &settings.destinations).await?;
     let hooks = state.webhooks.store();
     if hooks
         .list_endpoints(Some(&caller.tenant), MAX_ENDPOINTS)

@@ -11,7 +11,7 @@ use jobmill::job::Job;
 use jobmill::outbox::BoxFuture;
 use jobmill::{Error, Result, SubmitHook};
 
-use crate::guard::{self, AllowList};
+use crate::guard::{self, AllowList, Destinations};
 use crate::records::WebhookStore;
 use crate::CALLBACK_URL;
 
@@ -23,6 +23,7 @@ const ENDPOINT_CACHE: Duration = Duration::from_secs(2);
 pub struct CallbackCheck {
     pub(crate) hooks: WebhookStore,
     pub(crate) allow: AllowList,
+    pub(crate) destinations: Destinations,
     pub(crate) has_endpoints: Mutex<HashMap<String, (bool, Instant)>>,
 }
 
@@ -59,7 +60,9 @@ impl CallbackCheck {
             let url = guard::parse_url(raw).map_err(name_job)?;
             // Refused here and again by the worker, after its own resolution, right before
             // sending.
-            guard::resolve(&url, &self.allow).await.map_err(name_job)?;
+            guard::resolve(&url, &self.allow, &self.destinations)
+                .await
+                .map_err(name_job)?;
             job.ext
                 .insert(CALLBACK_URL.to_string(), url.to_string().into());
             job.wants_events = true;

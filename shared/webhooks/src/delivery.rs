@@ -137,14 +137,22 @@ async fn deliver(
     };
 
     // Checked again at send time, on the addresses we will connect to.
+    let rules = settings;
     let target = match guard::parse_url(&d.url) {
-        Ok(u) => guard::resolve(&u, &settings.allow).await.map(|a| (u, a)),
+        Ok(u) => guard::resolve(&u, &rules.allow, &rules.destinations)
+            .await
+            .map(|a| (u, a)),
+        // It passed when it was stored; failing now means the rules got stricter, and it
+        // never will pass: refused for good, not retried.
+        Err(Error::InvalidJob { message, .. }) => {
+            Err(Error::invalid("callback_url_not_allowed", message))
+        }
         Err(e) => Err(e),
     };
     let (url, addrs) = match target {
         Ok(t) => t,
         Err(Error::InvalidJob {
-            code: "callback_url_not_allowed",
+            code: "callback_url_not_allowed" | "destination_not_allowed",
             message,
         }) => {
             log.error = Some(message.clone());

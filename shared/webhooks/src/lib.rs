@@ -12,7 +12,7 @@
 //!    `webhook_delivery` job per delivery on the [`QUEUE`] queue (idempotency key = delivery
 //!    id); the engine submits them, then clears the entry.
 //! 3. The `webhook_delivery` job ([`delivery`]) resolves the host, refuses private addresses
-//!    ([`guard`]), signs ([`signing`]), POSTs ([`send`]), logs the attempt and asks for a retry
+//!    and destinations outside the operator's list ([`guard`]), signs ([`signing`]), POSTs ([`send`]), logs the attempt and asks for a retry
 //!    with this crate's backoff ([`retry_delay`]) until a 2xx, a `410`, or the schedule ends.
 //!
 //! # Layout
@@ -55,7 +55,7 @@ use tokio_util::sync::CancellationToken;
 pub use callbacks::CallbackCheck;
 pub use delivery::WebhookDelivery;
 pub use dispatcher::Dispatcher;
-pub use guard::AllowList;
+pub use guard::{AllowList, Destinations};
 use records::WebhookStore;
 use subscriptions::Subscriptions;
 
@@ -84,6 +84,8 @@ const fn secs(n: u64) -> Duration {
 
 /// `JOBMILL_WEBHOOK_ALLOW`.
 pub const ALLOW: Setting = Setting { env: "JOBMILL_WEBHOOK_ALLOW", default: "", bounds: Bounds::Text, doc: "hosts (host or host:port, comma-separated) whose callbacks may resolve to private or loopback addresses" };
+/// `JOBMILL_WEBHOOK_DESTINATIONS`.
+pub const DESTINATIONS: Setting = Setting { env: "JOBMILL_WEBHOOK_DESTINATIONS", default: "", bounds: Bounds::Text, doc: "the only destinations webhooks may reach: host names, IPs or CIDRs, each with an optional :port, comma-separated (none: any public address)" };
 /// `JOBMILL_WEBHOOK_TIMEOUT`.
 pub const TIMEOUT: Setting = Setting {
     env: "JOBMILL_WEBHOOK_TIMEOUT",
@@ -125,6 +127,9 @@ pub const PROGRESS_EVERY: Setting = Setting {
 pub struct WebhookSettings {
     /// Hosts (or host:port) that may resolve to private addresses.
     pub allow: AllowList,
+    /// The only destinations webhooks may reach (`JOBMILL_WEBHOOK_DESTINATIONS`); empty: any
+    /// that the address rules let through.
+    pub destinations: Destinations,
     /// HTTP timeout of one attempt.
     pub timeout: Duration,
     /// Delay ceiling of the first retry.
@@ -140,6 +145,7 @@ pub struct WebhookSettings {
 impl Section for WebhookSettings {
     const SETTINGS: &'static [Setting] = &[
         ALLOW,
+        DESTINATIONS,
         TIMEOUT,
         RETRY_BASE,
         DISABLE_AFTER,
@@ -150,6 +156,9 @@ impl Section for WebhookSettings {
     fn read(env: &Env) -> Self {
         WebhookSettings {
             allow: env.parse(&ALLOW, AllowList::parse).unwrap_or_default(),
+            destinations: env
+                .parse(&DESTINATIONS, Destinations::parse)
+                .unwrap_or_default(),
             timeout: env.duration(&TIMEOUT),
             retry_base: env.duration(&RETRY_BASE),
             disable_after: env.duration(&DISABLE_AFTER),
@@ -227,6 +236,7 @@ impl Webhooks {
             callbacks: Arc::new(CallbackCheck {
                 hooks: hooks.clone(),
                 allow: settings.allow.clone(),
+                destinations: settings.destinations.clone(),
                 has_endpoints: Mutex::new(HashMap::new()),
             }),
             hooks,
