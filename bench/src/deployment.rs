@@ -12,9 +12,14 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use jobmill::config::{Component, Settings};
+use jobmill::catalog::Catalog;
+use jobmill::client::{JobClient, Limits};
+use jobmill::config::CoreSettings;
 use jobmill::queue::RedisQueue;
 use jobmill::store::Store;
+use jobmill::Registry;
+use jobmill_api::ApiConfig;
+use jobmill_worker::WorkerConfig;
 use mongodb::event::command::CommandEvent;
 use mongodb::event::EventHandler;
 use redis::AsyncCommands;
@@ -27,6 +32,51 @@ pub const TENANT: &str = "bench";
 pub const API_SECRET: &str = "bench-secret-0123456789";
 /// Redis key whose disappearance means the harness reset the system.
 const GENERATION: &str = "bench:jobmill:generation";
+
+/// The settings of the bench deployment: an API process's and a worker process's, read from
+/// the same variables. Derefs to the engine's section, which both share.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// What `jobmill-api` would load.
+    pub api: ApiConfig,
+    /// What `jobmill-worker` would load.
+    pub worker: WorkerConfig,
+}
+
+impl std::ops::Deref for Settings {
+    type Target = CoreSettings;
+
+    fn deref(&self) -> &CoreSettings {
+        &self.api.core
+    }
+}
+
+impl std::ops::DerefMut for Settings {
+    fn deref_mut(&mut self) -> &mut CoreSettings {
+        &mut self.api.core
+    }
+}
+
+impl Settings {
+    /// The worker's config, with the engine's section as changed through `DerefMut`.
+    pub fn worker_config(&self) -> WorkerConfig {
+        let mut w = self.worker.clone();
+        w.core = self.api.core.clone();
+        w
+    }
+}
+
+/// A submission client over these stores that knows `registry`'s kinds (no feature hooks: the
+/// bench measures the engine's own path).
+pub fn client(store: Store, queue: RedisQueue, registry: &Registry, s: &Settings) -> JobClient {
+    JobClient::new(
+        store,
+        queue,
+        Catalog::new(registry),
+        Limits::from_settings(s),
+        Vec::new(),
+    )
+}
 
 /// Settings for the bench deployment, from `BENCH_*` variables.
 pub fn settings(concurrency: usize) -> anyhow::Result<Settings> {
@@ -60,9 +110,10 @@ pub fn settings(concurrency: usize) -> anyhow::Result<Settings> {
     ]
     .into_iter()
     .collect();
-    Ok(Settings::from_lookup(Component::Api, |k| {
-        vars.get(k).cloned()
-    })?)
+    Ok(Settings {
+        api: ApiConfig::from_lookup(|k| vars.get(k).cloned())?,
+        worker: WorkerConfig::from_lookup(|k| vars.get(k).cloned())?,
+    })
 }
 
 /// MongoDB commands sent by this process, by command name.

@@ -12,7 +12,7 @@ use redis::AsyncCommands;
 use serde::Deserialize;
 
 /// Args of every bench kind.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct Ts {
     /// Enqueue time, µs since the epoch.
     pub ts: i64,

@@ -17,7 +17,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use jobmill::client::{JobClient, Limits, NewJob};
+use jobmill::client::{JobClient, NewJob};
 use jobmill::queue::RedisQueue;
 use jobmill_bench::deployment::{self, API_SECRET, QUEUE, TENANT};
 use jobmill_bench::kinds::{self, now_us};
@@ -66,18 +66,15 @@ impl Producer {
             "jobmill" => {
                 let queue = RedisQueue::connect(s.redis_url.expose(), &s.key_prefix).await?;
                 let registry = kinds::registry(s.redis_url.expose()).await?;
-                Ok(Producer::Library(JobClient::new(
-                    store,
-                    queue,
-                    registry,
-                    Limits::from_settings(&s),
+                Ok(Producer::Library(deployment::client(
+                    store, queue, &registry, &s,
                 )))
             }
             "jobmill-http" => Ok(Producer::Http {
                 http: reqwest::Client::builder()
                     .pool_max_idle_per_host(64)
                     .build()?,
-                base: format!("http://{}", s.api_addr),
+                base: format!("http://{}", s.api.api.addr),
             }),
             other => bail!("unknown variant {other}"),
         }
@@ -226,9 +223,14 @@ async fn worker(profile: &str) -> anyhow::Result<()> {
     let registry = kinds::registry(s.redis_url.expose()).await?;
     let before = counter.total();
     let started = Instant::now();
-    jobmill_worker::run_with_store(s, registry, store, jobmill::telemetry::shutdown_signal())
-        .await
-        .context("worker")?;
+    jobmill_worker::run_with_store(
+        s.worker_config(),
+        registry,
+        store,
+        jobmill::telemetry::shutdown_signal(),
+    )
+    .await
+    .context("worker")?;
     eprintln!(
         "mongodb commands: {} in {:.1}s ({:?})",
         counter.total() - before,
@@ -242,5 +244,5 @@ async fn api() -> anyhow::Result<()> {
     let s = deployment::settings(1)?;
     jobmill::telemetry::init_tracing(&s);
     let registry = kinds::registry(s.redis_url.expose()).await?;
-    jobmill_api::serve(&s, registry, jobmill::telemetry::shutdown_signal()).await
+    jobmill_api::serve(&s.api, registry, jobmill::telemetry::shutdown_signal()).await
 }

@@ -35,13 +35,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures::stream::{self, StreamExt, TryStreamExt};
-use jobmill::client::{JobClient, Limits, NewJob, DEFAULT_QUEUE};
+use jobmill::client::{NewJob, DEFAULT_QUEUE};
 use jobmill::config::QueueWeight;
-use jobmill::datasets::Datasets;
 use jobmill::queue::RedisQueue;
 use jobmill::store::Store;
 use jobmill_bench::deployment::{self, API_SECRET, QUEUE, TENANT};
 use jobmill_bench::kinds::{self, now_us};
+use jobmill_data::datasets::Datasets;
 use mongodb::bson::{doc, Bson, Document};
 use redis::AsyncCommands;
 use serde_json::{json, Value};
@@ -91,7 +91,7 @@ type Rows = Vec<(String, String, String)>;
 /// A fresh deployment: empty jobs collection, empty queue.
 async fn fresh(
     concurrency: usize,
-) -> anyhow::Result<(jobmill::Settings, Store, deployment::CommandCounter)> {
+) -> anyhow::Result<(deployment::Settings, Store, deployment::CommandCounter)> {
     let s = deployment::settings(concurrency)?;
     clear_redis(&s).await?;
     let (store, counter) = deployment::counted_store(&s).await?;
@@ -100,7 +100,7 @@ async fn fresh(
 }
 
 /// Delete the bench's keys: the queues, the cache, and the harness markers.
-async fn clear_redis(s: &jobmill::Settings) -> anyhow::Result<()> {
+async fn clear_redis(s: &deployment::Settings) -> anyhow::Result<()> {
     let queue = RedisQueue::connect(s.redis_url.expose(), &s.key_prefix).await?;
     let mut c = queue.connection();
     // Our own prefix only: the bench Redis may be shared.
@@ -249,12 +249,7 @@ async fn w2_durable() -> anyhow::Result<Rows> {
     s.lease_ttl = Duration::from_secs(1);
     let registry = kinds::registry(s.redis_url.expose()).await?;
     let queue = RedisQueue::connect(s.redis_url.expose(), &s.key_prefix).await?;
-    let client = JobClient::new(
-        store.clone(),
-        queue.clone(),
-        registry.clone(),
-        Limits::from_settings(&s),
-    );
+    let client = deployment::client(store.clone(), queue.clone(), &registry.clone(), &s);
     for _ in 0..N / 1000 {
         client.submit_batch(TENANT, noop_batch(1000)).await?;
     }
@@ -411,12 +406,7 @@ async fn w3_floor() -> anyhow::Result<Rows> {
 
     let registry = kinds::registry(s.redis_url.expose()).await?;
     let queue = RedisQueue::connect(s.redis_url.expose(), &s.key_prefix).await?;
-    let client = JobClient::new(
-        store.clone(),
-        queue.clone(),
-        registry.clone(),
-        Limits::from_settings(&s),
-    );
+    let client = deployment::client(store.clone(), queue.clone(), &registry.clone(), &s);
     let worker = Worker::start(&s, store.clone()).await?;
     let lat_job = || NewJob {
         kind: "bench_lat".into(),
@@ -544,7 +534,7 @@ async fn soak() -> anyhow::Result<Rows> {
     };
     let registry = kinds::registry(s.redis_url.expose()).await?;
     let queue = RedisQueue::connect(s.redis_url.expose(), &s.key_prefix).await?;
-    let client = JobClient::new(store.clone(), queue, registry, Limits::from_settings(&s));
+    let client = deployment::client(store.clone(), queue, &registry, &s);
     let jobs = store
         .database()
         .collection::<Document>(jobmill::store::JOBS);
@@ -606,9 +596,9 @@ async fn soak() -> anyhow::Result<Rows> {
 }
 
 /// Start the API in this process on a free port, with the bench kinds.
-async fn api_server(s: &jobmill::Settings) -> anyhow::Result<String> {
+async fn api_server(s: &deployment::Settings) -> anyhow::Result<String> {
     let registry = kinds::registry(s.redis_url.expose()).await?;
-    let state = jobmill_api::AppState::connect(s, registry).await?;
+    let state = jobmill_api::AppState::connect(&s.api, registry).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, jobmill_api::app(state)).await });
@@ -770,10 +760,10 @@ fn parse_wrk_time(v: &str) -> f64 {
 async fn scratch(
     name: &str,
     concurrency: usize,
-) -> anyhow::Result<(jobmill::Settings, Store, deployment::CommandCounter)> {
+) -> anyhow::Result<(deployment::Settings, Store, deployment::CommandCounter)> {
     let (mut s, _, _) = fresh(concurrency).await?;
     s.mongodb_db = format!("jobmill_bench_{name}");
-    s.queues.push(QueueWeight {
+    s.worker.worker.queues.push(QueueWeight {
         name: DEFAULT_QUEUE.into(),
         weight: 1,
     });
@@ -784,7 +774,7 @@ async fn scratch(
 }
 
 /// Undo [`scratch`]: its database and the Redis keys (queues, cache versions) go.
-async fn drop_scratch(s: &jobmill::Settings, store: &Store) -> anyhow::Result<()> {
+async fn drop_scratch(s: &deployment::Settings, store: &Store) -> anyhow::Result<()> {
     store.database().drop().await?;
     clear_redis(s).await
 }
@@ -796,12 +786,12 @@ struct Worker {
 }
 
 impl Worker {
-    async fn start(s: &jobmill::Settings, store: Store) -> anyhow::Result<Self> {
+    async fn start(s: &deployment::Settings, store: Store) -> anyhow::Result<Self> {
         let registry = kinds::registry(s.redis_url.expose()).await?;
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         let settings = s.clone();
         let task = tokio::spawn(async move {
-            jobmill_worker::run_with_store(settings, registry, store, async {
+            jobmill_worker::run_with_store(settings.worker_config(), registry, store, async {
                 let _ = rx.await;
             })
             .await
@@ -1086,9 +1076,9 @@ async fn w6_file_assembly() -> anyhow::Result<Rows> {
     let by_name_before = counter.by_name();
     eprintln!(
         "w6: uploading {mib} MiB in parts of {} MiB",
-        s.upload_part_size >> 20
+        s.api.data.upload_part_size >> 20
     );
-    let up = upload_file(&http, &base, &src, &sha, s.upload_part_size).await?;
+    let up = upload_file(&http, &base, &src, &sha, s.api.data.upload_part_size).await?;
     let cmds = counter.total() - before;
     let by_name: std::collections::BTreeMap<String, u64> = counter
         .by_name()
@@ -1156,7 +1146,7 @@ async fn w6_file_assembly() -> anyhow::Result<Rows> {
                 pct(upload),
                 100.0 * upload / ceiling.0,
                 up.upload.as_secs_f64(),
-                s.upload_part_size >> 20
+                s.api.data.upload_part_size >> 20
             ),
         ),
         (
@@ -1204,7 +1194,7 @@ async fn chunk_ceiling(store: &Store) -> anyhow::Result<(f64, f64)> {
             .build(),
     )
     .await?;
-    let mut data = vec![0u8; jobmill::files::CHUNK_SIZE];
+    let mut data = vec![0u8; jobmill_data::files::CHUNK_SIZE];
     for (i, x) in data.iter_mut().enumerate() {
         *x = (i.wrapping_mul(2_654_435_761) >> 13) as u8;
     }
@@ -1237,7 +1227,7 @@ async fn chunk_ceiling(store: &Store) -> anyhow::Result<(f64, f64)> {
     let copy = t.elapsed();
     a.drop().await?;
     b.drop().await?;
-    let bytes = (DOCS * jobmill::files::CHUNK_SIZE) as u64;
+    let bytes = (DOCS * jobmill_data::files::CHUNK_SIZE) as u64;
     Ok((mbps(bytes, insert), mbps(bytes, copy)))
 }
 
@@ -1325,14 +1315,14 @@ async fn w7_bulk_import() -> anyhow::Result<Rows> {
     let base = api_server(&s).await?;
     let worker = Worker::start(&s, store.clone()).await?;
     let http = reqwest::Client::new();
-    let up = upload_file(&http, &base, &path, &sha, s.upload_part_size).await?;
+    let up = upload_file(&http, &base, &path, &sha, s.api.data.upload_part_size).await?;
     worker.stop().await?;
     // The import runs on the `bench` queue with a worker that consumes only that one: the
     // `cache_rebuild` the import submits at its end (on `default`) stays queued. Run alongside,
     // it paged through the new million rows while the import's outcome was being written, and
     // stalled the compatible server long enough for a status poll to get a 503.
     let mut only_bench = s.clone();
-    only_bench.queues.retain(|q| q.name == QUEUE);
+    only_bench.worker.worker.queues.retain(|q| q.name == QUEUE);
     let worker = Worker::start(&only_bench, store.clone()).await?;
     let before = counter.total();
     let t = Instant::now();
@@ -1357,7 +1347,7 @@ async fn w7_bulk_import() -> anyhow::Result<Rows> {
     );
     let stored = store
         .database()
-        .collection::<Document>(&jobmill::datasets::collection_name(TENANT, "w7"))
+        .collection::<Document>(&jobmill_data::datasets::collection_name(TENANT, "w7"))
         .count_documents(doc! {})
         .await?;
     anyhow::ensure!(stored == rows as u64, "{stored} of {rows} rows are stored");
@@ -1476,7 +1466,7 @@ async fn w8_stampede() -> anyhow::Result<Rows> {
     // reads the same collection either way.
     let datasets = Datasets::new(store.database());
     let ds = datasets.ensure(TENANT, "w8").await?;
-    let docs: Vec<Document> = (0..s.page_size * s.cache_pages)
+    let docs: Vec<Document> = (0..s.api.data.page_size * s.api.data.cache_pages)
         .map(|i| doc! { "_id": format!("row-{i:08}"), "id": i as i64, "name": format!("item {i}"), "price": i as f64 * 0.25 })
         .collect();
     datasets.rows_of(&ds).insert_many(docs).await?;
@@ -1484,7 +1474,7 @@ async fn w8_stampede() -> anyhow::Result<Rows> {
     let worker = Worker::start(&s, store.clone()).await?;
     let url = format!("{base}/v1/datasets/w8/pages/0");
 
-    let cold = read_round(&url, READS, s.page_size).await?;
+    let cold = read_round(&url, READS, s.api.data.page_size).await?;
     // Every rebuild ends before the warm round; they are counted in MongoDB, where each one is a
     // job (tests/datasets.rs counts the same jobs through the API).
     let jobs = store
@@ -1510,7 +1500,7 @@ async fn w8_stampede() -> anyhow::Result<Rows> {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let warm = read_round(&url, READS, s.page_size).await?;
+    let warm = read_round(&url, READS, s.api.data.page_size).await?;
     worker.stop().await?;
     drop_scratch(&s, &store).await?;
     anyhow::ensure!(

@@ -55,9 +55,12 @@ pub trait Section: Sized {
     fn read(env: &Env) -> Self;
 }
 
-/// A source of raw values (environment plus flags, or a map in tests) that collects problems.
+/// Where raw values come from: environment plus flags, or a map in tests.
+type Lookup<'a> = Box<dyn Fn(&str) -> Option<String> + 'a>;
+
+/// A source of raw values that collects problems.
 pub struct Env<'a> {
-    get: Box<dyn Fn(&str) -> Option<String> + 'a>,
+    get: Lookup<'a>,
     problems: RefCell<Vec<String>>,
 }
 
