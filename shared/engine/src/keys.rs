@@ -33,6 +33,13 @@ pub struct QueueKeys {
     /// ZSET id → time: jobs taken from an expired lease whose outcome the rescuer has not
     /// recorded yet. Kept in Redis so a rescuer that dies mid-way loses nothing.
     pub rescued: String,
+    /// STRING flag set while the queue is paused (operators): `claim.lua` reads it, so it
+    /// lives under the queue's own hash tag like every key it touches. MongoDB keeps the
+    /// operator's decision too; the reconciler restores the flag after a Redis wipe.
+    pub paused: String,
+    /// SET of the ids in `scheduled` that wait for a retry (not a first run), so operators see
+    /// scheduled and retrying counts apart from structure sizes alone.
+    pub retrying: String,
 }
 
 impl Keys {
@@ -61,6 +68,8 @@ impl Keys {
             attempts: format!("{base}:attempts"),
             cancels: format!("{base}:cancels"),
             rescued: format!("{base}:rescued"),
+            paused: format!("{base}:paused"),
+            retrying: format!("{base}:retrying"),
         }
     }
 
@@ -141,6 +150,8 @@ mod tests {
             &k.attempts,
             &k.cancels,
             &k.rescued,
+            &k.paused,
+            &k.retrying,
         ] {
             assert_eq!(hash_tag(key), "imports", "{key}");
             assert!(key.starts_with("jm:test:"), "{key}");

@@ -17,6 +17,7 @@
 //!   against.
 //! - [`kinds`]: the engine's own kinds (`noop`, `sleep`, `fail`), one file each.
 //! - [`outbox`]: the job-event outbox and its subscribers.
+//! - [`observe`]: hooks told of applied outcomes (exact counters for features).
 //! - [`view`]: the job as the API and event subscribers show it.
 //! - [`config`]: the settings table machinery and the engine's own section.
 //! - [`telemetry`]: logging setup and the shutdown signal of the binaries.
@@ -31,6 +32,7 @@ pub mod job;
 pub mod keys;
 pub mod kind;
 pub mod kinds;
+pub mod observe;
 pub mod outbox;
 pub mod pubsub;
 pub mod queue;

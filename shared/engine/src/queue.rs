@@ -147,6 +147,7 @@ impl RedisQueue {
                     .key(&k.attempts)
                     .key(&k.ready)
                     .key(&k.scheduled)
+                    .key(&k.retrying)
                     .arg(self.keys.wake_channel(queue));
                 for j in chunk {
                     let payload = serde_json::to_string(&j.payload)
@@ -184,6 +185,7 @@ impl RedisQueue {
             .key(&k.attempts)
             .key(&k.leased)
             .key(&k.owners)
+            .key(&k.paused)
             .arg(lease.as_millis() as u64)
             .arg(worker)
             .arg(max)
@@ -231,6 +233,7 @@ impl RedisQueue {
                 .key(&k.rescued)
                 .key(&k.ready)
                 .key(&k.scheduled)
+                .key(&k.retrying)
                 .arg(worker.unwrap_or(""));
             for id in chunk {
                 inv.arg(id);
@@ -258,6 +261,7 @@ impl RedisQueue {
                 .key(&k.rescued)
                 .key(&k.scheduled)
                 .key(&k.cancels)
+                .key(&k.retrying)
                 .arg(worker.unwrap_or(""))
                 .arg(self.keys.wake_channel(queue));
             for (id, at) in chunk {
@@ -304,6 +308,7 @@ impl RedisQueue {
             .key(&k.scheduled)
             .key(&k.ready)
             .key(&k.payloads)
+            .key(&k.retrying)
             .arg(limit)
             .arg(self.keys.wake_channel(queue))
             .invoke_async(&mut conn)
@@ -340,6 +345,7 @@ impl RedisQueue {
             .key(&k.attempts)
             .key(&k.leased)
             .key(&k.cancels)
+            .key(&k.retrying)
             .arg(id)
             .arg(self.keys.cancel_channel())
             .invoke_async(&mut conn)
@@ -349,6 +355,19 @@ impl RedisQueue {
             "signalled" => CancelEffect::Signalled,
             _ => CancelEffect::Absent,
         })
+    }
+
+    /// Pause or resume claims from `queue`: sets or clears the flag `claim.lua` checks. The
+    /// queue still accepts submissions while paused.
+    pub async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        let k = self.keys.queue(queue);
+        let mut conn = self.conn.clone();
+        if paused {
+            let _: () = conn.set(&k.paused, "1").await?;
+        } else {
+            let _: () = conn.del(&k.paused).await?;
+        }
+        Ok(())
     }
 
     /// Every queue name in use.

@@ -3,6 +3,7 @@
 -- (and rescued later) instead of lost.
 -- KEYS[1] leased ZSET  KEYS[2] owners HASH   KEYS[3] payloads HASH  KEYS[4] attempts HASH
 -- KEYS[5] cancels SET  KEYS[6] rescued ZSET  KEYS[7] ready ZSET     KEYS[8] scheduled ZSET
+-- KEYS[9] retrying SET
 -- ARGV[1] worker id, or '' for the rescuer and the API   ARGV[2..] job ids
 -- A job leased by ANOTHER worker is left alone: that worker holds a newer attempt and will see
 -- the terminal state when it writes its own outcome.
@@ -20,6 +21,7 @@ for i = 2, #ARGV do
     redis.call('ZREM', KEYS[6], id)
     redis.call('ZREM', KEYS[7], id)
     redis.call('ZREM', KEYS[8], id)
+    redis.call('SREM', KEYS[9], id)
     n = n + 1
   end
 end

@@ -2,6 +2,7 @@
 -- skipped, the same script serves the API (new jobs) and the reconciler ("make sure every live
 -- job of MongoDB is in Redis") without ever queueing a job twice.
 -- KEYS[1] payloads HASH   KEYS[2] attempts HASH   KEYS[3] ready ZSET   KEYS[4] scheduled ZSET
+-- KEYS[5] retrying SET (a scheduled job with attempts already started waits for a retry)
 -- ARGV[1] wake channel, then 5 values per job:
 --   id, payload JSON, attempts already started, 'r' (ready) or 's' (scheduled), score
 --   (the ready score, or run_at in ms)
@@ -16,6 +17,7 @@ for i = 2, #ARGV, 5 do
       ready = ready + 1
     else
       redis.call('ZADD', KEYS[4], ARGV[i + 4], id)
+      if tonumber(ARGV[i + 2]) > 0 then redis.call('SADD', KEYS[5], id) end
       sched = sched + 1
     end
     added = added + 1

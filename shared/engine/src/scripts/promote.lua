@@ -1,6 +1,6 @@
 -- Move due jobs from the schedule set to the ready set, earliest first, at most ARGV[1] per
 -- call so a million due jobs are promoted in bounded steps instead of one giant script.
--- KEYS[1] scheduled ZSET   KEYS[2] ready ZSET   KEYS[3] payloads HASH
+-- KEYS[1] scheduled ZSET   KEYS[2] ready ZSET   KEYS[3] payloads HASH   KEYS[4] retrying SET
 -- ARGV[1] limit   ARGV[2] wake channel
 -- Returns { promoted ids, ms until the next scheduled job or -1 when none }
 local t = redis.call('TIME')
@@ -10,6 +10,7 @@ local ids = {}
 for i = 1, #due, 2 do
   local id, run_at = due[i], tonumber(due[i + 1])
   redis.call('ZREM', KEYS[1], id)
+  redis.call('SREM', KEYS[4], id)
   local payload = redis.call('HGET', KEYS[3], id)
   if payload then
     local p = tonumber(cjson.decode(payload).priority) or 0
