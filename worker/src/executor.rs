@@ -60,6 +60,7 @@ pub(crate) async fn execute(
     // The handler is done: free its slot now, not after the outcome is recorded, so recording
     // (batched) never throttles running.
     drop(permit);
+    shared.inflight.handler_done(&p.id);
 
     let now = DateTime::now();
     let (write, release_score) = match end {

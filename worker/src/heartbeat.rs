@@ -10,6 +10,8 @@ use jobmill::queue::RedisQueue;
 use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
+use jobmill_ops::workers::{self, HeldJob, QueueWeightView, WorkerCounters, WorkerStatus};
+
 use crate::inflight::StopReason;
 use crate::Shared;
 
@@ -45,6 +47,10 @@ async fn beat(shared: Arc<Shared>, stop: CancellationToken) {
                     .await
                 {
                     Ok((lost, cancel)) => {
+                        shared
+                            .stats
+                            .lease_expired
+                            .fetch_add(lost.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         for id in lost {
                             // Only after Redis lost its data or a far too short lease: the job
                             // may run elsewhere too; our outcome write is still guarded.
@@ -60,6 +66,9 @@ async fn beat(shared: Arc<Shared>, stop: CancellationToken) {
         }
         if let Err(e) = register(&queue, &shared).await {
             tracing::debug!(error = %e, "worker registry update failed");
+        }
+        if let Err(e) = workers::publish_status(&queue, &status(&shared)).await {
+            tracing::debug!(error = %e, "worker status update failed");
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -115,4 +124,53 @@ async fn register(queue: &RedisQueue, shared: &Shared) -> jobmill::Result<()> {
         .query_async::<()>(&mut conn)
         .await?;
     Ok(())
+}
+
+/// This worker's status for operators (`GET /v1/workers`), taken right after the leases were
+/// renewed, so every held job's lease runs a full lease from now.
+fn status(shared: &Shared) -> WorkerStatus {
+    use std::sync::atomic::Ordering;
+    let now = jobmill::job::now_ms();
+    let lease_ms = shared.core.lease_ttl.as_millis() as i64;
+    let (held, busy) = shared.inflight.snapshot();
+    let stats = &shared.stats;
+    WorkerStatus {
+        id: shared.worker.clone(),
+        host: shared.identity.host.clone(),
+        pid: shared.identity.pid,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        started_ms: shared.identity.started_ms,
+        heartbeat_ms: now,
+        lease_ms,
+        state: shared.control.state(),
+        queues: shared
+            .settings
+            .queues
+            .iter()
+            .map(|q| QueueWeightView {
+                name: q.name.clone(),
+                weight: q.weight,
+            })
+            .collect(),
+        concurrency: shared.settings.concurrency,
+        busy,
+        rss_bytes: workers::current_rss_bytes(),
+        counters: WorkerCounters {
+            succeeded: stats.succeeded.load(Ordering::Relaxed),
+            failed: stats.failed.load(Ordering::Relaxed),
+            retried: stats.retried.load(Ordering::Relaxed),
+            cancelled: stats.cancelled.load(Ordering::Relaxed),
+            lease_expired: stats.lease_expired.load(Ordering::Relaxed),
+        },
+        jobs: held
+            .into_iter()
+            .map(|h| HeldJob {
+                id: h.id,
+                kind: h.kind,
+                queue: h.queue,
+                started_ms: h.started_ms,
+                lease_expires_ms: now + lease_ms,
+            })
+            .collect(),
+    }
 }

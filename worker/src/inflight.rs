@@ -19,9 +19,28 @@ pub enum StopReason {
 
 struct Entry {
     queue: String,
+    kind: String,
     attempt: u32,
+    /// When it was claimed, ms since the epoch (shown to operators).
+    started_ms: i64,
+    /// The handler has not returned yet (a busy slot); false while the outcome waits to be
+    /// recorded.
+    running: bool,
     cancel: CancellationToken,
     reason: Option<StopReason>,
+}
+
+/// A held job, as the registry shows it.
+#[derive(Debug, Clone)]
+pub struct Held {
+    /// Job id.
+    pub id: String,
+    /// Kind.
+    pub kind: String,
+    /// Queue.
+    pub queue: String,
+    /// Claimed at, ms since the epoch.
+    pub started_ms: i64,
 }
 
 /// The table. Shared by the fetcher, executors, persister, heartbeat and listener.
@@ -35,13 +54,16 @@ pub struct Inflight {
 
 impl Inflight {
     /// Add a claimed job; returns the token its handler watches.
-    pub fn insert(&self, id: &str, queue: &str, attempt: u32) -> CancellationToken {
+    pub fn insert(&self, id: &str, queue: &str, kind: &str, attempt: u32) -> CancellationToken {
         let token = CancellationToken::new();
         self.jobs.lock().expect("inflight lock").insert(
             id.to_string(),
             Entry {
                 queue: queue.to_string(),
+                kind: kind.to_string(),
                 attempt,
+                started_ms: jobmill::job::now_ms(),
+                running: true,
                 cancel: token.clone(),
                 reason: None,
             },
@@ -53,6 +75,29 @@ impl Inflight {
     pub fn remove(&self, id: &str) {
         self.jobs.lock().expect("inflight lock").remove(id);
         self.changed.notify_waiters();
+    }
+
+    /// The job's handler returned; its outcome is on its way to the store.
+    pub fn handler_done(&self, id: &str) {
+        if let Some(e) = self.jobs.lock().expect("inflight lock").get_mut(id) {
+            e.running = false;
+        }
+    }
+
+    /// Every held job (for the worker registry) and how many handlers run now.
+    pub fn snapshot(&self) -> (Vec<Held>, usize) {
+        let jobs = self.jobs.lock().expect("inflight lock");
+        let busy = jobs.values().filter(|e| e.running).count();
+        let held = jobs
+            .iter()
+            .map(|(id, e)| Held {
+                id: id.clone(),
+                kind: e.kind.clone(),
+                queue: e.queue.clone(),
+                started_ms: e.started_ms,
+            })
+            .collect();
+        (held, busy)
     }
 
     /// Ask a job's handler to stop. Returns false if the job is not here.

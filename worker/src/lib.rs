@@ -12,6 +12,7 @@
 //! - `listener`: pub/sub wake-ups and cancel signals.
 //! - `maintenance`: scheduler, rescuer, reconciler.
 //! - `inflight`: the jobs this process holds.
+//! - [`Control`]: operator commands (`quiet`, `stop`) and the state shown in the registry.
 #![warn(missing_docs)]
 
 mod backoff;
@@ -27,6 +28,7 @@ pub mod persister;
 pub mod settings;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,6 +41,8 @@ use jobmill::queue::RedisQueue;
 use jobmill::state::RetryPolicy;
 use jobmill::store::Store;
 use jobmill_data::Data;
+use jobmill_ops::workers::WorkerState;
+use jobmill_ops::Ops;
 use jobmill_webhooks::Webhooks;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -67,6 +71,45 @@ pub(crate) struct Shared {
     hard_stop: CancellationToken,
     /// Who wants job events: asked by every write that ends a job.
     subscribers: Subscribers,
+    /// Operator commands and the state the registry shows.
+    control: Control,
+    /// The operator plane (queue pauses restored by the reconciler).
+    ops: Ops,
+}
+
+/// What operators can tell a running worker, and what it is doing as a result.
+pub(crate) struct Control {
+    /// Cancelled to stop claiming (`quiet`, and the first step of every shutdown).
+    stop_claiming: CancellationToken,
+    /// Cancelled by an operator's `stop`: the worker drains and exits as on SIGTERM.
+    stop: CancellationToken,
+    /// Set once the drain began.
+    stopping: AtomicBool,
+}
+
+impl Control {
+    /// Stop claiming; running jobs finish and the process stays up.
+    pub(crate) fn quiet(&self) {
+        tracing::info!("quiet: no more claims");
+        self.stop_claiming.cancel();
+    }
+
+    /// Drain and exit.
+    pub(crate) fn stop(&self) {
+        tracing::info!("stop requested by an operator");
+        self.stop.cancel();
+    }
+
+    /// The state the registry shows.
+    pub(crate) fn state(&self) -> WorkerState {
+        if self.stopping.load(Ordering::Relaxed) {
+            WorkerState::Stopping
+        } else if self.stop_claiming.is_cancelled() {
+            WorkerState::Quiet
+        } else {
+            WorkerState::Running
+        }
+    }
 }
 
 /// Run a stock worker until `shutdown` resolves: the engine's kinds, the webhooks and data
@@ -132,19 +175,22 @@ pub async fn run_with_store(
     registry.extend(&kinds);
     catalog.set_local(&registry);
     let subscribers = Subscribers::new(vec![webhooks.subscriber()]);
+    let ops = Ops::new(&store, &queue);
 
     {
-        let (store, webhooks, data, stop) = (
+        let (store, webhooks, data, ops, stop) = (
             store.clone(),
             webhooks.clone(),
             data.clone(),
+            ops.clone(),
             stop_all.clone(),
         );
         tokio::spawn(async move {
             backoff::until_ok("create indexes", &stop, || async {
                 store.ensure_indexes().await?;
                 webhooks.ensure_indexes().await?;
-                data.ensure_indexes().await
+                data.ensure_indexes().await?;
+                ops.ensure_indexes().await
             })
             .await;
         });
@@ -177,6 +223,7 @@ pub async fn run_with_store(
         stats: stats.clone(),
         stop: stop_all.clone(),
         subscribers: subscribers.clone(),
+        hooks: vec![ops.outcome_hook()],
     }));
     let shared = Arc::new(Shared {
         identity,
@@ -195,6 +242,12 @@ pub async fn run_with_store(
         stats,
         hard_stop: hard_stop.clone(),
         subscribers: subscribers.clone(),
+        control: Control {
+            stop_claiming: stop_claiming.clone(),
+            stop: CancellationToken::new(),
+            stopping: AtomicBool::new(false),
+        },
+        ops,
     });
 
     let slots = Arc::new(Semaphore::new(settings.concurrency));
@@ -238,7 +291,12 @@ pub async fn run_with_store(
         "worker started"
     );
 
-    shutdown.await;
+    // SIGTERM (or the caller's trigger) and an operator's `stop` drain the same way.
+    tokio::select! {
+        _ = &mut shutdown => {}
+        _ = shared.control.stop.cancelled() => {}
+    }
+    shared.control.stopping.store(true, Ordering::Relaxed);
     tracing::info!(running = inflight.len(), timeout = ?settings.shutdown_timeout, "draining");
     stop_claiming.cancel();
     let _ = fetcher.await;

@@ -1,12 +1,16 @@
 //! Pub/sub listener: wakes the fetcher when a queue gets work, the scheduler when a job was
-//! scheduled, and stops handlers whose job was cancelled. Everything here is a latency hint;
-//! polling covers a missed message.
+//! scheduled, stops handlers whose job was cancelled, and hears operator commands (`quiet`,
+//! `stop`) on this worker's control channel. Wake-ups and cancels are latency hints (polling
+//! covers a missed message); an operator command is acted on when heard, and the API tells the
+//! operator when no worker heard it.
 
 use std::sync::Arc;
 
 use jobmill::pubsub::Subscription;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+use jobmill_ops::workers::Command;
 
 use crate::inflight::StopReason;
 use crate::Shared;
@@ -26,6 +30,8 @@ pub(crate) async fn listen(
         .map(|q| keys.wake_channel(&q.name))
         .collect();
     channels.push(cancel_channel.clone());
+    let control_channel = jobmill_ops::keys::control_channel(&keys, &shared.worker);
+    channels.push(control_channel.clone());
     let Some(mut sub) = crate::backoff::until_ok("pub/sub subscription", &stop, || {
         Subscription::open(shared.core.redis_url.expose(), &channels)
     })
@@ -38,7 +44,13 @@ pub(crate) async fn listen(
             m = sub.next() => m,
             _ = stop.cancelled() => return,
         };
-        if msg.channel == cancel_channel {
+        if msg.channel == control_channel {
+            match Command::parse(&msg.payload) {
+                Some(Command::Quiet) => shared.control.quiet(),
+                Some(Command::Stop) => shared.control.stop(),
+                None => tracing::warn!(payload = %msg.payload, "unknown operator command"),
+            }
+        } else if msg.channel == cancel_channel {
             shared.inflight.stop(&msg.payload, StopReason::Cancelled);
         } else if msg.payload == "s" {
             schedule.notify_one();

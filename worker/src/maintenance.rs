@@ -192,6 +192,11 @@ async fn reconcile_once(shared: &Shared) -> jobmill::Result<()> {
         && q.try_lock("rebuild", &shared.worker, Duration::from_secs(60))
             .await?
     {
+        // Queue pauses first: a paused queue must not hand out the jobs put back below.
+        let paused = shared.ops.pauses().restore(q).await?;
+        if paused > 0 {
+            tracing::info!(paused, "restored queue pauses into redis");
+        }
         // Redis lost its data (or never had it): put every live job of MongoDB back. The
         // enqueue script skips jobs Redis still holds, so this never queues a job twice.
         // Jobs that were running come back as ready: their workers may still finish them,

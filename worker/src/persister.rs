@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use jobmill::job::Progress;
 use jobmill::kind::ProgressSink;
+use jobmill::observe::{AppliedOutcome, OutcomeHook};
 use jobmill::outbox::{JobEvent, Subscribers};
 use jobmill::queue::RedisQueue;
 use jobmill::state::Decision;
@@ -50,8 +51,14 @@ pub struct Item {
 pub struct Stats {
     /// Attempts that ended `succeeded`.
     pub succeeded: AtomicU64,
-    /// Attempts that ended `failed` or `retrying`.
+    /// Attempts that ended `failed`.
     pub failed: AtomicU64,
+    /// Attempts that ended `retrying`.
+    pub retried: AtomicU64,
+    /// Attempts that ended `cancelled`.
+    pub cancelled: AtomicU64,
+    /// Leases the heartbeat found taken from this worker.
+    pub lease_expired: AtomicU64,
 }
 
 /// Latest progress per running job, drained every [`PROGRESS_EVERY`].
@@ -186,6 +193,8 @@ pub struct Context {
     pub stop: CancellationToken,
     /// Who wants job events (the outbox).
     pub subscribers: Subscribers,
+    /// Told of every flush's applied outcomes (the operator history).
+    pub hooks: Vec<Arc<dyn OutcomeHook>>,
 }
 
 /// Start both stages.
@@ -267,9 +276,45 @@ async fn mongo_stage(
         else {
             return;
         };
+        tell_hooks(&ctx, &batch, &applied).await;
         if done.send((batch, applied)).await.is_err() {
             return;
         }
+    }
+}
+
+/// Hand the outcomes MongoDB applied in this flush to the hooks, before the Redis follow-ups:
+/// the jobs are still leased meanwhile, so a crash here loses no job (only, at worst, these
+/// counts). Stale writes are left out, so each recorded transition is counted once.
+async fn tell_hooks(ctx: &Context, batch: &[Item], applied: &[Applied]) {
+    if ctx.hooks.is_empty() {
+        return;
+    }
+    let outcomes: Vec<AppliedOutcome> = batch
+        .iter()
+        .zip(applied)
+        .filter_map(|(item, applied)| match (&item.write, applied) {
+            (
+                Write::Finish {
+                    started_at,
+                    at,
+                    decision,
+                    ..
+                },
+                Applied::Done,
+            ) => Some(AppliedOutcome::new(&item.queue, decision, *started_at, *at)),
+            _ => None,
+        })
+        .collect();
+    if outcomes.is_empty() {
+        return;
+    }
+    let flush = uuid::Uuid::new_v4().to_string();
+    for hook in &ctx.hooks {
+        until_ok("record outcome history", &ctx.stop, || {
+            hook.record(&flush, &outcomes)
+        })
+        .await;
     }
 }
 
@@ -323,10 +368,13 @@ async fn redis_stage(
             let id = item.write.id().to_string();
             let then = item.write.follow_up(&applied, now);
             if let (Write::Finish { decision, .. }, Applied::Done) = (&item.write, &applied) {
-                match decision {
-                    Decision::Succeed(_) => ctx.stats.succeeded.fetch_add(1, Ordering::Relaxed),
-                    _ => ctx.stats.failed.fetch_add(1, Ordering::Relaxed),
+                let counter = match decision {
+                    Decision::Succeed(_) => &ctx.stats.succeeded,
+                    Decision::Retry { .. } => &ctx.stats.retried,
+                    Decision::Fail(_) => &ctx.stats.failed,
+                    Decision::Cancel(_) => &ctx.stats.cancelled,
                 };
+                counter.fetch_add(1, Ordering::Relaxed);
             }
             match then.step {
                 RedisStep::Keep => {}
