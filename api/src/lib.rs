@@ -5,7 +5,8 @@
 //! - [`app`]: the router, for `serve` and for tests (no socket needed).
 //! - [`AppState`]: what handlers share, built by [`AppState::connect`] from an [`ApiConfig`].
 //! - `routes/`: handlers, one file per resource (`jobs`, `kinds`, `uploads`, `files`,
-//!   `datasets`, `webhooks`, `deliveries`, `health`).
+//!   `datasets`, `webhooks`, `deliveries`, `health`, and the operator plane's `workers`,
+//!   `queues`, `audit`).
 //! - [`view`]: request and answer shapes, with OpenAPI schemas.
 //! - [`auth`]: bearer API keys and tenants.
 //! - [`extract`]: extractors that answer bad input in the API's error shape.
@@ -39,6 +40,7 @@ use jobmill::queue::RedisQueue;
 use jobmill::store::Store;
 use jobmill::{JobClient, Registry};
 use jobmill_data::Data;
+use jobmill_ops::Ops;
 use jobmill_webhooks::Webhooks;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -55,6 +57,8 @@ pub struct AppState {
     pub webhooks: Webhooks,
     /// The data feature (uploads, files, datasets, cached pages).
     pub data: Data,
+    /// The operator plane (workers, queues, pauses, history, audit).
+    pub ops: Ops,
     /// Accepted API keys.
     pub keys: Arc<Vec<ApiKey>>,
     /// Job-change events.
@@ -89,6 +93,7 @@ impl AppState {
             vec![webhooks.submit_hook()],
         );
         let data = Data::new(&client, config.data.clone());
+        let ops = Ops::new(&store, client.queue());
         let mut registry = Registry::builtin();
         webhooks.register_kinds(&mut registry);
         data.register_kinds(&mut registry);
@@ -97,6 +102,7 @@ impl AppState {
         store.ensure_indexes().await?;
         webhooks.ensure_indexes().await?;
         data.ensure_indexes().await?;
+        ops.ensure_indexes().await?;
         if let Err(e) = catalog.refresh(&store).await {
             tracing::warn!(error = %e, "kinds catalog not loaded yet; only linked kinds are accepted");
         }
@@ -111,6 +117,7 @@ impl AppState {
             client,
             webhooks,
             data,
+            ops,
             keys: Arc::new(config.api.keys.clone()),
             watch,
             finished,
@@ -153,6 +160,15 @@ impl AppState {
         routes::webhooks::webhooks_secret_rotate,
         routes::deliveries::deliveries_show,
         routes::deliveries::deliveries_replay,
+        routes::workers::workers_index,
+        routes::workers::workers_show,
+        routes::workers::workers_quiet,
+        routes::workers::workers_stop,
+        routes::queues::queues_index,
+        routes::queues::queues_pause,
+        routes::queues::queues_resume,
+        routes::queues::queues_history,
+        routes::audit::audit_index,
         routes::health::healthz,
         routes::health::readyz,
         routes::health::openapi,
@@ -168,6 +184,15 @@ impl AppState {
         routes::datasets::DatasetView, routes::datasets::DatasetList, routes::datasets::RowPage,
         view::CreateWebhook, view::WebhookView, view::WebhookList, view::SigningSecretView,
         view::DeliveryView, view::DeliveryAttemptView, view::DeliveryList,
+        jobmill_ops::workers::WorkerList, jobmill_ops::workers::WorkerView,
+        jobmill_ops::workers::WorkerState, jobmill_ops::workers::QueueWeightView,
+        jobmill_ops::workers::WorkerCounters, jobmill_ops::workers::HeldJobView,
+        jobmill_ops::queues::QueueList, jobmill_ops::queues::QueueView,
+        jobmill_ops::queues::QueueCounts, jobmill_ops::history::Recent,
+        jobmill_ops::history::Window, jobmill_ops::history::HistoryView,
+        jobmill_ops::history::Minute, jobmill_ops::audit::AuditPage,
+        jobmill_ops::audit::AuditRecord, jobmill_ops::audit::AuditAction,
+        jobmill_ops::audit::AuditOutcome,
     )),
     modifiers(&BearerAuth),
 )]
@@ -187,7 +212,10 @@ impl Modify for BearerAuth {
 
 /// The API router.
 pub fn app(state: AppState) -> Router {
-    use routes::{datasets, deliveries, files, health, jobs, kinds, uploads, webhooks};
+    use routes::{
+        audit, datasets, deliveries, files, health, jobs, kinds, queues, uploads, webhooks,
+        workers,
+    };
     Router::new()
         .route("/v1/jobs", post(jobs::jobs_create).get(jobs::jobs_index))
         .route("/v1/jobs/batch", post(jobs::jobs_batch))
@@ -244,6 +272,15 @@ pub fn app(state: AppState) -> Router {
             "/v1/deliveries/{id}/replay",
             post(deliveries::deliveries_replay),
         )
+        .route("/v1/workers", get(workers::workers_index))
+        .route("/v1/workers/{id}", get(workers::workers_show))
+        .route("/v1/workers/{id}/quiet", post(workers::workers_quiet))
+        .route("/v1/workers/{id}/stop", post(workers::workers_stop))
+        .route("/v1/queues", get(queues::queues_index))
+        .route("/v1/queues/{name}/pause", post(queues::queues_pause))
+        .route("/v1/queues/{name}/resume", post(queues::queues_resume))
+        .route("/v1/queues/{name}/history", get(queues::queues_history))
+        .route("/v1/audit", get(audit::audit_index))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(health::openapi))

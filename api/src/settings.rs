@@ -20,7 +20,7 @@ pub const API_KEYS: Setting = Setting {
     env: "JOBMILL_API_KEYS",
     default: "",
     bounds: Bounds::Text,
-    doc: "comma-separated name:secret:role, role = submitter|operator (required by the API)",
+    doc: "comma-separated name:secret:role, role = submitter|viewer|operator (required by the API)",
 };
 /// `JOBMILL_MAX_BODY_BYTES`.
 pub const MAX_BODY_BYTES: Setting = Setting {
@@ -35,7 +35,10 @@ pub const MAX_BODY_BYTES: Setting = Setting {
 pub enum Role {
     /// Sees and acts on its own jobs only.
     Submitter,
-    /// Sees and acts on every job.
+    /// Reads everything an operator may (every job, workers, queues, audit, metrics) and
+    /// changes nothing but its own webhook endpoints and signing secret.
+    Viewer,
+    /// Sees and acts on every job, worker and queue.
     Operator,
 }
 
@@ -182,10 +185,11 @@ fn parse_api_keys(raw: &str) -> std::result::Result<Vec<ApiKey>, String> {
         }
         let role = match role {
             "submitter" => Role::Submitter,
+            "viewer" => Role::Viewer,
             "operator" => Role::Operator,
             other => {
                 return Err(format!(
-                    "entry {n} ({name}): role '{other}' is neither submitter nor operator"
+                    "entry {n} ({name}): role '{other}' is not submitter, viewer or operator"
                 ))
             }
         };
@@ -254,6 +258,12 @@ mod tests {
         .unwrap();
         assert_eq!(s.api.keys.len(), 2);
         assert_eq!(s.api.keys[1].role, Role::Operator);
+        let v = load(&[("JOBMILL_API_KEYS", "eyes:0123456789abcdef:viewer")]).unwrap();
+        assert_eq!(v.api.keys[0].role, Role::Viewer);
+        let err = load(&[("JOBMILL_API_KEYS", "x:0123456789abcdef:admin")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("viewer"), "{err}");
         assert!(
             !format!("{s:?}").contains("0123456789abcdef"),
             "secrets leak into Debug"

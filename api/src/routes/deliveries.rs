@@ -54,7 +54,7 @@ pub async fn deliveries_replay(
     ResourceId(id): ResourceId,
 ) -> Result<Response, ApiError> {
     let hooks = state.webhooks.store();
-    let d = match hooks.start_replay(&id, caller.scope()).await? {
+    let d = match hooks.start_replay(&id, caller.write_scope()).await? {
         Some(d) => d,
         None => {
             let Some(d) = hooks.get_delivery(&id, caller.scope()).await? else {
@@ -71,7 +71,7 @@ pub async fn deliveries_replay(
             let orphaned = sender.is_some_and(|j| j.state.is_terminal());
             let restarted = if orphaned {
                 hooks
-                    .replay_orphaned(&d.id, caller.scope(), d.replays)
+                    .replay_orphaned(&d.id, caller.write_scope(), d.replays)
                     .await?
             } else {
                 None

@@ -248,7 +248,7 @@ pub async fn files_delete(
     if !state
         .data
         .files()
-        .delete_file(&f.id, caller.scope())
+        .delete_file(&f.id, caller.write_scope())
         .await?
     {
         return Err(not_found());

@@ -369,7 +369,7 @@ pub async fn jobs_cancel(
     caller: Caller,
     JobId(id): JobId,
 ) -> Result<Response, ApiError> {
-    let job = state.client.cancel(&id, caller.scope()).await?;
+    let job = state.client.cancel(&id, caller.write_scope()).await?;
     state.finished.forget(&id);
     let status = if job.state == JobState::Cancelled {
         StatusCode::OK
@@ -393,7 +393,7 @@ pub async fn jobs_retry(
     caller: Caller,
     JobId(id): JobId,
 ) -> Result<Response, ApiError> {
-    let job = state.client.retry(&id, caller.scope()).await?;
+    let job = state.client.retry(&id, caller.write_scope()).await?;
     // This process must not answer the next poll from its cache; other API processes drop their
     // entry when the change event arrives.
     state.finished.forget(&id);

@@ -1,10 +1,13 @@
 //! HTTP handlers, one file per resource.
 
+pub mod audit;
 pub mod datasets;
 pub mod deliveries;
 pub mod files;
 pub mod health;
 pub mod jobs;
 pub mod kinds;
+pub mod queues;
 pub mod uploads;
 pub mod webhooks;
+pub mod workers;

@@ -4,6 +4,8 @@
 //! Secrets appear in exactly three answers: creating an endpoint, rotating its secret, and the
 //! tenant secret endpoints. Never in listings, job views or logs.
 
+use crate::routes::audit::audited;
+use jobmill_ops::audit::AuditAction;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -97,7 +99,16 @@ pub async fn webhooks_create(
         failing_since_ms: 0,
         created_ms: now,
     };
-    hooks.create_endpoint(&ep).await?;
+    audited(
+        &state,
+        &caller,
+        AuditAction::WebhookCreate,
+        &ep.id,
+        None,
+        async { Ok(hooks.create_endpoint(&ep).await?) },
+        |_| serde_json::json!({ "tenant": &ep.tenant, "events": &ep.events }),
+    )
+    .await?;
     state.webhooks.endpoints_changed(&caller.tenant).await;
     Ok((
         StatusCode::CREATED,
@@ -163,9 +174,21 @@ pub async fn webhooks_delete(
     ResourceId(id): ResourceId,
 ) -> Result<Response, ApiError> {
     let hooks = state.webhooks.store();
-    if !hooks.delete_endpoint(&id, caller.scope()).await? {
-        return Err(not_found());
-    }
+    audited(
+        &state,
+        &caller,
+        AuditAction::WebhookDelete,
+        &id,
+        None,
+        async {
+            match hooks.delete_endpoint(&id, caller.write_scope()).await? {
+                true => Ok(()),
+                false => Err(not_found()),
+            }
+        },
+        |_| serde_json::json!({ "deleted": true }),
+    )
+    .await?;
     state.webhooks.endpoints_changed(&caller.tenant).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -183,12 +206,23 @@ pub async fn webhooks_enable(
     caller: Caller,
     ResourceId(id): ResourceId,
 ) -> Result<Response, ApiError> {
-    let ep = state
-        .webhooks
-        .store()
-        .set_enabled(&id, caller.scope(), true, None)
-        .await?
-        .ok_or_else(not_found)?;
+    let ep = audited(
+        &state,
+        &caller,
+        AuditAction::WebhookEnable,
+        &id,
+        None,
+        async {
+            state
+                .webhooks
+                .store()
+                .set_enabled(&id, caller.write_scope(), true, None)
+                .await?
+                .ok_or_else(not_found)
+        },
+        |_| serde_json::json!({ "enabled": true }),
+    )
+    .await?;
     state.webhooks.endpoints_changed(&ep.tenant).await;
     Ok(axum::Json(WebhookView::of(&ep)).into_response())
 }
@@ -207,16 +241,28 @@ pub async fn webhooks_rotate(
     caller: Caller,
     ResourceId(id): ResourceId,
 ) -> Result<Response, ApiError> {
-    let ep = state
-        .webhooks
-        .store()
-        .rotate_endpoint_secret(
-            &id,
-            caller.scope(),
-            state.webhooks.settings().rotation_grace,
-        )
-        .await?
-        .ok_or_else(not_found)?;
+    // The audit record names the endpoint only: secrets never enter it.
+    let ep = audited(
+        &state,
+        &caller,
+        AuditAction::WebhookSecretRotate,
+        &id,
+        None,
+        async {
+            state
+                .webhooks
+                .store()
+                .rotate_endpoint_secret(
+                    &id,
+                    caller.write_scope(),
+                    state.webhooks.settings().rotation_grace,
+                )
+                .await?
+                .ok_or_else(not_found)
+        },
+        |_| serde_json::json!({ "rotated": true }),
+    )
+    .await?;
     Ok(axum::Json(WebhookView::with_secret(&ep)).into_response())
 }
 
@@ -272,10 +318,21 @@ pub async fn webhooks_secret_rotate(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    let s = state
-        .webhooks
-        .store()
-        .rotate_tenant_secret(&caller.tenant, state.webhooks.settings().rotation_grace)
-        .await?;
+    let s = audited(
+        &state,
+        &caller,
+        AuditAction::SigningSecretRotate,
+        &caller.tenant,
+        None,
+        async {
+            Ok(state
+                .webhooks
+                .store()
+                .rotate_tenant_secret(&caller.tenant, state.webhooks.settings().rotation_grace)
+                .await?)
+        },
+        |_| serde_json::json!({ "rotated": true }),
+    )
+    .await?;
     Ok(axum::Json(SigningSecretView::from(&s)).into_response())
 }

@@ -1,0 +1,146 @@
+//! `/v1/queues`: queue depth by state, latency, consumers and recent outcomes (all from Redis
+//! structure sizes and the per-minute history, never a scan of the jobs), pause and resume,
+//! and the per-minute history.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use jobmill::config::check_queue_name;
+use jobmill_ops::audit::AuditAction;
+use jobmill_ops::history::{HistoryView, MAX_MINUTES};
+use jobmill_ops::queues::{QueueList, QueueView};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::Query;
+use crate::routes::audit::audited;
+use crate::AppState;
+
+/// Every queue with jobs, workers, a pause or outcomes in the last hour.
+#[utoipa::path(get, path = "/v1/queues", tag = "operators", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the queues, by name", body = QueueList),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
+        (status = 403, description = "a submitter key", body = ErrorBody),
+        (status = 503, description = "a store is unreachable", body = ErrorBody),
+    ))]
+pub async fn queues_index(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    caller.require_viewer()?;
+    let queues = state.ops.queue_list().await?;
+    Ok(axum::Json(QueueList { queues }).into_response())
+}
+
+/// Pause a queue: it still accepts submissions, but no worker claims from it (from the next
+/// claim on). Recorded in MongoDB, so it survives a Redis wipe.
+#[utoipa::path(post, path = "/v1/queues/{name}/pause", tag = "operators", security(("bearer" = [])),
+    params(("name" = String, Path, description = "queue name")),
+    responses(
+        (status = 200, description = "paused; the queue now", body = QueueView),
+        (status = 400, description = "invalid_queue", body = ErrorBody),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
+        (status = 403, description = "not an operator key", body = ErrorBody),
+        (status = 503, description = "a store is unreachable; nothing changed", body = ErrorBody),
+    ))]
+pub async fn queues_pause(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    set_paused(&state, &caller, &name, true).await
+}
+
+/// Resume a paused queue.
+#[utoipa::path(post, path = "/v1/queues/{name}/resume", tag = "operators", security(("bearer" = [])),
+    params(("name" = String, Path, description = "queue name")),
+    responses(
+        (status = 200, description = "resumed; the queue now", body = QueueView),
+        (status = 400, description = "invalid_queue", body = ErrorBody),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
+        (status = 403, description = "not an operator key", body = ErrorBody),
+        (status = 503, description = "a store is unreachable", body = ErrorBody),
+    ))]
+pub async fn queues_resume(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    set_paused(&state, &caller, &name, false).await
+}
+
+/// Query of the history.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// Minutes back from now, the current one included (1-1440, default 60).
+    pub minutes: Option<u32>,
+}
+
+/// Per-minute succeeded, failed, retried and cancelled counts, with average and p95 run time.
+#[utoipa::path(get, path = "/v1/queues/{name}/history", tag = "operators", security(("bearer" = [])),
+    params(("name" = String, Path, description = "queue name"), HistoryQuery),
+    responses(
+        (status = 200, description = "minutes with outcomes, oldest first", body = HistoryView),
+        (status = 400, description = "invalid_queue or invalid_minutes", body = ErrorBody),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
+        (status = 403, description = "a submitter key", body = ErrorBody),
+    ))]
+pub async fn queues_history(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Response, ApiError> {
+    caller.require_viewer()?;
+    check_name(&name)?;
+    let minutes = q.minutes.unwrap_or(60);
+    if !(1..=MAX_MINUTES).contains(&minutes) {
+        return Err(ApiError::bad_request(
+            "invalid_minutes",
+            format!("minutes must be from 1 to {MAX_MINUTES}"),
+        ));
+    }
+    let view = state.ops.history().minutes(&name, minutes).await?;
+    Ok(axum::Json(view).into_response())
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    check_queue_name(name).map_err(|m| ApiError::bad_request("invalid_queue", m))
+}
+
+async fn set_paused(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    paused: bool,
+) -> Result<Response, ApiError> {
+    caller.require_operator()?;
+    check_name(name)?;
+    let what = if paused {
+        AuditAction::QueuePause
+    } else {
+        AuditAction::QueueResume
+    };
+    let ops = state.ops.clone();
+    audited(
+        state,
+        caller,
+        what,
+        name,
+        None,
+        async {
+            ops.pauses()
+                .set(ops.queue(), name, paused, &caller.tenant)
+                .await?;
+            Ok(())
+        },
+        |_| serde_json::json!({ "paused": paused }),
+    )
+    .await?;
+    let view = state.ops.queue_one(name).await?;
+    Ok((StatusCode::OK, axum::Json(view)).into_response())
+}
