@@ -213,8 +213,7 @@ impl Modify for BearerAuth {
 /// The API router.
 pub fn app(state: AppState) -> Router {
     use routes::{
-        audit, datasets, deliveries, files, health, jobs, kinds, queues, uploads, webhooks,
-        workers,
+        audit, datasets, deliveries, files, health, jobs, kinds, queues, uploads, webhooks, workers,
     };
     Router::new()
         .route("/v1/jobs", post(jobs::jobs_create).get(jobs::jobs_index))

@@ -24,6 +24,8 @@ pub const ALICE: &str = "alice-secret-0123456789";
 pub const BOB: &str = "bob-secret-0123456789ab";
 /// An operator.
 pub const OPS: &str = "ops-secret-0123456789abc";
+/// Key `eyes` (viewer).
+pub const EYES: &str = "eyes-secret-0123456789ab";
 /// Every test's `JOBMILL_WEBHOOK_DESTINATIONS`: loopback only.
 pub const LOOPBACK: &str = "127.0.0.1,localhost,[::1]";
 
@@ -89,7 +91,9 @@ impl Ctx {
             ("JOBMILL_KEY_PREFIX", format!("t:{name}:{tag}")),
             (
                 "JOBMILL_API_KEYS",
-                format!("alice:{ALICE}:submitter,bob:{BOB}:submitter,ops:{OPS}:operator"),
+                format!(
+                    "alice:{ALICE}:submitter,bob:{BOB}:submitter,ops:{OPS}:operator,eyes:{EYES}:viewer"
+                ),
             ),
             ("JOBMILL_LEASE_TTL", "2s".into()),
             ("JOBMILL_RETRY_BASE", "100ms".into()),

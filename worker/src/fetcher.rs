@@ -63,9 +63,12 @@ pub(crate) async fn fetch_loop(
                     for c in claimed {
                         let permit = permits.pop().expect("claimed at most the free slots");
                         // Into the table before the task starts, so the next heartbeat covers it.
-                        let token = shared
-                            .inflight
-                            .insert(&c.payload.id, &queue, &c.payload.kind, c.attempt);
+                        let token = shared.inflight.insert(
+                            &c.payload.id,
+                            &queue,
+                            &c.payload.kind,
+                            c.attempt,
+                        );
                         tokio::spawn(execute(shared.clone(), c, token, permit));
                         got += 1;
                     }

@@ -5,11 +5,11 @@
 //! tenant secret endpoints. Never in listings, job views or logs.
 
 use crate::routes::audit::audited;
-use jobmill_ops::audit::AuditAction;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use jobmill::outbox::JobEvent;
+use jobmill_ops::audit::AuditAction;
 use jobmill_webhooks::records::{list_key, Endpoint};
 use jobmill_webhooks::{guard, parse_events, signing};
 

@@ -62,7 +62,14 @@ pub async fn workers_quiet(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    command(&state, &caller, &id, Command::Quiet, AuditAction::WorkerQuiet).await
+    command(
+        &state,
+        &caller,
+        &id,
+        Command::Quiet,
+        AuditAction::WorkerQuiet,
+    )
+    .await
 }
 
 /// Make a worker drain and exit, as SIGTERM does.

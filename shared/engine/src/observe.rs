@@ -46,6 +46,9 @@ impl AppliedOutcome {
 /// implementation's docs.
 pub trait OutcomeHook: Send + Sync {
     /// Record `outcomes` (never empty). `batch` identifies the flush, for idempotency.
-    fn record<'a>(&'a self, batch: &'a str, outcomes: &'a [AppliedOutcome])
-        -> BoxFuture<'a, Result<()>>;
+    fn record<'a>(
+        &'a self,
+        batch: &'a str,
+        outcomes: &'a [AppliedOutcome],
+    ) -> BoxFuture<'a, Result<()>>;
 }

@@ -153,10 +153,13 @@ impl Audit {
         let id = uuid::Uuid::now_v7().to_string();
         let now = DateTime::now();
         let filter = match filter {
-            Some(f) => mongodb::bson::to_bson(&f).map_err(|e| jobmill::Error::Corrupt(e.to_string()))?,
+            Some(f) => {
+                mongodb::bson::to_bson(&f).map_err(|e| jobmill::Error::Corrupt(e.to_string()))?
+            }
             None => mongodb::bson::Bson::Null,
         };
-        let action = mongodb::bson::to_bson(&action).map_err(|e| jobmill::Error::Corrupt(e.to_string()))?;
+        let action =
+            mongodb::bson::to_bson(&action).map_err(|e| jobmill::Error::Corrupt(e.to_string()))?;
         self.coll
             .insert_one(doc! {
                 "_id": &id,
@@ -181,8 +184,10 @@ impl Audit {
         outcome: AuditOutcome,
         result: serde_json::Value,
     ) -> Result<()> {
-        let outcome = mongodb::bson::to_bson(&outcome).map_err(|e| jobmill::Error::Corrupt(e.to_string()))?;
-        let result = mongodb::bson::to_bson(&result).map_err(|e| jobmill::Error::Corrupt(e.to_string()))?;
+        let outcome =
+            mongodb::bson::to_bson(&outcome).map_err(|e| jobmill::Error::Corrupt(e.to_string()))?;
+        let result =
+            mongodb::bson::to_bson(&result).map_err(|e| jobmill::Error::Corrupt(e.to_string()))?;
         self.coll
             .update_one(
                 doc! { "_id": &pending.id },
@@ -195,10 +200,7 @@ impl Audit {
     /// A page of records, newest first, before `cursor`.
     pub async fn list(&self, cursor: Option<&str>, limit: i64) -> Result<AuditPage> {
         let docs = newest_first(&self.coll, doc! {}, cursor, limit).await?;
-        let records: Vec<AuditRecord> = docs
-            .into_iter()
-            .filter_map(|d| record(&d))
-            .collect();
+        let records: Vec<AuditRecord> = docs.into_iter().filter_map(|d| record(&d)).collect();
         let next_cursor = (records.len() as i64 == limit)
             .then(|| records.last().map(|r| r.id.clone()))
             .flatten();

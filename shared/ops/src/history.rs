@@ -239,7 +239,10 @@ impl History {
         let mut out: BTreeMap<String, Recent> = BTreeMap::new();
         for d in &docs {
             let Ok(q) = d.get_str("queue") else { continue };
-            let minute = d.get_datetime("minute").map(|m| m.timestamp_millis()).unwrap_or(0);
+            let minute = d
+                .get_datetime("minute")
+                .map(|m| m.timestamp_millis())
+                .unwrap_or(0);
             let (s, f) = (count(d, "succeeded"), count(d, "failed"));
             let r = out.entry(q.to_string()).or_default();
             let windows = [
@@ -268,7 +271,10 @@ fn count(d: &Document, field: &str) -> u64 {
 }
 
 fn minute_of(d: &Document) -> Minute {
-    let minute = d.get_datetime("minute").map(|m| m.timestamp_millis()).unwrap_or(0);
+    let minute = d
+        .get_datetime("minute")
+        .map(|m| m.timestamp_millis())
+        .unwrap_or(0);
     let runs = count(d, "run_count");
     let hist: Vec<u64> = (0..=RUN_MS_EDGES.len())
         .map(|i| count(d, &format!("rt_{i}")))

@@ -89,28 +89,22 @@ pub async fn state(queue: &RedisQueue, name: &str) -> Result<QueueState> {
             .arg(0)
             .arg(1);
     }
-    let (head, heads): (
-        (bool, u64, u64, u64, u64, u64),
-        Vec<Vec<(String, f64)>>,
-    ) = {
-        let raw: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
-        let mut it = raw.into_iter();
-        let mut next = || it.next().unwrap_or(redis::Value::Nil);
-        let head = (
-            val(next())?,
-            val(next())?,
-            val(next())?,
-            val(next())?,
-            val(next())?,
-            val(next())?,
-        );
-        let mut heads = Vec::with_capacity(bands.len());
-        for _ in &bands {
-            heads.push(val(next())?);
-        }
-        (head, heads)
-    };
-    let (paused, ready, scheduled, retrying, leased, rescued) = head;
+    let raw: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
+    let mut it = raw.into_iter();
+    let mut next = || it.next().unwrap_or(redis::Value::Nil);
+    let paused: bool = val(next())?;
+    let sizes: [u64; 5] = [
+        val(next())?,
+        val(next())?,
+        val(next())?,
+        val(next())?,
+        val(next())?,
+    ];
+    let mut heads: Vec<Vec<(String, f64)>> = Vec::with_capacity(bands.len());
+    for _ in &bands {
+        heads.push(val(next())?);
+    }
+    let [ready, scheduled, retrying, leased, rescued] = sizes;
     let oldest_ready_ms = heads
         .iter()
         .filter_map(|h| h.first())

@@ -242,8 +242,7 @@ pub fn current_rss_bytes() -> u64 {
 pub async fn publish_status(queue: &RedisQueue, status: &WorkerStatus) -> jobmill::Result<()> {
     let keys = queue.keys();
     let key = keys.worker(&status.id);
-    let json =
-        serde_json::to_string(status).map_err(|e| jobmill::Error::Corrupt(e.to_string()))?;
+    let json = serde_json::to_string(status).map_err(|e| jobmill::Error::Corrupt(e.to_string()))?;
     let mut conn = queue.connection();
     redis::pipe()
         .hset(&key, STATUS_FIELD, json)

@@ -1,0 +1,456 @@
+//! The operator plane on real processes: roles on every operator endpoint, workers (busy
+//! slots, quiet, stop, gone), queue pauses (atomic in the claim script, surviving a FLUSHALL,
+//! seen alike by two API replicas), exact queue counts, and the per-minute history.
+
+use std::time::{Duration, Instant};
+
+use jobmill_tests::{Api, Ctx, PrivateRedis, ALICE, EYES, OPS, SIGKILL};
+use serde_json::{json, Value};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// Poll `f` until it returns `Some`, failing after `LIMIT` (a hang bound, not a timing check).
+async fn until<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + LIMIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < end, "gave up waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn queue(api: &Api, name: &str) -> Option<Value> {
+    let a = api.get("/v1/queues", OPS).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    a.body["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == name)
+        .cloned()
+}
+
+async fn workers(api: &Api) -> Vec<Value> {
+    let a = api.get("/v1/workers", OPS).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    a.body["workers"].as_array().unwrap().clone()
+}
+
+async fn audit(api: &Api) -> Vec<Value> {
+    let a = api.get("/v1/audit?limit=500", OPS).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    a.body["records"].as_array().unwrap().clone()
+}
+
+async fn submit_many(api: &Api, n: usize, job: Value) -> Vec<String> {
+    let a = api
+        .post("/v1/jobs/batch", ALICE, json!({"jobs": vec![job; n]}))
+        .await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    a.body["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operator_endpoint_checks_the_role_and_audits_actions() {
+    let ctx = Ctx::new("roles");
+    let api = ctx.api().await;
+    let w = ctx.worker_process(&["--concurrency", "2"]);
+    let wid = until("the worker registers", || async {
+        workers(&api)
+            .await
+            .first()
+            .map(|w| w["id"].as_str().unwrap().to_string())
+    })
+    .await;
+    api.submit(ALICE, json!({"kind": "noop", "queue": "roles"}))
+        .await;
+
+    let reads = [
+        "/v1/workers".to_string(),
+        format!("/v1/workers/{wid}"),
+        "/v1/queues".to_string(),
+        "/v1/queues/roles/history?minutes=5".to_string(),
+        "/v1/audit".to_string(),
+    ];
+    for path in &reads {
+        let a = api.get(path, ALICE).await;
+        assert_eq!(
+            (a.status, a.code()),
+            (403, "forbidden"),
+            "submitter GET {path}"
+        );
+        let a = api.get(path, EYES).await;
+        assert_eq!(a.status, 200, "viewer GET {path}: {}", a.body);
+        let a = api.get(path, OPS).await;
+        assert_eq!(a.status, 200, "operator GET {path}: {}", a.body);
+    }
+    // A viewer reads every job, like an operator.
+    let a = api.get("/v1/jobs?limit=10", EYES).await;
+    assert_eq!(a.status, 200);
+    assert!(!a.body["jobs"].as_array().unwrap().is_empty());
+
+    // Refused actions change nothing and leave no audit record.
+    let actions = [
+        "/v1/queues/roles/pause".to_string(),
+        "/v1/queues/roles/resume".to_string(),
+        format!("/v1/workers/{wid}/quiet"),
+    ];
+    for path in &actions {
+        for key in [ALICE, EYES] {
+            let a = api.post(path, key, json!({})).await;
+            assert_eq!((a.status, a.code()), (403, "forbidden"), "POST {path}");
+        }
+    }
+    // A viewer submits nothing either.
+    let a = api.post("/v1/jobs", EYES, json!({"kind": "noop"})).await;
+    assert_eq!((a.status, a.code()), (403, "forbidden"));
+    assert_eq!(queue(&api, "roles").await.unwrap()["paused"], false);
+    assert_eq!(
+        workers(&api).await[0]["state"],
+        "running",
+        "a refused quiet reached the worker"
+    );
+    assert!(audit(&api).await.is_empty(), "refusals are not actions");
+
+    // An operator acts; each action has its record, written with its result.
+    let a = api.post("/v1/queues/roles/pause", OPS, json!({})).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["paused"], true);
+    let a = api.post("/v1/queues/roles/resume", OPS, json!({})).await;
+    assert_eq!((a.status, &a.body["paused"]), (200, &json!(false)));
+    let a = api
+        .post(&format!("/v1/workers/{wid}/quiet"), OPS, json!({}))
+        .await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    // A viewer may rotate its own signing secret: audited, and the secret is not in the record.
+    let a = api
+        .post("/v1/webhooks/secret/rotate", EYES, json!({}))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let secret = a.body["secret"]
+        .as_str()
+        .unwrap_or("no-secret-field")
+        .to_string();
+
+    let records = audit(&api).await;
+    let actions: Vec<(&str, &str, &str, &str)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["key"].as_str().unwrap(),
+                r["action"].as_str().unwrap(),
+                r["target"].as_str().unwrap(),
+                r["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            ("eyes", "signing_secret.rotate", "eyes", "done"),
+            ("ops", "worker.quiet", wid.as_str(), "done"),
+            ("ops", "queue.resume", "roles", "done"),
+            ("ops", "queue.pause", "roles", "done"),
+        ]
+    );
+    assert!(!serde_json::to_string(&records).unwrap().contains(&secret));
+    let worker = until("the worker turns quiet", || async {
+        let a = api.get(&format!("/v1/workers/{wid}"), OPS).await;
+        (a.body["state"] == "quiet").then_some(a.body)
+    })
+    .await;
+    for field in [
+        "id",
+        "host",
+        "pid",
+        "version",
+        "started_at",
+        "last_heartbeat_at",
+        "state",
+        "queues",
+        "concurrency",
+        "busy",
+        "rss_bytes",
+        "counters",
+        "jobs",
+    ] {
+        assert!(worker.get(field).is_some(), "{field} missing: {worker}");
+    }
+    // Unknown workers and bad input are 4xx.
+    let a = api.get("/v1/workers/nope", OPS).await;
+    assert_eq!((a.status, a.code()), (404, "not_found"));
+    let a = api
+        .post("/v1/queues/bad%20name/pause", OPS, json!({}))
+        .await;
+    assert_eq!((a.status, a.code()), (400, "invalid_queue"));
+    let a = api.get("/v1/queues/roles/history?minutes=1441", OPS).await;
+    assert_eq!((a.status, a.code()), (400, "invalid_minutes"));
+    drop(w);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_show_busy_slots_and_obey_quiet_and_stop() {
+    let ctx = Ctx::new("workers");
+    let api = ctx.api().await;
+    let mut a_proc = ctx.worker_process(&["--concurrency", "2"]);
+    let mut b_proc = ctx.worker_process(&["--concurrency", "3"]);
+    until("two workers register", || async {
+        (workers(&api).await.len() == 2).then_some(())
+    })
+    .await;
+    // 5 long jobs fill both workers' slots exactly.
+    let long = submit_many(&api, 5, json!({"kind": "sleep", "args": {"ms": 4000}})).await;
+    let seen = until("both workers report every slot busy", || async {
+        let ws = workers(&api).await;
+        let full = ws.iter().all(|w| {
+            w["busy"] == w["concurrency"]
+                && w["jobs"].as_array().unwrap().len() == w["busy"].as_u64().unwrap() as usize
+        });
+        full.then_some(ws)
+    })
+    .await;
+    let held: usize = seen
+        .iter()
+        .map(|w| w["jobs"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(held, 5);
+    for w in &seen {
+        for j in w["jobs"].as_array().unwrap() {
+            assert_eq!(j["kind"], "sleep");
+            assert_eq!(j["queue"], "default");
+            assert!(long.contains(&j["id"].as_str().unwrap().to_string()));
+        }
+    }
+    let small = seen.iter().find(|w| w["concurrency"] == 2).unwrap();
+    let small_id = small["id"].as_str().unwrap().to_string();
+    let big_id = seen.iter().find(|w| w["concurrency"] == 3).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Quiet the small one: its running jobs finish, then it claims nothing more.
+    let r = api
+        .post(&format!("/v1/workers/{small_id}/quiet"), OPS, json!({}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    for id in &long {
+        assert_eq!(
+            api.wait_terminal(ALICE, id, LIMIT).await["state"],
+            "succeeded"
+        );
+    }
+    let before = until("the quiet worker reports quiet and idle", || async {
+        let w = api.get(&format!("/v1/workers/{small_id}"), OPS).await.body;
+        (w["state"] == "quiet" && w["busy"] == 0).then_some(w)
+    })
+    .await;
+    let more = submit_many(&api, 20, json!({"kind": "noop"})).await;
+    for id in &more {
+        assert_eq!(
+            api.wait_terminal(ALICE, id, LIMIT).await["state"],
+            "succeeded"
+        );
+    }
+    let after = until("a heartbeat after the extra jobs", || async {
+        let w = api.get(&format!("/v1/workers/{small_id}"), OPS).await.body;
+        (w["last_heartbeat_at"] != before["last_heartbeat_at"]).then_some(w)
+    })
+    .await;
+    assert_eq!(
+        after["counters"]["succeeded"],
+        before["counters"]["succeeded"]
+    );
+    assert_eq!(after["state"], "quiet");
+    assert!(
+        a_proc.child.try_wait().unwrap().is_none(),
+        "a quiet worker stays up"
+    );
+
+    // Stop the big one: it drains and exits 0.
+    let r = api
+        .post(&format!("/v1/workers/{big_id}/stop"), OPS, json!({}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let st = b_proc.wait_exit(LIMIT).expect("stopped worker exits");
+    assert!(st.success(), "{st:?}: {}", b_proc.output());
+
+    // SIGKILL the quiet one: it turns `gone`.
+    a_proc.signal(SIGKILL);
+    a_proc.wait_exit(Duration::from_secs(10)).expect("killed");
+    until("the killed worker turns gone", || async {
+        let w = api.get(&format!("/v1/workers/{small_id}"), OPS).await.body;
+        (w["state"] == "gone").then_some(())
+    })
+    .await;
+    let r = api
+        .post(&format!("/v1/workers/{small_id}/stop"), OPS, json!({}))
+        .await;
+    assert_eq!((r.status, r.code()), (409, "worker_gone"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_queue_hands_out_nothing_even_after_a_flushall() {
+    let redis = PrivateRedis::start();
+    let mongo = std::env::var("JOBMILL_TEST_MONGODB_URI").unwrap();
+    let ctx = Ctx::on("pause", &redis.url, &mongo);
+    let api = ctx.api().await;
+    let replica = ctx.api().await;
+    let _w = ctx.worker_process(&["--concurrency", "8", "--queues", "held,canary"]);
+    let r = api.post("/v1/queues/held/pause", OPS, json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let ids = submit_many(&api, 100, json!({"kind": "noop", "queue": "held"})).await;
+
+    // A canary on another queue proves the worker is claiming; still nothing of `held` ran.
+    let canary = api
+        .submit(ALICE, json!({"kind": "noop", "queue": "canary"}))
+        .await;
+    api.wait_terminal(ALICE, &canary, LIMIT).await;
+    let q = queue(&replica, "held").await.unwrap();
+    assert_eq!(q["paused"], true, "the other replica agrees: {q}");
+    assert_eq!(q["counts"]["queued"], 100, "{q}");
+    assert_eq!(q["counts"]["running"], 0, "{q}");
+    let first_latency = q["latency_seconds"].as_f64().unwrap();
+
+    // Redis loses everything; the reconciler restores the pause before the jobs.
+    redis.flushall().await;
+    until("the reconciler rebuilt redis", || async {
+        let q = queue(&api, "held").await?;
+        (q["counts"]["queued"] == 100).then_some(())
+    })
+    .await;
+    let canary = api
+        .submit(ALICE, json!({"kind": "noop", "queue": "canary"}))
+        .await;
+    api.wait_terminal(ALICE, &canary, LIMIT).await;
+    for a in [&api, &replica] {
+        let q = queue(a, "held").await.unwrap();
+        assert_eq!(q["paused"], true, "{q}");
+        assert_eq!(q["counts"]["running"], 0, "{q}");
+        assert_eq!(q["counts"]["queued"], 100, "{q}");
+        assert!(
+            q["latency_seconds"].as_f64().unwrap() >= first_latency,
+            "{q}"
+        );
+    }
+    for id in ids.iter().take(10) {
+        assert_eq!(
+            api.get(&format!("/v1/jobs/{id}"), ALICE).await.body["state"],
+            "queued"
+        );
+    }
+
+    // Resume on the replica: every job runs.
+    let r = replica.post("/v1/queues/held/resume", OPS, json!({})).await;
+    assert_eq!((r.status, &r.body["paused"]), (200, &json!(false)));
+    for id in &ids {
+        assert_eq!(
+            api.wait_terminal(ALICE, id, LIMIT).await["state"],
+            "succeeded"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_counts_are_exact_and_history_adds_up_across_restarts() {
+    let mut ctx = Ctx::new("counts");
+    // Retries wait long enough to be counted (full jitter up to an hour).
+    ctx.set("JOBMILL_RETRY_BASE", "1h")
+        .set("JOBMILL_RETRY_MAX", "1h");
+    let api = ctx.api().await;
+    let mut w = ctx.worker_process(&["--concurrency", "8", "--queues", "mix"]);
+    // Outcomes first: 7 succeed, 3 fail for good, 2 go to `retrying`.
+    let ok = submit_many(&api, 7, json!({"kind": "noop", "queue": "mix"})).await;
+    let bad = submit_many(
+        &api,
+        3,
+        json!({"kind": "fail", "queue": "mix", "args": {"times": 5, "mode": "permanent"}}),
+    )
+    .await;
+    let retry = submit_many(
+        &api,
+        2,
+        json!({"kind": "fail", "queue": "mix", "max_attempts": 3, "args": {"times": 5}}),
+    )
+    .await;
+    for id in ok.iter().chain(&bad) {
+        api.wait_terminal(ALICE, id, LIMIT).await;
+    }
+    for id in &retry {
+        api.wait_state(ALICE, id, "retrying", LIMIT).await;
+    }
+    // Then 3 running, 4 scheduled, 5 queued (paused, so they stay queued).
+    let running = submit_many(
+        &api,
+        3,
+        json!({"kind": "sleep", "queue": "mix", "args": {"ms": 60000}}),
+    )
+    .await;
+    for id in &running {
+        api.wait_state(ALICE, id, "running", LIMIT).await;
+    }
+    api.post("/v1/queues/mix/pause", OPS, json!({})).await;
+    submit_many(
+        &api,
+        4,
+        json!({"kind": "noop", "queue": "mix", "delay_ms": 3_600_000}),
+    )
+    .await;
+    submit_many(&api, 5, json!({"kind": "noop", "queue": "mix"})).await;
+
+    let q = until("the history holds every outcome", || async {
+        let q = queue(&api, "mix").await?;
+        (q["succeeded_1h"] == 7 && q["failed_1h"] == 3).then_some(q)
+    })
+    .await;
+    assert_eq!(
+        q["counts"],
+        json!({"queued": 5, "scheduled": 4, "retrying": 2, "running": 3}),
+        "{q}"
+    );
+    assert_eq!(q["consumers"], 1, "{q}");
+    assert!(q["latency_seconds"].as_f64().unwrap() >= 0.0);
+    let later = until("latency grows while paused", || async {
+        let l = queue(&api, "mix").await?;
+        (l["latency_seconds"].as_f64()? > q["latency_seconds"].as_f64()?).then_some(l)
+    })
+    .await;
+    assert_eq!(later["counts"]["queued"], 5);
+
+    // Cancel the long jobs, then restart everything: the history is still there and adds up.
+    for id in &running {
+        api.post(&format!("/v1/jobs/{id}/cancel"), ALICE, json!({}))
+            .await;
+        api.wait_terminal(ALICE, id, LIMIT).await;
+    }
+    w.signal(jobmill_tests::SIGTERM);
+    let st = w.wait_exit(LIMIT).expect("worker drains");
+    assert!(st.success(), "{}", w.output());
+    drop(api);
+    let api = ctx.api().await;
+    let h = api.get("/v1/queues/mix/history?minutes=1440", OPS).await;
+    assert_eq!(h.status, 200, "{}", h.body);
+    let sum = |f: &str| -> u64 {
+        h.body["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b[f].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(sum("succeeded"), 7, "{}", h.body);
+    assert_eq!(sum("failed"), 3, "{}", h.body);
+    assert_eq!(sum("retried"), 2, "{}", h.body);
+    assert_eq!(sum("cancelled"), 3, "{}", h.body);
+    assert!(h.body["buckets"][0]["avg_run_seconds"].as_f64().is_some());
+}
