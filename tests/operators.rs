@@ -454,3 +454,117 @@ async fn queue_counts_are_exact_and_history_adds_up_across_restarts() {
     assert_eq!(sum("cancelled"), 3, "{}", h.body);
     assert!(h.body["buckets"][0]["avg_run_seconds"].as_f64().is_some());
 }
+
+/// Parse a Prometheus text exposition with a real parser.
+fn parse_metrics(text: &str) -> prometheus_parse::Scrape {
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parses")
+}
+
+fn sample(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            other => panic!("{metric}: unexpected {other:?}"),
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_metrics_endpoints_parse_and_count_what_ran() {
+    let mut ctx = Ctx::new("metrics");
+    ctx.set("JOBMILL_METRICS_TOKEN", "scrape-token-0123456789");
+    let api = ctx.api().await;
+    let port = jobmill_tests::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _w = ctx.worker_process(&["--queues", "m", "--metrics-addr", &addr]);
+    let ok = submit_many(&api, 5, json!({"kind": "noop", "queue": "m"})).await;
+    let bad = submit_many(
+        &api,
+        2,
+        json!({"kind": "fail", "queue": "m", "args": {"times": 1, "mode": "permanent"}}),
+    )
+    .await;
+    for id in ok.iter().chain(&bad) {
+        api.wait_terminal(ALICE, id, LIMIT).await;
+    }
+    let http = reqwest::Client::new();
+    let text = until("the worker serves metrics", || async {
+        let r = http
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .ok()?;
+        r.text().await.ok()
+    })
+    .await;
+    let s = parse_metrics(&text);
+    let jobs = |kind: &str, outcome: &str| {
+        sample(
+            &s,
+            "jobmill_jobs_total",
+            &[("queue", "m"), ("kind", kind), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(jobs("noop", "succeeded"), Some(5.0), "{text}");
+    assert_eq!(jobs("fail", "failed"), Some(2.0), "{text}");
+    assert_eq!(
+        sample(&s, "jobmill_worker_slots", &[]),
+        Some(16.0),
+        "{text}"
+    );
+    assert!(
+        sample(&s, "jobmill_worker_busy_slots", &[]).is_some(),
+        "{text}"
+    );
+    assert!(
+        sample(&s, "jobmill_unrecorded_outcomes", &[]).is_some(),
+        "{text}"
+    );
+    assert!(
+        text.contains("jobmill_job_duration_seconds_bucket"),
+        "{text}"
+    );
+
+    // The API's fleet view: a viewer key or the scrape token, never a submitter.
+    api.post("/v1/queues/m/pause", OPS, json!({})).await;
+    submit_many(&api, 3, json!({"kind": "noop", "queue": "m"})).await;
+    let fetch = |key: &'static str| {
+        let http = http.clone();
+        let url = format!("{}/metrics", api.base);
+        async move {
+            let r = http.get(url).bearer_auth(key).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(fetch(ALICE).await.0, 403);
+    assert_eq!(fetch("not-a-key-at-all-000").await.0, 401);
+    let (status, text) = fetch(EYES).await;
+    assert_eq!(status, 200, "{text}");
+    let (status, by_token) = fetch("scrape-token-0123456789").await;
+    assert_eq!(status, 200, "{by_token}");
+    let s = parse_metrics(&text);
+    assert_eq!(
+        sample(
+            &s,
+            "jobmill_queue_jobs",
+            &[("queue", "m"), ("state", "queued")]
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&s, "jobmill_queue_paused", &[("queue", "m")]),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(sample(&s, "jobmill_queue_latency_seconds", &[("queue", "m")]).is_some());
+    assert_eq!(
+        sample(&s, "jobmill_workers", &[("state", "running")]),
+        Some(1.0),
+        "{text}"
+    );
+}

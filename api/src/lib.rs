@@ -67,6 +67,8 @@ pub struct AppState {
     pub finished: Arc<finished::FinishedJobs>,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// Scrape token of `GET /metrics`.
+    pub metrics_token: Option<jobmill::config::Secret>,
 }
 
 impl AppState {
@@ -122,6 +124,7 @@ impl AppState {
             watch,
             finished,
             max_body_bytes: config.api.max_body_bytes,
+            metrics_token: config.api.metrics_token.clone(),
         })
     }
 }
@@ -169,6 +172,7 @@ impl AppState {
         routes::queues::queues_resume,
         routes::queues::queues_history,
         routes::audit::audit_index,
+        routes::metrics::metrics_show,
         routes::health::healthz,
         routes::health::readyz,
         routes::health::openapi,
@@ -213,7 +217,8 @@ impl Modify for BearerAuth {
 /// The API router.
 pub fn app(state: AppState) -> Router {
     use routes::{
-        audit, datasets, deliveries, files, health, jobs, kinds, queues, uploads, webhooks, workers,
+        audit, datasets, deliveries, files, health, jobs, kinds, metrics, queues, uploads,
+        webhooks, workers,
     };
     Router::new()
         .route("/v1/jobs", post(jobs::jobs_create).get(jobs::jobs_index))
@@ -280,6 +285,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/queues/{name}/resume", post(queues::queues_resume))
         .route("/v1/queues/{name}/history", get(queues::queues_history))
         .route("/v1/audit", get(audit::audit_index))
+        .route("/metrics", get(metrics::metrics_show))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(health::openapi))

@@ -30,6 +30,14 @@ pub const MAX_BODY_BYTES: Setting = Setting {
     doc: "largest HTTP request body",
 };
 
+/// `JOBMILL_METRICS_TOKEN`.
+pub const METRICS_TOKEN: Setting = Setting {
+    env: "JOBMILL_METRICS_TOKEN",
+    default: "",
+    bounds: Bounds::Text,
+    doc: "bearer token Prometheus may send to GET /metrics instead of a viewer or operator key (16+ characters; none when empty)",
+};
+
 /// What an API key may see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -71,10 +79,12 @@ pub struct ApiSettings {
     pub keys: Vec<ApiKey>,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// Scrape token of `GET /metrics`, if any.
+    pub metrics_token: Option<Secret>,
 }
 
 impl Section for ApiSettings {
-    const SETTINGS: &'static [Setting] = &[API_ADDR, API_KEYS, MAX_BODY_BYTES];
+    const SETTINGS: &'static [Setting] = &[API_ADDR, API_KEYS, MAX_BODY_BYTES, METRICS_TOKEN];
 
     fn read(env: &Env) -> Self {
         let addr = env
@@ -84,10 +94,20 @@ impl Section for ApiSettings {
             })
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
         let keys = env.parse(&API_KEYS, parse_api_keys).unwrap_or_default();
+        let metrics_token = env
+            .parse(&METRICS_TOKEN, |v| match v.trim() {
+                "" => Ok(None),
+                t if t.len() < 16 || t.chars().any(char::is_whitespace) => {
+                    Err("must be 16 or more characters without spaces".to_string())
+                }
+                t => Ok(Some(Secret::new(t))),
+            })
+            .flatten();
         ApiSettings {
             addr,
             keys,
             max_body_bytes: env.count(&MAX_BODY_BYTES),
+            metrics_token,
         }
     }
 }

@@ -83,6 +83,10 @@ pub(crate) async fn execute(
                 rand::random::<f64>(),
             );
             tracing::debug!(job = %p.id, kind = %p.kind, attempt, next = %decision.state(), "attempt ended");
+            let ran = (now.timestamp_millis() - started.timestamp_millis()).max(0) as f64 / 1000.0;
+            shared
+                .metrics
+                .job_ended(&p.queue, &p.kind, decision.state(), ran);
             let record_event =
                 shared
                     .subscribers

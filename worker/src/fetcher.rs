@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobmill::config::QueueWeight;
+use jobmill_ops::metrics::StoreName;
 use rand::Rng;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -73,7 +74,10 @@ pub(crate) async fn fetch_loop(
                         got += 1;
                     }
                 }
-                Err(e) => error = Some(e),
+                Err(e) => {
+                    shared.metrics.store_error(StoreName::Redis);
+                    error = Some(e)
+                }
             }
         }
         drop(permits);

@@ -12,6 +12,7 @@
 //! - `listener`: pub/sub wake-ups and cancel signals.
 //! - `maintenance`: scheduler, rescuer, reconciler.
 //! - `inflight`: the jobs this process holds.
+//! - `metrics`: the Prometheus endpoint on `JOBMILL_METRICS_ADDR` (off unless set).
 //! - [`Control`]: operator commands (`quiet`, `stop`) and the state shown in the registry.
 #![warn(missing_docs)]
 
@@ -24,6 +25,7 @@ mod identity;
 pub mod inflight;
 mod listener;
 mod maintenance;
+mod metrics;
 pub mod persister;
 pub mod settings;
 
@@ -41,6 +43,7 @@ use jobmill::queue::RedisQueue;
 use jobmill::state::RetryPolicy;
 use jobmill::store::Store;
 use jobmill_data::Data;
+use jobmill_ops::metrics::WorkerMetrics;
 use jobmill_ops::workers::WorkerState;
 use jobmill_ops::Ops;
 use jobmill_webhooks::Webhooks;
@@ -75,6 +78,8 @@ pub(crate) struct Shared {
     control: Control,
     /// The operator plane (queue pauses restored by the reconciler).
     ops: Ops,
+    /// This process's Prometheus metrics.
+    metrics: WorkerMetrics,
 }
 
 /// What operators can tell a running worker, and what it is doing as a result.
@@ -215,6 +220,7 @@ pub async fn run_with_store(
 
     let inflight = Arc::new(Inflight::default());
     let stats = Arc::new(Stats::default());
+    let worker_metrics = WorkerMetrics::new();
     let persister = persister::spawn(Arc::new(persister::Context {
         store: store.clone(),
         queue: queue.clone(),
@@ -224,6 +230,7 @@ pub async fn run_with_store(
         stop: stop_all.clone(),
         subscribers: subscribers.clone(),
         hooks: vec![ops.outcome_hook()],
+        metrics: worker_metrics.clone(),
     }));
     let shared = Arc::new(Shared {
         identity,
@@ -248,6 +255,7 @@ pub async fn run_with_store(
             stopping: AtomicBool::new(false),
         },
         ops,
+        metrics: worker_metrics,
     });
 
     let slots = Arc::new(Semaphore::new(settings.concurrency));
@@ -266,6 +274,9 @@ pub async fn run_with_store(
         schedule,
         stop_all.clone(),
     ));
+    if let Some(addr) = settings.metrics_addr {
+        tokio::spawn(metrics::serve(addr, shared.clone(), stop_all.clone()));
+    }
     tokio::spawn(maintenance::rescuer(shared.clone(), stop_all.clone()));
     tokio::spawn(maintenance::reconciler(shared.clone(), stop_all.clone()));
     tokio::spawn(outbox::run(

@@ -20,6 +20,7 @@ use jobmill::outbox::{JobEvent, Subscribers};
 use jobmill::queue::RedisQueue;
 use jobmill::state::Decision;
 use jobmill::store::{Applied, RedisStep, Store, Write, WRITE_BATCH};
+use jobmill_ops::metrics::{StoreName, WorkerMetrics};
 use mongodb::bson::DateTime;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -195,6 +196,8 @@ pub struct Context {
     pub subscribers: Subscribers,
     /// Told of every flush's applied outcomes (the operator history).
     pub hooks: Vec<Arc<dyn OutcomeHook>>,
+    /// Store errors are counted here.
+    pub metrics: WorkerMetrics,
 }
 
 /// Start both stages.
@@ -269,8 +272,12 @@ async fn mongo_stage(
             continue;
         }
         let writes: Vec<Write> = batch.iter().map(|i| i.write.clone()).collect();
-        let Some(applied) = until_ok("record outcomes in mongodb", &ctx.stop, || {
-            ctx.store.apply(&writes)
+        let Some(applied) = until_ok("record outcomes in mongodb", &ctx.stop, || async {
+            let r = ctx.store.apply(&writes).await;
+            if r.is_err() {
+                ctx.metrics.store_error(StoreName::Mongodb);
+            }
+            r
         })
         .await
         else {
@@ -316,6 +323,14 @@ async fn tell_hooks(ctx: &Context, batch: &[Item], applied: &[Applied]) {
         })
         .await;
     }
+}
+
+/// Count a failed Redis follow-up.
+fn counted<T>(ctx: &Context, r: jobmill::Result<T>) -> jobmill::Result<T> {
+    if r.is_err() {
+        ctx.metrics.store_error(StoreName::Redis);
+    }
+    r
 }
 
 /// Drop writes a later write of the same batch makes redundant: a start or progress report
@@ -415,20 +430,20 @@ async fn redis_stage(
         }
         let worker = ctx.worker.as_str();
         for (q, ids) in &f.ack {
-            until_ok("ack in redis", &ctx.stop, || {
-                ctx.queue.ack(q, Some(worker), ids)
+            until_ok("ack in redis", &ctx.stop, || async {
+                counted(&ctx, ctx.queue.ack(q, Some(worker), ids).await)
             })
             .await;
         }
         for (q, items) in &f.reschedule {
-            until_ok("reschedule in redis", &ctx.stop, || {
-                ctx.queue.reschedule(q, Some(worker), items)
+            until_ok("reschedule in redis", &ctx.stop, || async {
+                counted(&ctx, ctx.queue.reschedule(q, Some(worker), items).await)
             })
             .await;
         }
         for (q, items) in &f.release {
-            until_ok("release in redis", &ctx.stop, || {
-                ctx.queue.release(q, worker, items)
+            until_ok("release in redis", &ctx.stop, || async {
+                counted(&ctx, ctx.queue.release(q, worker, items).await)
             })
             .await;
         }

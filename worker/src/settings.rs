@@ -45,6 +45,14 @@ pub const MAX_UNRECORDED: Setting = Setting {
     doc: "worker: finished attempts held while MongoDB catches up; claiming pauses beyond",
 };
 
+/// `JOBMILL_METRICS_ADDR`.
+pub const METRICS_ADDR: Setting = Setting {
+    env: "JOBMILL_METRICS_ADDR",
+    default: "",
+    bounds: Bounds::Text,
+    doc: "worker: serve Prometheus metrics at http://ADDR/metrics (off when empty; no auth: bind to loopback or a private network)",
+};
+
 /// How a worker process runs: queues, concurrency, drain and cancel times.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -58,6 +66,8 @@ pub struct WorkerSettings {
     pub cancel_grace: Duration,
     /// Finished-but-unrecorded attempts held before claiming pauses.
     pub max_unrecorded: usize,
+    /// Where to serve `/metrics`, if anywhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Section for WorkerSettings {
@@ -67,6 +77,7 @@ impl Section for WorkerSettings {
         SHUTDOWN_TIMEOUT,
         CANCEL_GRACE,
         MAX_UNRECORDED,
+        METRICS_ADDR,
     ];
 
     fn read(env: &Env) -> Self {
@@ -76,6 +87,17 @@ impl Section for WorkerSettings {
             shutdown_timeout: env.duration(&SHUTDOWN_TIMEOUT),
             cancel_grace: env.duration(&CANCEL_GRACE),
             max_unrecorded: env.count(&MAX_UNRECORDED),
+            metrics_addr: env
+                .parse(&METRICS_ADDR, |v| {
+                    if v.trim().is_empty() {
+                        return Ok(None);
+                    }
+                    v.trim()
+                        .parse::<std::net::SocketAddr>()
+                        .map(Some)
+                        .map_err(|_| format!("'{v}' is not an address like 127.0.0.1:9464"))
+                })
+                .flatten(),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod files;
 pub mod health;
 pub mod jobs;
 pub mod kinds;
+pub mod metrics;
 pub mod queues;
 pub mod uploads;
 pub mod webhooks;

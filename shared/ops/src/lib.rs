@@ -10,12 +10,14 @@
 //! - [`pauses`]: queue pauses, recorded in MongoDB and restored into Redis after a wipe.
 //! - [`history`]: per-queue, per-minute outcome buckets, fed by the persister's hook.
 //! - [`audit`]: the audit trail of operator actions.
+//! - [`metrics`]: Prometheus metrics of a worker and of the fleet.
 //! - [`keys`]: the feature's Redis names.
 #![warn(missing_docs)]
 
 pub mod audit;
 pub mod history;
 pub mod keys;
+pub mod metrics;
 pub mod pauses;
 pub mod queues;
 pub mod workers;
