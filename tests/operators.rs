@@ -568,3 +568,153 @@ async fn both_metrics_endpoints_parse_and_count_what_ran() {
         "{text}"
     );
 }
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone)]
+struct Sse {
+    event: String,
+    id: String,
+    data: Value,
+}
+
+/// Reads events off a streaming answer.
+struct SseReader {
+    res: reqwest::Response,
+    buf: String,
+}
+
+impl SseReader {
+    async fn open(api: &Api, path: &str, key: &str, last_id: Option<&str>) -> (u16, SseReader) {
+        let mut req = api.http.get(format!("{}{path}", api.base)).bearer_auth(key);
+        if let Some(id) = last_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let res = req.send().await.unwrap();
+        (
+            res.status().as_u16(),
+            SseReader {
+                res,
+                buf: String::new(),
+            },
+        )
+    }
+
+    /// The next event, or `None` when the server closed the stream.
+    async fn next(&mut self) -> Option<Sse> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let (mut event, mut id, mut data) = (String::new(), String::new(), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        id = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim());
+                    }
+                }
+                if event.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                return Some(Sse {
+                    event,
+                    id,
+                    data: serde_json::from_str(&data).unwrap_or(Value::Null),
+                });
+            }
+            let chunk = tokio::time::timeout(LIMIT, self.res.chunk())
+                .await
+                .expect("stream stalled")
+                .ok()??;
+            self.buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_stream_resumes_from_last_event_id_without_missing_a_state() {
+    let ctx = Ctx::new("sse");
+    let api = ctx.api().await;
+    let _w = ctx.worker_process(&["--queues", "s"]);
+    api.post("/v1/queues/s/pause", OPS, json!({})).await;
+    let id = api
+        .submit(
+            ALICE,
+            json!({"kind": "sleep", "queue": "s", "args": {"ms": 300}}),
+        )
+        .await;
+    let path = format!("/v1/jobs/{id}/events");
+    // Someone else's job is not found; a viewer may watch it.
+    assert_eq!(
+        SseReader::open(&api, &path, jobmill_tests::BOB, None)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(SseReader::open(&api, &path, EYES, None).await.0, 200);
+
+    let (status, mut first) = SseReader::open(&api, &path, ALICE, None).await;
+    assert_eq!(status, 200);
+    let e = first.next().await.expect("the current state at once");
+    assert_eq!(
+        (e.event.as_str(), &e.data["state"]),
+        ("state", &json!("queued"))
+    );
+    let last = e.id.clone();
+    drop(first);
+
+    // While nobody listens, the job runs and finishes.
+    api.post("/v1/queues/s/resume", OPS, json!({})).await;
+    api.wait_terminal(ALICE, &id, LIMIT).await;
+
+    let (_, mut resumed) = SseReader::open(&api, &path, ALICE, Some(&last)).await;
+    let mut seen = Vec::new();
+    while let Some(e) = resumed.next().await {
+        assert!(
+            e.id.parse::<i64>().unwrap() > last.parse::<i64>().unwrap(),
+            "{e:?}"
+        );
+        seen.push(e);
+    }
+    let end = seen.last().expect("the final state");
+    assert_eq!(
+        (end.event.as_str(), &end.data["state"]),
+        ("state", &json!("succeeded"))
+    );
+    // Resuming at the terminal revision sends nothing and closes.
+    let (_, mut done) = SseReader::open(&api, &path, ALICE, Some(&end.id)).await;
+    assert!(done.next().await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_stream_sees_every_job_finish_on_two_replicas() {
+    let ctx = Ctx::new("fleet");
+    let api = ctx.api().await;
+    let replica = ctx.api().await;
+    let a = SseReader::open(&api, "/v1/events?queue=f&state=succeeded", EYES, None).await;
+    let b = SseReader::open(&replica, "/v1/events?queue=f", OPS, None).await;
+    assert_eq!((a.0, b.0), (200, 200));
+    assert_eq!(
+        SseReader::open(&api, "/v1/events", ALICE, None).await.0,
+        403
+    );
+    let (mut a, mut b) = (a.1, b.1);
+    let _w = ctx.worker_process(&["--queues", "f"]);
+    // A job on another queue is filtered out.
+    api.submit(ALICE, json!({"kind": "noop", "queue": "other"}))
+        .await;
+    let ids = submit_many(&api, 200, json!({"kind": "noop", "queue": "f"})).await;
+    for reader in [&mut a, &mut b] {
+        let mut done = std::collections::HashSet::new();
+        while done.len() < ids.len() {
+            let e = reader.next().await.expect("stream open");
+            assert_eq!(e.event, "state");
+            assert_eq!(e.data["queue"], "f", "{e:?}");
+            if e.data["state"] == "succeeded" {
+                done.insert(e.data["id"].as_str().unwrap().to_string());
+            }
+        }
+        assert!(ids.iter().all(|id| done.contains(id)));
+    }
+}

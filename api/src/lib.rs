@@ -69,6 +69,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Scrape token of `GET /metrics`.
     pub metrics_token: Option<jobmill::config::Secret>,
+    /// The shared source of every fleet event stream.
+    pub fleet: routes::events::FleetFeed,
 }
 
 impl AppState {
@@ -125,6 +127,7 @@ impl AppState {
             finished,
             max_body_bytes: config.api.max_body_bytes,
             metrics_token: config.api.metrics_token.clone(),
+            fleet: routes::events::FleetFeed::default(),
         })
     }
 }
@@ -173,6 +176,8 @@ impl AppState {
         routes::queues::queues_history,
         routes::audit::audit_index,
         routes::metrics::metrics_show,
+        routes::events::jobs_events,
+        routes::events::events_index,
         routes::health::healthz,
         routes::health::readyz,
         routes::health::openapi,
@@ -217,7 +222,7 @@ impl Modify for BearerAuth {
 /// The API router.
 pub fn app(state: AppState) -> Router {
     use routes::{
-        audit, datasets, deliveries, files, health, jobs, kinds, metrics, queues, uploads,
+        audit, datasets, deliveries, events, files, health, jobs, kinds, metrics, queues, uploads,
         webhooks, workers,
     };
     Router::new()
@@ -286,6 +291,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/queues/{name}/history", get(queues::queues_history))
         .route("/v1/audit", get(audit::audit_index))
         .route("/metrics", get(metrics::metrics_show))
+        .route("/v1/jobs/{id}/events", get(events::jobs_events))
+        .route("/v1/events", get(events::events_index))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(health::openapi))

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod datasets;
 pub mod deliveries;
+pub mod events;
 pub mod files;
 pub mod health;
 pub mod jobs;
