@@ -718,3 +718,56 @@ async fn the_fleet_stream_sees_every_job_finish_on_two_replicas() {
         assert!(ids.iter().all(|id| done.contains(id)));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_filter_by_owner_and_creation_time() {
+    let ctx = Ctx::new("filters");
+    let api = ctx.api().await;
+    let early = api
+        .submit(ALICE, json!({"kind": "noop", "queue": "nobody"}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cut = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let late = api
+        .submit(ALICE, json!({"kind": "noop", "queue": "nobody"}))
+        .await;
+    let bobs = api
+        .submit(
+            jobmill_tests::BOB,
+            json!({"kind": "noop", "queue": "nobody"}),
+        )
+        .await;
+    let ids = |a: &jobmill_tests::Answer| -> Vec<String> {
+        assert_eq!(a.status, 200, "{}", a.body);
+        a.body["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let cut = cut.replace('+', "%2B");
+    assert_eq!(
+        ids(&api.get("/v1/jobs?owner=alice", EYES).await),
+        vec![late.clone(), early.clone()]
+    );
+    assert_eq!(
+        ids(&api.get("/v1/jobs?owner=bob", OPS).await),
+        vec![bobs.clone()]
+    );
+    assert_eq!(
+        ids(&api.get(&format!("/v1/jobs?created_after={cut}"), OPS).await),
+        vec![bobs.clone(), late.clone()]
+    );
+    assert_eq!(
+        ids(&api
+            .get(&format!("/v1/jobs?created_before={cut}"), ALICE)
+            .await),
+        vec![early.clone()]
+    );
+    let a = api.get("/v1/jobs?owner=bob", ALICE).await;
+    assert_eq!((a.status, a.code()), (403, "forbidden"));
+    let a = api.get("/v1/jobs?created_after=yesterday", OPS).await;
+    assert_eq!((a.status, a.code()), (400, "invalid_filter"));
+}

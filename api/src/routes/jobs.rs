@@ -292,6 +292,12 @@ pub struct ListParams {
     pub kind: Option<String>,
     /// Only jobs of this queue.
     pub queue: Option<String>,
+    /// Only jobs of this owner (the submitting key's name; viewers and operators only).
+    pub owner: Option<String>,
+    /// Only jobs created at or after this time (RFC 3339).
+    pub created_after: Option<String>,
+    /// Only jobs created before this time (RFC 3339).
+    pub created_before: Option<String>,
     /// Page size, 1-500 (default 50).
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
@@ -304,6 +310,7 @@ pub struct ListParams {
         (status = 200, description = "a page of jobs", body = JobPage),
         (status = 400, description = "bad filter, limit or cursor", body = ErrorBody),
         (status = 401, description = "missing or unknown API key", body = ErrorBody),
+        (status = 403, description = "`owner` sent by a submitter key", body = ErrorBody),
     ))]
 pub async fn jobs_index(
     State(state): State<AppState>,
@@ -331,11 +338,22 @@ pub async fn jobs_index(
             ));
         }
     }
+    let tenant = match (caller.scope(), p.owner) {
+        (Some(_), Some(_)) => {
+            return Err(crate::auth::forbidden(
+                "the owner filter needs a viewer or operator key",
+            ))
+        }
+        (Some(own), None) => Some(own.to_string()),
+        (None, owner) => owner,
+    };
     let jobs = state
         .client
         .store()
         .list(&ListQuery {
-            tenant: caller.scope().map(str::to_string),
+            tenant,
+            created_after: time_filter("created_after", p.created_after.as_deref())?,
+            created_before: time_filter("created_before", p.created_before.as_deref())?,
             state: job_state,
             kind: p.kind,
             queue: p.queue,
@@ -351,6 +369,21 @@ pub async fn jobs_index(
         next_cursor,
     })
     .into_response())
+}
+
+/// An RFC 3339 time filter, as ms since the epoch.
+fn time_filter(name: &str, v: Option<&str>) -> Result<Option<i64>, ApiError> {
+    v.map(|v| {
+        chrono::DateTime::parse_from_rfc3339(v)
+            .map(|t| t.timestamp_millis())
+            .map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_filter",
+                    format!("{name} must be an RFC 3339 time like 2026-01-31T12:00:00Z"),
+                )
+            })
+    })
+    .transpose()
 }
 
 /// Cancel a job. A waiting job is cancelled at once (200); a running job's handler is asked to

@@ -262,6 +262,15 @@ pub fn new_job_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
+/// The smallest job id (and `list_key`) of a job created at `ms` or later: a UUIDv7's text
+/// starts with its 48-bit millisecond time in hex, so ids created before `ms` sort below this
+/// prefix and ids created at or after it sort at or above it. Lets time filters use the
+/// `list_key` indexes.
+pub fn id_floor(ms: i64) -> String {
+    let ms = ms.clamp(0, (1 << 48) - 1) as u64;
+    format!("{:08x}-{:04x}", ms >> 16, ms & 0xffff)
+}
+
 /// Milliseconds since the epoch, now.
 pub fn now_ms() -> i64 {
     DateTime::now().timestamp_millis()
@@ -278,6 +287,15 @@ mod tests {
         assert!(ready_score(5, now) < ready_score(5, now + 1));
         assert!(ready_score(0, now) < 2f64.powi(53));
         assert_eq!(ready_score(42, now), ready_score(9, now), "clamped");
+    }
+
+    #[test]
+    fn id_floors_bound_ids_by_creation_time() {
+        let before = now_ms();
+        let id = new_job_id();
+        let after = now_ms() + 1;
+        assert!(id_floor(before).as_str() <= id.as_str());
+        assert!(id.as_str() < id_floor(after).as_str());
     }
 
     #[test]

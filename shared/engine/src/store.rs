@@ -196,6 +196,10 @@ pub struct ListQuery {
     pub queue: Option<String>,
     /// Only jobs older than this id (the cursor).
     pub before: Option<String>,
+    /// Only jobs created at or after this time (ms since the epoch).
+    pub created_after: Option<i64>,
+    /// Only jobs created before this time (ms since the epoch).
+    pub created_before: Option<i64>,
     /// Page size.
     pub limit: i64,
 }
@@ -444,7 +448,23 @@ impl Store {
         if let Some(qu) = &q.queue {
             filter.insert("queue", qu);
         }
-        newest_first(&self.jobs, filter, q.before.as_deref(), q.limit).await
+        // Creation times become a `list_key` range (ids are time-ordered), so they walk the
+        // same indexes as the listing itself.
+        let mut range = Document::new();
+        if let Some(ms) = q.created_after {
+            range.insert("$gte", crate::job::id_floor(ms));
+        }
+        let upper = [q.before.clone(), q.created_before.map(crate::job::id_floor)]
+            .into_iter()
+            .flatten()
+            .min();
+        if let Some(u) = upper {
+            range.insert("$lt", u);
+        }
+        if !range.is_empty() {
+            filter.insert("list_key", range);
+        }
+        newest_first(&self.jobs, filter, None, q.limit).await
     }
 
     /// Live (non-terminal) jobs in id order after `after`, for rebuilding Redis.
