@@ -6,6 +6,7 @@
 # Knobs: JOBMILL_API_ADDR (default 127.0.0.1:8080), JOBMILL_API_KEYS,
 # JOBMILL_WORKER_ARGS (default "--queues default,webhooks --concurrency 16"),
 # JOBMILL_DEV_WORKERS (default 2), JOBMILL_DEV_STOP_TIMEOUT (default 60 s),
+# JOBMILL_DEV_METRICS_PORT (first worker's metrics port, default 9464),
 # JOBMILL_WEBHOOK_ALLOW and JOBMILL_WEBHOOK_DESTINATIONS (default: loopback only).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -169,9 +170,14 @@ fi
 
 log "starting api on $JOBMILL_API_ADDR"
 start_proc api target/release/jobmill-api
+# Each worker serves Prometheus metrics on its own loopback port (no auth: loopback only).
+METRICS_BASE_PORT="${JOBMILL_DEV_METRICS_PORT:-9464}"
+metrics_addrs=()
 for ((n = 1; n <= WORKERS; n++)); do
-    log "starting worker-$n: jobmill-worker ${worker_args[*]}"
-    start_proc "worker-$n" target/release/jobmill-worker "${worker_args[@]}"
+    maddr="127.0.0.1:$((METRICS_BASE_PORT + n - 1))"
+    metrics_addrs+=("http://$maddr/metrics")
+    log "starting worker-$n: jobmill-worker ${worker_args[*]} --metrics-addr $maddr"
+    start_proc "worker-$n" target/release/jobmill-worker "${worker_args[@]}" --metrics-addr "$maddr"
 done
 
 # Exit non-zero (stopping everything) as soon as one of our processes is gone.
@@ -215,6 +221,13 @@ cat <<EOF
 
  Poll it (use the "id" from the answer above):
    curl -s $API_URL/v1/jobs/<JOB_ID> -H "Authorization: Bearer $show_key"
+
+ Operators: workers, queues, live events, metrics:
+   curl -s $API_URL/v1/workers -H "Authorization: Bearer $show_key"
+   curl -s $API_URL/v1/queues -H "Authorization: Bearer $show_key"
+   curl -sN $API_URL/v1/events -H "Authorization: Bearer $show_key"
+   fleet metrics:  curl -s $API_URL/metrics -H "Authorization: Bearer $show_key"
+   worker metrics: ${metrics_addrs[*]}
 
  Press Ctrl-C to stop (workers drain first).
 ============================================================================
