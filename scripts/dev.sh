@@ -222,6 +222,10 @@ cat <<EOF
  Poll it (use the "id" from the answer above):
    curl -s $API_URL/v1/jobs/<JOB_ID> -H "Authorization: Bearer $show_key"
 
+ The jobmill CLI (cargo build --release -p jobmill-cli):
+   export JOBMILL_URL=$API_URL JOBMILL_KEY=$show_key
+   target/release/jobmill workers; target/release/jobmill queues
+
  Operators: workers, queues, live events, metrics:
    curl -s $API_URL/v1/workers -H "Authorization: Bearer $show_key"
    curl -s $API_URL/v1/queues -H "Authorization: Bearer $show_key"

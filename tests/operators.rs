@@ -771,3 +771,79 @@ async fn jobs_filter_by_owner_and_creation_time() {
     let a = api.get("/v1/jobs?created_after=yesterday", OPS).await;
     assert_eq!((a.status, a.code()), (400, "invalid_filter"));
 }
+
+/// Run the built `jobmill` binary against `api` with `key`.
+async fn cli(api: &Api, key: &str, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(jobmill_tests::bin("jobmill"))
+        .args(["--url", &api.base, "--key", key])
+        .args(args)
+        .env_remove("JOBMILL_URL")
+        .env_remove("JOBMILL_KEY")
+        .output()
+        .await
+        .expect("run jobmill");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_submits_waits_lists_and_reports_errors() {
+    let ctx = Ctx::new("cli");
+    let api = ctx.api().await;
+    let _w = ctx.worker_process(&["--queues", "default"]);
+
+    let (code, out, err) = cli(
+        &api,
+        ALICE,
+        &["--json", "submit", "noop", "--args", "{}", "--wait"],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let job: Value = serde_json::from_str(out.trim()).expect("--json parses");
+    assert_eq!(job["state"], "succeeded");
+
+    let (code, out, err) = cli(
+        &api,
+        ALICE,
+        &[
+            "--json",
+            "submit",
+            "fail",
+            "--args",
+            r#"{"times": 5, "mode": "permanent"}"#,
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let failed: Value = serde_json::from_str(out.trim()).unwrap();
+    let id = failed["id"].as_str().unwrap().to_string();
+    let (code, out, _) = cli(&api, ALICE, &["wait", &id]).await;
+    assert_ne!(code, 0, "a failed job's wait must fail: {out}");
+    assert!(out.contains("failed"), "{out}");
+
+    let (code, out, _) = cli(&api, ALICE, &["--json", "ls", "--limit", "5"]).await;
+    assert_eq!(code, 0);
+    let page: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 2);
+    let (code, out, _) = cli(&api, OPS, &["queues"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("QUEUE") && out.contains("default"), "{out}");
+    let (code, out, _) = cli(&api, OPS, &["workers"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("running"), "{out}");
+
+    // API errors show the code and message, with a non-zero exit.
+    let (code, _, err) = cli(&api, ALICE, &["queues", "pause", "default"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("forbidden"), "{err}");
+    let (code, _, err) = cli(&api, ALICE, &["submit", "no_such_kind"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown_kind"), "{err}");
+
+    let (code, out, _) = cli(&api, ALICE, &["completions", "bash"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("jobmill"), "{out}");
+}

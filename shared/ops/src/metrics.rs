@@ -208,6 +208,7 @@ pub fn fleet(queues: &[QueueView], workers: &[WorkerView]) -> String {
     let jobs = Family::<QueueStateLabels, Gauge>::default();
     let latency = Family::<QueueLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
     let paused = Family::<QueueLabels, Gauge>::default();
+    let consumers = Family::<QueueLabels, Gauge>::default();
     let by_state = Family::<StateLabels, Gauge>::default();
     for q in queues {
         let c = &q.counts;
@@ -228,6 +229,7 @@ pub fn fleet(queues: &[QueueView], workers: &[WorkerView]) -> String {
         };
         latency.get_or_create(&ql).set(q.latency_seconds);
         paused.get_or_create(&ql).set(i64::from(q.paused));
+        consumers.get_or_create(&ql).set(q.consumers as i64);
     }
     for state in [
         WorkerState::Running,
@@ -258,6 +260,11 @@ pub fn fleet(queues: &[QueueView], workers: &[WorkerView]) -> String {
         "jobmill_queue_paused",
         "1 while the queue is paused",
         paused,
+    );
+    r.register(
+        "jobmill_queue_consumers",
+        "Live workers consuming the queue",
+        consumers,
     );
     r.register(
         "jobmill_workers",
