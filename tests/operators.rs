@@ -847,3 +847,79 @@ async fn the_cli_submits_waits_lists_and_reports_errors() {
     assert_eq!(code, 0);
     assert!(out.contains("jobmill"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_retry_counts_then_retries_each_once_and_discard_spares_live_jobs() {
+    let ctx = Ctx::new("bulk");
+    let api = ctx.api().await;
+    let _w = ctx.worker_process(&["--queues", "default,b", "--concurrency", "8"]);
+    let failing = submit_many(
+        &api,
+        30,
+        json!({"kind": "fail", "queue": "b", "args": {"times": 9, "mode": "permanent", "message": "boom 42"}}),
+    )
+    .await;
+    let fine = submit_many(&api, 5, json!({"kind": "noop", "queue": "b"})).await;
+    for id in failing.iter().chain(&fine) {
+        api.wait_terminal(ALICE, id, LIMIT).await;
+    }
+    // Live jobs that no action may touch: queued in a paused queue.
+    api.post("/v1/queues/held/pause", OPS, json!({})).await;
+    let live = submit_many(&api, 4, json!({"kind": "noop", "queue": "held"})).await;
+
+    let filter = json!({"kind": "fail", "state": "failed", "error_contains": "boom 42"});
+    let mut dry = filter.clone();
+    dry["dry_run"] = json!(true);
+    let a = api.post("/v1/jobs/actions/retry", ALICE, dry.clone()).await;
+    assert_eq!((a.status, a.code()), (403, "forbidden"));
+    let a = api.post("/v1/jobs/actions/retry", EYES, dry.clone()).await;
+    assert_eq!((a.status, a.code()), (403, "forbidden"));
+    let a = api.post("/v1/jobs/actions/retry", OPS, dry.clone()).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body, json!({"count": 30, "exact": true}));
+    let a = api
+        .post("/v1/jobs/actions/retry", OPS, json!({"state": "running"}))
+        .await;
+    assert_eq!((a.status, a.code()), (400, "invalid_filter"));
+
+    let a = api.post("/v1/jobs/actions/retry", OPS, filter).await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    let bulk_id = a.body["id"].as_str().unwrap().to_string();
+    let done = api.wait_terminal(OPS, &bulk_id, LIMIT).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["result"]["acted_on"], 30, "{done}");
+    for id in &failing {
+        let j = api.wait_terminal(ALICE, id, LIMIT).await;
+        // Failed once, retried once, failed again: exactly two attempts.
+        assert_eq!(j["attempt"], 2, "{j}");
+    }
+
+    // Discard every finished job of this test: the live ones stay.
+    let a = api
+        .post("/v1/jobs/actions/discard", OPS, json!({"dry_run": true}))
+        .await;
+    let finished = a.body["count"].as_u64().unwrap();
+    assert!(finished >= 35, "{}", a.body);
+    let a = api.post("/v1/jobs/actions/discard", OPS, json!({})).await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    let bulk2 = a.body["id"].as_str().unwrap().to_string();
+    api.wait_terminal(OPS, &bulk2, LIMIT).await;
+    for id in failing.iter().chain(&fine) {
+        // The API forgets its cached copy on the change event the discard publishes.
+        until("a discarded job is gone", || async {
+            (api.get(&format!("/v1/jobs/{id}"), ALICE).await.status == 404).then_some(())
+        })
+        .await;
+    }
+    for id in &live {
+        let j = api.get(&format!("/v1/jobs/{id}"), ALICE).await;
+        assert_eq!((j.status, &j.body["state"]), (200, &json!("queued")));
+    }
+    let actions: Vec<String> = audit(&api)
+        .await
+        .iter()
+        .map(|r| r["action"].as_str().unwrap().to_string())
+        .collect();
+    assert!(actions.contains(&"jobs.retry".to_string()), "{actions:?}");
+    assert!(actions.contains(&"jobs.discard".to_string()), "{actions:?}");
+}

@@ -101,6 +101,7 @@ impl AppState {
         let mut registry = Registry::builtin();
         webhooks.register_kinds(&mut registry);
         data.register_kinds(&mut registry);
+        ops.register_kinds(&mut registry, &client);
         registry.extend(&kinds);
         catalog.set_local(&registry);
         store.ensure_indexes().await?;
@@ -176,6 +177,9 @@ impl AppState {
         routes::queues::queues_history,
         routes::audit::audit_index,
         routes::metrics::metrics_show,
+        routes::actions::jobs_actions_retry,
+        routes::actions::jobs_actions_cancel,
+        routes::actions::jobs_actions_discard,
         routes::events::jobs_events,
         routes::events::events_index,
         routes::health::healthz,
@@ -201,7 +205,8 @@ impl AppState {
         jobmill_ops::history::Window, jobmill_ops::history::HistoryView,
         jobmill_ops::history::Minute, jobmill_ops::audit::AuditPage,
         jobmill_ops::audit::AuditRecord, jobmill_ops::audit::AuditAction,
-        jobmill_ops::audit::AuditOutcome,
+        jobmill_ops::audit::AuditOutcome, routes::actions::BulkRequest,
+        jobmill_ops::bulk::BulkCount,
     )),
     modifiers(&BearerAuth),
 )]
@@ -222,8 +227,8 @@ impl Modify for BearerAuth {
 /// The API router.
 pub fn app(state: AppState) -> Router {
     use routes::{
-        audit, datasets, deliveries, events, files, health, jobs, kinds, metrics, queues, uploads,
-        webhooks, workers,
+        actions, audit, datasets, deliveries, events, files, health, jobs, kinds, metrics, queues,
+        uploads, webhooks, workers,
     };
     Router::new()
         .route("/v1/jobs", post(jobs::jobs_create).get(jobs::jobs_index))
@@ -291,6 +296,15 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/queues/{name}/history", get(queues::queues_history))
         .route("/v1/audit", get(audit::audit_index))
         .route("/metrics", get(metrics::metrics_show))
+        .route("/v1/jobs/actions/retry", post(actions::jobs_actions_retry))
+        .route(
+            "/v1/jobs/actions/cancel",
+            post(actions::jobs_actions_cancel),
+        )
+        .route(
+            "/v1/jobs/actions/discard",
+            post(actions::jobs_actions_discard),
+        )
         .route("/v1/jobs/{id}/events", get(events::jobs_events))
         .route("/v1/events", get(events::events_index))
         .route("/healthz", get(health::healthz))

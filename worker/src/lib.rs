@@ -174,13 +174,14 @@ pub async fn run_with_store(
         vec![webhooks.submit_hook()],
     );
     let data = Data::new(&client, config.data);
+    let ops = Ops::new(&store, &queue);
     let mut registry = Registry::builtin();
     webhooks.register_kinds(&mut registry);
     data.register_kinds(&mut registry);
+    ops.register_kinds(&mut registry, &client);
     registry.extend(&kinds);
     catalog.set_local(&registry);
     let subscribers = Subscribers::new(vec![webhooks.subscriber()]);
-    let ops = Ops::new(&store, &queue);
 
     {
         let (store, webhooks, data, ops, stop) = (

@@ -1,5 +1,6 @@
 //! HTTP handlers, one file per resource.
 
+pub mod actions;
 pub mod audit;
 pub mod datasets;
 pub mod deliveries;

@@ -10,11 +10,13 @@
 //! - [`pauses`]: queue pauses, recorded in MongoDB and restored into Redis after a wipe.
 //! - [`history`]: per-queue, per-minute outcome buckets, fed by the persister's hook.
 //! - [`audit`]: the audit trail of operator actions.
+//! - [`bulk`]: bulk retry, cancel and discard by filter, and their internal kind.
 //! - [`metrics`]: Prometheus metrics of a worker and of the fleet.
 //! - [`keys`]: the feature's Redis names.
 #![warn(missing_docs)]
 
 pub mod audit;
+pub mod bulk;
 pub mod history;
 pub mod keys;
 pub mod metrics;
@@ -78,6 +80,11 @@ impl Ops {
     /// The queues.
     pub fn queue(&self) -> &RedisQueue {
         &self.queue
+    }
+
+    /// Register the feature's internal kind (`jobs_bulk_action`), working through `client`.
+    pub fn register_kinds(&self, r: &mut jobmill::Registry, client: &jobmill::JobClient) {
+        r.register_internal(bulk::BulkAction::new(client.clone()));
     }
 
     /// The hook the worker's persister calls with applied outcomes.
