@@ -923,3 +923,50 @@ async fn bulk_retry_counts_then_retries_each_once_and_discard_spares_live_jobs()
     assert!(actions.contains(&"jobs.retry".to_string()), "{actions:?}");
     assert!(actions.contains(&"jobs.discard".to_string()), "{actions:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_retry_killed_mid_way_still_retries_each_job_once() {
+    let ctx = Ctx::new("bulkkill");
+    let api = ctx.api().await;
+    // Worker B runs the jobs (and their reruns); A and then C run the bulk action.
+    let _b = ctx.worker_process(&["--queues", "b", "--concurrency", "16"]);
+    let mut failing = Vec::new();
+    for _ in 0..4 {
+        failing.extend(
+            submit_many(
+                &api,
+                150,
+                json!({"kind": "fail", "queue": "b", "args": {"times": 9, "mode": "permanent"}}),
+            )
+            .await,
+        );
+    }
+    for id in &failing {
+        api.wait_terminal(ALICE, id, LIMIT).await;
+    }
+    let mut a = ctx.worker_process(&["--queues", "default"]);
+    let r = api
+        .post(
+            "/v1/jobs/actions/retry",
+            OPS,
+            json!({"kind": "fail", "state": "failed"}),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let bulk = r.body["id"].as_str().unwrap().to_string();
+    // Kill it once it has made progress (or, on a fast machine, whenever it is running).
+    until("the bulk action runs", || async {
+        let j = api.get(&format!("/v1/jobs/{bulk}"), OPS).await.body;
+        (j["state"] == "running" || jobmill_tests::is_terminal(&j)).then_some(())
+    })
+    .await;
+    a.signal(SIGKILL);
+    a.wait_exit(Duration::from_secs(10)).expect("killed");
+    let _c = ctx.worker_process(&["--queues", "default"]);
+    let done = api.wait_terminal(OPS, &bulk, LIMIT).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    for id in &failing {
+        let j = api.wait_terminal(ALICE, id, LIMIT).await;
+        assert_eq!(j["attempt"], 2, "retried exactly once: {j}");
+    }
+}

@@ -411,6 +411,11 @@ impl Api {
     }
 }
 
+/// Whether a job answer is in a terminal state.
+pub fn is_terminal(job: &Value) -> bool {
+    ["succeeded", "failed", "cancelled"].contains(&job["state"].as_str().unwrap_or(""))
+}
+
 /// A private redis-server for tests that flush or restart it.
 pub struct PrivateRedis {
     /// Its URL.

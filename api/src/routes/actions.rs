@@ -123,6 +123,7 @@ async fn act(
     let args = serde_json::to_value(BulkArgs {
         action: verb,
         filter: f.clone(),
+        as_of_ms: Some(jobmill::job::now_ms()),
     })
     .map_err(|_| ApiError::internal())?;
     let filter_json = serde_json::to_value(&f).map_err(|_| ApiError::internal())?;

@@ -147,12 +147,19 @@ async fn page(
     verb: BulkVerb,
     filter: &BulkFilter,
     after: Option<&str>,
+    as_of_ms: Option<i64>,
 ) -> Result<Vec<jobmill::Job>> {
+    let mut query = filter.query(verb, after);
+    if let (Some(t), BulkVerb::Retry | BulkVerb::Discard) = (as_of_ms, verb) {
+        // Only jobs that finished before the action was asked for: a job this action retried
+        // that has failed again since must not be retried a second time by a rerun.
+        query.insert("finished_ms", doc! { "$lt": t });
+    }
     let coll = store
         .database()
         .collection::<jobmill::Job>(jobmill::store::JOBS);
     Ok(coll
-        .find(filter.query(verb, after))
+        .find(query)
         .sort(doc! { "list_key": 1 })
         .limit(BATCH)
         .await?
@@ -175,7 +182,7 @@ pub async fn count(store: &Store, verb: BulkVerb, filter: &BulkFilter) -> Result
     let mut after: Option<String> = None;
     let mut n = 0u64;
     loop {
-        let jobs = page(store, verb, filter, after.as_deref()).await?;
+        let jobs = page(store, verb, filter, after.as_deref(), None).await?;
         n += jobs.iter().filter(|j| filter.error_matches(j)).count() as u64;
         let Some(last) = jobs.last() else {
             return Ok(BulkCount {
@@ -207,6 +214,9 @@ pub struct BulkArgs {
     pub action: BulkVerb,
     /// The filter.
     pub filter: BulkFilter,
+    /// When the action was asked for (ms since the epoch): jobs finished later are left alone.
+    #[serde(default)]
+    pub as_of_ms: Option<i64>,
 }
 
 /// Where a bulk action got to (its checkpoint).
@@ -292,7 +302,15 @@ impl JobKind for BulkAction {
             if ctx.is_cancelled() {
                 return Outcome::Cancelled("bulk action cancelled".into());
             }
-            let jobs = match page(store, args.action, &args.filter, pos.after.as_deref()).await {
+            let jobs = match page(
+                store,
+                args.action,
+                &args.filter,
+                pos.after.as_deref(),
+                args.as_of_ms,
+            )
+            .await
+            {
                 Ok(j) => j,
                 Err(e) => return Outcome::retry(e),
             };
