@@ -30,11 +30,20 @@ export JOBMILL_BENCH_API_PORT="$API_PORT"
 # file names a live process with the right command line; a pid the system has since given to
 # another process is left alone): TERM, then KILL after a grace period (stop_pid_file).
 stop_server() {
-    local file pattern grace
+    local file pattern grace pid
     case "$1" in
-      api) file="$RUN/api.pid" pattern=bench-peer grace=5 ;;
-      mongo) file="$RUN/mongo/nx.pid" pattern=nx-27017 grace=10 ;;
+      api) file="$RUN/api.pid" pattern="$BIN api" grace=5 ;;
+      mongo) file="$RUN/mongo/nx.pid" pattern="$JM_NX_BIN" grace=10 ;;
     esac
+    # Interrupted while starting, a server may not have written its pid file yet; it is then
+    # still a background job of this shell (not of `bench/peer.sh stop`), which knows its pid.
+    if ! pid_file_matches "$file" "$pattern"; then
+        for pid in $(jobs -p); do
+            if tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "$pattern"; then
+                echo "$pid" >"$file"
+            fi
+        done
+    fi
     if pid_file_matches "$file" "$pattern"; then
         stop_pid_file "$file" "$grace"
     fi
