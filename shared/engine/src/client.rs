@@ -196,7 +196,7 @@ impl JobClient {
             return Err(Error::invalid(
                 "args_too_large",
                 format!(
-                    "args are {} bytes; the limit is {} (upload large inputs as files and pass their id)",
+                    "args are {} bytes; the limit is {} (store large inputs elsewhere and pass their id)",
                     args_json.len(),
                     self.inner.limits.max_args_bytes
                 ),
