@@ -5,6 +5,7 @@
 //!
 //! `scripts/test.sh` starts the shared servers and exports `JOBMILL_TEST_*`.
 
+use jobmill::config::Config as _;
 use std::collections::HashMap;
 use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
