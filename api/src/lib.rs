@@ -10,13 +10,17 @@
 //! - [`error`]: the `ApiError` answer type.
 //! - [`watch`]: job-change events for long-polls.
 //! - [`finished`]: finished jobs cached in memory for status polls.
+//! - [`server`]: the connection loop with its HTTP timeouts and connection limit.
+//! - [`range`]: `Range` headers of file downloads.
 #![warn(missing_docs)]
 
 pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod finished;
+pub mod range;
 pub mod routes;
+pub mod server;
 pub mod view;
 pub mod watch;
 
@@ -255,13 +259,16 @@ fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Respo
     ApiError::internal().into_response()
 }
 
-/// Serve the API on `settings.api_addr` until `shutdown` resolves.
+/// Serve the API on `settings.api_addr` until `shutdown` resolves. The HTTP limits
+/// (`JOBMILL_HTTP_*`) are read from the environment here, see [`server::HttpLimits`].
 pub async fn serve(
     settings: &Settings,
     registry: Registry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
+    let limits = server::HttpLimits::from_env()
+        .map_err(|errs| anyhow::anyhow!("invalid settings: {}", errs.join("; ")))?;
     let state = AppState::connect(settings, registry)
         .await
         .context("connecting to Redis and MongoDB")?;
@@ -269,8 +276,5 @@ pub async fn serve(
         .await
         .with_context(|| format!("binding {}", settings.api_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "api listening");
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    Ok(())
+    server::serve_on(listener, app(state), limits, shutdown).await
 }

@@ -10,6 +10,10 @@ async fn main() -> anyhow::Result<()> {
     if args.iter().any(|a| a == "--help" || a == "-h") {
         let example = "Example: jobmill-api --api-addr 127.0.0.1:8080";
         print!("{}", Settings::help("jobmill-api", example));
+        // Environment only for now (not flags): they join the settings table later.
+        for (name, default, meaning) in jobmill_api::server::SETTINGS {
+            println!("  {name:<26} {meaning} [default: {default}] (environment only)");
+        }
         return Ok(());
     }
     let settings = Settings::load(Component::Api, &args).unwrap_or_else(|e| {

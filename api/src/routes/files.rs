@@ -16,6 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{page_params, parse_job_id, Query};
+use crate::range::{parse_range, Wanted};
 use crate::AppState;
 
 /// A stored file.
@@ -107,59 +108,6 @@ async fn load(state: &AppState, caller: &Caller, raw: &str) -> Result<FileMeta, 
     }
 }
 
-/// What a `Range` header asks for.
-#[derive(Debug, PartialEq, Eq)]
-enum Wanted {
-    /// The whole file (no header, or one we do not serve partially, like several ranges).
-    All,
-    /// Bytes `[start, end)`.
-    Part(u64, u64),
-    /// Nothing of the file can be served (416).
-    Unsatisfiable,
-}
-
-/// Parse a single `bytes=` range against a file of `size` bytes (RFC 9110 §14.1.2). Anything
-/// we do not understand is ignored, which the RFC allows: the answer is then the whole file.
-fn parse_range(h: &str, size: u64) -> Wanted {
-    let Some(spec) = h.trim().strip_prefix("bytes=") else {
-        return Wanted::All;
-    };
-    if spec.contains(',') {
-        return Wanted::All;
-    }
-    let Some((a, b)) = spec.trim().split_once('-') else {
-        return Wanted::All;
-    };
-    let (a, b) = (a.trim(), b.trim());
-    if a.is_empty() {
-        // Suffix: the last b bytes.
-        return match b.parse::<u64>() {
-            Ok(0) => Wanted::Unsatisfiable,
-            Ok(n) if size == 0 => {
-                let _ = n;
-                Wanted::Unsatisfiable
-            }
-            Ok(n) => Wanted::Part(size.saturating_sub(n), size),
-            Err(_) => Wanted::All,
-        };
-    }
-    let Ok(start) = a.parse::<u64>() else {
-        return Wanted::All;
-    };
-    let end = if b.is_empty() {
-        size
-    } else {
-        match b.parse::<u64>() {
-            Ok(last) if last >= start => (last + 1).min(size),
-            _ => return Wanted::All,
-        }
-    };
-    if start >= size {
-        return Wanted::Unsatisfiable;
-    }
-    Wanted::Part(start, end)
-}
-
 /// Download a file. `ETag` is its SHA-256; `Range: bytes=a-b` answers `206`; `HEAD` answers
 /// the headers only.
 #[utoipa::path(get, path = "/v1/files/{id}", tag = "files", security(("bearer" = [])),
@@ -204,13 +152,14 @@ pub async fn files_show(
         Some(r) => parse_range(r, size),
         None => Wanted::All,
     };
+    // `end` is exclusive here; parse_range guarantees start <= last < size.
     let (status, start, end) = match wanted {
         Wanted::All => (StatusCode::OK, 0, size),
-        Wanted::Part(s, e) => {
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes {s}-{}/{size}", e - 1)) {
+        Wanted::Satisfiable { start, end: last } => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{last}/{size}")) {
                 h.insert(CONTENT_RANGE, v);
             }
-            (StatusCode::PARTIAL_CONTENT, s, e)
+            (StatusCode::PARTIAL_CONTENT, start, last + 1)
         }
         Wanted::Unsatisfiable => {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
@@ -247,22 +196,4 @@ pub async fn files_delete(
         return Err(not_found());
     }
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges() {
-        assert_eq!(parse_range("bytes=0-9", 100), Wanted::Part(0, 10));
-        assert_eq!(parse_range("bytes=90-", 100), Wanted::Part(90, 100));
-        assert_eq!(parse_range("bytes=-10", 100), Wanted::Part(90, 100));
-        assert_eq!(parse_range("bytes=-1000", 100), Wanted::Part(0, 100));
-        assert_eq!(parse_range("bytes=50-1000", 100), Wanted::Part(50, 100));
-        assert_eq!(parse_range("bytes=100-", 100), Wanted::Unsatisfiable);
-        assert_eq!(parse_range("bytes=0-1,5-6", 100), Wanted::All);
-        assert_eq!(parse_range("items=0-1", 100), Wanted::All);
-        assert_eq!(parse_range("bytes=9-1", 100), Wanted::All);
-    }
 }
