@@ -35,13 +35,9 @@ impl FromRequestParts<AppState> for Caller {
         let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
             ApiError::unauthorized("send an API key as Authorization: Bearer <key>")
         })?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(bearer_token)
-            .ok_or_else(|| {
-                ApiError::unauthorized("the Authorization header must be 'Bearer <key>'")
-            })?;
+        let token = header.to_str().ok().and_then(bearer_token).ok_or_else(|| {
+            ApiError::unauthorized("the Authorization header must be 'Bearer <key>'")
+        })?;
         // Compare against every key in constant time, so timing does not reveal a prefix.
         let mut found = None;
         for key in state.keys.iter() {

@@ -243,7 +243,10 @@ mod tests {
             &b"\xff"[..],
         ] {
             let e = parse_json::<Named>(body).unwrap_err();
-            assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "malformed_json"));
+            assert_eq!(
+                (e.status, e.code),
+                (StatusCode::BAD_REQUEST, "malformed_json")
+            );
         }
         let e = parse_json::<Named>(br#"{"name": 1}"#).unwrap_err();
         assert_eq!(e.code, "invalid_body");

@@ -129,7 +129,10 @@ mod tests {
             parse_range(&format!("bytes={max}-"), max),
             Wanted::Unsatisfiable
         );
-        assert_eq!(parse_range(&format!("bytes=0-{max}"), max), part(0, max - 1));
+        assert_eq!(
+            parse_range(&format!("bytes=0-{max}"), max),
+            part(0, max - 1)
+        );
     }
 
     fn check(h: &str, len: u64) {
