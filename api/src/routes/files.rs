@@ -60,11 +60,14 @@ pub struct FilePage {
 
 /// Query of `GET /v1/files`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FileListParams {
     /// Page size, 1-500 (default 50).
+    #[param(nullable = false, minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<uuid::Uuid>, nullable = false)]
     pub cursor: Option<String>,
 }
 
@@ -111,12 +114,15 @@ async fn load(state: &AppState, caller: &Caller, raw: &str) -> Result<FileMeta, 
 /// Download a file. `ETag` is its SHA-256; `Range: bytes=a-b` answers `206`; `HEAD` answers
 /// the headers only.
 #[utoipa::path(get, path = "/v1/files/{id}", tag = "files", security(("bearer" = [])),
-    params(("id" = String, Path, description = "file id"),
-           ("Range" = Option<String>, Header, description = "bytes=start-end (one range)")),
+    params(("id" = uuid::Uuid, Path, description = "file id (its upload's id)"),
+           ("Range" = Option<String>, Header, nullable = false, description = "bytes=start-end (one range; anything else answers the whole file)"),
+           ("If-None-Match" = Option<String>, Header, nullable = false, description = "the ETag of an earlier answer")),
     responses(
-        (status = 200, description = "the whole file", content_type = "application/octet-stream"),
-        (status = 206, description = "the requested range"),
+        (status = 200, description = "the whole file", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 206, description = "the requested range", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 304, description = "If-None-Match matched the ETag"),
+        (status = 400, description = "bad id", body = ErrorBody),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
         (status = 404, description = "no such file for this key", body = ErrorBody),
         (status = 416, description = "the range starts past the end"),
     ))]
@@ -179,11 +185,36 @@ pub async fn files_show(
     Ok((status, h, Body::from_stream(stream)).into_response())
 }
 
+/// The headers of a download (`Content-Length`, `ETag`, `Content-Range`), without the bytes.
+#[utoipa::path(head, path = "/v1/files/{id}", tag = "files", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "file id (its upload's id)"),
+           ("Range" = Option<String>, Header, nullable = false, description = "bytes=start-end (one range; anything else answers the whole file)"),
+           ("If-None-Match" = Option<String>, Header, nullable = false, description = "the ETag of an earlier answer")),
+    responses(
+        (status = 200, description = "the whole file's headers"),
+        (status = 206, description = "the requested range's headers"),
+        (status = 304, description = "If-None-Match matched the ETag"),
+        (status = 400, description = "bad id"),
+        (status = 401, description = "missing or unknown API key"),
+        (status = 404, description = "no such file for this key"),
+        (status = 416, description = "the range starts past the end"),
+    ))]
+pub async fn files_head(
+    state: State<AppState>,
+    caller: Caller,
+    id: Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    files_show(state, caller, id, Method::HEAD, headers).await
+}
+
 /// Delete a file and its chunks.
 #[utoipa::path(delete, path = "/v1/files/{id}", tag = "files", security(("bearer" = [])),
-    params(("id" = String, Path, description = "file id")),
+    params(("id" = uuid::Uuid, Path, description = "file id (its upload's id)")),
     responses(
         (status = 204, description = "deleted"),
+        (status = 400, description = "bad id", body = ErrorBody),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
         (status = 404, description = "no such file for this key", body = ErrorBody),
     ))]
 pub async fn files_delete(
