@@ -108,9 +108,19 @@ except Exception:
 done
 log "fuzz stack ready: API $base (db $JOBMILL_MONGODB_DB), worker on the default queue only"
 
+# Real resources for the fuzzer to find, bound to the path ids by dictionaries appended to a
+# copy of the committed configuration (schemathesis reads dictionary files next to it).
+mkdir -p "$RUN/ids"
+"$JM_FUZZ_VENV/bin/python" "$ROOT/scripts/fuzz_seed.py" "$base" "$key" "$RUN/ids"
+cp "$ROOT/scripts/schemathesis.toml" "$RUN/schemathesis.toml"
+for dict in "$RUN"/ids/*.dict; do
+    name="$(basename "$dict" .dict)"
+    printf '\n[dictionaries.%s]\nfrom-file = "ids/%s.dict"\n' "$name" "$name" >>"$RUN/schemathesis.toml"
+done
+
 log "schemathesis (seed $SEED, $EXAMPLES examples per operation)"
 rc=0
-"$JM_FUZZ_VENV/bin/schemathesis" --no-color --config-file "$ROOT/scripts/schemathesis.toml" run \
+"$JM_FUZZ_VENV/bin/schemathesis" --no-color --config-file "$RUN/schemathesis.toml" run \
     "$base/openapi.json" \
     --header "Authorization: Bearer $key" \
     --checks all \

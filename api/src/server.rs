@@ -246,12 +246,17 @@ impl Activity {
         loop {
             let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
             let quiet = last.elapsed();
-            if self.in_flight.load(Ordering::Relaxed) == 0 && quiet >= idle {
+            let wait = if self.in_flight.load(Ordering::Relaxed) > 0 {
+                // A request in flight (a long-poll, a download) is not idle; its end touches
+                // the clock, so looking again a whole period later is soon enough.
+                idle
+            } else if quiet >= idle {
                 return;
-            }
-            // Check again when the quiet period could have run out (at least every 100 ms
-            // apart, so a busy connection does not spin).
-            let wait = idle.saturating_sub(quiet).max(Duration::from_millis(100));
+            } else {
+                // When the quiet period could run out (not sooner than 100 ms, so a connection
+                // that keeps receiving bytes does not make this spin).
+                (idle - quiet).max(Duration::from_millis(100))
+            };
             tokio::time::sleep(wait).await;
         }
     }

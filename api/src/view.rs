@@ -9,9 +9,15 @@ use utoipa::ToSchema;
 
 use crate::error::ApiError;
 
+/// Raw bytes (documentation only: part uploads and downloads are streamed).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct Binary(#[allow(dead_code)] Vec<u8>);
+
 /// A job submission.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"kind": "noop", "args": {"n": 1}, "priority": 5}))]
 pub struct SubmitJob {
     /// Job kind, e.g. `noop`, `sleep`, `fail` (a registered kind, at most 128 characters).
     #[schema(min_length = 1, max_length = 128)]
@@ -109,6 +115,7 @@ impl SubmitJob {
 /// Several jobs at once.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"jobs": [{"kind": "noop"}, {"kind": "sleep", "args": {"ms": 10}}]}))]
 pub struct SubmitBatch {
     /// Up to 1000 jobs; all are valid or none is stored.
     #[schema(min_items = 1, max_items = 1000)]

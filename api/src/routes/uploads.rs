@@ -24,6 +24,7 @@ use crate::AppState;
 /// Start an upload.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"filename": "products.csv", "content_type": "text/csv"}))]
 pub struct CreateUpload {
     /// Name of the file (1-255 characters, no control characters).
     #[schema(
@@ -42,11 +43,6 @@ pub struct CreateUpload {
     #[schema(pattern = r"^[0-9A-Fa-f]{64}$")]
     pub sha256: Option<String>,
 }
-
-/// The raw bytes of a part (documentation only: the handler streams the body).
-#[derive(ToSchema)]
-#[schema(value_type = String, format = Binary)]
-pub struct PartBody(#[allow(dead_code)] Vec<u8>);
 
 /// One part that arrived.
 #[derive(Debug, Serialize, ToSchema)]
@@ -221,7 +217,7 @@ pub async fn uploads_show(
             pattern = r"^[A-Za-z0-9+/]{21}[AQgw]==$"),
            ("x-content-sha256" = Option<String>, Header, nullable = false, description = "hex SHA-256 of the part",
             pattern = r"^[0-9A-Fa-f]{64}$")),
-    request_body(content = inline(PartBody), content_type = "application/octet-stream"),
+    request_body(content = inline(crate::view::Binary), content_type = "application/octet-stream"),
     responses(
         (status = 200, description = "stored", body = PartView),
         (status = 400, description = "bad id, part number or checksum header", body = ErrorBody),
