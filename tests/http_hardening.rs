@@ -315,3 +315,30 @@ async fn slow_full_size_part_and_long_polls_are_not_cut() {
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.body["state"], "scheduled");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_wait_for_a_free_slot() {
+    let mut ctx = Ctx::new("connlimit");
+    ctx.set("JOBMILL_HTTP_MAX_CONNECTIONS", "1")
+        .set("JOBMILL_HTTP_IDLE_TIMEOUT", "60s")
+        .set("JOBMILL_HTTP_HEADER_TIMEOUT", "60s");
+    let api = ctx.api().await;
+    // The one slot, held by a connection that sends nothing.
+    let holder = TcpStream::connect(addr(&api.base)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let url = format!("{}/healthz", api.base);
+    let http = api.http.clone();
+    let waiting = tokio::spawn(async move { http.get(url).send().await.map(|r| r.status()) });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a second connection was served beyond JOBMILL_HTTP_MAX_CONNECTIONS=1"
+    );
+    drop(holder);
+    let status = tokio::time::timeout(HANG, waiting)
+        .await
+        .expect("the waiting request was never served")
+        .unwrap()
+        .expect("request");
+    assert_eq!(status.as_u16(), 200);
+}
