@@ -11,7 +11,7 @@
 # JOBMILL_TEST_REDIS_URL / JOBMILL_TEST_MONGODB_URI are set, or starts its own.
 # Callable alone:  scripts/fuzz.sh   (extra arguments go to `schemathesis run`, e.g.
 # --include-path-regex uploads)
-# Knobs: JOBMILL_FUZZ_SEED (default 20261201), JOBMILL_FUZZ_EXAMPLES (default 25).
+# Knobs: JOBMILL_FUZZ_SEED (default 20261201), JOBMILL_FUZZ_EXAMPLES (default 100; about 2-3 minutes on 2 cores).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -21,7 +21,7 @@ ensure_cargo
 ensure_fuzz_venv
 
 SEED="${JOBMILL_FUZZ_SEED:-20261201}"
-EXAMPLES="${JOBMILL_FUZZ_EXAMPLES:-25}"
+EXAMPLES="${JOBMILL_FUZZ_EXAMPLES:-100}"
 started=$SECONDS
 
 RUN="$ROOT/.run/fuzz-$$"
