@@ -240,10 +240,8 @@ async fn bodies_that_never_finish_are_cut_off() {
     );
     s.write_all(head.as_bytes()).await.unwrap();
     let got = read_until_closed(&mut s).await;
-    assert!(
-        got.is_empty() || got.starts_with("HTTP/1.1 408"),
-        "expected 408 or a closed connection: {got}"
-    );
+    assert!(got.starts_with("HTTP/1.1 408"), "expected 408: {got}");
+    assert!(got.contains("body_timeout"), "{got}");
 
     // A part upload that stalls half-way.
     let a = api
@@ -258,11 +256,8 @@ async fn bodies_that_never_finish_are_cut_off() {
     s.write_all(head.as_bytes()).await.unwrap();
     s.write_all(&[7u8; 5000]).await.unwrap();
     let got = read_until_closed(&mut s).await;
-    assert!(
-        got.is_empty() || got.starts_with("HTTP/1.1 4") || got.starts_with("HTTP/1.1 5"),
-        "expected an error or a closed connection: {got}"
-    );
-    assert!(!got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.starts_with("HTTP/1.1 408"), "expected 408: {got}");
+    assert!(got.contains("body_timeout"), "{got}");
     let up = api.get(&format!("/v1/uploads/{id}"), ALICE).await;
     assert_eq!(up.body["parts"], json!([]), "a cut-off part is not kept");
 }

@@ -5,6 +5,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures::TryStreamExt;
 use jobmill::files::{
     parse_content_md5, parse_sha256_hex, PartCheck, Upload, MAX_FILENAME, MAX_PARTS,
 };
@@ -112,6 +113,7 @@ fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
         (status = 400, description = "malformed JSON", body = ErrorBody),
         (status = 401, description = "missing or unknown API key", body = ErrorBody),
         (status = 413, description = "body too large", body = ErrorBody),
+        (status = 408, description = "the body did not arrive within JOBMILL_HTTP_BODY_TIMEOUT", body = ErrorBody),
         (status = 415, description = "the body is not sent as JSON", body = ErrorBody),
         (status = 422, description = "bad filename, size, content type or sha256", body = ErrorBody),
     ))]
@@ -224,6 +226,7 @@ pub async fn uploads_show(
         (status = 401, description = "missing or unknown API key", body = ErrorBody),
         (status = 404, description = "no such upload for this key", body = ErrorBody),
         (status = 409, description = "the upload is already completed", body = ErrorBody),
+        (status = 408, description = "the part did not arrive within JOBMILL_HTTP_BODY_TIMEOUT", body = ErrorBody),
         (status = 413, description = "the part is larger than part_size", body = ErrorBody),
         (status = 422, description = "the checksum does not match the bytes", body = ErrorBody),
     ))]
@@ -257,10 +260,25 @@ pub async fn uploads_part(
             Some(parse_sha256_hex(v).map_err(|m| ApiError::bad_request("invalid_checksum", m))?);
     }
     let up = load(&state, &caller, &id).await?;
-    let part = state
-        .files()
-        .put_part(&up, n, body.into_data_stream(), check)
-        .await?;
+    // A body cut off by JOBMILL_HTTP_BODY_TIMEOUT answers 408, not the store's generic
+    // "unreadable body": the client was too slow, and may send the part again.
+    let timed_out = std::sync::atomic::AtomicBool::new(false);
+    let stream = body.into_data_stream().inspect_err(|e| {
+        if crate::server::is_body_timeout(e) {
+            timed_out.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let part = match state.files().put_part(&up, n, stream, check).await {
+        Ok(part) => part,
+        Err(_) if timed_out.load(std::sync::atomic::Ordering::Relaxed) => {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the part did not arrive in time (JOBMILL_HTTP_BODY_TIMEOUT); send it again",
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
     Ok(axum::Json(PartView {
         n: part.n,
         size: part.size,

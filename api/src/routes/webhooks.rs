@@ -65,6 +65,7 @@ fn check_events(events: Option<Vec<String>>) -> Result<Vec<String>, ApiError> {
         (status = 400, description = "malformed JSON", body = ErrorBody),
         (status = 401, description = "missing or unknown API key", body = ErrorBody),
         (status = 413, description = "body too large", body = ErrorBody),
+        (status = 408, description = "the body did not arrive within JOBMILL_HTTP_BODY_TIMEOUT", body = ErrorBody),
         (status = 415, description = "the body is not sent as JSON", body = ErrorBody),
         (status = 422, description = "invalid_callback_url, callback_url_not_allowed, invalid_events, too_many_webhooks", body = ErrorBody),
     ))]
