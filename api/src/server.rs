@@ -14,6 +14,10 @@
 //! - **Connection limit** (`JOBMILL_HTTP_MAX_CONNECTIONS`): beyond it, new connections wait in
 //!   the listen backlog until one closes.
 //!
+//! HTTP/1.1 only (axum's `serve` also took HTTP/2 with prior knowledge): the header timeout is
+//! an HTTP/1 feature of hyper, and sniffing for an HTTP/2 preface would itself wait, untimed,
+//! for a client's first bytes.
+//!
 //! The four settings are read here, in one place ([`HttpLimits::from_lookup`]), until they join
 //! the central settings table in `jobmill::config`.
 
