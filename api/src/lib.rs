@@ -409,7 +409,11 @@ mod doc_tests {
             jobmill::client::MAX_SCHEDULE_AHEAD_MS
         );
         let part = &d["paths"]["/v1/uploads/{id}/parts/{n}"]["put"]["parameters"][1]["schema"];
-        assert_eq!(part["maximum"], jobmill_data::files::MAX_PARTS - 1, "{part}");
+        assert_eq!(
+            part["maximum"],
+            jobmill_data::files::MAX_PARTS - 1,
+            "{part}"
+        );
         let limit = &d["paths"]["/v1/jobs"]["get"]["parameters"][3];
         assert_eq!(limit["name"], "limit");
         assert_eq!(limit["schema"]["maximum"], crate::extract::MAX_LIMIT);
