@@ -8,7 +8,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use jobmill_ops::{metrics, workers};
 
-use crate::auth::{constant_time_eq, forbidden};
+use crate::auth::{bearer_token, constant_time_eq, forbidden};
 use crate::error::{ApiError, ErrorBody};
 use crate::settings::Role;
 use crate::AppState;
@@ -28,8 +28,7 @@ pub async fn metrics_show(
     let token = headers
         .get(AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(bearer_token)
         .ok_or_else(|| {
             ApiError::unauthorized("send a key or the scrape token as a bearer token")
         })?;
