@@ -878,7 +878,19 @@ async fn bulk_retry_counts_then_retries_each_once_and_discard_spares_live_jobs()
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.body, json!({"count": 30, "exact": true}));
     let a = api
-        .post("/v1/jobs/actions/retry", OPS, json!({"state": "running"}))
+        .post(
+            "/v1/jobs/actions/retry",
+            OPS,
+            json!({"state": "running", "dry_run": true}),
+        )
+        .await;
+    assert_eq!(
+        a.body,
+        json!({"count": 0, "exact": true}),
+        "retry never applies to running jobs"
+    );
+    let a = api
+        .post("/v1/jobs/actions/retry", OPS, json!({"state": "nope"}))
         .await;
     assert_eq!((a.status, a.code()), (400, "invalid_filter"));
 

@@ -23,21 +23,29 @@ use crate::AppState;
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkRequest {
-    /// Only this state.
+    /// Only this state (one the action applies to).
+    #[schema(value_type = Option<crate::view::StateFilter>, nullable = false)]
     pub state: Option<String>,
     /// Only this kind.
+    #[schema(nullable = false, min_length = 1, max_length = 256)]
     pub kind: Option<String>,
     /// Only this queue.
+    #[schema(nullable = false, min_length = 1, max_length = 256)]
     pub queue: Option<String>,
     /// Only this owner.
+    #[schema(nullable = false, min_length = 1, max_length = 256)]
     pub owner: Option<String>,
     /// Created at or after (RFC 3339).
+    #[schema(value_type = Option<chrono::DateTime<chrono::Utc>>, nullable = false)]
     pub created_after: Option<String>,
     /// Created before (RFC 3339).
+    #[schema(value_type = Option<chrono::DateTime<chrono::Utc>>, nullable = false)]
     pub created_before: Option<String>,
     /// A substring of the last error.
+    #[schema(nullable = false, min_length = 1, max_length = 256)]
     pub error_contains: Option<String>,
     /// Only these ids (at most 1,000).
+    #[schema(value_type = Option<Vec<uuid::Uuid>>, nullable = false, max_items = 1000)]
     pub ids: Option<Vec<String>>,
     /// Only count the matching jobs.
     #[serde(default)]
@@ -55,17 +63,13 @@ fn time(name: &str, v: Option<&str>) -> Result<Option<i64>, ApiError> {
     .transpose()
 }
 
-fn filter(verb: BulkVerb, r: &BulkRequest) -> Result<BulkFilter, ApiError> {
+fn filter(r: &BulkRequest) -> Result<BulkFilter, ApiError> {
     if let Some(s) = &r.state {
-        let st = JobState::parse(s).ok_or_else(|| {
+        // A state the action never applies to (e.g. retrying `running` jobs) simply matches
+        // nothing.
+        JobState::parse(s).ok_or_else(|| {
             ApiError::bad_request("invalid_filter", format!("'{s}' is not a job state"))
         })?;
-        if !verb.states().contains(&st) {
-            return Err(ApiError::bad_request(
-                "invalid_filter",
-                format!("this action never applies to {s} jobs"),
-            ));
-        }
     }
     if let Some(ids) = &r.ids {
         if ids.len() > MAX_IDS {
@@ -110,7 +114,7 @@ async fn act(
     r: BulkRequest,
 ) -> Result<Response, ApiError> {
     caller.require_operator()?;
-    let f = filter(verb, &r)?;
+    let f = filter(&r)?;
     if r.dry_run {
         let c = bulk::count(state.client.store(), verb, &f).await?;
         return Ok(axum::Json(c).into_response());
@@ -164,6 +168,8 @@ macro_rules! bulk_handler {
                 (status = 400, description = "invalid_filter, invalid_id", body = ErrorBody),
                 (status = 401, description = "missing or unknown API key", body = ErrorBody),
                 (status = 403, description = "not an operator key", body = ErrorBody),
+                (status = 413, description = "body too large", body = ErrorBody),
+                (status = 415, description = "not application/json", body = ErrorBody),
                 (status = 422, description = "invalid_body", body = ErrorBody),
             ))]
         pub async fn $name(

@@ -53,8 +53,10 @@ where
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Page size (1-500, default 50).
+    #[param(nullable = false, minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<uuid::Uuid>, nullable = false)]
     pub cursor: Option<String>,
 }
 

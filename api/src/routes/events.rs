@@ -54,8 +54,8 @@ fn job_event(name: &str, job: &Job) -> Event {
 /// Live events of one job.
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs", security(("bearer" = [])),
     params(
-        ("id" = String, Path, description = "job id"),
-        ("Last-Event-ID" = Option<String>, Header, description = "the last revision received; only newer events are sent"),
+        ("id" = uuid::Uuid, Path, description = "job id"),
+        ("Last-Event-ID" = Option<String>, Header, nullable = false, description = "the last revision received; only newer events are sent"),
     ),
     responses(
         (status = 200, description = "text/event-stream of `state` and `progress` events (data: the job; id: its revision)", content_type = "text/event-stream"),
@@ -133,10 +133,13 @@ pub async fn jobs_events(
 #[into_params(parameter_in = Query)]
 pub struct FleetQuery {
     /// Only this queue.
+    #[param(nullable = false, max_length = 128)]
     pub queue: Option<String>,
     /// Only this kind.
+    #[param(nullable = false, max_length = 128)]
     pub kind: Option<String>,
     /// Only changes into this state.
+    #[param(value_type = Option<crate::view::StateFilter>, nullable = false, inline)]
     pub state: Option<String>,
 }
 

@@ -305,18 +305,21 @@ pub struct ListParams {
     /// Only jobs of this queue.
     #[param(nullable = false, max_length = 128)]
     pub queue: Option<String>,
-    /// Only jobs of this owner (the submitting key's name; viewers and operators only).
-    pub owner: Option<String>,
-    /// Only jobs created at or after this time (RFC 3339).
-    pub created_after: Option<String>,
-    /// Only jobs created before this time (RFC 3339).
-    pub created_before: Option<String>,
     /// Page size, 1-500 (default 50).
     #[param(nullable = false, minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     #[param(value_type = Option<uuid::Uuid>, nullable = false)]
     pub cursor: Option<String>,
+    /// Only jobs of this owner (the submitting key's name; viewers and operators only).
+    #[param(nullable = false, max_length = 128)]
+    pub owner: Option<String>,
+    /// Only jobs created at or after this time (RFC 3339).
+    #[param(value_type = Option<chrono::DateTime<chrono::Utc>>, nullable = false)]
+    pub created_after: Option<String>,
+    /// Only jobs created before this time (RFC 3339).
+    #[param(value_type = Option<chrono::DateTime<chrono::Utc>>, nullable = false)]
+    pub created_before: Option<String>,
 }
 
 /// List jobs, newest first (operators see every tenant's).

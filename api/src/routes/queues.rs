@@ -38,7 +38,7 @@ pub async fn queues_index(
 /// Pause a queue: it still accepts submissions, but no worker claims from it (from the next
 /// claim on). Recorded in MongoDB, so it survives a Redis wipe.
 #[utoipa::path(post, path = "/v1/queues/{name}/pause", tag = "operators", security(("bearer" = [])),
-    params(("name" = String, Path, description = "queue name")),
+    params(("name" = String, Path, description = "queue name", pattern = r"^[A-Za-z0-9_-]{1,64}$")),
     responses(
         (status = 200, description = "paused; the queue now", body = QueueView),
         (status = 400, description = "invalid_queue", body = ErrorBody),
@@ -56,7 +56,7 @@ pub async fn queues_pause(
 
 /// Resume a paused queue.
 #[utoipa::path(post, path = "/v1/queues/{name}/resume", tag = "operators", security(("bearer" = [])),
-    params(("name" = String, Path, description = "queue name")),
+    params(("name" = String, Path, description = "queue name", pattern = r"^[A-Za-z0-9_-]{1,64}$")),
     responses(
         (status = 200, description = "resumed; the queue now", body = QueueView),
         (status = 400, description = "invalid_queue", body = ErrorBody),
@@ -77,12 +77,13 @@ pub async fn queues_resume(
 #[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     /// Minutes back from now, the current one included (1-1440, default 60).
+    #[param(nullable = false, minimum = 1, maximum = 1440)]
     pub minutes: Option<u32>,
 }
 
 /// Per-minute succeeded, failed, retried and cancelled counts, with average and p95 run time.
 #[utoipa::path(get, path = "/v1/queues/{name}/history", tag = "operators", security(("bearer" = [])),
-    params(("name" = String, Path, description = "queue name"), HistoryQuery),
+    params(("name" = String, Path, description = "queue name", pattern = r"^[A-Za-z0-9_-]{1,64}$"), HistoryQuery),
     responses(
         (status = 200, description = "minutes with outcomes, oldest first", body = HistoryView),
         (status = 400, description = "invalid_queue or invalid_minutes", body = ErrorBody),

@@ -34,6 +34,7 @@ pub async fn workers_index(
     params(("id" = String, Path, description = "worker id (host:pid:random)")),
     responses(
         (status = 200, description = "the worker", body = WorkerView),
+        (status = 400, description = "bad id", body = ErrorBody),
         (status = 401, description = "missing or unknown API key", body = ErrorBody),
         (status = 403, description = "a submitter key", body = ErrorBody),
         (status = 404, description = "no worker with this id seen in the last 10 minutes", body = ErrorBody),
@@ -52,6 +53,7 @@ pub async fn workers_show(
     params(("id" = String, Path, description = "worker id")),
     responses(
         (status = 202, description = "the worker heard the command; its state turns `quiet` at its next heartbeat", body = WorkerView),
+        (status = 400, description = "bad id", body = ErrorBody),
         (status = 401, description = "missing or unknown API key", body = ErrorBody),
         (status = 403, description = "not an operator key", body = ErrorBody),
         (status = 404, description = "no such worker", body = ErrorBody),
@@ -77,6 +79,7 @@ pub async fn workers_quiet(
     params(("id" = String, Path, description = "worker id")),
     responses(
         (status = 202, description = "the worker heard the command and is draining", body = WorkerView),
+        (status = 400, description = "bad id", body = ErrorBody),
         (status = 401, description = "missing or unknown API key", body = ErrorBody),
         (status = 403, description = "not an operator key", body = ErrorBody),
         (status = 404, description = "no such worker", body = ErrorBody),
