@@ -4,6 +4,17 @@
 # nx-27017 (MongoDB-compatible) on free ports under .run/test-<pid>/.
 # Extra arguments go to `cargo test`, e.g.  scripts/test.sh -p jobmill-tests -- --nocapture
 # Test threads: RUST_TEST_THREADS (or JOBMILL_TEST_THREADS), default 4.
+#
+# Two passes: first everything on a single redis-server, then the cluster pass: a
+# private Redis Cluster (scripts/redis-cluster.sh, 3 masters + 3 replicas, free ports,
+# under .run/test-<pid>/cluster) whose seeds are exported as JOBMILL_TEST_REDIS_CLUSTER,
+# so every test context uses JOBMILL_REDIS_CLUSTER (and tests that need a private Redis
+# start a private cluster). The cluster pass runs the CLUSTER_SUBSET below (every
+# lifecycle and fault test is in it) with JOBMILL_CLUSTER_TEST_THREADS (default 2) threads,
+# as a private cluster is six processes.
+# JOBMILL_TEST_PASSES chooses: "single,cluster" (default without arguments), "single"
+# (default with arguments), "cluster". With arguments, the cluster pass runs those
+# arguments instead of the subset.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -41,11 +52,15 @@ RUN="$ROOT/.run/test-$$"
 rm -rf -- "$RUN"
 mkdir -p "$RUN"
 SERVERS_STARTED=""
+CLUSTER_STARTED=""
 
 # shellcheck disable=SC2317  # invoked via trap
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    if [[ -n "$CLUSTER_STARTED" ]]; then
+        JOBMILL_CLUSTER_DIR="$RUN/cluster" "$ROOT/scripts/redis-cluster.sh" stop || true
+    fi
     if [[ -n "$SERVERS_STARTED" ]]; then
         stop_pid_file "$RUN/redis/redis.pid"
         stop_pid_file "$RUN/mongo/nx.pid" 10
@@ -79,9 +94,32 @@ export JOBMILL_TEST_HOOKS_PYTHON="$JM_HOOKS_VENV/bin/python"
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-${JOBMILL_TEST_THREADS:-4}}"
 
 # ---- tests ----
-log "cargo test --workspace $* (RUST_TEST_THREADS=$RUST_TEST_THREADS)"
+# The cluster pass: the integration tests that exercise the queues end to end, every
+# lifecycle test and every fault test (and the cluster's own fault tests, tests/cluster.rs).
+CLUSTER_SUBSET=(-p jobmill-tests --test lifecycle --test faults --test cluster --test api_contract --test store_guards)
+if [[ $# -eq 0 ]]; then
+    PASSES="${JOBMILL_TEST_PASSES:-single,cluster}"
+else
+    PASSES="${JOBMILL_TEST_PASSES:-single}"
+fi
 rc=0
-cargo test --workspace "$@" </dev/null 2>&1 | tee "$RUN/cargo-test.log" || rc=$?
+: >"$RUN/cargo-test.log"
+if [[ ",$PASSES," == *,single,* ]]; then
+    log "pass 1 (single redis): cargo test --workspace $* (RUST_TEST_THREADS=$RUST_TEST_THREADS)"
+    cargo test --workspace "$@" </dev/null 2>&1 | tee -a "$RUN/cargo-test.log" || rc=$?
+fi
+if [[ "$rc" -eq 0 && ",$PASSES," == *,cluster,* ]]; then
+    CLUSTER_STARTED=1
+    seeds="$(JOBMILL_CLUSTER_DIR="$RUN/cluster" "$ROOT/scripts/redis-cluster.sh" start)"
+    export JOBMILL_TEST_REDIS_CLUSTER="$seeds"
+    if [[ $# -eq 0 ]]; then
+        set -- "${CLUSTER_SUBSET[@]}"
+    fi
+    log "pass 2 (redis cluster $seeds): cargo test $* (RUST_TEST_THREADS=${JOBMILL_CLUSTER_TEST_THREADS:-2})"
+    RUST_TEST_THREADS="${JOBMILL_CLUSTER_TEST_THREADS:-2}" cargo test "$@" </dev/null 2>&1 \
+        | tee -a "$RUN/cargo-test.log" || rc=$?
+    unset JOBMILL_TEST_REDIS_CLUSTER
+fi
 # One closing line summing every test binary (cargo's own last line is a doc-test run of 0).
 passed=$(grep -Eo '^test result: [A-Za-z]+\. [0-9]+ passed' "$RUN/cargo-test.log" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed;' "$RUN/cargo-test.log" | awk '{s+=$1} END {print s+0}')

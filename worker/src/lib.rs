@@ -109,7 +109,7 @@ pub async fn run_with_store(
 
     let queue = tokio::select! {
         q = backoff::until_ok("redis connection", &stop_all, || {
-            RedisQueue::connect(core.redis_url.expose(), &core.key_prefix)
+            RedisQueue::connect(&core.redis, &core.key_prefix)
         }) => q.expect("only cancelled by stop_all"),
         _ = &mut shutdown => return Ok(()),
     };
@@ -117,7 +117,7 @@ pub async fn run_with_store(
     // Assemble the features. The client needs the webhooks' submit hook, the data feature
     // needs the client, and the catalog learns the kinds last.
     let catalog = Catalog::new(&Registry::new());
-    let webhooks = Webhooks::new(&store, &queue, core.redis_url.clone(), config.webhooks);
+    let webhooks = Webhooks::new(&store, &queue, core.redis.clone(), config.webhooks);
     let client = JobClient::new(
         store.clone(),
         queue.clone(),

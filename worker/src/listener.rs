@@ -27,7 +27,7 @@ pub(crate) async fn listen(
         .collect();
     channels.push(cancel_channel.clone());
     let Some(mut sub) = crate::backoff::until_ok("pub/sub subscription", &stop, || {
-        Subscription::open(shared.core.redis_url.expose(), &channels)
+        Subscription::open(&shared.core.redis, &channels)
     })
     .await
     else {

@@ -101,7 +101,7 @@ async fn fresh(
 
 /// Delete the bench's keys: the queues, the cache, and the harness markers.
 async fn clear_redis(s: &deployment::Settings) -> anyhow::Result<()> {
-    let queue = RedisQueue::connect(s.redis_url.expose(), &s.key_prefix).await?;
+    let queue = RedisQueue::connect(&s.redis, &s.key_prefix).await?;
     let mut c = queue.connection();
     // Our own prefix only: the bench Redis may be shared.
     let keys: Vec<String> = c.keys(format!("{}:*", s.key_prefix)).await?;
@@ -247,8 +247,8 @@ async fn w2_durable() -> anyhow::Result<Rows> {
     // Heartbeats (and with them the worker's counters in Redis) every third of a second: the
     // shortest lease the settings allow.
     s.lease_ttl = Duration::from_secs(1);
-    let registry = kinds::registry(s.redis_url.expose()).await?;
-    let queue = RedisQueue::connect(s.redis_url.expose(), &s.key_prefix).await?;
+    let registry = kinds::registry(&s.redis).await?;
+    let queue = RedisQueue::connect(&s.redis, &s.key_prefix).await?;
     let client = deployment::client(store.clone(), queue.clone(), &registry.clone(), &s);
     for _ in 0..N / 1000 {
         client.submit_batch(TENANT, noop_batch(1000)).await?;
@@ -404,8 +404,8 @@ async fn w3_floor() -> anyhow::Result<Rows> {
     };
     let before = insert_pass(scratch.clone()).await?;
 
-    let registry = kinds::registry(s.redis_url.expose()).await?;
-    let queue = RedisQueue::connect(s.redis_url.expose(), &s.key_prefix).await?;
+    let registry = kinds::registry(&s.redis).await?;
+    let queue = RedisQueue::connect(&s.redis, &s.key_prefix).await?;
     let client = deployment::client(store.clone(), queue.clone(), &registry.clone(), &s);
     let worker = Worker::start(&s, store.clone()).await?;
     let lat_job = || NewJob {
@@ -532,8 +532,8 @@ async fn soak() -> anyhow::Result<Rows> {
             }
         })
     };
-    let registry = kinds::registry(s.redis_url.expose()).await?;
-    let queue = RedisQueue::connect(s.redis_url.expose(), &s.key_prefix).await?;
+    let registry = kinds::registry(&s.redis).await?;
+    let queue = RedisQueue::connect(&s.redis, &s.key_prefix).await?;
     let client = deployment::client(store.clone(), queue, &registry, &s);
     let jobs = store
         .database()
@@ -597,7 +597,7 @@ async fn soak() -> anyhow::Result<Rows> {
 
 /// Start the API in this process on a free port, with the bench kinds.
 async fn api_server(s: &deployment::Settings) -> anyhow::Result<String> {
-    let registry = kinds::registry(s.redis_url.expose()).await?;
+    let registry = kinds::registry(&s.redis).await?;
     let state = jobmill_api::AppState::connect(&s.api, registry).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -787,7 +787,7 @@ struct Worker {
 
 impl Worker {
     async fn start(s: &deployment::Settings, store: Store) -> anyhow::Result<Self> {
-        let registry = kinds::registry(s.redis_url.expose()).await?;
+        let registry = kinds::registry(&s.redis).await?;
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         let settings = s.clone();
         let task = tokio::spawn(async move {

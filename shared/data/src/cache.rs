@@ -14,11 +14,11 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use mongodb::bson::Document;
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use serde_json::json;
 
 use jobmill::error::{Error, Result};
+use jobmill::redis_conn::RedisConn;
 use jobmill::{JobClient, JobKind as _, NewJob};
 
 use crate::datasets::{row_json, Dataset, Datasets};
@@ -56,7 +56,7 @@ pub enum Cached {
 #[derive(Clone)]
 pub struct PageCache {
     client: JobClient,
-    conn: ConnectionManager,
+    conn: RedisConn,
     keys: DataKeys,
     /// Rows per page.
     pub page_size: usize,

@@ -157,7 +157,7 @@ impl JobClient {
             settings.retention,
         )
         .await?;
-        let queue = RedisQueue::connect(settings.redis_url.expose(), &settings.key_prefix).await?;
+        let queue = RedisQueue::connect(&settings.redis, &settings.key_prefix).await?;
         Ok(JobClient::new(
             store,
             queue,

@@ -13,6 +13,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+pub use crate::redis_conn::RedisTarget;
 
 /// One setting: its environment variable, default, bounds and meaning. The flag is derived from
 /// the variable (`JOBMILL_LEASE_TTL` is `--lease-ttl`), so nothing is written twice.
@@ -249,6 +250,13 @@ pub const REDIS_URL: Setting = Setting {
     bounds: Bounds::Text,
     doc: "Redis holding the queues",
 };
+/// `JOBMILL_REDIS_CLUSTER`.
+pub const REDIS_CLUSTER: Setting = Setting {
+    env: "JOBMILL_REDIS_CLUSTER",
+    default: "",
+    bounds: Bounds::Text,
+    doc: "Redis Cluster seed URLs, comma-separated (instead of JOBMILL_REDIS_URL)",
+};
 /// `JOBMILL_MONGODB_URI`.
 pub const MONGODB_URI: Setting = Setting {
     env: "JOBMILL_MONGODB_URI",
@@ -323,8 +331,9 @@ pub const LOG_FORMAT: Setting = Setting {
 /// The engine's settings: where the stores are, leases, retries, retention, logging.
 #[derive(Debug, Clone)]
 pub struct CoreSettings {
-    /// Redis URL.
-    pub redis_url: Secret,
+    /// Where Redis is: one server (`JOBMILL_REDIS_URL`) or a cluster
+    /// (`JOBMILL_REDIS_CLUSTER`).
+    pub redis: RedisTarget,
     /// MongoDB URI.
     pub mongodb_uri: Secret,
     /// MongoDB database.
@@ -350,6 +359,7 @@ pub struct CoreSettings {
 impl Section for CoreSettings {
     const SETTINGS: &'static [Setting] = &[
         REDIS_URL,
+        REDIS_CLUSTER,
         MONGODB_URI,
         MONGODB_DB,
         KEY_PREFIX,
@@ -363,13 +373,7 @@ impl Section for CoreSettings {
     ];
 
     fn read(env: &Env) -> Self {
-        let redis_url = env.text(&REDIS_URL);
-        if let Err(e) = check_scheme(
-            &redis_url,
-            &["redis://", "rediss://", "redis+unix://", "unix://"],
-        ) {
-            env.problem(&REDIS_URL, e);
-        }
+        let redis = read_redis(env);
         let mongodb_uri = env.text(&MONGODB_URI);
         if let Err(e) = check_scheme(&mongodb_uri, &["mongodb://", "mongodb+srv://"]) {
             env.problem(&MONGODB_URI, e);
@@ -395,7 +399,7 @@ impl Section for CoreSettings {
             })
             .unwrap_or(LogFormat::Text);
         CoreSettings {
-            redis_url: Secret(redis_url),
+            redis,
             mongodb_uri: Secret(mongodb_uri),
             mongodb_db,
             key_prefix,
@@ -407,6 +411,47 @@ impl Section for CoreSettings {
             log: env.text(&LOG),
             log_format,
         }
+    }
+}
+
+/// `JOBMILL_REDIS_URL` or `JOBMILL_REDIS_CLUSTER`, never both: a deployment that names both
+/// would otherwise silently use one of them.
+fn read_redis(env: &Env) -> RedisTarget {
+    let url = env.text(&REDIS_URL);
+    if let Err(e) = check_scheme(&url, &["redis://", "rediss://", "redis+unix://", "unix://"]) {
+        env.problem(&REDIS_URL, e);
+    }
+    if !env.is_set(&REDIS_CLUSTER) {
+        return RedisTarget::Single(Secret(url));
+    }
+    if env.is_set(&REDIS_URL) {
+        env.problem(
+            &REDIS_CLUSTER,
+            "JOBMILL_REDIS_CLUSTER and JOBMILL_REDIS_URL are both set; set only one \
+             (JOBMILL_REDIS_CLUSTER for a Redis Cluster, JOBMILL_REDIS_URL for one server)",
+        );
+    }
+    let mut seeds = Vec::new();
+    for seed in env.text(&REDIS_CLUSTER).split(',').map(str::trim) {
+        if seed.is_empty() {
+            continue;
+        }
+        match check_scheme(seed, &["redis://", "rediss://"]) {
+            Ok(()) => seeds.push(Secret(seed.to_string())),
+            Err(e) => env.problem(&REDIS_CLUSTER, format!("seed {}: {e}", seed_host(seed))),
+        }
+    }
+    if seeds.is_empty() {
+        env.problem(&REDIS_CLUSTER, "name at least one seed URL");
+    }
+    RedisTarget::Cluster(seeds)
+}
+
+/// A seed as it may be shown in an error: without any password.
+fn seed_host(seed: &str) -> String {
+    match seed.rsplit_once('@') {
+        Some((_, host)) => format!("...@{host}"),
+        None => truncate(seed, 80),
     }
 }
 
@@ -628,6 +673,36 @@ mod tests {
         ] {
             assert!(err.contains(name), "{name} missing from: {err}");
         }
+    }
+
+    #[test]
+    fn redis_cluster_seeds_parse_and_exclude_the_url() {
+        let s = core(&[(
+            "JOBMILL_REDIS_CLUSTER",
+            "redis://127.0.0.1:7001, redis://127.0.0.1:7002,",
+        )])
+        .unwrap();
+        let RedisTarget::Cluster(seeds) = &s.redis else {
+            panic!("not a cluster: {:?}", s.redis)
+        };
+        assert_eq!(seeds.len(), 2);
+        assert_eq!(seeds[1].expose(), "redis://127.0.0.1:7002");
+        assert!(matches!(core(&[]).unwrap().redis, RedisTarget::Single(_)));
+        let err = core(&[
+            ("JOBMILL_REDIS_CLUSTER", "redis://127.0.0.1:7001"),
+            ("JOBMILL_REDIS_URL", "redis://127.0.0.1:6379/"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("JOBMILL_REDIS_CLUSTER") && err.contains("JOBMILL_REDIS_URL"),
+            "{err}"
+        );
+        let err = core(&[("JOBMILL_REDIS_CLUSTER", "http://x:1,redis://:pw@h:2")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("JOBMILL_REDIS_CLUSTER"), "{err}");
+        assert!(core(&[("JOBMILL_REDIS_CLUSTER", " , ")]).is_err());
     }
 
     #[test]

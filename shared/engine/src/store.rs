@@ -449,7 +449,21 @@ impl Store {
 
     /// Live (non-terminal) jobs in id order after `after`, for rebuilding Redis.
     pub async fn live_jobs_page(&self, after: Option<&str>, limit: i64) -> Result<Vec<Job>> {
+        self.live_jobs_page_of(None, after, limit).await
+    }
+
+    /// Like [`Store::live_jobs_page`], of one queue only when `queue` is given (the rebuild of
+    /// one queue whose Redis node lost its data).
+    pub async fn live_jobs_page_of(
+        &self,
+        queue: Option<&str>,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Job>> {
         let mut filter = doc! { "state": { "$in": JobState::live_names() } };
+        if let Some(q) = queue {
+            filter.insert("queue", q);
+        }
         if let Some(a) = after {
             filter.insert("list_key", doc! { "$gt": a });
         }
@@ -461,6 +475,19 @@ impl Store {
             .await?
             .try_collect()
             .await?)
+    }
+
+    /// The queues that have live jobs: after a Redis node lost the queue registry, these are
+    /// the queues the reconciler must still check.
+    pub async fn live_queues(&self) -> Result<Vec<String>> {
+        let names = self
+            .jobs
+            .distinct("queue", doc! { "state": { "$in": JobState::live_names() } })
+            .await?;
+        Ok(names
+            .into_iter()
+            .filter_map(|b| b.as_str().map(str::to_string))
+            .collect())
     }
 
     /// Live jobs still flagged `enqueue_pending` and created before `before_id`.
