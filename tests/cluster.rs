@@ -22,7 +22,11 @@ async fn submit_many(api: &jobmill_tests::Api, n: usize, job: Value) -> Vec<Stri
     while left > 0 {
         let take = left.min(1000);
         let a = api
-            .post("/v1/jobs/batch", ALICE, json!({"jobs": vec![job.clone(); take]}))
+            .post(
+                "/v1/jobs/batch",
+                ALICE,
+                json!({"jobs": vec![job.clone(); take]}),
+            )
             .await;
         assert_eq!(a.status, 202, "{}", a.body);
         ids.extend(
@@ -37,15 +41,18 @@ async fn submit_many(api: &jobmill_tests::Api, n: usize, job: Value) -> Vec<Stri
     ids
 }
 
-/// Number of this test's jobs in `states` (straight from MongoDB).
+/// Number of this test's jobs in `states` (straight from MongoDB; one equality count per
+/// state, which the MongoDB-compatible server answers from its index).
 async fn count_in(ctx: &Ctx, states: &[&str]) -> u64 {
-    ctx.store()
-        .await
+    let store = ctx.store().await;
+    let jobs = store
         .database()
-        .collection::<mongodb::bson::Document>(jobmill::store::JOBS)
-        .count_documents(doc! { "state": { "$in": states } })
-        .await
-        .unwrap()
+        .collection::<mongodb::bson::Document>(jobmill::store::JOBS);
+    let mut n = 0;
+    for s in states {
+        n += jobs.count_documents(doc! { "state": *s }).await.unwrap();
+    }
+    n
 }
 
 /// Wait until `n` jobs are terminal, then assert they all succeeded.
@@ -95,7 +102,10 @@ async fn a_queued_job_whose_redis_entries_vanish_still_runs() {
     let mut redis = ctx.redis().await;
     let end = Instant::now() + LIMIT;
     while !redis.exists::<_, bool>(&k.epoch).await.unwrap() {
-        assert!(Instant::now() < end, "the reconciler never marked the queue");
+        assert!(
+            Instant::now() < end,
+            "the reconciler never marked the queue"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let id = api
@@ -129,8 +139,15 @@ async fn a_master_killed_mid_drain_loses_nothing() {
     let _w1 = ctx.worker_process(&["--concurrency", "16"]);
     let _w2 = ctx.worker_process(&["--concurrency", "16"]);
     let n = 2000;
-    submit_many(&api, n, json!({"kind": "sleep", "args": {"ms": 5}, "max_attempts": 10})).await;
+    submit_many(
+        &api,
+        n,
+        json!({"kind": "sleep", "args": {"ms": 100}, "max_attempts": 10}),
+    )
+    .await;
     wait_succeeded_at_least(&ctx, 100).await;
+    // Mid-drain: most jobs are still waiting when the master dies.
+    assert!(count_in(&ctx, &["succeeded"]).await < n as u64 / 2);
     let victim = cluster.master_of(key_slot(b"default"));
     let pid = victim.pid();
     assert!(jobmill_tests::unsafe_free_kill(pid, SIGKILL), "kill {pid}");
@@ -199,8 +216,14 @@ async fn a_master_restarted_empty_rebuilds_only_its_queues() {
     all_succeed(&ctx, 100).await;
     w.stop().await;
     let epoch_b_after: String = redis.get(&kb.epoch).await.unwrap();
-    assert_eq!(epoch_b, epoch_b_after, "queue {b} lost nothing and was not rebuilt");
-    assert!(redis.exists::<_, bool>(&ka.epoch).await.unwrap(), "{a} rebuilt");
+    assert_eq!(
+        epoch_b, epoch_b_after,
+        "queue {b} lost nothing and was not rebuilt"
+    );
+    assert!(
+        redis.exists::<_, bool>(&ka.epoch).await.unwrap(),
+        "{a} rebuilt"
+    );
 }
 
 /// A busy queue's slot migrated to another master during a drain: MOVED and ASK are followed,
@@ -223,10 +246,19 @@ async fn a_slot_moved_during_a_drain_loses_nothing() {
     let api = ctx.api().await;
     let _w1 = ctx.worker_process(&["--concurrency", "16"]);
     let n = 2000;
-    submit_many(&api, n, json!({"kind": "sleep", "args": {"ms": 5}, "queue": queue})).await;
+    submit_many(
+        &api,
+        n,
+        json!({"kind": "sleep", "args": {"ms": 50}, "queue": queue}),
+    )
+    .await;
     wait_succeeded_at_least(&ctx, 100).await;
     let from = cluster.master_of(slot);
-    let to = cluster.masters().into_iter().find(|m| m.port != from.port).unwrap();
+    let to = cluster
+        .masters()
+        .into_iter()
+        .find(|m| m.port != from.port)
+        .unwrap();
     let out = std::process::Command::new("redis-cli")
         .args(["--cluster", "reshard", &format!("127.0.0.1:{}", from.port)])
         .args(["--cluster-from", &from.cli(&["cluster", "myid"])])
@@ -240,7 +272,11 @@ async fn a_slot_moved_during_a_drain_loses_nothing() {
         "reshard: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(cluster.master_of(slot).port, to.port, "slot {slot} did not move");
+    assert_eq!(
+        cluster.master_of(slot).port,
+        to.port,
+        "slot {slot} did not move"
+    );
     all_succeed(&ctx, n as u64).await;
     let retried = count_in(&ctx, &["succeeded"]).await;
     assert_eq!(retried, n as u64);

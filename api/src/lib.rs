@@ -74,12 +74,7 @@ impl AppState {
         let store =
             Store::connect(core.mongodb_uri.expose(), &core.mongodb_db, core.retention).await?;
         let queue = RedisQueue::connect(&core.redis, &core.key_prefix).await?;
-        let webhooks = Webhooks::new(
-            &store,
-            &queue,
-            core.redis.clone(),
-            config.webhooks.clone(),
-        );
+        let webhooks = Webhooks::new(&store, &queue, core.redis.clone(), config.webhooks.clone());
         let catalog = Catalog::new(&Registry::new());
         let client = JobClient::new(
             store.clone(),

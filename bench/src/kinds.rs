@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use jobmill::{JobContext, JobKind, Outcome, Registry};
 use jobmill::config::RedisTarget;
 use jobmill::redis_conn::RedisConn;
+use jobmill::{JobContext, JobKind, Outcome, Registry};
 use redis::AsyncCommands;
 use serde::Deserialize;
 

@@ -519,6 +519,8 @@ pub struct PrivateCluster {
     /// Every node, in the script's order.
     pub nodes: Vec<ClusterNode>,
     dir: PathBuf,
+    /// Nodes this harness restarted itself (reaped when the cluster is dropped).
+    restarted: std::sync::Mutex<Vec<Child>>,
 }
 
 /// One node of a [`PrivateCluster`].
@@ -594,7 +596,12 @@ impl PrivateCluster {
                 dir: dir.join(format!("node{}", i + 1)),
             })
             .collect();
-        PrivateCluster { seeds, nodes, dir }
+        PrivateCluster {
+            seeds,
+            nodes,
+            dir,
+            restarted: Default::default(),
+        }
     }
 
     /// The node that is master of `slot` now (asked of any live node).
@@ -675,6 +682,7 @@ impl PrivateCluster {
             .expect("redis-server");
         // The stop script finds it by this file.
         std::fs::write(node.dir.join("redis.pid"), child.id().to_string()).unwrap();
+        self.restarted.lock().unwrap().push(child);
         wait_port(node.port);
     }
 
@@ -693,6 +701,10 @@ impl Drop for PrivateCluster {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+        for mut c in self.restarted.lock().unwrap().drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 

@@ -195,11 +195,18 @@ async fn reconcile_once(shared: &Shared, sweep: &mut Sweep) -> jobmill::Result<(
     // epochs of exactly its queues, and only those are rebuilt.
     for queue in sweep.queues(shared).await {
         if !q.epoch_present(&queue).await?
-            && q.try_lock(&format!("rebuild:{queue}"), &shared.worker, Duration::from_secs(60))
-                .await?
+            && q.try_lock(
+                &format!("rebuild:{queue}"),
+                &shared.worker,
+                Duration::from_secs(60),
+            )
+            .await?
         {
             let pushed = rebuild_queue(shared, &queue).await?;
             q.set_epoch(&queue).await?;
+            // Free the lock now: should this queue's node lose its data again within the
+            // lock's minute, the next round must be able to rebuild it.
+            q.unlock(&format!("rebuild:{queue}")).await?;
             if pushed > 0 {
                 tracing::info!(queue = %queue, pushed, "rebuilt queue in redis from mongodb");
             }
@@ -357,7 +364,12 @@ async fn requeue_missing(shared: &Shared, page: Vec<jobmill::Job>) -> jobmill::R
     for (queue, jobs) in by_queue {
         let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
         let held = shared.queue.holds(&queue, &ids).await?;
-        missing.extend(ids.into_iter().zip(held).filter(|(_, h)| !h).map(|(id, _)| id));
+        missing.extend(
+            ids.into_iter()
+                .zip(held)
+                .filter(|(_, h)| !h)
+                .map(|(id, _)| id),
+        );
     }
     if missing.is_empty() {
         return Ok(0);

@@ -118,7 +118,11 @@ impl Subscription {
         let r: redis::RedisResult<redis::Value> = match &mut self.conn {
             SubConn::Single(c) => redis::cmd("PING").query_async(c).await,
             SubConn::Cluster(c) => {
-                let key = self.channels.first().map(String::as_str).unwrap_or("jobmill");
+                let key = self
+                    .channels
+                    .first()
+                    .map(String::as_str)
+                    .unwrap_or("jobmill");
                 redis::cmd("EXISTS").arg(key).query_async(c).await
             }
         };

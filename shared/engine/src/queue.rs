@@ -443,6 +443,15 @@ impl RedisQueue {
         Ok(r.is_some())
     }
 
+    /// Give the named lock up early (after the work it guarded is done). Unconditional: if
+    /// the work outlasted the lock and another process holds it now, the worst case is two
+    /// concurrent passes of idempotent work.
+    pub async fn unlock(&self, name: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: () = conn.del(self.keys.lock(name)).await?;
+        Ok(())
+    }
+
     /// Tell long-polls that these jobs changed.
     pub async fn publish_changes(&self, ids: &[String]) -> Result<()> {
         if ids.is_empty() {

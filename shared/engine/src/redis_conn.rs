@@ -212,10 +212,7 @@ mod tests {
 
     #[test]
     fn transient_errors_are_the_retryable_ones() {
-        let e = RedisError::from((
-            ErrorKind::Server(ServerErrorKind::TryAgain),
-            "TRYAGAIN",
-        ));
+        let e = RedisError::from((ErrorKind::Server(ServerErrorKind::TryAgain), "TRYAGAIN"));
         assert!(is_transient(&e));
         let e = RedisError::from((ErrorKind::Server(ServerErrorKind::CrossSlot), "CROSSSLOT"));
         assert!(!is_transient(&e));
