@@ -71,8 +71,7 @@ impl AppState {
     /// announces them).
     pub async fn connect(config: &ApiConfig, kinds: Registry) -> jobmill::Result<Self> {
         let core = &config.core;
-        let store =
-            Store::connect(core.mongodb_uri.expose(), &core.mongodb_db, core.retention).await?;
+        let store = Store::connect_settings(core).await?;
         let queue = RedisQueue::connect(&core.redis, &core.key_prefix).await?;
         let webhooks = Webhooks::new(&store, &queue, core.redis.clone(), config.webhooks.clone());
         let catalog = Catalog::new(&Registry::new());

@@ -138,7 +138,7 @@ impl CommandCounter {
 /// A store whose client counts every command it starts (driver command monitoring).
 pub async fn counted_store(s: &Settings) -> anyhow::Result<(Store, CommandCounter)> {
     let counter = CommandCounter::default();
-    let mut opts = jobmill::store::client_options(s.mongodb_uri.expose()).await?;
+    let mut opts = jobmill::store::client_options_for(s).await?;
     let c = counter.clone();
     opts.command_event_handler = Some(EventHandler::callback(move |ev: CommandEvent| {
         if let CommandEvent::Started(started) = ev {

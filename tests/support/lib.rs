@@ -240,9 +240,7 @@ impl Ctx {
     /// A direct store handle on this test's database.
     pub async fn store(&self) -> jobmill::store::Store {
         let s = self.core();
-        jobmill::store::Store::connect(s.mongodb_uri.expose(), &s.mongodb_db, s.retention)
-            .await
-            .unwrap()
+        jobmill::store::Store::connect_settings(&s).await.unwrap()
     }
 }
 

@@ -80,12 +80,7 @@ pub async fn run(
     kinds: Registry,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), WorkerError> {
-    let store = Store::connect(
-        config.core.mongodb_uri.expose(),
-        &config.core.mongodb_db,
-        config.core.retention,
-    )
-    .await?;
+    let store = Store::connect_settings(&config.core).await?;
     run_with_store(config, kinds, store, shutdown).await
 }
 

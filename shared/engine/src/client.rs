@@ -151,12 +151,7 @@ impl JobClient {
 
     /// Connect to both stores with `settings`; submissions are checked against `catalog`.
     pub async fn connect(settings: &CoreSettings, catalog: Arc<Catalog>) -> Result<Self> {
-        let store = Store::connect(
-            settings.mongodb_uri.expose(),
-            &settings.mongodb_db,
-            settings.retention,
-        )
-        .await?;
+        let store = Store::connect_settings(settings).await?;
         let queue = RedisQueue::connect(&settings.redis, &settings.key_prefix).await?;
         Ok(JobClient::new(
             store,

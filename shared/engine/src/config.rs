@@ -264,6 +264,27 @@ pub const MONGODB_URI: Setting = Setting {
     bounds: Bounds::Text,
     doc: "MongoDB, the system of record",
 };
+/// `JOBMILL_MONGODB_WRITE_CONCERN`.
+pub const MONGODB_WRITE_CONCERN: Setting = Setting {
+    env: "JOBMILL_MONGODB_WRITE_CONCERN",
+    default: "",
+    bounds: Bounds::Text,
+    doc: "write concern: majority, a number of nodes (1+), or a tag set name; default majority when the URI names a replicaSet, else the server's default",
+};
+/// `JOBMILL_MONGODB_JOURNAL`.
+pub const MONGODB_JOURNAL: Setting = Setting {
+    env: "JOBMILL_MONGODB_JOURNAL",
+    default: "",
+    bounds: Bounds::Text,
+    doc: "true: writes are acknowledged once in the on-disk journal; false: not required; empty: the server's default",
+};
+/// `JOBMILL_MONGODB_RETRY_WRITES`.
+pub const MONGODB_RETRY_WRITES: Setting = Setting {
+    env: "JOBMILL_MONGODB_RETRY_WRITES",
+    default: "true",
+    bounds: Bounds::Text,
+    doc: "let the driver retry a write once after a failover (true or false)",
+};
 /// `JOBMILL_MONGODB_DB`.
 pub const MONGODB_DB: Setting = Setting {
     env: "JOBMILL_MONGODB_DB",
@@ -338,6 +359,8 @@ pub struct CoreSettings {
     pub mongodb_uri: Secret,
     /// MongoDB database.
     pub mongodb_db: String,
+    /// Write concern, journal and retryable writes for MongoDB.
+    pub mongodb_writes: MongoWrites,
     /// Redis key prefix.
     pub key_prefix: String,
     /// Retention of finished jobs.
@@ -361,6 +384,9 @@ impl Section for CoreSettings {
         REDIS_URL,
         REDIS_CLUSTER,
         MONGODB_URI,
+        MONGODB_WRITE_CONCERN,
+        MONGODB_JOURNAL,
+        MONGODB_RETRY_WRITES,
         MONGODB_DB,
         KEY_PREFIX,
         RETENTION,
@@ -378,6 +404,7 @@ impl Section for CoreSettings {
         if let Err(e) = check_scheme(&mongodb_uri, &["mongodb://", "mongodb+srv://"]) {
             env.problem(&MONGODB_URI, e);
         }
+        let mongodb_writes = read_mongo_writes(env);
         let mongodb_db = env.text(&MONGODB_DB);
         if let Err(e) = check_db_name(&mongodb_db) {
             env.problem(&MONGODB_DB, e);
@@ -402,6 +429,7 @@ impl Section for CoreSettings {
             redis,
             mongodb_uri: Secret(mongodb_uri),
             mongodb_db,
+            mongodb_writes,
             key_prefix,
             retention: env.duration(&RETENTION),
             lease_ttl: env.duration(&LEASE_TTL),
@@ -411,6 +439,82 @@ impl Section for CoreSettings {
             log: env.text(&LOG),
             log_format,
         }
+    }
+}
+
+/// How many MongoDB nodes must confirm a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteConcern {
+    /// Not set: `majority` when the URI names a replica set (`replicaSet=`), else whatever the
+    /// URI (`w=`) or the server says.
+    Default,
+    /// A majority of the replica set's voting members: a confirmed write survives a failover.
+    Majority,
+    /// This many nodes (1 or more).
+    Nodes(u32),
+    /// A custom write concern (tag set) defined in the replica set's configuration.
+    Tag(String),
+}
+
+/// MongoDB write settings (applied in [`crate::store::client_options_for`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MongoWrites {
+    /// `JOBMILL_MONGODB_WRITE_CONCERN`.
+    pub concern: WriteConcern,
+    /// `JOBMILL_MONGODB_JOURNAL`: `None` leaves it to the server.
+    pub journal: Option<bool>,
+    /// `JOBMILL_MONGODB_RETRY_WRITES`.
+    pub retry_writes: bool,
+}
+
+fn parse_bool(v: &str) -> std::result::Result<bool, String> {
+    match v {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        other => Err(format!(
+            "'{}' is neither true nor false",
+            truncate(other, 40)
+        )),
+    }
+}
+
+fn read_mongo_writes(env: &Env) -> MongoWrites {
+    let concern = env
+        .parse(&MONGODB_WRITE_CONCERN, |v| match v {
+            "" => Ok(WriteConcern::Default),
+            "majority" => Ok(WriteConcern::Majority),
+            n if n.chars().all(|c| c.is_ascii_digit()) => match n.parse::<u32>() {
+                // Unacknowledged writes return no match counts, and every state transition is
+                // a guarded write whose count says whether it applied: w=0 would break them.
+                Ok(0) => Err("0 (unacknowledged writes) is refused: jobmill's guarded \
+                              writes need to know whether they applied"
+                    .to_string()),
+                Ok(n) if n <= 50 => Ok(WriteConcern::Nodes(n)),
+                _ => Err(format!("'{n}' is not a number of nodes from 1 to 50")),
+            },
+            tag if tag.len() <= 64
+                && tag
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) =>
+            {
+                Ok(WriteConcern::Tag(tag.to_string()))
+            }
+            other => Err(format!(
+                "'{}' is not majority, a number of nodes or a tag set name",
+                truncate(other, 40)
+            )),
+        })
+        .unwrap_or(WriteConcern::Majority);
+    let journal = if env.is_set(&MONGODB_JOURNAL) {
+        env.parse(&MONGODB_JOURNAL, parse_bool)
+    } else {
+        None
+    };
+    let retry_writes = env.parse(&MONGODB_RETRY_WRITES, parse_bool).unwrap_or(true);
+    MongoWrites {
+        concern,
+        journal,
+        retry_writes,
     }
 }
 
@@ -703,6 +807,51 @@ mod tests {
             .to_string();
         assert!(err.contains("JOBMILL_REDIS_CLUSTER"), "{err}");
         assert!(core(&[("JOBMILL_REDIS_CLUSTER", " , ")]).is_err());
+    }
+
+    #[test]
+    fn mongodb_write_settings_parse() {
+        let s = core(&[]).unwrap();
+        assert_eq!(
+            s.mongodb_writes,
+            MongoWrites {
+                concern: WriteConcern::Default,
+                journal: None,
+                retry_writes: true
+            }
+        );
+        let s = core(&[
+            ("JOBMILL_MONGODB_WRITE_CONCERN", "2"),
+            ("JOBMILL_MONGODB_JOURNAL", "true"),
+            ("JOBMILL_MONGODB_RETRY_WRITES", "false"),
+        ])
+        .unwrap();
+        assert_eq!(s.mongodb_writes.concern, WriteConcern::Nodes(2));
+        assert_eq!(s.mongodb_writes.journal, Some(true));
+        assert!(!s.mongodb_writes.retry_writes);
+        assert_eq!(
+            core(&[("JOBMILL_MONGODB_WRITE_CONCERN", "majority")])
+                .unwrap()
+                .mongodb_writes
+                .concern,
+            WriteConcern::Majority
+        );
+        assert_eq!(
+            core(&[("JOBMILL_MONGODB_WRITE_CONCERN", "two_dcs")])
+                .unwrap()
+                .mongodb_writes
+                .concern,
+            WriteConcern::Tag("two_dcs".into())
+        );
+        for (k, v) in [
+            ("JOBMILL_MONGODB_WRITE_CONCERN", "0"),
+            ("JOBMILL_MONGODB_WRITE_CONCERN", "a b"),
+            ("JOBMILL_MONGODB_JOURNAL", "maybe"),
+            ("JOBMILL_MONGODB_RETRY_WRITES", "sometimes"),
+        ] {
+            let err = core(&[(k, v)]).unwrap_err().to_string();
+            assert!(err.contains(k), "{k}={v}: {err}");
+        }
     }
 
     #[test]
