@@ -4,7 +4,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 
-use jobmill::config::{self, Bounds, CoreSettings, Env, Secret, Section, Setting};
+use jobmill::config::{Bounds, Config, CoreSettings, Env, Secret, Section, Setting};
 use jobmill_data::DataSettings;
 use jobmill_webhooks::WebhookSettings;
 
@@ -102,22 +102,20 @@ pub struct ApiConfig {
     pub data: DataSettings,
 }
 
-impl ApiConfig {
-    /// Every table this config reads, for flags and `--help`.
-    pub const TABLES: &'static [&'static [Setting]] = &[
+impl Config for ApiConfig {
+    const TABLES: &'static [&'static [Setting]] = &[
         CoreSettings::SETTINGS,
         ApiSettings::SETTINGS,
         WebhookSettings::SETTINGS,
         DataSettings::SETTINGS,
     ];
 
-    /// Read every section; all broken settings are reported at once.
-    pub fn read(env: Env) -> jobmill::Result<Self> {
+    fn read_sections(env: &Env) -> Self {
         let c = ApiConfig {
-            core: CoreSettings::read(&env),
-            api: ApiSettings::read(&env),
-            webhooks: WebhookSettings::read(&env),
-            data: DataSettings::read(&env),
+            core: CoreSettings::read(env),
+            api: ApiSettings::read(env),
+            webhooks: WebhookSettings::read(env),
+            data: DataSettings::read(env),
         };
         if c.api.keys.is_empty() && !env.is_set(&API_KEYS) {
             env.problem(
@@ -132,23 +130,7 @@ impl ApiConfig {
                 "must not exceed JOBMILL_MAX_BODY_BYTES",
             );
         }
-        env.finish()?;
-        Ok(c)
-    }
-
-    /// From the environment, with `--flag value` overrides.
-    pub fn load(args: &[String]) -> jobmill::Result<Self> {
-        Self::read(config::process_env(args, Self::TABLES)?)
-    }
-
-    /// From any lookup (tests, benchmarks).
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> jobmill::Result<Self> {
-        Self::read(Env::new(get))
-    }
-
-    /// The `--help` text.
-    pub fn help(binary: &str, extra: &str) -> String {
-        config::help(binary, extra, Self::TABLES)
+        c
     }
 }
 
