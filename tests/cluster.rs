@@ -281,3 +281,22 @@ async fn a_slot_moved_during_a_drain_loses_nothing() {
     let retried = count_in(&ctx, &["succeeded"]).await;
     assert_eq!(retried, n as u64);
 }
+
+/// Naming both a cluster and a single Redis is a configuration error, reported at startup with
+/// both names, never a silent choice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_and_redis_url_together_stop_startup() {
+    let mut ctx = Ctx::new("bothredis");
+    ctx.set("JOBMILL_REDIS_CLUSTER", "redis://127.0.0.1:7001")
+        .set("JOBMILL_REDIS_URL", "redis://127.0.0.1:6379/");
+    let mut w = ctx.worker_process(&[]);
+    let status = w
+        .wait_exit(Duration::from_secs(60))
+        .expect("the worker must refuse to start");
+    assert!(!status.success());
+    let out = w.output();
+    assert!(
+        out.contains("JOBMILL_REDIS_CLUSTER") && out.contains("JOBMILL_REDIS_URL"),
+        "{out}"
+    );
+}
