@@ -8,6 +8,8 @@ use jobmill::config::{Bounds, Config, CoreSettings, Env, Secret, Section, Settin
 use jobmill_data::DataSettings;
 use jobmill_webhooks::WebhookSettings;
 
+use crate::server::HttpLimits;
+
 /// `JOBMILL_API_ADDR`.
 pub const API_ADDR: Setting = Setting {
     env: "JOBMILL_API_ADDR",
@@ -96,6 +98,8 @@ pub struct ApiConfig {
     pub core: CoreSettings,
     /// The API's own.
     pub api: ApiSettings,
+    /// The HTTP server's timeouts and connection limit.
+    pub http: HttpLimits,
     /// The webhooks feature's.
     pub webhooks: WebhookSettings,
     /// The data feature's.
@@ -106,6 +110,7 @@ impl Config for ApiConfig {
     const TABLES: &'static [&'static [Setting]] = &[
         CoreSettings::SETTINGS,
         ApiSettings::SETTINGS,
+        HttpLimits::SETTINGS,
         WebhookSettings::SETTINGS,
         DataSettings::SETTINGS,
     ];
@@ -114,6 +119,7 @@ impl Config for ApiConfig {
         let c = ApiConfig {
             core: CoreSettings::read(env),
             api: ApiSettings::read(env),
+            http: HttpLimits::read(env),
             webhooks: WebhookSettings::read(env),
             data: DataSettings::read(env),
         };
