@@ -983,6 +983,28 @@ async fn upload_file(
     sha256: &str,
     part_size: usize,
 ) -> anyhow::Result<Uploaded> {
+    let (id, upload) = send_parts(http, base, path, sha256, part_size, 1).await?;
+    let size = tokio::fs::metadata(path).await?.len();
+    let (file_id, sha256, assembly) = assemble_upload(http, base, &id, size).await?;
+    Ok(Uploaded {
+        file_id,
+        sha256,
+        upload,
+        assembly,
+    })
+}
+
+/// Start an upload of `path` and send its parts, `concurrency` requests at a time (each takes
+/// the next part number). Returns the upload id and the time from the first part sent to the
+/// last acknowledged.
+async fn send_parts(
+    http: &reqwest::Client,
+    base: &str,
+    path: &Path,
+    sha256: &str,
+    part_size: usize,
+    concurrency: usize,
+) -> anyhow::Result<(String, Duration)> {
     let size = tokio::fs::metadata(path).await?.len();
     let up = api_json(
         http.post(format!("{base}/v1/uploads")).json(&json!({
@@ -995,24 +1017,44 @@ async fn upload_file(
     )
     .await?;
     let id = up["id"].as_str().context("upload id")?.to_string();
-    let mut f = tokio::fs::File::open(path).await?;
+    let parts = size.div_ceil(part_size as u64);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let t = Instant::now();
-    let mut sent = 0u64;
-    let mut n = 0;
-    while sent < size {
-        let mut part = vec![0u8; part_size.min((size - sent) as usize)];
-        f.read_exact(&mut part).await?;
-        sent += part.len() as u64;
-        api_json(
-            http.put(format!("{base}/v1/uploads/{id}/parts/{n}"))
-                .header("content-type", "application/octet-stream")
-                .body(part),
-            200,
-        )
-        .await?;
-        n += 1;
-    }
-    let upload = t.elapsed();
+    let senders = (0..concurrency.max(1)).map(|_| {
+        let (next, id, path) = (next.clone(), id.clone(), path.to_path_buf());
+        async move {
+            let mut f = tokio::fs::File::open(&path).await?;
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= parts {
+                    return anyhow::Ok(());
+                }
+                let at = n * part_size as u64;
+                let mut part = vec![0u8; part_size.min((size - at) as usize)];
+                tokio::io::AsyncSeekExt::seek(&mut f, std::io::SeekFrom::Start(at)).await?;
+                f.read_exact(&mut part).await?;
+                api_json(
+                    http.put(format!("{base}/v1/uploads/{id}/parts/{n}"))
+                        .header("content-type", "application/octet-stream")
+                        .body(part),
+                    200,
+                )
+                .await?;
+            }
+        }
+    });
+    futures::future::try_join_all(senders).await?;
+    Ok((id, t.elapsed()))
+}
+
+/// Complete an upload and wait for its `file_assembly` job: the file id, its SHA-256 and the
+/// time from the completion request to the job's success.
+async fn assemble_upload(
+    http: &reqwest::Client,
+    base: &str,
+    id: &str,
+    size: u64,
+) -> anyhow::Result<(String, String, Duration)> {
     let t = Instant::now();
     let job = api_json(
         http.post(format!("{base}/v1/uploads/{id}/complete"))
@@ -1028,18 +1070,54 @@ async fn upload_file(
         j["result"]["size"].as_u64() == Some(size),
         "assembled size differs: {j}"
     );
-    Ok(Uploaded {
-        file_id: j["result"]["file_id"]
+    Ok((
+        j["result"]["file_id"]
             .as_str()
             .context("file id")?
             .to_string(),
-        sha256: j["result"]["sha256"]
+        j["result"]["sha256"]
             .as_str()
             .context("file sha256")?
             .to_string(),
-        upload,
         assembly,
-    })
+    ))
+}
+
+/// The baseline of the assembly: a plain sequential read of an upload's pieces from the store
+/// (one cursor, no hashing, nothing else). Returns the bytes read and the time.
+async fn read_pieces_plainly(store: &Store, upload_id: &str) -> anyhow::Result<(u64, Duration)> {
+    let t = Instant::now();
+    let mut cur = store
+        .database()
+        .collection::<Document>(jobmill_data::files::FILE_PIECES)
+        .find(doc! { "upload_id": upload_id })
+        .await?;
+    let mut bytes = 0u64;
+    while let Some(d) = cur.try_next().await? {
+        bytes += d.get_binary_generic("data").map(|b| b.len()).unwrap_or(0) as u64;
+    }
+    Ok((bytes, t.elapsed()))
+}
+
+/// Peak resident set size of this process while `fut` runs, sampled every 20 ms (MiB).
+async fn peak_rss_during<F: std::future::Future>(fut: F) -> (F::Output, f64) {
+    let pid = std::process::id();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut peak = 0f64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_mib(pid).unwrap_or(0.0));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            peak
+        }
+    });
+    let out = fut.await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.await.unwrap_or(0.0);
+    (out, peak)
 }
 
 /// W6: a file (`BENCH_W6_MIB`, default 1 GiB) uploaded in 8 MiB parts through the API and
@@ -1078,7 +1156,16 @@ async fn w6_file_assembly() -> anyhow::Result<Rows> {
         "w6: uploading {mib} MiB in parts of {} MiB",
         s.api.data.upload_part_size >> 20
     );
-    let up = upload_file(&http, &base, &src, &sha, s.api.data.upload_part_size).await?;
+    let part_size = s.api.data.upload_part_size;
+    let (upload_id, upload_time) = send_parts(&http, &base, &src, &sha, part_size, 1).await?;
+    let upload_cmds = counter.total() - before;
+    // The assembly's baseline: the same bytes read plainly from the store, before and after.
+    let (read_bytes, read_before) = read_pieces_plainly(&store, &upload_id).await?;
+    anyhow::ensure!(read_bytes == size, "read {read_bytes} of {size} bytes");
+    let rss_idle = rss_mib(std::process::id())?;
+    let (assembled, rss_peak) =
+        peak_rss_during(assemble_upload(&http, &base, &upload_id, size)).await;
+    let (file_id, assembled_sha, assembly_time) = assembled?;
     let cmds = counter.total() - before;
     let by_name: std::collections::BTreeMap<String, u64> = counter
         .by_name()
@@ -1089,6 +1176,34 @@ async fn w6_file_assembly() -> anyhow::Result<Rows> {
         })
         .filter(|(_, v)| *v > 0)
         .collect();
+    let (_, read_after) = read_pieces_plainly(&store, &upload_id).await?;
+    let plain_read = (read_before + read_after) / 2;
+    // Byte-identical: the whole file downloaded and hashed.
+    let downloaded = {
+        let res = http
+            .get(format!("{base}/v1/files/{file_id}"))
+            .send()
+            .await?
+            .error_for_status()?;
+        let mut body = res.bytes_stream();
+        let mut h = Sha256::new();
+        while let Some(b) = body.next().await {
+            h.update(&b?);
+        }
+        hex::encode(h.finalize())
+    };
+    anyhow::ensure!(
+        downloaded == sha,
+        "the download's SHA-256 is not the source's"
+    );
+    eprintln!("w6: uploading {mib} MiB again, 4 parts at a time");
+    let (_, upload4_time) = send_parts(&http, &base, &src, &sha, part_size, 4).await?;
+    let up = Uploaded {
+        file_id,
+        sha256: assembled_sha,
+        upload: upload_time,
+        assembly: assembly_time,
+    };
     anyhow::ensure!(
         up.sha256 == sha,
         "the assembled file's SHA-256 {} is not the source's {sha}",
@@ -1130,8 +1245,7 @@ async fn w6_file_assembly() -> anyhow::Result<Rows> {
         (
             "store: find_one + replace_one of 256 KiB MB/s".into(),
             format!("{:.0}", ceiling.1),
-            "store ceiling of the assembly (a read and a chunk write per 256 KiB), no TTL index"
-                .into(),
+            "the previous layout's assembly ceiling (a read and a chunk write per 256 KiB)".into(),
         ),
         (
             "SHA-256 of the file MB/s".into(),
@@ -1164,6 +1278,32 @@ async fn w6_file_assembly() -> anyhow::Result<Rows> {
             "upload + assembly MB/s".into(),
             format!("{both:.0}"),
             pct(both),
+        ),
+        (
+            "store: plain sequential read MB/s".into(),
+            format!("{:.0}", mbps(size, plain_read)),
+            format!(
+                "baseline of the assembly: the file's pieces through one cursor ({:.1} s before, {:.1} s after the assembly); assembly / read = {:.2}×",
+                read_before.as_secs_f64(),
+                read_after.as_secs_f64(),
+                up.assembly.as_secs_f64() / plain_read.as_secs_f64()
+            ),
+        ),
+        (
+            "upload MB/s, 4 parts at a time".into(),
+            format!("{:.0}", mbps(size, upload4_time)),
+            format!(
+                "{:.0}% of the store's insert_one (one at a time); {:.1} s",
+                100.0 * mbps(size, upload4_time) / ceiling.0,
+                upload4_time.as_secs_f64()
+            ),
+        ),
+        (
+            "bench process peak RSS during the assembly MiB".into(),
+            format!("{rss_peak:.0}"),
+            format!(
+                "API + worker in one process, sampled every 20 ms; {rss_idle:.0} MiB just before; upload's mongodb commands {upload_cmds}"
+            ),
         ),
         (
             "worker mongodb commands during upload + assembly".into(),
