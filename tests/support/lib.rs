@@ -5,6 +5,7 @@
 //!
 //! `scripts/test.sh` starts the shared servers and exports `JOBMILL_TEST_*`.
 
+use jobmill::config::Config as _;
 use std::collections::HashMap;
 use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
@@ -137,14 +138,15 @@ impl Ctx {
             .expect("api state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
+        // The real server loop, with the HTTP limits a test may shorten through `set`.
+        let limits = settings.http.clone();
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(async move {
-            axum::serve(listener, jobmill_api::app(state))
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await
-                .unwrap();
+            jobmill_api::server::serve_on(listener, jobmill_api::app(state), limits, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
         });
         Api {
             base,
@@ -175,14 +177,20 @@ impl Ctx {
 
     /// Start a real `jobmill-worker` process.
     pub fn worker_process(&self, args: &[&str]) -> Proc {
+        self.process("jobmill-worker", args)
+    }
+
+    /// Start a real process of a workspace binary (a worker of the stock kind or a user's own,
+    /// like `custom-kind-worker`) with this test's settings.
+    pub fn process(&self, binary: &str, args: &[&str]) -> Proc {
         let log_dir = tmp_dir();
         let log = log_dir.join(format!(
-            "worker-{}-{}.log",
+            "{binary}-{}-{}.log",
             self.vars["JOBMILL_KEY_PREFIX"].replace(':', "_"),
             uuid::Uuid::new_v4().simple()
         ));
         let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(bin("jobmill-worker"))
+        let child = Command::new(bin(binary))
             .args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -191,7 +199,7 @@ impl Ctx {
             .stderr(file)
             .stdin(Stdio::null())
             .spawn()
-            .expect("spawn jobmill-worker");
+            .unwrap_or_else(|e| panic!("spawn {binary}: {e}"));
         Proc { child, log }
     }
 

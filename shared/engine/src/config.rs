@@ -3,7 +3,7 @@
 //!
 //! Each part of jobmill owns a *section*: a struct with its own [`Section::SETTINGS`] table and a
 //! [`Section::read`] that turns an [`Env`] into typed values. The engine's section is
-//! [`CoreSettings`]; features (webhooks, data...) and binaries (API, worker) declare theirs next
+//! [`CoreSettings`]; features and binaries (API, worker) declare theirs next
 //! to the code that uses them, and a binary loads the sections it assembles with [`load`]. Every
 //! broken setting is reported at once, naming each variable, so a bad deployment fails fast.
 
@@ -162,6 +162,40 @@ impl<'a> Env<'a> {
         } else {
             Err(Error::Config(problems.join("\n")))
         }
+    }
+}
+
+/// The whole configuration of one process: the sections it loads. A binary names its tables and
+/// how to read them; loading from the environment and flags, from a lookup, and `--help` come
+/// from here.
+pub trait Config: Sized {
+    /// Every table this configuration reads, for flags and `--help`.
+    const TABLES: &'static [&'static [Setting]];
+
+    /// Read every section and check the rules that tie sections together, recording problems
+    /// in `env` (the caller reports them all at once).
+    fn read_sections(env: &Env) -> Self;
+
+    /// Read every section; every broken setting is reported at once.
+    fn read(env: Env) -> Result<Self> {
+        let c = Self::read_sections(&env);
+        env.finish()?;
+        Ok(c)
+    }
+
+    /// From the environment, with `--flag value` overrides.
+    fn load(args: &[String]) -> Result<Self> {
+        Self::read(process_env(args, Self::TABLES)?)
+    }
+
+    /// From any lookup (tests, benchmarks).
+    fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        Self::read(Env::new(get))
+    }
+
+    /// The `--help` text of `binary`.
+    fn help(binary: &str, extra: &str) -> String {
+        help(binary, extra, Self::TABLES)
     }
 }
 
@@ -641,7 +675,7 @@ mod tests {
     #[test]
     fn queues_parse() {
         assert_eq!(
-            parse_queues("default,imports:3,cache").unwrap()[1],
+            parse_queues("default,imports:3,reports").unwrap()[1],
             QueueWeight {
                 name: "imports".into(),
                 weight: 3

@@ -51,6 +51,10 @@ pub struct Job {
     /// Caller-supplied deduplication key, unique per tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// SHA-256 of the request that used the key ([`crate::client::request_hash`]): the same key
+    /// with a different request is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_hash: Option<String>,
     /// Fields owned by features, stored and shown as they are (for example a URL a feature
     /// calls when the job ends). The engine never reads them; a feature's
     /// [`SubmitHook`](crate::client::SubmitHook) checks them at submission.
@@ -152,6 +156,19 @@ impl Retention {
     /// Expire `keep` from now.
     pub fn from_now(keep: std::time::Duration) -> Self {
         Self::after(DateTime::now(), keep)
+    }
+
+    /// The TTL index every collection with a `retention` sub-document needs: MongoDB deletes a
+    /// document once its `retention.expire_at` has passed.
+    pub fn ttl_index() -> mongodb::IndexModel {
+        mongodb::IndexModel::builder()
+            .keys(mongodb::bson::doc! { "retention.expire_at": 1 })
+            .options(
+                mongodb::options::IndexOptions::builder()
+                    .expire_after(std::time::Duration::ZERO)
+                    .build(),
+            )
+            .build()
     }
 
     /// As a BSON sub-document, for `$set`.

@@ -1,0 +1,307 @@
+//! `w6`: a file uploaded in 8 MiB parts through the API and assembled by a `file_assembly` job,
+//! against a streaming copy of the same bytes between two local files (and the store's own rates
+//! for 256 KiB chunks, the SHA-256 rate).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::stream::{StreamExt, TryStreamExt};
+use jobmill::store::Store;
+use jobmill_bench::deployment::API_SECRET;
+use mongodb::bson::{doc, Bson, Document};
+use sha2::{Digest, Sha256};
+
+use crate::http::{assemble_upload, send_parts, Uploaded};
+use crate::local_files::{sha256_file, stream_copy, write_random, TempDir};
+use crate::measure::{knob, mbps};
+use crate::servers::{api_server, drop_scratch, scratch, Worker};
+use crate::Rows;
+
+/// W6: a file (`BENCH_W6_MIB`, default 1 GiB) uploaded in 8 MiB parts through the API and
+/// assembled by a real worker, against a streaming copy of the same bytes between local files.
+pub(crate) async fn w6_file_assembly() -> anyhow::Result<Rows> {
+    let mib = knob("BENCH_W6_MIB", 1024)?;
+    let size = (mib as u64) << 20;
+    let (s, store, counter) = scratch("w6", 1).await?;
+    let dir = TempDir::new("w6")?;
+    let src = dir.0.join("w6.bin");
+    eprintln!("w6: writing {mib} MiB to {}", src.display());
+    let (sha, hashing, mut copies, synced) = tokio::task::spawn_blocking({
+        let src = src.clone();
+        move || -> std::io::Result<_> {
+            write_random(&src, size as usize)?;
+            let (sha, hashing) = sha256_file(&src)?;
+            // The source was just written, so it is in the page cache, for the copy as for the
+            // upload; the copy's writes land in the page cache too unless it syncs. One copy
+            // untimed first: this machine is a microVM, and the first touch of guest memory
+            // the page cache has not used yet is several times slower than the copy itself.
+            stream_copy(&src, false)?;
+            let copies = vec![stream_copy(&src, false)?, stream_copy(&src, false)?];
+            let synced = stream_copy(&src, true)?;
+            Ok((sha, hashing, copies, synced))
+        }
+    })
+    .await??;
+    let ceiling = chunk_ceiling(&store).await?;
+
+    let base = api_server(&s).await?;
+    let worker = Worker::start(&s, store.clone()).await?;
+    let http = reqwest::Client::new();
+    let before = counter.total();
+    let by_name_before = counter.by_name();
+    eprintln!(
+        "w6: uploading {mib} MiB in parts of {} MiB",
+        s.api.data.upload_part_size >> 20
+    );
+    let part_size = s.api.data.upload_part_size;
+    let (upload_id, upload_time) = send_parts(&http, &base, &src, &sha, part_size, 1).await?;
+    let upload_cmds = counter.total() - before;
+    // The assembly's baseline: the same bytes read plainly from the store, before and after.
+    let (read_bytes, read_before) = read_pieces_plainly(&store, &upload_id).await?;
+    anyhow::ensure!(read_bytes == size, "read {read_bytes} of {size} bytes");
+    let rss_idle = crate::soak::rss_mib(std::process::id())?;
+    let (assembled, rss_peak) =
+        peak_rss_during(assemble_upload(&http, &base, &upload_id, size)).await;
+    let (file_id, assembled_sha, assembly_time) = assembled?;
+    let cmds = counter.total() - before;
+    let by_name: std::collections::BTreeMap<String, u64> = counter
+        .by_name()
+        .into_iter()
+        .map(|(k, v)| {
+            let v = v - by_name_before.get(&k).copied().unwrap_or(0);
+            (k, v)
+        })
+        .filter(|(_, v)| *v > 0)
+        .collect();
+    let (_, read_after) = read_pieces_plainly(&store, &upload_id).await?;
+    let plain_read = (read_before + read_after) / 2;
+    // Byte-identical: the whole file downloaded and hashed.
+    let downloaded = {
+        let res = http
+            .get(format!("{base}/v1/files/{file_id}"))
+            .bearer_auth(API_SECRET)
+            .send()
+            .await?
+            .error_for_status()?;
+        let mut body = res.bytes_stream();
+        let mut h = Sha256::new();
+        while let Some(b) = body.next().await {
+            h.update(&b?);
+        }
+        hex::encode(h.finalize())
+    };
+    anyhow::ensure!(
+        downloaded == sha,
+        "the download's SHA-256 is not the source's"
+    );
+    eprintln!("w6: uploading {mib} MiB again, 4 parts at a time");
+    let (_, upload4_time) = send_parts(&http, &base, &src, &sha, part_size, 4).await?;
+    let up = Uploaded {
+        file_id,
+        sha256: assembled_sha,
+        upload: upload_time,
+        assembly: assembly_time,
+    };
+    anyhow::ensure!(
+        up.sha256 == sha,
+        "the assembled file's SHA-256 {} is not the source's {sha}",
+        up.sha256
+    );
+    // The copy again after the upload (median of three): the machine is shared, and copies
+    // before and after bracket the API figures in time.
+    copies.push(
+        tokio::task::spawn_blocking({
+            let src = src.clone();
+            move || stream_copy(&src, false)
+        })
+        .await??,
+    );
+    worker.stop().await?;
+    drop_scratch(&s, &store).await?;
+    drop(dir);
+
+    copies.sort();
+    let copy = mbps(size, copies[1]);
+    let pct = |v: f64| format!("{:.1}% of the copy ({:.3}×)", 100.0 * v / copy, v / copy);
+    let upload = mbps(size, up.upload);
+    let assembly = mbps(size, up.assembly);
+    let both = mbps(size, up.upload + up.assembly);
+    Ok(vec![
+        (
+            "streaming copy MB/s (baseline)".into(),
+            format!("{copy:.0}"),
+            format!(
+                "{mib} MiB file to file in 8 MiB blocks, page cache; {:.0} MB/s with fsync",
+                mbps(size, synced)
+            ),
+        ),
+        (
+            "store: insert_one of 256 KiB MB/s".into(),
+            format!("{:.0}", ceiling.0),
+            "store ceiling of the upload (one piece per insert_one)".into(),
+        ),
+        (
+            "store: find_one + replace_one of 256 KiB MB/s".into(),
+            format!("{:.0}", ceiling.1),
+            "the previous layout's assembly ceiling (a read and a chunk write per 256 KiB)".into(),
+        ),
+        (
+            "SHA-256 of the file MB/s".into(),
+            format!("{:.0}", mbps(size, hashing)),
+            "read and hashed in this process (the hashing ceiling)".into(),
+        ),
+        (
+            "upload MB/s".into(),
+            format!("{upload:.0}"),
+            format!(
+                "{}; {:.0}% of the store's insert_one; {:.1} s, parts of {} MiB one at a time",
+                pct(upload),
+                100.0 * upload / ceiling.0,
+                up.upload.as_secs_f64(),
+                s.api.data.upload_part_size >> 20
+            ),
+        ),
+        (
+            "assembly MB/s".into(),
+            format!("{assembly:.0}"),
+            format!(
+                "{}; {:.0}% of the store's read + write; {:.1} s from completion request to success; SHA-256 {}… verified",
+                pct(assembly),
+                100.0 * assembly / ceiling.1,
+                up.assembly.as_secs_f64(),
+                &sha[..16]
+            ),
+        ),
+        (
+            "upload + assembly MB/s".into(),
+            format!("{both:.0}"),
+            pct(both),
+        ),
+        (
+            "store: plain sequential read MB/s".into(),
+            format!("{:.0}", mbps(size, plain_read)),
+            format!(
+                "baseline of the assembly: the file's pieces through one cursor ({:.1} s before, {:.1} s after the assembly); assembly / read = {:.2}×",
+                read_before.as_secs_f64(),
+                read_after.as_secs_f64(),
+                up.assembly.as_secs_f64() / plain_read.as_secs_f64()
+            ),
+        ),
+        (
+            "upload MB/s, 4 parts at a time".into(),
+            format!("{:.0}", mbps(size, upload4_time)),
+            format!(
+                "{:.0}% of the store's insert_one (one at a time); {:.1} s",
+                100.0 * mbps(size, upload4_time) / ceiling.0,
+                upload4_time.as_secs_f64()
+            ),
+        ),
+        (
+            "bench process peak RSS during the assembly MiB".into(),
+            format!("{rss_peak:.0}"),
+            format!(
+                "API + worker in one process, sampled every 20 ms; {rss_idle:.0} MiB just before; upload's mongodb commands {upload_cmds}"
+            ),
+        ),
+        (
+            "worker mongodb commands during upload + assembly".into(),
+            format!("{cmds}"),
+            format!("file {}: {by_name:?}", up.file_id),
+        ),
+    ])
+}
+
+/// The store's own rates for 256 KiB binary documents (MB/s): `insert_one` (what the upload
+/// does per piece), and `find_one` plus an upserting `replace_one` into a collection with the
+/// chunks' unique index (what the assembly does per chunk). 64 of each, in scratch collections.
+async fn chunk_ceiling(store: &Store) -> anyhow::Result<(f64, f64)> {
+    const DOCS: usize = 64;
+    let db = store.database();
+    let (a, b) = (
+        db.collection::<Document>("w6_ceiling_a"),
+        db.collection::<Document>("w6_ceiling_b"),
+    );
+    b.create_index(
+        mongodb::IndexModel::builder()
+            .keys(doc! { "file_id": 1, "n": 1 })
+            .options(
+                mongodb::options::IndexOptions::builder()
+                    .unique(true)
+                    .build(),
+            )
+            .build(),
+    )
+    .await?;
+    let mut data = vec![0u8; jobmill_data::files::CHUNK_SIZE];
+    for (i, x) in data.iter_mut().enumerate() {
+        *x = (i.wrapping_mul(2_654_435_761) >> 13) as u8;
+    }
+    let bin = || {
+        Bson::Binary(mongodb::bson::Binary {
+            subtype: mongodb::bson::spec::BinarySubtype::Generic,
+            bytes: data.clone(),
+        })
+    };
+    let t = Instant::now();
+    for i in 0..DOCS {
+        a.insert_one(doc! { "_id": format!("p:{i}"), "n": i as i64, "data": bin() })
+            .await?;
+    }
+    let insert = t.elapsed();
+    let t = Instant::now();
+    for i in 0..DOCS {
+        let d = a
+            .find_one(doc! { "_id": format!("p:{i}") })
+            .await?
+            .context("ceiling doc")?;
+        let id = format!("f:{i}");
+        b.replace_one(
+            doc! { "_id": &id },
+            doc! { "_id": &id, "file_id": "f", "n": i as i64, "data": d.get("data").cloned().unwrap_or(Bson::Null) },
+        )
+        .upsert(true)
+        .await?;
+    }
+    let copy = t.elapsed();
+    a.drop().await?;
+    b.drop().await?;
+    let bytes = (DOCS * jobmill_data::files::CHUNK_SIZE) as u64;
+    Ok((mbps(bytes, insert), mbps(bytes, copy)))
+}
+
+/// The baseline of the assembly: a plain sequential read of an upload's pieces from the store
+/// (one cursor, no hashing, nothing else). Returns the bytes read and the time.
+async fn read_pieces_plainly(store: &Store, upload_id: &str) -> anyhow::Result<(u64, Duration)> {
+    let t = Instant::now();
+    let mut cur = store
+        .database()
+        .collection::<Document>(jobmill_data::files::FILE_PIECES)
+        .find(doc! { "upload_id": upload_id })
+        .await?;
+    let mut bytes = 0u64;
+    while let Some(d) = cur.try_next().await? {
+        bytes += d.get_binary_generic("data").map(|b| b.len()).unwrap_or(0) as u64;
+    }
+    Ok((bytes, t.elapsed()))
+}
+
+/// Peak resident set size of this process while `fut` runs, sampled every 20 ms (MiB).
+async fn peak_rss_during<F: std::future::Future>(fut: F) -> (F::Output, f64) {
+    let pid = std::process::id();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut peak = 0f64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(crate::soak::rss_mib(pid).unwrap_or(0.0));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            peak
+        }
+    });
+    let out = fut.await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.await.unwrap_or(0.0);
+    (out, peak)
+}
