@@ -219,6 +219,9 @@ pub async fn run_with_store(
     for feature_loop in webhooks.loops(stop_all.clone()) {
         tokio::spawn(feature_loop);
     }
+    for feature_loop in data.loops(stop_all.clone()) {
+        tokio::spawn(feature_loop);
+    }
     let fetcher = tokio::spawn(fetcher::fetch_loop(
         shared.clone(),
         slots.clone(),
