@@ -16,8 +16,8 @@ use crate::{Rows, N};
 /// with the job indexes). Each call returns once its jobs are in MongoDB.
 pub(crate) async fn w1_library() -> anyhow::Result<Rows> {
     let (s, store, _) = fresh(1).await?;
-    let registry = kinds::registry(s.redis_url.expose()).await?;
-    let queue = RedisQueue::connect(s.redis_url.expose(), &s.key_prefix).await?;
+    let registry = kinds::registry(&s.redis).await?;
+    let queue = RedisQueue::connect(&s.redis, &s.key_prefix).await?;
     let client = deployment::client(store.clone(), queue, &registry, &s);
     const SINGLES: usize = 2000;
     let t = Instant::now();
