@@ -149,7 +149,7 @@ pub struct Runtime {
     client: JobClient,
     wake: Arc<Notify>,
     stop_all: CancellationToken,
-    beat: std::thread::JoinHandle<()>,
+    beat: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Runtime {
@@ -287,7 +287,7 @@ impl Runtime {
             client,
             wake,
             stop_all,
-            beat,
+            beat: std::sync::Mutex::new(Some(beat)),
         })
     }
 
@@ -360,7 +360,7 @@ impl Runtime {
     /// Drain after the caller stopped claiming: let running handlers (`running()` of them)
     /// finish within the shutdown timeout, then fire [`Runtime::hard_stop`], wait until every
     /// outcome and release is recorded (at most 15 s more) and stop the background tasks.
-    pub async fn drain(self, running: impl Fn() -> usize) {
+    pub async fn drain(&self, running: impl Fn() -> usize) {
         let settings = &self.shared.settings;
         let inflight = &self.shared.inflight;
         let deadline = Instant::now() + settings.shutdown_timeout;
@@ -389,8 +389,10 @@ impl Runtime {
             );
         }
         self.stop_all.cancel();
-        let beat = self.beat;
-        let _ = tokio::task::spawn_blocking(move || beat.join()).await;
+        let beat = self.beat.lock().expect("beat lock").take();
+        if let Some(beat) = beat {
+            let _ = tokio::task::spawn_blocking(move || beat.join()).await;
+        }
         tracing::info!(worker = %self.shared.worker, "worker stopped");
     }
 }
