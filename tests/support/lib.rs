@@ -175,14 +175,20 @@ impl Ctx {
 
     /// Start a real `jobmill-worker` process.
     pub fn worker_process(&self, args: &[&str]) -> Proc {
+        self.process("jobmill-worker", args)
+    }
+
+    /// Start a real process of one of the workspace's binaries (for example the example
+    /// `apalis-worker`) with this test's settings.
+    pub fn process(&self, binary: &str, args: &[&str]) -> Proc {
         let log_dir = tmp_dir();
         let log = log_dir.join(format!(
-            "worker-{}-{}.log",
+            "{binary}-{}-{}.log",
             self.vars["JOBMILL_KEY_PREFIX"].replace(':', "_"),
             uuid::Uuid::new_v4().simple()
         ));
         let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(bin("jobmill-worker"))
+        let child = Command::new(bin(binary))
             .args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -191,7 +197,7 @@ impl Ctx {
             .stderr(file)
             .stdin(Stdio::null())
             .spawn()
-            .expect("spawn jobmill-worker");
+            .unwrap_or_else(|e| panic!("spawn {binary}: {e}"));
         Proc { child, log }
     }
 

@@ -87,7 +87,10 @@ async fn behave(args: Behave, task: TaskContext) -> Result<serde_json::Value, Bo
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        print!("{}", WorkerConfig::help("apalis-worker", "Example: apalis-worker --queues default"));
+        print!(
+            "{}",
+            WorkerConfig::help("apalis-worker", "Example: apalis-worker --queues default")
+        );
         return Ok(());
     }
     let config = WorkerConfig::load(&args).unwrap_or_else(|e| {

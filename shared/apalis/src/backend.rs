@@ -11,8 +11,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use apalis_core::backend::{Backend, BackendConfig};
 use apalis_core::backend::finalize::Ephemeral;
+use apalis_core::backend::{Backend, BackendConfig};
 use apalis_core::task::builder::TaskBuilder;
 use apalis_core::task::metadata::{Metadata, MetadataStore};
 use apalis_core::task::task_id::TaskId;
@@ -20,7 +20,8 @@ use apalis_core::task::Task;
 use apalis_core::worker::context::WorkerContext;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use jobmill::{NewJob, Submitted};
+use jobmill::catalog::Access;
+use jobmill::{JobClient, NewJob, Submitted};
 use jobmill_worker::Runtime;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -121,8 +122,10 @@ impl<Args> JobmillBackend<Args> {
             }
             let jobs = std::mem::take(&mut self.buffer);
             let (client, tenant) = (self.runtime.client().clone(), self.tenant.clone());
+            let kind = self.kind;
             self.flushing = Some(
                 async move {
+                    know_kind(&client, kind).await?;
                     client.submit_batch(&tenant, jobs).await?;
                     Ok(())
                 }
@@ -137,9 +140,9 @@ impl<Args: Serialize> JobmillBackend<Args> {
     pub fn new_job(&self, task: &Task<Args>) -> Result<NewJob, Error> {
         let meta = JobmillMeta::extract(task.metadata()).unwrap_or_default();
         let run_at = match task.run_at() {
-            Some(secs) => Some(
-                chrono::DateTime::from_timestamp(secs as i64, 0).ok_or(Error::RunAt(secs))?,
-            ),
+            Some(secs) => {
+                Some(chrono::DateTime::from_timestamp(secs as i64, 0).ok_or(Error::RunAt(secs))?)
+            }
             None => None,
         };
         Ok(NewJob {
@@ -160,8 +163,19 @@ impl<Args: Serialize> JobmillBackend<Args> {
     /// returns the original job with `created == false`).
     pub async fn submit(&self, task: Task<Args>) -> Result<Submitted, Error> {
         let new = self.new_job(&task)?;
-        Ok(self.runtime.client().submit(&self.tenant, new).await?)
+        let client = self.runtime.client();
+        know_kind(client, self.kind).await?;
+        Ok(client.submit(&self.tenant, new).await?)
     }
+}
+
+/// Make sure the client's catalog knows `kind` before submitting: a kind served by another
+/// process is only known once the catalog was reloaded from MongoDB.
+async fn know_kind(client: &JobClient, kind: &str) -> Result<(), Error> {
+    if client.catalog().lookup(kind, Access::Public).is_none() {
+        client.catalog().refresh(client.store()).await?;
+    }
+    Ok(())
 }
 
 impl<Args> Backend for JobmillBackend<Args>
@@ -276,4 +290,3 @@ where
 }
 
 impl<Args> Unpin for JobmillBackend<Args> {}
-

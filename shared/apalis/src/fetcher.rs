@@ -65,7 +65,12 @@ pub(crate) async fn fetch_loop(
             let queue = &settings.queues[(start + i) % n].name;
             let claimed = match runtime
                 .queue()
-                .claim(queue, runtime.worker(), runtime.core().lease_ttl, permits.len())
+                .claim(
+                    queue,
+                    runtime.worker(),
+                    runtime.core().lease_ttl,
+                    permits.len(),
+                )
                 .await
             {
                 Ok(c) => c,

@@ -32,6 +32,15 @@ impl<Args> Clone for Kind<Args> {
 impl<Args> Copy for Kind<Args> {}
 
 impl<Args> Kind<Args> {
+    /// A kind served elsewhere, to push only (see [`crate::Jobmill::sink`]): nothing is
+    /// announced; submissions are checked against the schema its worker announced.
+    pub fn named(name: &'static str) -> Self {
+        Kind {
+            name,
+            _args: PhantomData,
+        }
+    }
+
     /// The jobmill kind name.
     pub fn name(&self) -> &'static str {
         self.name
@@ -101,6 +110,8 @@ where
 
     fn run(&self, _ctx: jobmill::kind::JobContext, _args: Value) -> BoxOutcome {
         let name = self.name;
-        Box::pin(async move { Outcome::fail(format!("kind {name} runs only on its apalis worker")) })
+        Box::pin(
+            async move { Outcome::fail(format!("kind {name} runs only on its apalis worker")) },
+        )
     }
 }

@@ -99,7 +99,10 @@ impl LeaseInner {
     pub(crate) fn start(&self) -> DateTime {
         let p = &self.claimed.payload;
         let at = DateTime::now();
-        self.runtime.persister().progress.track(&p.id, &p.queue, &p.tenant);
+        self.runtime
+            .persister()
+            .progress
+            .track(&p.id, &p.queue, &p.tenant);
         self.phase.store(STARTED, Ordering::SeqCst);
         self.send(
             Write::Start {
@@ -174,7 +177,12 @@ impl Drop for LeaseInner {
                     handle.spawn(async move {
                         let items = [(p.id.clone(), jobmill::job::now_ms())];
                         // Unreachable Redis: the lease expires and the rescuer reruns the job.
-                        if rt.queue().defer(&p.queue, rt.worker(), &items).await.is_ok() {
+                        if rt
+                            .queue()
+                            .defer(&p.queue, rt.worker(), &items)
+                            .await
+                            .is_ok()
+                        {
                             rt.inflight().remove(&p.id);
                         }
                     });
