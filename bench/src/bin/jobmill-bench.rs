@@ -4,6 +4,9 @@
 //! - `w2`: 20,000 no-op jobs drained by one worker: handler rate, time until every outcome is
 //!   durable in MongoDB, that durable rate against the store's update ceiling, and MongoDB
 //!   commands per job (driver command monitoring).
+//! - `w2apalis`: W2 through the apalis backend (`jobmill-apalis`) next to the native worker in
+//!   the same run: handler rates (target: apalis at least 75% of native), every outcome
+//!   durable, and worker CPU per job of both.
 //! - `w3`: submit→start latency at 200 jobs/s (the harness's W3) between two passes of plain
 //!   `insert_one` calls on the same schedule: the store's latency, W3's floor.
 //! - `w1http`: 20,000 submissions over HTTP from 64 concurrent clients.
@@ -25,7 +28,7 @@
 //! `BENCH_W7_ROWS` (default 1,000,000).
 //!
 //! ```text
-//! jobmill-bench [store] [w2] [w3] [w1http] [w5] [w6] [w7] [w8] [soak]
+//! jobmill-bench [store] [w2] [w2apalis] [w3] [w1http] [w5] [w6] [w7] [w8] [soak]
 //!     (default: store w2 w3 w1http w5, in that order)
 //! ```
 
@@ -63,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
         let r = match w.as_str() {
             "store" => store_ceiling().await?,
             "w2" => w2_durable().await?,
+            "w2apalis" => w2_apalis().await?,
             "w3" => w3_floor().await?,
             "soak" => soak().await?,
             "w1http" => w1_http().await?,
@@ -71,7 +75,7 @@ async fn main() -> anyhow::Result<()> {
             "w7" => w7_bulk_import().await?,
             "w8" => w8_stampede().await?,
             other => {
-                bail!("unknown workload {other} (store, w2, w3, w1http, w5, w6, w7, w8, soak)")
+                bail!("unknown workload {other} (store, w2, w2apalis, w3, w1http, w5, w6, w7, w8, soak)")
             }
         };
         for (k, v, base) in r {
@@ -241,8 +245,37 @@ fn ceiling_file() -> std::path::PathBuf {
     std::env::temp_dir().join("jobmill-bench-update-ceiling")
 }
 
-/// W2 with durability: handler rate, time until every outcome is in MongoDB, commands per job.
-async fn w2_durable() -> anyhow::Result<Rows> {
+/// Which worker front end drains W2.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Front {
+    /// `jobmill_worker::run_with_store`, the loop `jobmill-worker` runs.
+    Native,
+    /// An apalis worker on `jobmill-apalis` (same runtime, apalis' worker and a `TimeoutLayer`).
+    Apalis,
+}
+
+/// What one W2 drain measured.
+struct Drain {
+    handler_rate: f64,
+    durable: Duration,
+    cmds: u64,
+    by_name: String,
+    cpu_per_job_us: f64,
+}
+
+/// This process's CPU time (user + system) from `/proc/self/stat`.
+fn cpu_time() -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')').context("stat format")? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+    // USER_HZ is 100 on Linux.
+    Ok(Duration::from_millis(ticks * 10))
+}
+
+/// Drain `N` no-op jobs with one worker of the given front end.
+async fn w2_drain(front: Front) -> anyhow::Result<Drain> {
     let (mut s, store, _) = fresh(64).await?;
     // Heartbeats (and with them the worker's counters in Redis) every third of a second: the
     // shortest lease the settings allow.
@@ -269,8 +302,12 @@ async fn w2_durable() -> anyhow::Result<Rows> {
     }
     let (wstore, counter) = deployment::counted_store(&s).await?;
     let before = counter.total();
+    let cpu0 = cpu_time()?;
     let t0 = Instant::now();
-    let worker = Worker::start(&s, wstore).await?;
+    let worker = match front {
+        Front::Native => Worker::start(&s, wstore).await?,
+        Front::Apalis => Worker::start_apalis(&s, wstore).await?,
+    };
     // Durable outcomes are read from the worker's own counter (its registry entry in Redis,
     // refreshed with every heartbeat), not by counting in MongoDB: a count is a scan on the
     // MongoDB-compatible server and would slow down the very writes it measures.
@@ -299,6 +336,7 @@ async fn w2_durable() -> anyhow::Result<Rows> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let cpu = cpu_time()? - cpu0;
     let jobs = store
         .database()
         .collection::<Document>(jobmill::store::JOBS);
@@ -308,13 +346,24 @@ async fn w2_durable() -> anyhow::Result<Rows> {
         "only {succeeded} of {N} outcomes are in MongoDB"
     );
     let cmds = counter.total() - before;
-    let by_name = counter.by_name();
+    let by_name = format!("{:?}", counter.by_name());
     worker.stop().await?;
     let (Some(first), Some(handlers), Some(durable)) = (t_first, t_handlers, t_durable) else {
         bail!("w2 did not finish");
     };
-    let handler_rate = rate(N, handlers - first);
-    let durable_rate = rate(N, durable);
+    Ok(Drain {
+        handler_rate: rate(N, handlers - first),
+        durable,
+        cmds,
+        by_name,
+        cpu_per_job_us: cpu.as_secs_f64() * 1e6 / N as f64,
+    })
+}
+
+/// W2 with durability: handler rate, time until every outcome is in MongoDB, commands per job.
+async fn w2_durable() -> anyhow::Result<Rows> {
+    let d = w2_drain(Front::Native).await?;
+    let durable_rate = rate(N, d.durable);
     let ceiling: f64 = std::fs::read_to_string(ceiling_file())
         .context("run the `store` workload first (it measures the ceiling)")?
         .trim()
@@ -322,12 +371,12 @@ async fn w2_durable() -> anyhow::Result<Rows> {
     Ok(vec![
         (
             "handler executions/s".into(),
-            format!("{handler_rate:.0}"),
+            format!("{:.0}", d.handler_rate),
             "peers' W2 drain/s (harness table)".into(),
         ),
         (
             "all 20,000 outcomes durable after s".into(),
-            format!("{:.2}", durable.as_secs_f64()),
+            format!("{:.2}", d.durable.as_secs_f64()),
             "from worker start".into(),
         ),
         (
@@ -340,8 +389,46 @@ async fn w2_durable() -> anyhow::Result<Rows> {
         ),
         (
             "mongodb commands per job".into(),
-            format!("{:.4}", cmds as f64 / N as f64),
-            format!("{cmds} commands: {by_name:?}"),
+            format!("{:.4}", d.cmds as f64 / N as f64),
+            format!("{} commands: {}", d.cmds, d.by_name),
+        ),
+        (
+            "worker CPU per job (µs)".into(),
+            format!("{:.1}", d.cpu_per_job_us),
+            "process user+system time over the drain".into(),
+        ),
+    ])
+}
+
+/// W2 through the apalis backend next to the native worker, same run, same servers: handler
+/// rate (target: at least 75% of native), every outcome durable, CPU per job of both.
+async fn w2_apalis() -> anyhow::Result<Rows> {
+    let native = w2_drain(Front::Native).await?;
+    let apalis = w2_drain(Front::Apalis).await?;
+    Ok(vec![
+        (
+            "native handler executions/s".into(),
+            format!("{:.0}", native.handler_rate),
+            format!("all outcomes durable after {:.2} s", native.durable.as_secs_f64()),
+        ),
+        (
+            "apalis handler executions/s".into(),
+            format!("{:.0}", apalis.handler_rate),
+            format!(
+                "{:.0}% of native (target ≥ 75%); all outcomes durable after {:.2} s",
+                100.0 * apalis.handler_rate / native.handler_rate,
+                apalis.durable.as_secs_f64()
+            ),
+        ),
+        (
+            "native worker CPU per job (µs)".into(),
+            format!("{:.1}", native.cpu_per_job_us),
+            format!("{:.4} mongodb commands/job", native.cmds as f64 / N as f64),
+        ),
+        (
+            "apalis worker CPU per job (µs)".into(),
+            format!("{:.1}", apalis.cpu_per_job_us),
+            format!("{:.4} mongodb commands/job", apalis.cmds as f64 / N as f64),
         ),
     ])
 }
@@ -782,7 +869,7 @@ async fn drop_scratch(s: &deployment::Settings, store: &Store) -> anyhow::Result
 /// A worker in this process: `jobmill_worker::run_with_store`, the loop `jobmill-worker` runs.
 struct Worker {
     stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), jobmill_worker::WorkerError>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Worker {
@@ -794,7 +881,45 @@ impl Worker {
             jobmill_worker::run_with_store(settings.worker_config(), registry, store, async {
                 let _ = rx.await;
             })
-            .await
+            .await?;
+            Ok(())
+        });
+        Ok(Worker { stop, task })
+    }
+
+    /// The same drain through apalis: `bench_noop` as an apalis handler on `jobmill-apalis`.
+    async fn start_apalis(s: &deployment::Settings, store: Store) -> anyhow::Result<Self> {
+        use apalis::layers::TimeoutLayer;
+        use apalis::prelude::{BoxDynError, Data, WorkerBuilder};
+        use redis::aio::ConnectionManager;
+
+        async fn noop(_args: kinds::Ts, redis: Data<ConnectionManager>) -> Result<(), BoxDynError> {
+            let mut c = (*redis).clone();
+            let () = c.incr("bench:done", 1).await?;
+            Ok(())
+        }
+
+        let conn = jobmill::queue::connect(s.redis_url.expose()).await?;
+        let mut kinds = jobmill_apalis::Kinds::new();
+        let kind = kinds.add::<kinds::Ts>("bench_noop", QUEUE);
+        let jobmill =
+            jobmill_apalis::Jobmill::start_with_store(s.worker_config(), kinds, store).await?;
+        let worker = WorkerBuilder::new("bench-noop")
+            .backend(jobmill.backend(kind))
+            .data(conn)
+            .layer(TimeoutLayer::new(Duration::from_secs(30)))
+            .build(noop);
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let workers = async move {
+                let _ = worker.run().await;
+            };
+            jobmill
+                .run(workers, async {
+                    let _ = rx.await;
+                })
+                .await?;
+            Ok(())
         });
         Ok(Worker { stop, task })
     }

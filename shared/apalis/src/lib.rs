@@ -91,6 +91,16 @@ impl Jobmill {
             config.core.retention,
         )
         .await?;
+        Self::start_with_store(config, kinds, store).await
+    }
+
+    /// [`Jobmill::start`] with a store handle built by the caller (for example with MongoDB
+    /// command monitoring attached, as the benchmarks do).
+    pub async fn start_with_store(
+        config: WorkerConfig,
+        kinds: Kinds,
+        store: jobmill::store::Store,
+    ) -> Result<Jobmill, Error> {
         let runtime = Arc::new(Runtime::start(config, kinds.registry, store).await?);
         let routes: Routes = Arc::new(Mutex::new(HashMap::new()));
         let slots = Arc::new(Semaphore::new(runtime.settings().concurrency));
