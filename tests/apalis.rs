@@ -1,12 +1,16 @@
 //! apalis handlers on jobmill queues (`jobmill-apalis`, run by the example `apalis-worker`
 //! binary): jobs submitted over HTTP run on apalis workers, survive a SIGKILL of one, end as
 //! the outcome table says, can be cancelled while running, and apalis pushes are deduplicated
-//! by idempotency key.
+//! by idempotency key; apalis' board traits list the same jobs, queues and workers.
 
 use std::time::{Duration, Instant};
 
-use jobmill_apalis::apalis_core::backend::TaskSink;
+use jobmill_apalis::apalis_core::backend::finalize::Ephemeral;
+use jobmill_apalis::apalis_core::backend::{
+    Expose, Filter, ListQueues, ListTasks, ListWorkers, TaskSink,
+};
 use jobmill_apalis::apalis_core::task::builder::TaskBuilder;
+use jobmill_apalis::apalis_core::task::status::Status;
 use jobmill_apalis::{Jobmill, Kind, Kinds};
 use jobmill_tests::{Api, Ctx, ALICE, OPS, SIGKILL, SIGTERM};
 use jobmill_worker::WorkerConfig;
@@ -188,7 +192,7 @@ async fn each_row_of_the_outcome_table() {
 
     // A handler blocking its thread past the lease TTL (2 s in tests) keeps its lease: one
     // attempt, succeeded.
-    let j = behave(&api, json!({"mode": "block", "ms": 5_000}), 3).await;
+    let j = behave(&api, json!({"mode": "block", "ms": 3_500}), 3).await;
     assert_eq!(j["state"], "succeeded", "{j}");
     assert_eq!(j["attempt"], 1, "{j}");
 
@@ -317,4 +321,36 @@ async fn an_apalis_push_with_an_idempotency_key_twice_is_one_job() {
     assert_eq!(j["result"], json!({"n": 7}), "{j}");
     assert_eq!(j["priority"], 5, "{j}");
     assert_eq!(j["idempotency_key"], "push-once", "{j}");
+
+    // apalis' board traits see the same jobs, queues and workers.
+    fn exposes<B: Expose<Echo, Ephemeral>>(_: &B) {}
+    exposes(&sink);
+    let done = sink
+        .list_tasks(&Filter {
+            status: Some(Status::Done),
+            page: 1,
+            page_size: Some(10),
+        })
+        .await
+        .unwrap();
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(done[0].args, json!({"n": 7}));
+    assert_eq!(
+        done[0].task_id().map(|t| t.to_string()),
+        Some(again.job.id.clone())
+    );
+    let queues = sink.list_queues().await.unwrap();
+    assert!(queues.iter().any(|q| q.name == "default"), "{queues:?}");
+    let serving = sink.list_workers().await.unwrap();
+    assert_eq!(
+        serving.len(),
+        1,
+        "only the apalis worker serves apalis_echo: {serving:?}"
+    );
+    let all = sink.list_all_workers().await.unwrap();
+    assert_eq!(
+        all.len(),
+        2,
+        "the apalis worker and this pushing process: {all:?}"
+    );
 }

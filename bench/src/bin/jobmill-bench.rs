@@ -409,7 +409,10 @@ async fn w2_apalis() -> anyhow::Result<Rows> {
         (
             "native handler executions/s".into(),
             format!("{:.0}", native.handler_rate),
-            format!("all outcomes durable after {:.2} s", native.durable.as_secs_f64()),
+            format!(
+                "all outcomes durable after {:.2} s",
+                native.durable.as_secs_f64()
+            ),
         ),
         (
             "apalis handler executions/s".into(),

@@ -74,7 +74,9 @@ pub struct JobmillBackend<Args> {
     tenant: String,
     rx: Option<mpsc::UnboundedReceiver<JobLease>>,
     buffer: Vec<NewJob>,
-    flushing: Option<BoxFuture<'static, Result<(), Error>>>,
+    /// The submission in progress. In a mutex only so the backend is `Sync` (apalis' board
+    /// traits need that); it is always reached through `&mut self`, never locked.
+    flushing: std::sync::Mutex<Option<BoxFuture<'static, Result<(), Error>>>>,
     _args: PhantomData<fn() -> Args>,
 }
 
@@ -100,7 +102,7 @@ impl<Args> JobmillBackend<Args> {
             tenant,
             rx,
             buffer: Vec::new(),
-            flushing: None,
+            flushing: std::sync::Mutex::new(None),
             _args: PhantomData,
         }
     }
@@ -110,11 +112,22 @@ impl<Args> JobmillBackend<Args> {
         &self.tenant
     }
 
+    /// The jobmill kind this backend consumes and pushes.
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// The worker runtime behind this backend.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
     fn poll_flush_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         loop {
-            if let Some(f) = self.flushing.as_mut() {
+            let flushing = self.flushing.get_mut().expect("flushing lock");
+            if let Some(f) = flushing.as_mut() {
                 let r = futures::ready!(f.poll_unpin(cx));
-                self.flushing = None;
+                *flushing = None;
                 r?;
             }
             if self.buffer.is_empty() {
@@ -123,7 +136,7 @@ impl<Args> JobmillBackend<Args> {
             let jobs = std::mem::take(&mut self.buffer);
             let (client, tenant) = (self.runtime.client().clone(), self.tenant.clone());
             let kind = self.kind;
-            self.flushing = Some(
+            *self.flushing.get_mut().expect("flushing lock") = Some(
                 async move {
                     know_kind(&client, kind).await?;
                     client.submit_batch(&tenant, jobs).await?;

@@ -8,6 +8,7 @@
 //!   the backend of their kind; drains on shutdown like the native worker.
 //! - [`kinds`]: the jobmill kind names apalis handlers serve, announced with their schemas.
 //! - [`backend`]: [`JobmillBackend`], apalis-core's `Backend`/`BackendConfig`/`TaskSink`.
+//! - [`board`]: apalis' board/inspection traits (queues, workers, jobs, metrics).
 //! - [`lease`]: the claimed job ([`JobLease`]) and the backend layer that records outcomes.
 //! - `fetcher`: the claim loop.
 //! - [`error`]: the crate's error.
@@ -18,7 +19,8 @@
 //! `backend::TaskSink` (apalis' blanket impl over `futures::Sink<Task<Args>>`),
 //! `task::metadata::Metadata` ([`JobmillMeta`]), `task::context::TaskContext` for cancellation.
 //! The board traits of `backend::expose` (`ListQueues`, `ListWorkers`, `ListTasks`,
-//! `ListAllTasks`, `Metrics`) exist in 1.0.0 but are not implemented here yet.
+//! `ListAllTasks`, `Metrics`, with `WireFormatBackend` for the JSON wire format) are
+//! implemented in [`board`], so `JobmillBackend` satisfies apalis' `Expose` bound.
 //!
 //! # Outcomes
 //! What a handler's result (after the user's layers) becomes:
@@ -47,6 +49,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod board;
 pub mod error;
 mod fetcher;
 pub mod kinds;
