@@ -6,7 +6,8 @@
 # The harness's own `ours/peer.sh` forwarder does not parse (an apostrophe inside
 # ${JOBMILL_PEER_ADAPTER:?...}), so this runs the harness from an overlay folder: symlinks to
 # every entry of ../shared/peers-bench, plus a working `ours/peer.sh` that forwards to
-# bench/peer.sh. Results land in bench/.run/peers-bench/results/.
+# bench/peer.sh. Results land in bench/.run/peers-bench/results/. When the harness ends, the
+# adapter's servers are stopped (`bench/peer.sh stop`).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
@@ -24,4 +25,10 @@ exec "$HERE/peer.sh" "\$@"
 FWD
 chmod +x "$OVER/ours/peer.sh"
 export BENCH_PEERS="${BENCH_PEERS:-ours bullmq dramatiq celery rq}"
-exec "$OVER/run_all.sh"
+# The adapter's servers (nx-27017, the bench API) outlive each adapter call, as the harness
+# needs; they go when the harness ends: normally, on an error, or interrupted. Not `exec`, so
+# that this shell is still here to stop them.
+trap '"$HERE/peer.sh" stop' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+"$OVER/run_all.sh"

@@ -3,8 +3,11 @@
 #   JOBMILL_PEER_ADAPTER=$PWD/bench/peer.sh BENCH_PEERS="ours bullmq dramatiq celery rq" ../shared/peers-bench/run_all.sh
 # Variants: jobmill (library client), jobmill-http (through jobmill-api over HTTP).
 # It keeps a private nx-27017 (MongoDB-compatible) on JOBMILL_BENCH_MONGO_PORT (27391) and, for
-# the HTTP variant, a bench API on JOBMILL_BENCH_API_PORT (8391), both under bench/.run/.
-# `bench/peer.sh stop` stops them.
+# the HTTP variant, a bench API on JOBMILL_BENCH_API_PORT (8391), both under bench/.run/. They
+# outlive each call (every verb is a process of its own, and W2's enqueue and worker share the
+# store) until `bench/peer.sh stop`, which stops exactly them, by pid file. bench/compare.sh runs
+# it when the harness ends, however it ends; after the command above, run it yourself. A call
+# that fails or is interrupted before it hands over to bench-peer stops what it started.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
@@ -23,7 +26,50 @@ API_PORT="$(cat "$RUN/api.port")"
 export JOBMILL_BENCH_MONGODB_URI="mongodb://127.0.0.1:${MONGO_PORT}/?directConnection=true"
 export JOBMILL_BENCH_API_PORT="$API_PORT"
 
+# stop_server api|mongo: stop that server if it is still the one this script started (its pid
+# file names a live process with the right command line; a pid the system has since given to
+# another process is left alone): TERM, then KILL after a grace period (stop_pid_file).
+stop_server() {
+    local file pattern grace pid
+    case "$1" in
+      api) file="$RUN/api.pid" pattern="$BIN api" grace=5 ;;
+      mongo) file="$RUN/mongo/nx.pid" pattern="$JM_NX_BIN" grace=10 ;;
+    esac
+    # Interrupted while starting, a server may not have written its pid file yet; it is then
+    # still a background job of this shell (not of `bench/peer.sh stop`), which knows its pid.
+    if ! pid_file_matches "$file" "$pattern"; then
+        for pid in $(jobs -p); do
+            if tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "$pattern"; then
+                echo "$pid" >"$file"
+            fi
+        done
+    fi
+    if pid_file_matches "$file" "$pattern"; then
+        stop_pid_file "$file" "$grace"
+    fi
+    rm -f "$file"
+}
+
+# The servers this call started. A successful call ends in `exec bench-peer`, which runs no
+# trap, so they stay up for the harness's next call; a call that exits instead (an error,
+# SIGINT, SIGTERM) stops them again, the last started first.
+STARTED=()
+on_exit() {
+    local rc=$? i
+    if [ "$rc" -ne 0 ]; then
+        for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do
+            stop_server "${STARTED[i]}"
+        done
+    fi
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
 ensure_mongo() {
+    # Every caller hands over to bench-peer next, and an `exec` that fails under `set -e` exits
+    # without running the EXIT trap: without the binary, start nothing.
+    [ -x "$BIN" ] || die "$BIN is missing (bench/peer.sh setup builds it)"
     if ! pid_file_matches "$RUN/mongo/nx.pid" nx-27017; then
         if ! port_is_free "$MONGO_PORT"; then
             MONGO_PORT="$(free_port)"
@@ -31,6 +77,9 @@ ensure_mongo() {
             export JOBMILL_BENCH_MONGODB_URI="mongodb://127.0.0.1:${MONGO_PORT}/?directConnection=true"
         fi
         mkdir -p "$RUN/mongo"
+        # Listed before the start: start_private_mongo clears a stale nx.pid first, so whatever
+        # pid the file holds from here on is this call's server.
+        STARTED+=(mongo)
         start_private_mongo "$RUN/mongo" "$MONGO_PORT" >&2
     fi
 }
@@ -38,7 +87,7 @@ ensure_mongo() {
 ensure_api() {
     if ! pid_file_matches "$RUN/api.pid" bench-peer \
         || ! curl -fs "http://127.0.0.1:$API_PORT/readyz" >/dev/null 2>&1; then
-        stop_pid_file "$RUN/api.pid" >&2 || true
+        stop_server api >&2
         if ! port_is_free "$API_PORT"; then
             API_PORT="$(free_port)"
             echo "$API_PORT" >"$RUN/api.port"
@@ -46,6 +95,7 @@ ensure_api() {
         fi
         setsid "$BIN" api >"$RUN/api.log" 2>&1 < /dev/null &
         echo $! >"$RUN/api.pid"
+        STARTED+=(api)
         for _ in $(seq 1 100); do
             curl -fs "http://127.0.0.1:$API_PORT/readyz" >/dev/null 2>&1 && return 0
             sleep 0.1
@@ -85,7 +135,7 @@ case "$cmd" in
     ensure_mongo
     exec "$BIN" worker "$2" ;;
   stop)
-    stop_pid_file "$RUN/api.pid" || true
-    stop_pid_file "$RUN/mongo/nx.pid" || true ;;
+    stop_server api
+    stop_server mongo ;;
   *) echo "usage: $0 setup|versions|variants|info|enqueue|steady|qlen|worker|stop ..." >&2; exit 2 ;;
 esac

@@ -702,15 +702,38 @@ async fn idempotency_key_returns_the_original_job() {
         )
         .await;
     assert_eq!(first.status, 202);
+    // The same request again: the original job.
     let again = api
+        .post(
+            "/v1/jobs",
+            ALICE,
+            json!({"idempotency_key": "order-42", "kind": "noop"}),
+        )
+        .await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.body["id"], first.body["id"]);
+    // The same key with a different request is refused, naming the job that owns the key.
+    let reused = api
         .post(
             "/v1/jobs",
             ALICE,
             json!({"kind": "noop", "idempotency_key": "order-42", "args": {"different": true}}),
         )
         .await;
-    assert_eq!(again.status, 200, "{}", again.body);
-    assert_eq!(again.body["id"], first.body["id"]);
+    assert_eq!(reused.status, 422, "{}", reused.body);
+    assert_eq!(reused.code(), "idempotency_key_reused");
+    assert_eq!(reused.body["error"]["job_id"], first.body["id"]);
+    // In a batch, the whole batch is refused and nothing of it is stored.
+    let batch = api
+        .post(
+            "/v1/jobs/batch",
+            ALICE,
+            json!({"jobs": [{"kind": "noop", "idempotency_key": "fresh-1"},
+                            {"kind": "noop", "queue": "other", "idempotency_key": "order-42"}]}),
+        )
+        .await;
+    assert_eq!(batch.status, 422, "{}", batch.body);
+    assert_eq!(batch.code(), "idempotency_key_reused");
     // The header works the same way.
     let by_header = api
         .raw(

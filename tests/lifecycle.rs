@@ -218,6 +218,23 @@ async fn cancel_queued_and_running_then_retry() {
     let j = api.wait_terminal(ALICE, &running, LIMIT).await;
     assert_eq!(j["state"], "cancelled");
 
+    // A handler that answers its cancellation with "retry" still ends the job cancelled, with
+    // no further attempt: a cancel answered 202 is never lost.
+    let stubborn = api
+        .submit(
+            ALICE,
+            json!({"kind": "sleep", "args": {"ms": 60000, "on_cancel": "retry"}, "max_attempts": 5}),
+        )
+        .await;
+    api.wait_state(ALICE, &stubborn, "running", LIMIT).await;
+    let a = api
+        .post(&format!("/v1/jobs/{stubborn}/cancel"), ALICE, json!(null))
+        .await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    let j = api.wait_terminal(ALICE, &stubborn, LIMIT).await;
+    assert_eq!(j["state"], "cancelled", "{j}");
+    assert_eq!(j["attempt"], 1, "no further attempt: {j}");
+
     // A terminal job cannot be cancelled.
     let a = api
         .post(&format!("/v1/jobs/{running}/cancel"), ALICE, json!(null))

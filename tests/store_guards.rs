@@ -144,3 +144,66 @@ async fn cancel_and_retry_are_guarded_on_state() {
         Err(jobmill::Error::Conflict { .. })
     ));
 }
+
+/// A worker that had not heard of a cancel yet cannot record a retry or a failure over it:
+/// the store refuses the write (`CancelRequested`), and a `cancelled` write goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requested_cancel_wins_over_a_retry_recorded_after_it() {
+    let ctx = Ctx::new("guards3");
+    let store = ctx.store().await;
+    store.ensure_indexes().await.unwrap();
+    let client = ctx.client().await;
+    let job = client
+        .prepare(
+            "alice",
+            NewJob {
+                kind: "noop".into(),
+                args: json!({}),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let id = job.id.clone();
+    store.insert_jobs(&[job]).await.unwrap();
+    let now = DateTime::now();
+    let finish = |d| Write::Finish {
+        id: id.clone(),
+        attempt: 1,
+        started_at: Some(now),
+        at: now,
+        decision: d,
+        progress: None,
+        record_event: false,
+    };
+    let start = Write::Start {
+        id: id.clone(),
+        attempt: 1,
+        at: now,
+    };
+    assert_eq!(store.apply(&[start]).await.unwrap(), vec![Applied::Done]);
+    let running = store.cancel(&id, None).await.unwrap();
+    assert!(running.cancel_requested, "a running job is flagged");
+    for refused in [
+        Decision::Retry {
+            error: "transient".into(),
+            delay: std::time::Duration::from_millis(5),
+        },
+        Decision::Fail("boom".into()),
+    ] {
+        let w = finish(refused);
+        let a = store.apply(std::slice::from_ref(&w)).await.unwrap();
+        assert_eq!(a, vec![Applied::CancelRequested]);
+        assert!(w.follow_up(&a[0], 0).then_cancel);
+    }
+    assert_eq!(
+        store
+            .apply(&[finish(Decision::Cancel("asked".into()))])
+            .await
+            .unwrap(),
+        vec![Applied::Done]
+    );
+    let stored = store.get(&id, None).await.unwrap().unwrap();
+    assert_eq!(stored.state, JobState::Cancelled);
+    assert_eq!(stored.attempt, 1);
+    assert!(stored.errors_in_order().is_empty(), "no retry was recorded");
+}

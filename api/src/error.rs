@@ -20,6 +20,8 @@ pub struct ApiError {
     pub message: String,
     /// Per-field problems (`invalid_args`: JSON Pointer into `args` and the reason).
     pub details: Vec<jobmill::error::ArgProblem>,
+    /// The job a refusal is about (`idempotency_key_reused`: the job that owns the key).
+    pub job_id: Option<String>,
     /// The cause of an internal or store error, logged once by the middleware.
     pub cause: Option<String>,
 }
@@ -45,6 +47,9 @@ pub struct ErrorDetail {
     /// For `invalid_args`: each problem, with `path` a JSON Pointer into `args`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<ArgProblemView>,
+    /// For `idempotency_key_reused`: the job that already owns the key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
 }
 
 /// One problem with a submission's args.
@@ -64,6 +69,7 @@ impl ApiError {
             code,
             message: message.into(),
             details: Vec::new(),
+            job_id: None,
             cause: None,
         }
     }
@@ -109,6 +115,16 @@ impl From<jobmill::Error> for ApiError {
             E::InvalidJob { code, message } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
             }
+            E::IdempotencyKeyReused { job_id } => ApiError {
+                job_id: Some(job_id.clone()),
+                ..ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_reused",
+                    format!(
+                        "this idempotency key was already used by job {job_id} with a different request; use a new key for a new request"
+                    ),
+                )
+            },
             E::InvalidArgs { message, details } => ApiError {
                 details,
                 ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_args", message)
@@ -166,6 +182,7 @@ impl IntoResponse for ApiError {
                         reason: d.reason,
                     })
                     .collect(),
+                job_id: self.job_id,
             },
         };
         let mut res = (self.status, axum::Json(body)).into_response();

@@ -178,8 +178,8 @@ impl Ctx {
         self.process("jobmill-worker", args)
     }
 
-    /// Start a real process of one of the workspace's binaries (for example the example
-    /// `apalis-worker`) with this test's settings.
+    /// Start a real process of a workspace binary (a worker of the stock kind or a user's own,
+    /// like `custom-kind-worker`) with this test's settings.
     pub fn process(&self, binary: &str, args: &[&str]) -> Proc {
         let log_dir = tmp_dir();
         let log = log_dir.join(format!(

@@ -74,12 +74,15 @@ pub(crate) async fn execute(
             if let AttemptOutcome::Panicked(msg) = &outcome {
                 tracing::warn!(job = %p.id, kind = %p.kind, attempt, "handler panicked: {msg}");
             }
+            // A user's cancel (not a stale start) makes every outcome but success `cancelled`.
+            let cancel_requested = shared.inflight.reason(&p.id) == Some(StopReason::Cancelled);
             let decision = decide(
                 outcome,
                 attempt,
                 p.max_attempts.max(1) as u32,
                 &shared.policy,
                 rand::random::<f64>(),
+                cancel_requested,
             );
             tracing::debug!(job = %p.id, kind = %p.kind, attempt, next = %decision.state(), "attempt ended");
             let record_event =

@@ -122,7 +122,7 @@ pub(crate) async fn rescuer(shared: Arc<Shared>, stop: CancellationToken) {
 /// Record the lost attempts of rescued jobs, then reschedule or forget them in Redis.
 async fn settle_rescued(shared: &Shared, queue: &str, taken: Vec<Claimed>) -> jobmill::Result<()> {
     let now = DateTime::now();
-    let writes: Vec<Write> = taken
+    let mut writes: Vec<Write> = taken
         .iter()
         .map(|c| {
             let decision = decide(
@@ -131,6 +131,9 @@ async fn settle_rescued(shared: &Shared, queue: &str, taken: Vec<Claimed>) -> jo
                 c.payload.max_attempts.max(1) as u32,
                 &shared.policy,
                 rand::random::<f64>(),
+                // Not known here; the store refuses the retry if a cancel was requested and
+                // the rescue records `cancelled` instead (below).
+                false,
             );
             Write::Finish {
                 id: c.payload.id.clone(),
@@ -147,7 +150,34 @@ async fn settle_rescued(shared: &Shared, queue: &str, taken: Vec<Claimed>) -> jo
             }
         })
         .collect();
-    let applied = shared.store.apply(&writes).await?;
+    let mut applied = shared.store.apply(&writes).await?;
+    // Jobs whose cancel was requested end `cancelled`, not retried: record that first.
+    let cancels: Vec<Write> = writes
+        .iter()
+        .zip(&applied)
+        .filter(|(w, a)| w.follow_up(a, now.timestamp_millis()).then_cancel)
+        .map(|(w, _)| Write::Finish {
+            id: w.id().to_string(),
+            attempt: w.attempt(),
+            started_at: None,
+            at: now,
+            decision: jobmill::state::Decision::Cancel(
+                "cancel requested; the worker running it stopped heartbeating".into(),
+            ),
+            progress: None,
+            record_event: true,
+        })
+        .collect();
+    let cancelled = shared.store.apply(&cancels).await?;
+    let mut cancelled = cancels.into_iter().zip(cancelled);
+    for (w, a) in writes.iter_mut().zip(applied.iter_mut()) {
+        if w.follow_up(a, now.timestamp_millis()).then_cancel {
+            if let Some((cw, ca)) = cancelled.next() {
+                *w = cw;
+                *a = ca;
+            }
+        }
+    }
     let mut ack = Vec::new();
     let mut reschedule = Vec::new();
     let mut changed = Vec::new();

@@ -194,7 +194,7 @@ pub fn spawn(ctx: Arc<Context>) -> Persister {
     let (done_tx, done_rx) = mpsc::channel(4);
     let progress = Arc::new(ProgressTable::default());
     tokio::spawn(mongo_stage(ctx.clone(), rx, done_tx, progress.clone()));
-    tokio::spawn(redis_stage(ctx, done_rx, progress.clone()));
+    tokio::spawn(redis_stage(ctx, done_rx, progress.clone(), tx.clone()));
     Persister { tx, progress }
 }
 
@@ -312,6 +312,7 @@ async fn redis_stage(
     ctx: Arc<Context>,
     mut rx: mpsc::Receiver<Batch>,
     progress: Arc<ProgressTable>,
+    resend: mpsc::UnboundedSender<Item>,
 ) {
     while let Some((items, applied)) = tokio::select! {
         b = rx.recv() => b,
@@ -322,6 +323,38 @@ async fn redis_stage(
         for (item, applied) in items.into_iter().zip(applied) {
             let id = item.write.id().to_string();
             let then = item.write.follow_up(&applied, now);
+            if then.then_cancel {
+                // A cancel was requested for this attempt and MongoDB refused our retry or
+                // failure: record `cancelled` instead. The job stays leased (and in the
+                // in-flight table) until that write lands, so nothing can rerun it meanwhile.
+                if let Write::Finish {
+                    attempt,
+                    started_at,
+                    decision,
+                    ..
+                } = &item.write
+                {
+                    tracing::info!(job = %id, attempt, "cancel requested; recording cancelled instead of {}", decision.state());
+                    let _ = resend.send(Item {
+                        queue: item.queue.clone(),
+                        write: Write::Finish {
+                            id: id.clone(),
+                            attempt: *attempt,
+                            started_at: *started_at,
+                            at: DateTime::now(),
+                            decision: Decision::Cancel(
+                                "cancel requested while the attempt ran".into(),
+                            ),
+                            progress: None,
+                            // As for a cancel of a waiting job: always recorded; the outbox
+                            // loop clears an entry nobody wants.
+                            record_event: true,
+                        },
+                        release_score: 0.0,
+                    });
+                }
+                continue;
+            }
             if let (Write::Finish { decision, .. }, Applied::Done) = (&item.write, &applied) {
                 match decision {
                     Decision::Succeed(_) => ctx.stats.succeeded.fetch_add(1, Ordering::Relaxed),

@@ -124,12 +124,15 @@ impl LeaseInner {
         if let AttemptOutcome::Panicked(msg) = &outcome {
             tracing::warn!(job = %p.id, kind = %p.kind, attempt, "apalis handler panicked: {msg}");
         }
+        // After a cancel request every end but success is `cancelled` (the engine's rule).
+        let cancel_requested = self.runtime.inflight().reason(&p.id) == Some(StopReason::Cancelled);
         let decision = decide(
             outcome,
             attempt,
             p.max_attempts.max(1) as u32,
             self.runtime.policy(),
             rand::random::<f64>(),
+            cancel_requested,
         );
         let record_event =
             self.runtime
@@ -294,7 +297,6 @@ where
         }
         _ = tokio::time::sleep(timeout) => { handle.abort(); Ended::TimedOut(timeout) }
     };
-    let cancelled = inner.token.is_cancelled();
     let (outcome, reply) = match ended {
         Ended::Released => {
             inner.release();
@@ -314,13 +316,6 @@ where
             AttemptOutcome::TimedOut(t),
             Err(format!("timed out after {t:?}").into()),
         ),
-    };
-    // After a cancel request every end but success is `cancelled`.
-    let outcome = match outcome {
-        AttemptOutcome::Succeeded(v) => AttemptOutcome::Succeeded(v),
-        AttemptOutcome::Cancelled(why) => AttemptOutcome::Cancelled(why),
-        other if cancelled => AttemptOutcome::Cancelled(format!("cancelled: {}", describe(&other))),
-        other => other,
     };
     inner.finish(started, outcome);
     reply
@@ -362,15 +357,5 @@ pub fn outcome_of(e: &BoxDynError) -> AttemptOutcome {
     AttemptOutcome::Retry {
         error: e.to_string(),
         after: None,
-    }
-}
-
-fn describe(o: &AttemptOutcome) -> String {
-    match o {
-        AttemptOutcome::Retry { error, .. } => error.clone(),
-        AttemptOutcome::FailedPermanently(e) => e.clone(),
-        AttemptOutcome::Panicked(m) => format!("panicked: {m}"),
-        AttemptOutcome::TimedOut(t) => format!("timed out after {t:?}"),
-        other => format!("{other:?}"),
     }
 }

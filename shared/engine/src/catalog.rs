@@ -191,9 +191,10 @@ impl Catalog {
         let Some(kind) = self.lookup(name, access) else {
             return Err(Error::invalid(
                 "unknown_kind",
+                // The name sent is not echoed, so that an internal kind and one that does not
+                // exist get the very same answer.
                 format!(
-                    "unknown job kind '{}'; known kinds: {}",
-                    name.chars().take(64).collect::<String>(),
+                    "unknown job kind; known kinds: {}",
                     self.public_names().join(", ")
                 ),
             ));

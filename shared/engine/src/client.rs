@@ -189,13 +189,14 @@ impl JobClient {
 
     fn prepare_as(&self, tenant: &str, new: NewJob, access: Access) -> Result<Job> {
         let kind = self.inner.catalog.validate(&new.kind, &new.args, access)?;
+        let idempotency_hash = new.idempotency_key.as_ref().map(|_| request_hash(&new));
         let defaults = &kind.defaults;
         let args_json = new.args.to_string();
         if args_json.len() > self.inner.limits.max_args_bytes {
             return Err(Error::invalid(
                 "args_too_large",
                 format!(
-                    "args are {} bytes; the limit is {} (upload large inputs as files and pass their id)",
+                    "args are {} bytes; the limit is {} (store large inputs elsewhere and pass their id)",
                     args_json.len(),
                     self.inner.limits.max_args_bytes
                 ),
@@ -284,6 +285,7 @@ impl JobClient {
             attempt_budget: max_attempts as i32,
             timeout_ms: timeout_ms as i64,
             idempotency_key: new.idempotency_key,
+            idempotency_hash,
             ext: new.ext,
             wants_events: false,
             outbox: None,
@@ -367,6 +369,7 @@ impl JobClient {
         };
         let mut out = Vec::with_capacity(jobs.len());
         let mut fresh = Vec::new();
+        let mut reused = None;
         for (job, ins) in jobs.into_iter().zip(inserted) {
             match ins {
                 Inserted::New => {
@@ -383,12 +386,31 @@ impl JobClient {
                         .ok_or_else(|| {
                             Error::Corrupt("idempotency key is taken but its job is gone".into())
                         })?;
+                    // The same key with a different request is a client bug that would
+                    // silently drop the new request: refuse it. A job stored before requests
+                    // were hashed has no hash and is taken as the same request.
+                    if original
+                        .idempotency_hash
+                        .as_ref()
+                        .is_some_and(|h| Some(h) != job.idempotency_hash.as_ref())
+                    {
+                        reused.get_or_insert(original.id.clone());
+                    }
                     out.push(Submitted {
                         job: original,
                         created: false,
                     });
                 }
             }
+        }
+        if let Some(job_id) = reused {
+            // All or nothing: the other jobs of this submission were never answered 202 and
+            // never pushed to Redis, so they are removed again.
+            let ids: Vec<String> = fresh.iter().map(|j| j.id.clone()).collect();
+            if !ids.is_empty() {
+                self.inner.store.delete_unanswered(&ids).await?;
+            }
+            return Err(Error::IdempotencyKeyReused { job_id });
         }
         self.push_to_redis(&fresh).await;
         Ok(out)
@@ -448,6 +470,44 @@ impl JobClient {
         self.push_to_redis(std::slice::from_ref(&job)).await;
         let _ = self.inner.queue.publish_changes(&[id.to_string()]).await;
         Ok(job)
+    }
+}
+
+/// The hash of a submission as it was sent (kind, args, queue, priority, `run_at` or
+/// `delay_ms`, attempts, timeout and the features' fields), kept with its idempotency key so
+/// that the same key with a different request is refused. Defaults are not applied first: what
+/// the client sent is what must match. Keys are sorted, so the order fields were written in
+/// does not matter.
+pub fn request_hash(new: &NewJob) -> String {
+    use sha2::{Digest, Sha256};
+    let request = serde_json::json!({
+        "kind": new.kind,
+        "args": new.args,
+        "queue": new.queue,
+        "priority": new.priority,
+        "run_at": new.run_at.map(|t| t.timestamp_millis()),
+        "delay_ms": new.delay_ms,
+        "max_attempts": new.max_attempts,
+        "timeout_ms": new.timeout_ms,
+        "ext": new.ext,
+    });
+    hex::encode(Sha256::digest(canonical(&request).to_string().as_bytes()))
+}
+
+/// `v` with every object's keys in sorted order, whatever map type serde_json was built with.
+fn canonical(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            Value::Object(
+                keys.into_iter()
+                    .map(|k| (k.clone(), canonical(&m[k])))
+                    .collect(),
+            )
+        }
+        Value::Array(a) => Value::Array(a.iter().map(canonical).collect()),
+        other => other.clone(),
     }
 }
 

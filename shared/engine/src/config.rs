@@ -3,7 +3,7 @@
 //!
 //! Each part of jobmill owns a *section*: a struct with its own [`Section::SETTINGS`] table and a
 //! [`Section::read`] that turns an [`Env`] into typed values. The engine's section is
-//! [`CoreSettings`]; features (webhooks, data...) and binaries (API, worker) declare theirs next
+//! [`CoreSettings`]; features and binaries (API, worker) declare theirs next
 //! to the code that uses them, and a binary loads the sections it assembles with [`load`]. Every
 //! broken setting is reported at once, naming each variable, so a bad deployment fails fast.
 
@@ -641,7 +641,7 @@ mod tests {
     #[test]
     fn queues_parse() {
         assert_eq!(
-            parse_queues("default,imports:3,cache").unwrap()[1],
+            parse_queues("default,imports:3,reports").unwrap()[1],
             QueueWeight {
                 name: "imports".into(),
                 weight: 3

@@ -33,6 +33,14 @@ pub enum Error {
         details: Vec<ArgProblem>,
     },
 
+    /// An idempotency key was used before with a different request (API 422
+    /// `idempotency_key_reused`). Nothing was stored.
+    #[error("this idempotency key was already used by job {job_id} with a different request")]
+    IdempotencyKeyReused {
+        /// The job that owns the key.
+        job_id: String,
+    },
+
     /// A guarded transition found the job in another state or attempt than expected, so a
     /// newer writer already moved it on. Nothing was written.
     #[error("job {id} was not in the expected state (it is {actual:?})")]

@@ -51,6 +51,10 @@ pub struct Job {
     /// Caller-supplied deduplication key, unique per tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// SHA-256 of the request that used the key ([`crate::client::request_hash`]): the same key
+    /// with a different request is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_hash: Option<String>,
     /// Fields owned by features, stored and shown as they are (for example a URL a feature
     /// calls when the job ends). The engine never reads them; a feature's
     /// [`SubmitHook`](crate::client::SubmitHook) checks them at submission.

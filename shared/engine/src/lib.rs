@@ -1,5 +1,5 @@
 //! jobmill: the engine of a background job system. It knows jobs, queues, kinds and their
-//! catalog, and nothing of the features built on it (webhooks, data): those plug in through
+//! catalog, and nothing of the features built on it: those plug in through
 //! [`client::SubmitHook`], [`outbox::Subscriber`] and their own kinds, and own their own
 //! collections, keys, settings and loops.
 //!
@@ -45,3 +45,53 @@ pub use error::{Error, Result};
 pub use job::{Job, Progress};
 pub use kind::{JobContext, JobKind, KindDefaults, Outcome, Registry};
 pub use state::JobState;
+
+#[cfg(test)]
+mod layout {
+    //! The engine knows nothing of its features: this fails if its source names one, or if its
+    //! manifest depends on another crate of the workspace.
+
+    use std::path::Path;
+
+    fn sources(dir: &Path, out: &mut Vec<(String, String)>) {
+        for entry in std::fs::read_dir(dir).expect("src dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs" || e == "lua") {
+                let text = std::fs::read_to_string(&path).expect("source");
+                out.push((path.display().to_string(), text));
+            }
+        }
+    }
+
+    #[test]
+    fn the_engine_names_no_feature_and_depends_on_no_workspace_crate() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = Vec::new();
+        sources(&root.join("src"), &mut files);
+        // Spelled in pieces so this test does not name them itself.
+        let forbidden = [
+            ["web", "hook"].concat(),
+            ["data", "set"].concat(),
+            ["call", "back"].concat(),
+            ["up", "load"].concat(),
+            ["File", "Store"].concat(),
+            ["page ", "cache"].concat(),
+        ];
+        for (path, text) in &files {
+            let lower = text.to_lowercase();
+            for word in &forbidden {
+                assert!(
+                    !lower.contains(&word.to_lowercase()),
+                    "{path} names the feature word '{word}'"
+                );
+            }
+        }
+        let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("manifest");
+        assert!(
+            !manifest.contains("jobmill-"),
+            "the engine depends on a workspace crate:\n{manifest}"
+        );
+    }
+}

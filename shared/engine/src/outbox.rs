@@ -1,5 +1,5 @@
-//! The job-event outbox: how "this job reached state X" reaches the features that care
-//! (webhooks are one), without ever being lost between the job's end and the telling.
+//! The job-event outbox: how "this job reached state X" reaches the features that care,
+//! without ever being lost between the job's end and the telling.
 //!
 //! 1. The guarded write that ends a job (or records its progress) also sets the job's `outbox`
 //!    sub-document, in the same statement, when some [`Subscriber`] wants the event. If the

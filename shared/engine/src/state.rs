@@ -200,13 +200,30 @@ impl RetryPolicy {
 
 /// The one place that decides what follows an attempt. Pure: the caller passes the random
 /// `unit` for the jitter, so this is tested as a table.
+///
+/// Once a cancel was requested (`cancel_requested`), every outcome except success ends the job
+/// `cancelled`: a retry, a timeout, a panic, a permanent failure, an expired lease, and any
+/// "retry later" outcome added later. No further attempt is ever scheduled for a job whose
+/// cancel was answered `202`. (The store enforces the same rule on its side, for a cancel the
+/// worker had not heard of yet: see `Applied::CancelRequested`.)
 pub fn decide(
     outcome: AttemptOutcome,
     attempt: u32,
     max_attempts: u32,
     policy: &RetryPolicy,
     unit: f64,
+    cancel_requested: bool,
 ) -> Decision {
+    if cancel_requested {
+        return match outcome {
+            AttemptOutcome::Succeeded(v) => Decision::Succeed(v),
+            AttemptOutcome::Cancelled(reason) => Decision::Cancel(reason),
+            other => Decision::Cancel(format!(
+                "cancel requested; the attempt ended with: {}",
+                describe(&other)
+            )),
+        };
+    }
     let retry_or_fail = |error: String, after: Option<Duration>| {
         if attempt >= max_attempts {
             Decision::Fail(error)
@@ -230,6 +247,19 @@ pub fn decide(
             "the worker running this attempt stopped heartbeating (lease expired)".into(),
             None,
         ),
+    }
+}
+
+/// A short account of an attempt's outcome, for the reason of a cancel that overrode it.
+fn describe(o: &AttemptOutcome) -> String {
+    match o {
+        AttemptOutcome::Succeeded(_) => "success".into(),
+        AttemptOutcome::Retry { error, .. } => format!("retry ({error})"),
+        AttemptOutcome::FailedPermanently(e) => format!("failure ({e})"),
+        AttemptOutcome::Cancelled(r) => format!("cancelled ({r})"),
+        AttemptOutcome::TimedOut(d) => format!("timed out after {} ms", d.as_millis()),
+        AttemptOutcome::Panicked(m) => format!("panic ({m})"),
+        AttemptOutcome::LeaseExpired => "lease expired".into(),
     }
 }
 
@@ -300,7 +330,7 @@ mod tests {
         ];
         for (outcome, attempt, max, state, delay) in table {
             let label = format!("{outcome:?} at {attempt}/{max}");
-            let got = decide(outcome, attempt, max, &P, 0.5);
+            let got = decide(outcome, attempt, max, &P, 0.5, false);
             assert_eq!(got.state(), state, "{label}");
             if let Decision::Retry {
                 delay: got_delay, ..
@@ -312,6 +342,42 @@ mod tests {
     }
 
     #[test]
+    fn after_a_cancel_request_only_success_does_not_cancel() {
+        use AttemptOutcome as O;
+        use JobState as S;
+        let retry_after = O::Retry {
+            error: "x".into(),
+            after: Some(Duration::from_millis(7)),
+        };
+        // (outcome, attempt, max_attempts, expected state) with a cancel requested.
+        let table: Vec<(O, u32, u32, S)> = vec![
+            (O::Succeeded(json!(1)), 1, 3, S::Succeeded),
+            (
+                O::Retry {
+                    error: "x".into(),
+                    after: None,
+                },
+                1,
+                3,
+                S::Cancelled,
+            ),
+            (retry_after, 1, 3, S::Cancelled),
+            (O::FailedPermanently("x".into()), 1, 3, S::Cancelled),
+            (O::Cancelled("asked".into()), 1, 3, S::Cancelled),
+            (O::TimedOut(Duration::from_secs(1)), 1, 3, S::Cancelled),
+            (O::Panicked("boom".into()), 1, 3, S::Cancelled),
+            (O::LeaseExpired, 1, 3, S::Cancelled),
+            (O::LeaseExpired, 3, 3, S::Cancelled),
+        ];
+        for (outcome, attempt, max, state) in table {
+            let label = format!("{outcome:?} at {attempt}/{max} after a cancel request");
+            let got = decide(outcome, attempt, max, &P, 0.5, true);
+            assert_eq!(got.state(), state, "{label}");
+            assert_eq!(got.next_run_at(0), None, "{label}: no further attempt");
+        }
+    }
+
+    #[test]
     fn errors_are_kept_with_their_cause() {
         match decide(
             AttemptOutcome::Panicked("index out of bounds".into()),
@@ -319,6 +385,7 @@ mod tests {
             1,
             &P,
             0.0,
+            false,
         ) {
             Decision::Fail(e) => assert!(e.contains("panicked: index out of bounds")),
             other => panic!("{other:?}"),
@@ -329,6 +396,7 @@ mod tests {
             2,
             &P,
             0.0,
+            false,
         ) {
             Decision::Retry { error, .. } => assert_eq!(error, "timed out after 250 ms"),
             other => panic!("{other:?}"),

@@ -89,6 +89,28 @@ impl Write {
         }
     }
 
+    /// The attempt this write is about.
+    pub fn attempt(&self) -> i32 {
+        match self {
+            Write::Start { attempt, .. }
+            | Write::Progress { attempt, .. }
+            | Write::Finish { attempt, .. }
+            | Write::Release { attempt, .. } => *attempt,
+        }
+    }
+
+    /// Whether a requested cancel overrides this write: an outcome that is neither success nor
+    /// cancel (see [`crate::state::decide`]).
+    fn yields_to_cancel(&self) -> bool {
+        matches!(
+            self,
+            Write::Finish {
+                decision: Decision::Retry { .. } | Decision::Fail(_),
+                ..
+            }
+        )
+    }
+
     /// Whether the store's current (state, attempt) shows this write took effect, now or in an
     /// earlier try of the same batch (writes are retried after network errors).
     fn is_reflected_in(&self, state: JobState, current: i32) -> bool {
@@ -130,6 +152,9 @@ pub struct FollowUp {
     pub changed: bool,
     /// The attempt is over for this worker: it leaves the in-flight table.
     pub done: bool,
+    /// Record the attempt as `cancelled` instead (a new `Finish` with `Decision::Cancel`): the
+    /// write was refused because a cancel was requested. The job stays leased meanwhile.
+    pub then_cancel: bool,
 }
 
 impl Write {
@@ -140,6 +165,14 @@ impl Write {
     /// never stranded in our lease; a job that ended or vanished is forgotten.
     pub fn follow_up(&self, applied: &Applied, now_ms: i64) -> FollowUp {
         let live = |actual: &Option<JobState>| actual.is_some_and(|s| !s.is_terminal());
+        if *applied == Applied::CancelRequested {
+            return FollowUp {
+                step: RedisStep::Keep,
+                changed: false,
+                done: false,
+                then_cancel: true,
+            };
+        }
         let (step, changed, done) = match (self, applied) {
             (Write::Start { .. }, Applied::Done) => (RedisStep::Keep, true, false),
             (Write::Start { .. }, Applied::Stale { .. }) => (RedisStep::StopHandler, false, false),
@@ -160,11 +193,13 @@ impl Write {
                 (RedisStep::Release, false, true)
             }
             (Write::Release { .. }, Applied::Stale { .. }) => (RedisStep::Ack, false, true),
+            (_, Applied::CancelRequested) => unreachable!("returned above"),
         };
         FollowUp {
             step,
             changed,
             done,
+            then_cancel: false,
         }
     }
 }
@@ -174,6 +209,10 @@ impl Write {
 pub enum Applied {
     /// The write took effect.
     Done,
+    /// An outcome other than success or cancel was refused because a cancel was requested for
+    /// this very attempt (the worker had not heard of it yet). Nothing was written; the caller
+    /// records `cancelled` instead ([`FollowUp::then_cancel`]), so no further attempt runs.
+    CancelRequested,
     /// The job had moved on (newer attempt, or terminal); nothing was written.
     Stale {
         /// The job's state now, or `None` if it no longer exists.
@@ -691,17 +730,22 @@ impl Store {
         }
         // Some writes matched nothing: read those jobs to tell "already applied" from "stale".
         let ids: Vec<String> = writes.iter().map(|w| w.id().to_string()).collect();
-        let current: HashMap<String, (JobState, i32)> = self
+        let current: HashMap<String, (JobState, i32, bool)> = self
             .get_many(&ids)
             .await?
             .into_iter()
-            .map(|j| (j.id, (j.state, j.attempt)))
+            .map(|j| (j.id, (j.state, j.attempt, j.cancel_requested)))
             .collect();
         Ok(writes
             .iter()
             .map(|w| match current.get(w.id()) {
-                Some((state, attempt)) if w.is_reflected_in(*state, *attempt) => Applied::Done,
-                Some((state, attempt)) => Applied::Stale {
+                Some((state, attempt, _)) if w.is_reflected_in(*state, *attempt) => Applied::Done,
+                Some((state, attempt, true))
+                    if w.yields_to_cancel() && !state.is_terminal() && w.attempt() == *attempt =>
+                {
+                    Applied::CancelRequested
+                }
+                Some((state, attempt, _)) => Applied::Stale {
                     actual: Some(*state),
                     attempt: *attempt,
                 },
@@ -809,10 +853,16 @@ impl Store {
                         set.insert("outbox", outbox_doc(id, event, at.timestamp_millis()));
                     }
                 }
-                (
-                    doc! { "_id": id, "state": { "$in": &live }, "attempt": { "$lte": attempt } },
-                    doc! { "$set": set, "$inc": { "rev": 1 } },
-                )
+                let mut q =
+                    doc! { "_id": id, "state": { "$in": &live }, "attempt": { "$lte": attempt } };
+                if w.yields_to_cancel() {
+                    // A cancel answered 202 must not be lost to a retry or failure recorded by
+                    // a worker that had not heard of it yet: such a write is refused, and the
+                    // caller records `cancelled` instead (`Applied::CancelRequested`).
+                    // `$nin`: the compatible server stores booleans set by `$set` as 0/1.
+                    q.insert("cancel_requested", doc! { "$nin": [true, 1] });
+                }
+                (q, doc! { "$set": set, "$inc": { "rev": 1 } })
             }
             // Guard: this attempt is the one running.
             Write::Release { id, attempt } => (

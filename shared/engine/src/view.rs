@@ -64,8 +64,7 @@ pub struct JobView {
     pub cancel_requested: bool,
     /// Idempotency key, if given.
     pub idempotency_key: Option<String>,
-    /// Fields of features, shown at the top level next to the engine's (for example
-    /// `callback_url`).
+    /// Fields of features, shown at the top level next to the engine's.
     #[serde(flatten)]
     #[schema(ignore)]
     pub ext: serde_json::Map<String, Value>,

@@ -7,7 +7,7 @@ mod sleep;
 
 pub use fail::{Fail, FailMode};
 pub use noop::Noop;
-pub use sleep::Sleep;
+pub use sleep::{OnCancel, Sleep};
 
 use crate::kind::Registry;
 

@@ -26,6 +26,21 @@ pub struct SleepArgs {
     #[serde(default)]
     #[schemars(range(min = 1, max = 10_000))]
     pub steps: Option<u32>,
+    /// What to return when cancelled (default `stop`: `Outcome::Cancelled`). `retry` returns
+    /// `Outcome::Retry` instead, as a handler that treats every interruption as transient
+    /// would; the job must still end `cancelled`.
+    #[serde(default)]
+    pub on_cancel: Option<OnCancel>,
+}
+
+/// What `sleep` returns when it is cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnCancel {
+    /// `Outcome::Cancelled`.
+    Stop,
+    /// `Outcome::Retry`.
+    Retry,
 }
 
 /// Sleeps, then succeeds with `{"slept_ms": ms}`; stops early when cancelled. No effects, so
@@ -64,7 +79,10 @@ impl JobKind for Sleep {
             let slice = args.ms * step / steps - args.ms * (step - 1) / steps;
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(slice)) => {}
-                _ = ctx.cancelled() => return Outcome::Cancelled("cancelled while sleeping".into()),
+                _ = ctx.cancelled() => return match args.on_cancel.unwrap_or(OnCancel::Stop) {
+                    OnCancel::Stop => Outcome::Cancelled("cancelled while sleeping".into()),
+                    OnCancel::Retry => Outcome::retry("interrupted while sleeping; try again"),
+                },
             }
             let done = (args.ms * step / steps) as i64;
             let message = if step == steps { "done" } else { "sleeping" };

@@ -1,0 +1,121 @@
+//! `w3`: submit→start latency at 200 jobs/s (the harness's W3), against its floor: plain
+//! `insert_one` calls of job-shaped documents on the same schedule, one pass before and one after.
+
+use std::time::{Duration, Instant};
+
+use jobmill::client::NewJob;
+use jobmill::queue::RedisQueue;
+use jobmill_bench::deployment::{QUEUE, TENANT};
+use jobmill_bench::kinds::{self, now_us};
+use mongodb::bson::Document;
+use redis::AsyncCommands;
+use serde_json::json;
+
+use crate::measure::{env_f64, paced, pct_ms};
+use crate::servers::{fresh, Worker};
+use crate::store_ceiling::{indexed_scratch, job_doc};
+use crate::Rows;
+
+/// W3 next to its floor. The harness's W3 (submit→start at 200 jobs/s) through the library
+/// client and one worker, run between two passes of the same schedule of plain `insert_one`
+/// calls (job-shaped documents, the job indexes) on the same server. A submission is a durable
+/// insert before anything else, so the insert's own latency is the floor of W3's.
+pub(crate) async fn w3_floor() -> anyhow::Result<Rows> {
+    let rate_per_s = env_f64("BENCH_W3_RATE", 200.0);
+    let secs = env_f64("BENCH_W3_SECS", 10.0);
+    let (s, store, _) = fresh(64).await?;
+    let scratch = indexed_scratch(&store, "w3_floor").await?;
+    let insert_pass = |scratch: mongodb::Collection<Document>| async move {
+        let mut v = paced(rate_per_s, secs, |i| {
+            let c = scratch.clone();
+            async move {
+                c.insert_one(job_doc(i)).await?;
+                Ok(())
+            }
+        })
+        .await?;
+        v.sort_unstable();
+        anyhow::Ok(v)
+    };
+    let before = insert_pass(scratch.clone()).await?;
+
+    let registry = kinds::registry(s.redis_url.expose()).await?;
+    let queue = RedisQueue::connect(s.redis_url.expose(), &s.key_prefix).await?;
+    let client = jobmill_bench::deployment::client(store.clone(), queue.clone(), &registry, &s);
+    let worker = Worker::start(&s, store.clone()).await?;
+    let lat_job = || NewJob {
+        kind: "bench_lat".into(),
+        args: json!({"ts": now_us()}),
+        queue: Some(QUEUE.into()),
+        ..Default::default()
+    };
+    let mut redis = queue.connection();
+    // Warm up: the worker is listening once a job has run.
+    client.submit(TENANT, lat_job()).await?;
+    let until = Instant::now() + Duration::from_secs(30);
+    while redis.llen::<_, usize>("bench:lat").await? < 1 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _: () = redis.del("bench:lat").await?;
+    let mut submit = paced(rate_per_s, secs, |_| {
+        let c = client.clone();
+        async move {
+            c.submit(TENANT, lat_job()).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    submit.sort_unstable();
+    let until = Instant::now() + Duration::from_secs(60);
+    while redis.llen::<_, usize>("bench:lat").await? < submit.len() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut lat: Vec<u64> = redis
+        .lrange::<_, Vec<i64>>("bench:lat", 0, -1)
+        .await?
+        .into_iter()
+        .map(|v| v.max(0) as u64)
+        .collect();
+    lat.sort_unstable();
+    worker.stop().await?;
+    anyhow::ensure!(
+        lat.len() == submit.len(),
+        "only {} of {} jobs started",
+        lat.len(),
+        submit.len()
+    );
+
+    let after = insert_pass(scratch.clone()).await?;
+    let _ = scratch.drop().await;
+    let mut floor = before;
+    floor.extend(after);
+    floor.sort_unstable();
+    let line = |v: &[u64]| {
+        format!(
+            "p50 {:.2} / p95 {:.2} / p99 {:.2} ms",
+            pct_ms(v, 50.0),
+            pct_ms(v, 95.0),
+            pct_ms(v, 99.0)
+        )
+    };
+    Ok(vec![
+        (
+            format!("submit→start at {rate_per_s:.0}/s"),
+            line(&lat),
+            format!(
+                "p99 = {:.2}× the floor's p99",
+                pct_ms(&lat, 99.0) / pct_ms(&floor, 99.0)
+            ),
+        ),
+        (
+            "submit call (insert + Redis)".into(),
+            line(&submit),
+            "part of submit→start".into(),
+        ),
+        (
+            "floor: plain insert_one, same schedule".into(),
+            line(&floor),
+            "store latency (two passes, before and after)".into(),
+        ),
+    ])
+}
