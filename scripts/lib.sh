@@ -20,6 +20,10 @@ JM_NX_BIN="$JM_MONGO_VENV/bin/nx-27017"
 JM_HOOKS_PINS="standardwebhooks==1.1.0"
 JM_HOOKS_VENV="$ROOT/.venv-hooks"
 
+# Pinned API fuzzer (scripts/fuzz.sh runs it against /openapi.json).
+JM_FUZZ_PINS="schemathesis==4.32.5 hypothesis==6.170.17"
+JM_FUZZ_VENV="$ROOT/.venv-fuzz"
+
 log() {
     printf '[jobmill] %s\n' "$*" >&2
 }
@@ -131,6 +135,11 @@ ensure_mongo_installed() {
 # tests/webhook_receiver.py (the spec's own verifier checks every signature we send).
 ensure_webhook_venv() {
     _jm_ensure_venv "$JM_HOOKS_VENV" "$JM_HOOKS_PINS" "import standardwebhooks"
+}
+
+# ensure_fuzz_venv: .venv-fuzz with the pinned `schemathesis`, for scripts/fuzz.sh.
+ensure_fuzz_venv() {
+    _jm_ensure_venv "$JM_FUZZ_VENV" "$JM_FUZZ_PINS" "import schemathesis"
 }
 
 _jm_python() {

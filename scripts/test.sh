@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Run every check and test: rustfmt, clippy, debug build of the binaries, then
 # `cargo test --workspace` against a private redis-server and a private
-# nx-27017 (MongoDB-compatible) on free ports under .run/test-<pid>/.
+# nx-27017 (MongoDB-compatible) on free ports under .run/test-<pid>/, then the API fuzzer
+# (scripts/fuzz.sh: schemathesis against /openapi.json) on the same servers.
 # Extra arguments go to `cargo test`, e.g.  scripts/test.sh -p jobmill-tests -- --nocapture
 # Test threads: RUST_TEST_THREADS (or JOBMILL_TEST_THREADS), default 4.
+# The fuzzer runs only for a full run (no extra arguments), or with JOBMILL_FUZZ=1; JOBMILL_FUZZ=0
+# skips it.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -18,6 +21,7 @@ ensure_cargo
 ensure_redis_installed
 ensure_mongo_installed
 ensure_webhook_venv
+ensure_fuzz_venv
 if ! cargo fmt --version >/dev/null 2>&1; then
     command -v rustup >/dev/null 2>&1 || die "cargo fmt missing and rustup not found"
     rustup component add rustfmt </dev/null
@@ -85,10 +89,26 @@ cargo test --workspace "$@" </dev/null 2>&1 | tee "$RUN/cargo-test.log" || rc=$?
 # One closing line summing every test binary (cargo's own last line is a doc-test run of 0).
 passed=$(grep -Eo '^test result: [A-Za-z]+\. [0-9]+ passed' "$RUN/cargo-test.log" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed;' "$RUN/cargo-test.log" | awk '{s+=$1} END {print s+0}')
-if [[ "$rc" -eq 0 ]]; then
-    log "all checks and tests passed"
-elif [[ "$failed" -eq 0 ]]; then
+if [[ "$rc" -ne 0 && "$failed" -eq 0 ]]; then
     failed=1
 fi
+
+# ---- fuzzer ----
+fuzz_line="fuzz: not run (arguments given; JOBMILL_FUZZ=1 runs it)"
+if [[ "${JOBMILL_FUZZ:-}" == "1" || ( $# -eq 0 && "${JOBMILL_FUZZ:-}" != "0" ) ]]; then
+    log "scripts/fuzz.sh"
+    fuzz_rc=0
+    "$ROOT/scripts/fuzz.sh" 2>&1 | tee "$RUN/fuzz.log" || fuzz_rc=$?
+    fuzz_line="$(grep -E '^fuzz summary:' "$RUN/fuzz.log" | tail -n 1 || true)"
+    fuzz_line="${fuzz_line:-fuzz summary: no summary (exit $fuzz_rc)}"
+    if [[ "$fuzz_rc" -ne 0 && "$rc" -eq 0 ]]; then
+        rc="$fuzz_rc"
+    fi
+fi
+
+if [[ "$rc" -eq 0 ]]; then
+    log "all checks and tests passed"
+fi
 echo "summary: ${passed} passed, ${failed} failed"
+echo "$fuzz_line"
 exit "$rc"

@@ -35,14 +35,9 @@ impl FromRequestParts<AppState> for Caller {
         let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
             ApiError::unauthorized("send an API key as Authorization: Bearer <key>")
         })?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::unauthorized("the Authorization header must be 'Bearer <key>'")
-            })?;
+        let token = header.to_str().ok().and_then(bearer_token).ok_or_else(|| {
+            ApiError::unauthorized("the Authorization header must be 'Bearer <key>'")
+        })?;
         // Compare against every key in constant time, so timing does not reveal a prefix.
         let mut found = None;
         for key in state.keys.iter() {
@@ -58,6 +53,14 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// The token of a `Bearer` credential. The scheme is case-insensitive (RFC 9110 §11.1), so
+/// `bearer` and `BEARER` work too.
+fn bearer_token(h: &str) -> Option<&str> {
+    let (scheme, token) = h.trim().split_once([' ', '\t'])?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
@@ -67,7 +70,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{bearer_token, constant_time_eq};
+
+    #[test]
+    fn the_scheme_is_case_insensitive() {
+        for h in ["Bearer k1", "bearer k1", "BEARER k1", "bEaReR   k1 "] {
+            assert_eq!(bearer_token(h), Some("k1"), "{h}");
+        }
+        for h in ["Basic k1", "Bearer", "Bearer ", "Bearerk1", "Token k1"] {
+            assert_eq!(bearer_token(h), None, "{h}");
+        }
+    }
 
     #[test]
     fn compares_whole_secrets() {

@@ -41,6 +41,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
                     "payload_too_large",
                     "the request body is larger than the limit (JOBMILL_MAX_BODY_BYTES)",
                 )
+            } else if crate::server::is_body_timeout(&e) {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "the request body did not arrive in time",
+                )
             } else {
                 ApiError::bad_request("unreadable_body", "the request body could not be read")
             }
@@ -51,6 +57,18 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
 
 /// Parse JSON, telling a syntax error (400) from a well-formed body of the wrong shape (422).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // JSON text is UTF-8 (RFC 8259 §8.1). Checked first: skipping a value with `IgnoredAny`
+    // does not look inside strings, so bad bytes there would otherwise surface only in the
+    // typed pass below, as a shape error.
+    if let Err(e) = std::str::from_utf8(bytes) {
+        return Err(ApiError::bad_request(
+            "malformed_json",
+            format!(
+                "the body is not valid JSON: it is not UTF-8 (byte {})",
+                e.valid_up_to()
+            ),
+        ));
+    }
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
         return Err(ApiError::bad_request(
             "malformed_json",
@@ -61,6 +79,14 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
+        // A syntax error the skipping pass let through (an invalid escape inside a string,
+        // say) is still malformed JSON, not a body of the wrong shape.
+        if inner.is_syntax() || inner.is_eof() {
+            return ApiError::bad_request(
+                "malformed_json",
+                format!("the body is not valid JSON: {inner}"),
+            );
+        }
         let msg = if path == "." || path.is_empty() {
             inner.to_string()
         } else {
@@ -197,4 +223,33 @@ pub fn page_params(
         })?),
     };
     Ok((limit, before))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Named {
+        name: String,
+    }
+
+    #[test]
+    fn non_utf8_and_bad_escapes_are_malformed_json() {
+        for body in [
+            &b"{\"name\": \"\xff\xfe\"}"[..],
+            &b"{\"name\": \"\\ud800\"}"[..],
+            &b"\xff"[..],
+        ] {
+            let e = parse_json::<Named>(body).unwrap_err();
+            assert_eq!(
+                (e.status, e.code),
+                (StatusCode::BAD_REQUEST, "malformed_json")
+            );
+        }
+        let e = parse_json::<Named>(br#"{"name": 1}"#).unwrap_err();
+        assert_eq!(e.code, "invalid_body");
+        assert_eq!(parse_json::<Named>(br#"{"name": "a"}"#).unwrap().name, "a");
+    }
 }

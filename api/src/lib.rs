@@ -14,6 +14,8 @@
 //! - [`catalog`]: keeps the kinds catalog fresh.
 //! - [`watch`]: job-change events for long-polls.
 //! - [`finished`]: finished jobs cached in memory for status polls.
+//! - [`server`]: the connection loop with its HTTP timeouts and connection limit.
+//! - [`range`]: `Range` headers of file downloads.
 #![warn(missing_docs)]
 
 pub mod auth;
@@ -21,7 +23,9 @@ pub mod catalog;
 pub mod error;
 pub mod extract;
 pub mod finished;
+pub mod range;
 pub mod routes;
+pub mod server;
 pub mod settings;
 pub mod view;
 pub mod watch;
@@ -122,7 +126,10 @@ impl AppState {
 /// The OpenAPI document, generated from the handlers' annotations.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "jobmill", description = "Background jobs over HTTP: submit, watch, cancel, retry; signed webhook callbacks."),
+    info(title = "jobmill", description = "Background jobs over HTTP: submit, watch, cancel, retry; signed webhook callbacks.\n\n\
+Every error answer is `{\"error\": {\"code\", \"message\"}}`. A method a path does not list answers \
+`405 method_not_allowed` with an `Allow` header naming the methods it does list; an unknown path answers \
+`404 not_found`. Any operation that reads or writes a store may answer `503 unavailable` while the store is down."),
     paths(
         routes::jobs::jobs_create,
         routes::jobs::jobs_batch,
@@ -137,6 +144,7 @@ impl AppState {
         routes::uploads::uploads_complete,
         routes::files::files_index,
         routes::files::files_show,
+        routes::files::files_head,
         routes::files::files_delete,
         routes::datasets::datasets_index,
         routes::datasets::datasets_rows,
@@ -166,7 +174,7 @@ impl AppState {
         routes::uploads::CreateUpload, routes::uploads::UploadView, routes::uploads::PartView,
         routes::files::FileView, routes::files::FilePage,
         routes::datasets::DatasetView, routes::datasets::DatasetList, routes::datasets::RowPage,
-        view::CreateWebhook, view::WebhookView, view::WebhookList, view::SigningSecretView,
+        view::CreateWebhook, view::EventType, view::WebhookView, view::WebhookList, view::SigningSecretView,
         view::DeliveryView, view::DeliveryAttemptView, view::DeliveryList,
     )),
     modifiers(&BearerAuth),
@@ -208,7 +216,9 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/files", get(files::files_index))
         .route(
             "/v1/files/{id}",
-            get(files::files_show).delete(files::files_delete),
+            get(files::files_show)
+                .head(files::files_head)
+                .delete(files::files_delete),
         )
         .route("/v1/datasets", get(datasets::datasets_index))
         .route("/v1/datasets/{name}/rows", get(datasets::datasets_rows))
@@ -291,7 +301,8 @@ fn on_panic(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Respo
     ApiError::internal().into_response()
 }
 
-/// Serve the API on the configured address until `shutdown` resolves.
+/// Serve the API on the configured address until `shutdown` resolves, with the HTTP limits
+/// (`JOBMILL_HTTP_*`, see [`server::HttpLimits`]).
 pub async fn serve(
     config: &ApiConfig,
     kinds: Registry,
@@ -305,8 +316,106 @@ pub async fn serve(
         .await
         .with_context(|| format!("binding {}", config.api.addr))?;
     tracing::info!(addr = %listener.local_addr()?, "api listening");
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    Ok(())
+    server::serve_on(listener, app(state), config.http.clone(), shutdown).await
+}
+
+#[cfg(test)]
+mod doc_tests {
+    use serde_json::Value;
+    use utoipa::OpenApi;
+
+    fn doc() -> Value {
+        serde_json::to_value(crate::ApiDoc::openapi()).unwrap()
+    }
+
+    fn operations(d: &Value) -> Vec<(String, String, Value)> {
+        let mut out = Vec::new();
+        for (path, ops) in d["paths"].as_object().unwrap() {
+            for (method, op) in ops.as_object().unwrap() {
+                out.push((path.clone(), method.clone(), op.clone()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn path_parameters_are_in_the_path_and_queries_are_optional() {
+        for (path, method, op) in operations(&doc()) {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let name = p["name"].as_str().unwrap();
+                if p["in"] == "path" {
+                    assert!(
+                        path.contains(&format!("{{{name}}}")),
+                        "{method} {path}: '{name}' is declared in the path but is not in it"
+                    );
+                } else {
+                    assert_ne!(p["required"], true, "{method} {path}: {name}");
+                    assert!(
+                        !p["schema"]["type"].is_array(),
+                        "{method} {path}: {name} must not be nullable"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn statuses_the_server_answers_are_listed() {
+        let d = doc();
+        for (path, method, op) in operations(&d) {
+            let responses = op["responses"].as_object().unwrap();
+            if op.get("security").is_some() {
+                assert!(responses.contains_key("401"), "{method} {path}: 401");
+            }
+            let json_body = op["requestBody"]["content"]
+                .get("application/json")
+                .is_some();
+            if json_body {
+                assert!(responses.contains_key("415"), "{method} {path}: 415");
+                assert!(responses.contains_key("400"), "{method} {path}: 400");
+            }
+            if op["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["in"] == "path")
+            {
+                assert!(responses.contains_key("400"), "{method} {path}: 400");
+            }
+        }
+        assert!(d["paths"]["/v1/files/{id}"]["head"].is_object());
+        let part = &d["paths"]["/v1/uploads/{id}/parts/{n}"]["put"]["requestBody"]["content"]
+            ["application/octet-stream"]["schema"];
+        assert_eq!(part["format"], "binary", "{part}");
+    }
+
+    #[test]
+    fn ranges_match_the_validators() {
+        let d = doc();
+        let job = &d["components"]["schemas"]["SubmitJob"]["properties"];
+        assert_eq!(job["max_attempts"]["minimum"], 1);
+        assert_eq!(
+            job["max_attempts"]["maximum"],
+            jobmill::client::MAX_ATTEMPTS
+        );
+        assert_eq!(job["priority"]["maximum"], 9);
+        assert_eq!(job["kind"]["minLength"], 1);
+        assert_eq!(
+            job["timeout_ms"]["maximum"],
+            jobmill::client::MAX_TIMEOUT_MS
+        );
+        assert_eq!(
+            job["delay_ms"]["maximum"],
+            jobmill::client::MAX_SCHEDULE_AHEAD_MS
+        );
+        let part = &d["paths"]["/v1/uploads/{id}/parts/{n}"]["put"]["parameters"][1]["schema"];
+        assert_eq!(
+            part["maximum"],
+            jobmill_data::files::MAX_PARTS - 1,
+            "{part}"
+        );
+        let limit = &d["paths"]["/v1/jobs"]["get"]["parameters"][3];
+        assert_eq!(limit["name"], "limit");
+        assert_eq!(limit["schema"]["maximum"], crate::extract::MAX_LIMIT);
+    }
 }

@@ -4,9 +4,11 @@
 use std::fmt;
 use std::net::SocketAddr;
 
-use jobmill::config::{self, Bounds, CoreSettings, Env, Secret, Section, Setting};
+use jobmill::config::{Bounds, Config, CoreSettings, Env, Secret, Section, Setting};
 use jobmill_data::DataSettings;
 use jobmill_webhooks::WebhookSettings;
+
+use crate::server::HttpLimits;
 
 /// `JOBMILL_API_ADDR`.
 pub const API_ADDR: Setting = Setting {
@@ -96,28 +98,30 @@ pub struct ApiConfig {
     pub core: CoreSettings,
     /// The API's own.
     pub api: ApiSettings,
+    /// The HTTP server's timeouts and connection limit.
+    pub http: HttpLimits,
     /// The webhooks feature's.
     pub webhooks: WebhookSettings,
     /// The data feature's.
     pub data: DataSettings,
 }
 
-impl ApiConfig {
-    /// Every table this config reads, for flags and `--help`.
-    pub const TABLES: &'static [&'static [Setting]] = &[
+impl Config for ApiConfig {
+    const TABLES: &'static [&'static [Setting]] = &[
         CoreSettings::SETTINGS,
         ApiSettings::SETTINGS,
+        HttpLimits::SETTINGS,
         WebhookSettings::SETTINGS,
         DataSettings::SETTINGS,
     ];
 
-    /// Read every section; all broken settings are reported at once.
-    pub fn read(env: Env) -> jobmill::Result<Self> {
+    fn read_sections(env: &Env) -> Self {
         let c = ApiConfig {
-            core: CoreSettings::read(&env),
-            api: ApiSettings::read(&env),
-            webhooks: WebhookSettings::read(&env),
-            data: DataSettings::read(&env),
+            core: CoreSettings::read(env),
+            api: ApiSettings::read(env),
+            http: HttpLimits::read(env),
+            webhooks: WebhookSettings::read(env),
+            data: DataSettings::read(env),
         };
         if c.api.keys.is_empty() && !env.is_set(&API_KEYS) {
             env.problem(
@@ -132,23 +136,7 @@ impl ApiConfig {
                 "must not exceed JOBMILL_MAX_BODY_BYTES",
             );
         }
-        env.finish()?;
-        Ok(c)
-    }
-
-    /// From the environment, with `--flag value` overrides.
-    pub fn load(args: &[String]) -> jobmill::Result<Self> {
-        Self::read(config::process_env(args, Self::TABLES)?)
-    }
-
-    /// From any lookup (tests, benchmarks).
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> jobmill::Result<Self> {
-        Self::read(Env::new(get))
-    }
-
-    /// The `--help` text.
-    pub fn help(binary: &str, extra: &str) -> String {
-        config::help(binary, extra, Self::TABLES)
+        c
     }
 }
 

@@ -9,31 +9,53 @@ use utoipa::ToSchema;
 
 use crate::error::ApiError;
 
+/// Raw bytes (documentation only: part uploads and downloads are streamed).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct Binary(#[allow(dead_code)] Vec<u8>);
+
 /// A job submission.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"kind": "noop", "args": {"n": 1}, "priority": 5}))]
 pub struct SubmitJob {
-    /// Job kind, e.g. `noop`, `sleep`, `fail`.
+    /// Job kind, e.g. `noop`, `sleep`, `fail` (a registered kind, at most 128 characters).
+    #[schema(min_length = 1, max_length = 128)]
     pub kind: String,
     /// Arguments for the kind (default `{}`).
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub args: Option<Value>,
-    /// Queue (default `default`).
+    /// Queue (default `default`): 1-64 letters, digits, `_` or `-`.
+    #[schema(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
     pub queue: Option<String>,
     /// 0-9, higher runs first (default 0).
+    #[schema(minimum = 0, maximum = 9)]
     pub priority: Option<i32>,
-    /// RFC 3339 time before which the job does not run.
+    /// RFC 3339 time before which the job does not run (at most a year ahead; not with
+    /// `delay_ms`).
+    #[schema(format = DateTime)]
     pub run_at: Option<String>,
-    /// Milliseconds from now before which the job does not run.
+    /// Milliseconds from now before which the job does not run (at most a year).
+    #[schema(minimum = 0, maximum = 31_622_400_000_u64)]
     pub delay_ms: Option<u64>,
     /// Attempts before the job fails for good (1-100).
+    #[schema(minimum = 1, maximum = 100)]
     pub max_attempts: Option<u32>,
-    /// Per-attempt timeout in ms.
+    /// Per-attempt timeout in ms (at most 7 days).
+    #[schema(minimum = 1, maximum = 604_800_000_u64)]
     pub timeout_ms: Option<u64>,
-    /// Deduplication key, unique per tenant (also accepted as an `Idempotency-Key` header).
+    /// Deduplication key, unique per tenant (also accepted as an `Idempotency-Key` header):
+    /// 1-200 bytes without control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
+    )]
     pub idempotency_key: Option<String>,
     /// `https://` (or allow-listed `http://`) URL that receives a signed POST when the job
     /// ends (`job.succeeded`, `job.failed`, `job.cancelled`).
+    #[schema(format = "uri")]
     pub callback_url: Option<String>,
 }
 
@@ -102,8 +124,10 @@ impl SubmitJob {
 /// Several jobs at once.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"jobs": [{"kind": "noop"}, {"kind": "sleep", "args": {"ms": 10}}]}))]
 pub struct SubmitBatch {
     /// Up to 1000 jobs; all are valid or none is stored.
+    #[schema(min_items = 1, max_items = 1000)]
     pub jobs: Vec<SubmitJob>,
 }
 
@@ -128,10 +152,49 @@ pub struct BatchView {
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhook {
     /// `https://` (or allow-listed `http://`) URL receiving the events.
+    #[schema(format = "uri")]
     pub url: String,
     /// Event types: `job.succeeded`, `job.failed`, `job.cancelled` (the default: these three)
     /// and `job.progress` (opt-in; at most one per job per `JOBMILL_WEBHOOK_PROGRESS_EVERY`).
+    #[schema(value_type = Option<Vec<EventType>>, min_items = 1)]
     pub events: Option<Vec<String>>,
+}
+
+/// An event type (documentation of `events`).
+#[derive(ToSchema)]
+pub enum EventType {
+    /// The job succeeded.
+    #[schema(rename = "job.succeeded")]
+    Succeeded,
+    /// The job failed.
+    #[schema(rename = "job.failed")]
+    Failed,
+    /// The job was cancelled.
+    #[schema(rename = "job.cancelled")]
+    Cancelled,
+    /// The job reported progress (opt-in).
+    #[schema(rename = "job.progress")]
+    Progress,
+}
+
+/// A job state, as the `state` filter of `GET /v1/jobs` takes it.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum StateFilter {
+    /// Waiting to run.
+    Queued,
+    /// Waiting for its time.
+    Scheduled,
+    /// Running.
+    Running,
+    /// Waiting for its next attempt.
+    Retrying,
+    /// Ended well.
+    Succeeded,
+    /// Ended badly.
+    Failed,
+    /// Cancelled.
+    Cancelled,
 }
 
 /// A webhook endpoint.

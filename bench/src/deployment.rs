@@ -8,6 +8,7 @@
 //! as "the harness reset the system" and empties the jobs collection too, then marks Redis as
 //! holding a full copy (the epoch), exactly the state of a fresh deployment.
 
+use jobmill::config::Config as _;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -5,6 +5,7 @@
 //!
 //! `scripts/test.sh` starts the shared servers and exports `JOBMILL_TEST_*`.
 
+use jobmill::config::Config as _;
 use std::collections::HashMap;
 use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
@@ -137,14 +138,15 @@ impl Ctx {
             .expect("api state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
+        // The real server loop, with the HTTP limits a test may shorten through `set`.
+        let limits = settings.http.clone();
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(async move {
-            axum::serve(listener, jobmill_api::app(state))
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await
-                .unwrap();
+            jobmill_api::server::serve_on(listener, jobmill_api::app(state), limits, async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
         });
         Api {
             base,

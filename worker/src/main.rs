@@ -1,5 +1,6 @@
 //! `jobmill-worker`: settings, telemetry, then [`jobmill_worker::run`] until SIGTERM or Ctrl-C.
 
+use jobmill::config::Config as _;
 use jobmill::telemetry::{init_tracing, shutdown_signal};
 use jobmill::Registry;
 use jobmill_worker::WorkerConfig;

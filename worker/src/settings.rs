@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use jobmill::config::{
-    self, parse_queues, Bounds, CoreSettings, Env, QueueWeight, Section, Setting,
+    parse_queues, Bounds, Config, CoreSettings, Env, QueueWeight, Section, Setting,
 };
 use jobmill_data::DataSettings;
 use jobmill_webhooks::WebhookSettings;
@@ -93,40 +93,21 @@ pub struct WorkerConfig {
     pub data: DataSettings,
 }
 
-impl WorkerConfig {
-    /// Every table this config reads, for flags and `--help`.
-    pub const TABLES: &'static [&'static [Setting]] = &[
+impl Config for WorkerConfig {
+    const TABLES: &'static [&'static [Setting]] = &[
         CoreSettings::SETTINGS,
         WorkerSettings::SETTINGS,
         WebhookSettings::SETTINGS,
         DataSettings::SETTINGS,
     ];
 
-    /// Read every section; all broken settings are reported at once.
-    pub fn read(env: Env) -> jobmill::Result<Self> {
-        let c = WorkerConfig {
-            core: CoreSettings::read(&env),
-            worker: WorkerSettings::read(&env),
-            webhooks: WebhookSettings::read(&env),
-            data: DataSettings::read(&env),
-        };
-        env.finish()?;
-        Ok(c)
-    }
-
-    /// From the environment, with `--flag value` overrides.
-    pub fn load(args: &[String]) -> jobmill::Result<Self> {
-        Self::read(config::process_env(args, Self::TABLES)?)
-    }
-
-    /// From any lookup (tests, benchmarks).
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> jobmill::Result<Self> {
-        Self::read(Env::new(get))
-    }
-
-    /// The `--help` text.
-    pub fn help(binary: &str, extra: &str) -> String {
-        config::help(binary, extra, Self::TABLES)
+    fn read_sections(env: &Env) -> Self {
+        WorkerConfig {
+            core: CoreSettings::read(env),
+            worker: WorkerSettings::read(env),
+            webhooks: WebhookSettings::read(env),
+            data: DataSettings::read(env),
+        }
     }
 }
 

@@ -44,14 +44,26 @@ pub struct RowPage {
 
 /// Query of the rows listing.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RowParams {
     /// Sort field; only `_id` (the index every dataset has) is supported.
+    #[param(value_type = Option<SortField>, nullable = false, inline)]
     pub sort: Option<String>,
     /// Page size, 1-1000 (default 100).
+    #[param(nullable = false, minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(nullable = false, max_length = 1024)]
     pub cursor: Option<String>,
+}
+
+/// The sortable fields of a dataset (documentation of `sort`).
+#[derive(ToSchema)]
+pub enum SortField {
+    /// The row id.
+    #[schema(rename = "_id")]
+    Id,
 }
 
 fn datasets(state: &AppState) -> jobmill_data::datasets::Datasets {
@@ -89,10 +101,11 @@ pub async fn datasets_index(
 
 /// Page through a dataset's rows in `_id` order (seek pagination on the `_id` index).
 #[utoipa::path(get, path = "/v1/datasets/{name}/rows", tag = "datasets", security(("bearer" = [])),
-    params(("name" = String, Path, description = "dataset name"), RowParams),
+    params(("name" = String, Path, description = "dataset name", pattern = r"^[a-z0-9_]{1,48}$"), RowParams),
     responses(
         (status = 200, description = "a page of rows", body = RowPage),
         (status = 400, description = "bad name, sort, limit or cursor", body = ErrorBody),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
         (status = 404, description = "no such dataset", body = ErrorBody),
     ))]
 pub async fn datasets_rows(
@@ -142,10 +155,12 @@ pub async fn datasets_rows(
 /// MongoDB and one `cache_rebuild` is queued for the dataset, however many readers missed
 /// (`x-rebuild-job` names it; absent when a rebuild finished between the miss and the request).
 #[utoipa::path(get, path = "/v1/datasets/{name}/pages/{n}", tag = "datasets", security(("bearer" = [])),
-    params(("name" = String, Path, description = "dataset name"), ("n" = u64, Path, description = "page from 0")),
+    params(("name" = String, Path, description = "dataset name", pattern = r"^[a-z0-9_]{1,48}$"),
+           ("n" = u64, Path, description = "page from 0", minimum = 0, maximum = 999999)),
     responses(
-        (status = 200, description = "the page: {dataset, page, page_size, rows, version}"),
+        (status = 200, description = "the page: {dataset, page, page_size, rows, version}", content_type = "application/json"),
         (status = 400, description = "bad name or page", body = ErrorBody),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
         (status = 404, description = "no such dataset", body = ErrorBody),
     ))]
 pub async fn datasets_page(
@@ -153,10 +168,12 @@ pub async fn datasets_page(
     caller: Caller,
     Path((name, n)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let n: u64 =
-        n.parse().ok().filter(|n| *n < 1_000_000).ok_or_else(|| {
-            ApiError::bad_request("invalid_page", "page must be from 0 to 999999")
-        })?;
+    // Digits only: `u64::from_str` would also take a `+`, which the document does not allow.
+    let n: u64 = Some(n.as_str())
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n < 1_000_000)
+        .ok_or_else(|| ApiError::bad_request("invalid_page", "page must be from 0 to 999999"))?;
     let ds = load(&state, &caller, &name).await?;
     let cache = state.data.cache();
     let cacheable = n < cache.pages as u64;

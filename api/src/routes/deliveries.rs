@@ -18,10 +18,11 @@ fn not_found() -> ApiError {
 
 /// Show a delivery with every attempt.
 #[utoipa::path(get, path = "/v1/deliveries/{id}", tag = "webhooks", security(("bearer" = [])),
-    params(("id" = String, Path, description = "delivery id")),
+    params(("id" = String, Path, description = "delivery id", pattern = r"^[A-Za-z0-9_]{1,200}$")),
     responses(
         (status = 200, description = "the delivery", body = DeliveryView),
         (status = 400, description = "bad id", body = ErrorBody),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
         (status = 404, description = "no such delivery for this key", body = ErrorBody),
     ))]
 pub async fn deliveries_show(
@@ -41,10 +42,11 @@ pub async fn deliveries_show(
 /// Send a finished delivery again: same body, same `webhook-id` (receivers that already have it
 /// dedupe), a fresh timestamp and signature, and a fresh retry schedule.
 #[utoipa::path(post, path = "/v1/deliveries/{id}/replay", tag = "webhooks", security(("bearer" = [])),
-    params(("id" = String, Path, description = "delivery id")),
+    params(("id" = String, Path, description = "delivery id", pattern = r"^[A-Za-z0-9_]{1,200}$")),
     responses(
         (status = 202, description = "queued for sending", body = DeliveryView),
         (status = 400, description = "bad id", body = ErrorBody),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
         (status = 404, description = "no such delivery for this key", body = ErrorBody),
         (status = 409, description = "the delivery is still pending", body = ErrorBody),
     ))]

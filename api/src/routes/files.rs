@@ -16,6 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{page_params, parse_job_id, Query};
+use crate::range::{parse_range, Wanted};
 use crate::AppState;
 
 /// A stored file.
@@ -59,11 +60,14 @@ pub struct FilePage {
 
 /// Query of `GET /v1/files`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FileListParams {
     /// Page size, 1-500 (default 50).
+    #[param(nullable = false, minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<uuid::Uuid>, nullable = false)]
     pub cursor: Option<String>,
 }
 
@@ -108,68 +112,19 @@ async fn load(state: &AppState, caller: &Caller, raw: &str) -> Result<FileMeta, 
     }
 }
 
-/// What a `Range` header asks for.
-#[derive(Debug, PartialEq, Eq)]
-enum Wanted {
-    /// The whole file (no header, or one we do not serve partially, like several ranges).
-    All,
-    /// Bytes `[start, end)`.
-    Part(u64, u64),
-    /// Nothing of the file can be served (416).
-    Unsatisfiable,
-}
-
-/// Parse a single `bytes=` range against a file of `size` bytes (RFC 9110 §14.1.2). Anything
-/// we do not understand is ignored, which the RFC allows: the answer is then the whole file.
-fn parse_range(h: &str, size: u64) -> Wanted {
-    let Some(spec) = h.trim().strip_prefix("bytes=") else {
-        return Wanted::All;
-    };
-    if spec.contains(',') {
-        return Wanted::All;
-    }
-    let Some((a, b)) = spec.trim().split_once('-') else {
-        return Wanted::All;
-    };
-    let (a, b) = (a.trim(), b.trim());
-    if a.is_empty() {
-        // Suffix: the last b bytes.
-        return match b.parse::<u64>() {
-            Ok(0) => Wanted::Unsatisfiable,
-            Ok(n) if size == 0 => {
-                let _ = n;
-                Wanted::Unsatisfiable
-            }
-            Ok(n) => Wanted::Part(size.saturating_sub(n), size),
-            Err(_) => Wanted::All,
-        };
-    }
-    let Ok(start) = a.parse::<u64>() else {
-        return Wanted::All;
-    };
-    let end = if b.is_empty() {
-        size
-    } else {
-        match b.parse::<u64>() {
-            Ok(last) if last >= start => (last + 1).min(size),
-            _ => return Wanted::All,
-        }
-    };
-    if start >= size {
-        return Wanted::Unsatisfiable;
-    }
-    Wanted::Part(start, end)
-}
-
 /// Download a file. `ETag` is its SHA-256; `Range: bytes=a-b` answers `206`; `HEAD` answers
 /// the headers only.
 #[utoipa::path(get, path = "/v1/files/{id}", tag = "files", security(("bearer" = [])),
-    params(("id" = String, Path, description = "file id"),
-           ("Range" = Option<String>, Header, description = "bytes=start-end (one range)")),
+    params(("id" = uuid::Uuid, Path, description = "file id (its upload's id)"),
+           ("Range" = Option<String>, Header, nullable = false, description = "bytes=start-end (one range; anything else answers the whole file)"),
+           ("If-None-Match" = Option<String>, Header, nullable = false, description = "the ETag of an earlier answer")),
     responses(
-        (status = 200, description = "the whole file", content_type = "application/octet-stream"),
-        (status = 206, description = "the requested range"),
+        (status = 200, description = "the whole file, with the content type it was uploaded with (application/octet-stream if none)",
+            content_type = "*/*", body = inline(crate::view::Binary)),
+        (status = 206, description = "the requested range", content_type = "*/*", body = inline(crate::view::Binary)),
         (status = 304, description = "If-None-Match matched the ETag"),
+        (status = 400, description = "bad id", body = ErrorBody),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
         (status = 404, description = "no such file for this key", body = ErrorBody),
         (status = 416, description = "the range starts past the end"),
     ))]
@@ -205,13 +160,14 @@ pub async fn files_show(
         Some(r) => parse_range(r, size),
         None => Wanted::All,
     };
+    // `end` is exclusive here; parse_range guarantees start <= last < size.
     let (status, start, end) = match wanted {
         Wanted::All => (StatusCode::OK, 0, size),
-        Wanted::Part(s, e) => {
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes {s}-{}/{size}", e - 1)) {
+        Wanted::Satisfiable { start, end: last } => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{last}/{size}")) {
                 h.insert(CONTENT_RANGE, v);
             }
-            (StatusCode::PARTIAL_CONTENT, s, e)
+            (StatusCode::PARTIAL_CONTENT, start, last + 1)
         }
         Wanted::Unsatisfiable => {
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
@@ -232,11 +188,36 @@ pub async fn files_show(
     Ok((status, h, Body::from_stream(stream)).into_response())
 }
 
+/// The headers of a download (`Content-Length`, `ETag`, `Content-Range`), without the bytes.
+#[utoipa::path(head, path = "/v1/files/{id}", tag = "files", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path, description = "file id (its upload's id)"),
+           ("Range" = Option<String>, Header, nullable = false, description = "bytes=start-end (one range; anything else answers the whole file)"),
+           ("If-None-Match" = Option<String>, Header, nullable = false, description = "the ETag of an earlier answer")),
+    responses(
+        (status = 200, description = "the whole file's headers"),
+        (status = 206, description = "the requested range's headers"),
+        (status = 304, description = "If-None-Match matched the ETag"),
+        (status = 400, description = "bad id"),
+        (status = 401, description = "missing or unknown API key"),
+        (status = 404, description = "no such file for this key"),
+        (status = 416, description = "the range starts past the end"),
+    ))]
+pub async fn files_head(
+    state: State<AppState>,
+    caller: Caller,
+    id: Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    files_show(state, caller, id, Method::HEAD, headers).await
+}
+
 /// Delete a file and its chunks.
 #[utoipa::path(delete, path = "/v1/files/{id}", tag = "files", security(("bearer" = [])),
-    params(("id" = String, Path, description = "file id")),
+    params(("id" = uuid::Uuid, Path, description = "file id (its upload's id)")),
     responses(
         (status = 204, description = "deleted"),
+        (status = 400, description = "bad id", body = ErrorBody),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
         (status = 404, description = "no such file for this key", body = ErrorBody),
     ))]
 pub async fn files_delete(
@@ -254,22 +235,4 @@ pub async fn files_delete(
         return Err(not_found());
     }
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges() {
-        assert_eq!(parse_range("bytes=0-9", 100), Wanted::Part(0, 10));
-        assert_eq!(parse_range("bytes=90-", 100), Wanted::Part(90, 100));
-        assert_eq!(parse_range("bytes=-10", 100), Wanted::Part(90, 100));
-        assert_eq!(parse_range("bytes=-1000", 100), Wanted::Part(0, 100));
-        assert_eq!(parse_range("bytes=50-1000", 100), Wanted::Part(50, 100));
-        assert_eq!(parse_range("bytes=100-", 100), Wanted::Unsatisfiable);
-        assert_eq!(parse_range("bytes=0-1,5-6", 100), Wanted::All);
-        assert_eq!(parse_range("items=0-1", 100), Wanted::All);
-        assert_eq!(parse_range("bytes=9-1", 100), Wanted::All);
-    }
 }

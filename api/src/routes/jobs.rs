@@ -29,7 +29,8 @@ const WAIT_RECHECK: Duration = Duration::from_secs(1);
 
 /// Submit a job.
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = SubmitJob,
-    params(("Idempotency-Key" = Option<String>, Header, description = "deduplication key")),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, description = "deduplication key (1-200 printable ASCII characters)",
+        min_length = 1, max_length = 200, pattern = r"^[\x20-\x7E]{1,200}$")),
     security(("bearer" = [])),
     responses(
         (status = 202, description = "accepted; Location names the job", body = JobView),
@@ -37,6 +38,8 @@ const WAIT_RECHECK: Duration = Duration::from_secs(1);
         (status = 400, description = "malformed JSON", body = ErrorBody),
         (status = 401, description = "missing or unknown API key", body = ErrorBody),
         (status = 413, description = "body too large", body = ErrorBody),
+        (status = 408, description = "the body did not arrive within JOBMILL_HTTP_BODY_TIMEOUT", body = ErrorBody),
+        (status = 415, description = "the body is not sent as JSON", body = ErrorBody),
         (status = 422, description = "invalid job (unknown kind, bad args, out-of-range numbers)", body = ErrorBody),
         (status = 503, description = "a store is unreachable; nothing was accepted", body = ErrorBody),
     ))]
@@ -78,6 +81,8 @@ pub async fn jobs_create(
         (status = 400, description = "malformed JSON", body = ErrorBody),
         (status = 401, description = "missing or unknown API key", body = ErrorBody),
         (status = 413, description = "body too large", body = ErrorBody),
+        (status = 408, description = "the body did not arrive within JOBMILL_HTTP_BODY_TIMEOUT", body = ErrorBody),
+        (status = 415, description = "the body is not sent as JSON", body = ErrorBody),
         (status = 422, description = "a job is invalid; none was stored", body = ErrorBody),
         (status = 503, description = "a store is unreachable; nothing was accepted", body = ErrorBody),
     ))]
@@ -106,17 +111,19 @@ pub async fn jobs_batch(
 
 /// Query of `GET /v1/jobs/{id}`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ShowQuery {
     /// Hold the request up to this many seconds (at most 60; `30` or `30s`) until the job
     /// changes (or differs from `If-None-Match`).
+    #[param(nullable = false, pattern = r"^0*([0-9]|[1-5][0-9]|60)s?$")]
     pub wait: Option<String>,
 }
 
 /// Show a job. Sends an `ETag`; `If-None-Match` with the current tag answers 304.
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", security(("bearer" = [])),
-    params(("id" = String, Path, description = "job id"), ShowQuery,
-           ("If-None-Match" = Option<String>, Header, description = "ETag from an earlier answer")),
+    params(("id" = uuid::Uuid, Path, description = "job id"), ShowQuery,
+           ("If-None-Match" = Option<String>, Header, nullable = false, description = "ETag from an earlier answer")),
     responses(
         (status = 200, description = "the job", body = JobView),
         (status = 304, description = "unchanged since the given ETag"),
@@ -237,8 +244,10 @@ fn cached_response(c: &Cached, if_none_match: Option<&str>) -> Response {
 
 fn parse_wait(w: &str) -> Result<Duration, ApiError> {
     let n = w.strip_suffix('s').unwrap_or(w);
+    // Digits only: `u64::from_str` would also take a sign, which the documented pattern does not.
+    let digits = !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit());
     match n.parse::<u64>() {
-        Ok(s) if s <= MAX_WAIT_SECS => Ok(Duration::from_secs(s)),
+        Ok(s) if digits && s <= MAX_WAIT_SECS => Ok(Duration::from_secs(s)),
         _ => Err(ApiError::bad_request(
             "invalid_wait",
             format!("wait must be a whole number of seconds from 0 to {MAX_WAIT_SECS}"),
@@ -284,17 +293,23 @@ pub(crate) fn job_response(status: StatusCode, job: &Job) -> Response {
 
 /// Query of `GET /v1/jobs`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Only jobs in this state.
+    #[param(value_type = Option<crate::view::StateFilter>, nullable = false, inline)]
     pub state: Option<String>,
     /// Only jobs of this kind.
+    #[param(nullable = false, max_length = 128)]
     pub kind: Option<String>,
     /// Only jobs of this queue.
+    #[param(nullable = false, max_length = 128)]
     pub queue: Option<String>,
     /// Page size, 1-500 (default 50).
+    #[param(nullable = false, minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<uuid::Uuid>, nullable = false)]
     pub cursor: Option<String>,
 }
 
@@ -356,11 +371,12 @@ pub async fn jobs_index(
 /// Cancel a job. A waiting job is cancelled at once (200); a running job's handler is asked to
 /// stop and the job ends `cancelled` shortly (202).
 #[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", security(("bearer" = [])),
-    params(("id" = String, Path, description = "job id")),
+    params(("id" = uuid::Uuid, Path, description = "job id")),
     responses(
         (status = 200, description = "cancelled", body = JobView),
         (status = 202, description = "running; its handler was asked to stop", body = JobView),
         (status = 400, description = "bad id", body = ErrorBody),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
         (status = 404, description = "no such job for this key", body = ErrorBody),
         (status = 409, description = "the job already finished", body = ErrorBody),
     ))]
@@ -381,10 +397,11 @@ pub async fn jobs_cancel(
 
 /// Queue a `failed` or `cancelled` job again with a fresh attempt budget.
 #[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs", security(("bearer" = [])),
-    params(("id" = String, Path, description = "job id")),
+    params(("id" = uuid::Uuid, Path, description = "job id")),
     responses(
         (status = 202, description = "queued again", body = JobView),
         (status = 400, description = "bad id", body = ErrorBody),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
         (status = 404, description = "no such job for this key", body = ErrorBody),
         (status = 409, description = "the job is not failed or cancelled", body = ErrorBody),
     ))]
@@ -402,10 +419,11 @@ pub async fn jobs_retry(
 
 /// The webhook deliveries of a job's events, newest first, with every attempt.
 #[utoipa::path(get, path = "/v1/jobs/{id}/deliveries", tag = "webhooks", security(("bearer" = [])),
-    params(("id" = String, Path, description = "job id")),
+    params(("id" = uuid::Uuid, Path, description = "job id")),
     responses(
         (status = 200, description = "deliveries", body = DeliveryList),
         (status = 400, description = "bad id", body = ErrorBody),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
         (status = 404, description = "no such job for this key", body = ErrorBody),
     ))]
 pub async fn jobs_deliveries(
@@ -444,5 +462,8 @@ mod tests {
         assert!(parse_wait("61").is_err());
         assert!(parse_wait("-1").is_err());
         assert!(parse_wait("soon").is_err());
+        assert!(parse_wait("+5").is_err());
+        assert!(parse_wait("s").is_err());
+        assert_eq!(parse_wait("060s").unwrap(), Duration::from_secs(60));
     }
 }

@@ -5,6 +5,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures::TryStreamExt;
 use jobmill::{JobKind as _, NewJob};
 use jobmill_data::files::{
     parse_content_md5, parse_sha256_hex, PartCheck, Upload, UploadState, MAX_FILENAME, MAX_PARTS,
@@ -24,14 +25,23 @@ use crate::AppState;
 /// Start an upload.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"filename": "products.csv", "content_type": "text/csv"}))]
 pub struct CreateUpload {
     /// Name of the file (1-255 characters, no control characters).
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]{1,255}$"
+    )]
     pub filename: String,
-    /// Total size in bytes, if known; the assembly checks it.
+    /// Total size in bytes, if known; the assembly checks it. At most 10000 parts of
+    /// `part_size` (`JOBMILL_UPLOAD_PART_SIZE`).
     pub size: Option<u64>,
-    /// Content type served with the file.
+    /// Content type served with the file (1-200 printable ASCII characters).
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[\x20-\x7E]{1,200}$")]
     pub content_type: Option<String>,
     /// SHA-256 of the whole file (64 hex digits); the assembly checks it.
+    #[schema(pattern = r"^[0-9A-Fa-f]{64}$")]
     pub sha256: Option<String>,
 }
 
@@ -102,6 +112,9 @@ fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
         (status = 201, description = "created", body = UploadView),
         (status = 400, description = "malformed JSON", body = ErrorBody),
         (status = 401, description = "missing or unknown API key", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 408, description = "the body did not arrive within JOBMILL_HTTP_BODY_TIMEOUT", body = ErrorBody),
+        (status = 415, description = "the body is not sent as JSON", body = ErrorBody),
         (status = 422, description = "bad filename, size, content type or sha256", body = ErrorBody),
     ))]
 pub async fn uploads_create(
@@ -138,6 +151,13 @@ pub async fn uploads_create(
     let sha256 = match &body.sha256 {
         None => None,
         Some(s) => {
+            // Exactly the 64 digits, as documented (the parser alone would forgive spaces).
+            if s.trim() != s {
+                return Err(unprocessable(
+                    "invalid_sha256",
+                    "a SHA-256 must be 64 hex digits",
+                ));
+            }
             parse_sha256_hex(s).map_err(|m| unprocessable("invalid_sha256", m))?;
             Some(s.trim().to_ascii_lowercase())
         }
@@ -174,10 +194,11 @@ async fn load(state: &AppState, caller: &Caller, raw_id: &str) -> Result<Upload,
 
 /// Which parts arrived and how many bytes so far.
 #[utoipa::path(get, path = "/v1/uploads/{id}", tag = "files", security(("bearer" = [])),
-    params(("id" = String, Path, description = "upload id")),
+    params(("id" = uuid::Uuid, Path, description = "upload id")),
     responses(
         (status = 200, description = "the upload", body = UploadView),
         (status = 400, description = "bad id", body = ErrorBody),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
         (status = 404, description = "no such upload for this key", body = ErrorBody),
     ))]
 pub async fn uploads_show(
@@ -194,15 +215,20 @@ pub async fn uploads_show(
 /// `Content-MD5` (base64) or `x-content-sha256` (hex) is checked before the part is kept.
 /// Sending a part again replaces it; parts may arrive in any order.
 #[utoipa::path(put, path = "/v1/uploads/{id}/parts/{n}", tag = "files", security(("bearer" = [])),
-    params(("id" = String, Path, description = "upload id"), ("n" = i64, Path, description = "part number from 0"),
-           ("Content-MD5" = Option<String>, Header, description = "base64 MD5 of the part"),
-           ("x-content-sha256" = Option<String>, Header, description = "hex SHA-256 of the part")),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    params(("id" = uuid::Uuid, Path, description = "upload id"),
+           ("n" = i64, Path, description = "part number from 0", minimum = 0, maximum = 9999),
+           ("Content-MD5" = Option<String>, Header, nullable = false, description = "base64 MD5 of the part",
+            pattern = r"^[A-Za-z0-9+/]{21}[AQgw]==$"),
+           ("x-content-sha256" = Option<String>, Header, nullable = false, description = "hex SHA-256 of the part",
+            pattern = r"^[0-9A-Fa-f]{64}$")),
+    request_body(content = inline(crate::view::Binary), content_type = "application/octet-stream"),
     responses(
         (status = 200, description = "stored", body = PartView),
         (status = 400, description = "bad id, part number or checksum header", body = ErrorBody),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
         (status = 404, description = "no such upload for this key", body = ErrorBody),
         (status = 409, description = "the upload is already completed", body = ErrorBody),
+        (status = 408, description = "the part did not arrive within JOBMILL_HTTP_BODY_TIMEOUT", body = ErrorBody),
         (status = 413, description = "the part is larger than part_size", body = ErrorBody),
         (status = 422, description = "the checksum does not match the bytes", body = ErrorBody),
     ))]
@@ -213,9 +239,10 @@ pub async fn uploads_part(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let n: i64 = n
-        .parse()
-        .ok()
+    // Digits only: `i64::from_str` would also take a sign, which the document does not allow.
+    let n: i64 = Some(n.as_str())
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|n| n.parse().ok())
         .filter(|n| (0..MAX_PARTS).contains(n))
         .ok_or_else(|| {
             ApiError::bad_request(
@@ -235,11 +262,25 @@ pub async fn uploads_part(
             Some(parse_sha256_hex(v).map_err(|m| ApiError::bad_request("invalid_checksum", m))?);
     }
     let up = load(&state, &caller, &id).await?;
-    let part = state
-        .data
-        .files()
-        .put_part(&up, n, body.into_data_stream(), check)
-        .await?;
+    // A body cut off by JOBMILL_HTTP_BODY_TIMEOUT answers 408, not the store's generic
+    // "unreadable body": the client was too slow, and may send the part again.
+    let timed_out = std::sync::atomic::AtomicBool::new(false);
+    let stream = body.into_data_stream().inspect_err(|e| {
+        if crate::server::is_body_timeout(e) {
+            timed_out.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let part = match state.data.files().put_part(&up, n, stream, check).await {
+        Ok(part) => part,
+        Err(_) if timed_out.load(std::sync::atomic::Ordering::Relaxed) => {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the part did not arrive in time (JOBMILL_HTTP_BODY_TIMEOUT); send it again",
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
     Ok(axum::Json(PartView {
         n: part.n,
         size: part.size,
@@ -251,10 +292,12 @@ pub async fn uploads_part(
 /// Complete the upload: submits a `file_assembly` job (once; asking again answers the same
 /// job). Its result is `{"file_id", "size", "sha256"}`.
 #[utoipa::path(post, path = "/v1/uploads/{id}/complete", tag = "files", security(("bearer" = [])),
-    params(("id" = String, Path, description = "upload id")),
+    params(("id" = uuid::Uuid, Path, description = "upload id")),
     responses(
         (status = 202, description = "the file_assembly job", body = JobView),
         (status = 200, description = "completion was asked before; the same job", body = JobView),
+        (status = 400, description = "bad id", body = ErrorBody),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
         (status = 404, description = "no such upload for this key", body = ErrorBody),
         (status = 422, description = "parts are missing or have the wrong size", body = ErrorBody),
     ))]

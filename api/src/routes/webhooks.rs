@@ -58,6 +58,9 @@ fn check_events(events: Option<Vec<String>>) -> Result<Vec<JobEvent>, ApiError> 
         (status = 201, description = "registered; `secret` signs its deliveries", body = WebhookView),
         (status = 400, description = "malformed JSON", body = ErrorBody),
         (status = 401, description = "missing or unknown API key", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 408, description = "the body did not arrive within JOBMILL_HTTP_BODY_TIMEOUT", body = ErrorBody),
+        (status = 415, description = "the body is not sent as JSON", body = ErrorBody),
         (status = 422, description = "invalid_callback_url, callback_url_not_allowed, destination_not_allowed, invalid_events, too_many_webhooks", body = ErrorBody),
     ))]
 pub async fn webhooks_create(
@@ -129,10 +132,11 @@ pub async fn webhooks_index(
 
 /// Show an endpoint (without its secret).
 #[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = [])),
-    params(("id" = String, Path, description = "endpoint id")),
+    params(("id" = String, Path, description = "endpoint id", pattern = r"^[A-Za-z0-9_]{1,200}$")),
     responses(
         (status = 200, description = "the endpoint", body = WebhookView),
         (status = 400, description = "bad id", body = ErrorBody),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
         (status = 404, description = "no such endpoint for this key", body = ErrorBody),
     ))]
 pub async fn webhooks_show(
@@ -151,10 +155,11 @@ pub async fn webhooks_show(
 
 /// Delete an endpoint. Deliveries still being retried stop at their next attempt.
 #[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = [])),
-    params(("id" = String, Path, description = "endpoint id")),
+    params(("id" = String, Path, description = "endpoint id", pattern = r"^[A-Za-z0-9_]{1,200}$")),
     responses(
         (status = 204, description = "deleted"),
         (status = 400, description = "bad id", body = ErrorBody),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
         (status = 404, description = "no such endpoint for this key", body = ErrorBody),
     ))]
 pub async fn webhooks_delete(
@@ -172,10 +177,11 @@ pub async fn webhooks_delete(
 
 /// Re-enable a disabled endpoint (after a `410`, or after it kept failing).
 #[utoipa::path(post, path = "/v1/webhooks/{id}/enable", tag = "webhooks", security(("bearer" = [])),
-    params(("id" = String, Path, description = "endpoint id")),
+    params(("id" = String, Path, description = "endpoint id", pattern = r"^[A-Za-z0-9_]{1,200}$")),
     responses(
         (status = 200, description = "enabled", body = WebhookView),
         (status = 400, description = "bad id", body = ErrorBody),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
         (status = 404, description = "no such endpoint for this key", body = ErrorBody),
     ))]
 pub async fn webhooks_enable(
@@ -196,10 +202,11 @@ pub async fn webhooks_enable(
 /// Rotate an endpoint's secret. The answer carries the new secret; the old one keeps signing
 /// (both signatures are sent) for `JOBMILL_WEBHOOK_ROTATION_GRACE`.
 #[utoipa::path(post, path = "/v1/webhooks/{id}/secret/rotate", tag = "webhooks", security(("bearer" = [])),
-    params(("id" = String, Path, description = "endpoint id")),
+    params(("id" = String, Path, description = "endpoint id", pattern = r"^[A-Za-z0-9_]{1,200}$")),
     responses(
         (status = 200, description = "rotated; the new secret", body = WebhookView),
         (status = 400, description = "bad id", body = ErrorBody),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
         (status = 404, description = "no such endpoint for this key", body = ErrorBody),
     ))]
 pub async fn webhooks_rotate(
@@ -222,10 +229,11 @@ pub async fn webhooks_rotate(
 
 /// Deliveries to an endpoint, newest first, with every attempt.
 #[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", security(("bearer" = [])),
-    params(("id" = String, Path, description = "endpoint id")),
+    params(("id" = String, Path, description = "endpoint id", pattern = r"^[A-Za-z0-9_]{1,200}$")),
     responses(
         (status = 200, description = "deliveries", body = DeliveryList),
         (status = 400, description = "bad id", body = ErrorBody),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
         (status = 404, description = "no such endpoint for this key", body = ErrorBody),
     ))]
 pub async fn webhooks_deliveries(

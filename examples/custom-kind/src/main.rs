@@ -11,6 +11,7 @@
 
 mod greet;
 
+use jobmill::config::Config as _;
 use jobmill::telemetry::{init_tracing, shutdown_signal};
 use jobmill::Registry;
 use jobmill_worker::WorkerConfig;

@@ -237,12 +237,7 @@ impl FileStore {
 
     /// Create the indexes (idempotent).
     pub async fn ensure_indexes(&self) -> Result<()> {
-        let ttl = || {
-            IndexModel::builder()
-                .keys(doc! { "retention.expire_at": 1 })
-                .options(IndexOptions::builder().expire_after(Duration::ZERO).build())
-                .build()
-        };
+        let ttl = Retention::ttl_index;
         let plain = |keys: Document| IndexModel::builder().keys(keys).build();
         self.uploads.create_index(ttl()).await?;
         self.parts

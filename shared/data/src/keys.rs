@@ -51,13 +51,7 @@ impl DataKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Redis Cluster hashes only the part between the first `{` and the next `}`.
-    fn hash_tag(key: &str) -> &str {
-        let open = key.find('{').expect("tag");
-        let close = key[open..].find('}').expect("tag") + open;
-        &key[open + 1..close]
-    }
+    use jobmill::keys::hash_tag;
 
     #[test]
     fn cache_keys_share_the_dataset_hash_tag() {

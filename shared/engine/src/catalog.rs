@@ -227,9 +227,18 @@ impl Catalog {
             .filter(|(_, k)| k.visibility == Visibility::Public)
             .map(|(n, k)| (n.clone(), k.clone()))
             .collect();
-        for (n, k) in self.announced.read().expect("catalog lock").iter() {
-            if self.lookup(n, Access::Public).is_some() {
-                all.insert(n.clone(), k.clone());
+        // A snapshot first: `lookup` takes the locks again, and a second read lock taken while
+        // a writer waits (the reload) would deadlock.
+        let announced: Vec<(String, Arc<KindInfo>)> = self
+            .announced
+            .read()
+            .expect("catalog lock")
+            .iter()
+            .map(|(n, k)| (n.clone(), k.clone()))
+            .collect();
+        for (n, k) in announced {
+            if self.lookup(&n, Access::Public).is_some() {
+                all.insert(n, k);
             }
         }
         all.into_values().collect()

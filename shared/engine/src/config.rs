@@ -165,6 +165,40 @@ impl<'a> Env<'a> {
     }
 }
 
+/// The whole configuration of one process: the sections it loads. A binary names its tables and
+/// how to read them; loading from the environment and flags, from a lookup, and `--help` come
+/// from here.
+pub trait Config: Sized {
+    /// Every table this configuration reads, for flags and `--help`.
+    const TABLES: &'static [&'static [Setting]];
+
+    /// Read every section and check the rules that tie sections together, recording problems
+    /// in `env` (the caller reports them all at once).
+    fn read_sections(env: &Env) -> Self;
+
+    /// Read every section; every broken setting is reported at once.
+    fn read(env: Env) -> Result<Self> {
+        let c = Self::read_sections(&env);
+        env.finish()?;
+        Ok(c)
+    }
+
+    /// From the environment, with `--flag value` overrides.
+    fn load(args: &[String]) -> Result<Self> {
+        Self::read(process_env(args, Self::TABLES)?)
+    }
+
+    /// From any lookup (tests, benchmarks).
+    fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        Self::read(Env::new(get))
+    }
+
+    /// The `--help` text of `binary`.
+    fn help(binary: &str, extra: &str) -> String {
+        help(binary, extra, Self::TABLES)
+    }
+}
+
 /// Environment values overridden by `--flag value` / `--flag=value` from `args`, accepting only
 /// the flags of `tables`.
 pub fn process_env(args: &[String], tables: &[&[Setting]]) -> Result<Env<'static>> {

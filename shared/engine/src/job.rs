@@ -158,6 +158,19 @@ impl Retention {
         Self::after(DateTime::now(), keep)
     }
 
+    /// The TTL index every collection with a `retention` sub-document needs: MongoDB deletes a
+    /// document once its `retention.expire_at` has passed.
+    pub fn ttl_index() -> mongodb::IndexModel {
+        mongodb::IndexModel::builder()
+            .keys(mongodb::bson::doc! { "retention.expire_at": 1 })
+            .options(
+                mongodb::options::IndexOptions::builder()
+                    .expire_after(std::time::Duration::ZERO)
+                    .build(),
+            )
+            .build()
+    }
+
     /// As a BSON sub-document, for `$set`.
     pub fn to_doc(&self) -> mongodb::bson::Document {
         mongodb::bson::doc! { "expire_at": self.expire_at }

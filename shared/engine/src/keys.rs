@@ -118,16 +118,22 @@ impl Keys {
     }
 }
 
+/// The part of `key` Redis Cluster hashes: between the first `{` and the next `}` when that is
+/// not empty, else the whole key. Keys with the same hash tag live on the same slot.
+pub fn hash_tag(key: &str) -> &str {
+    if let Some(open) = key.find('{') {
+        if let Some(len) = key[open + 1..].find('}') {
+            if len > 0 {
+                return &key[open + 1..open + 1 + len];
+            }
+        }
+    }
+    key
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Redis Cluster hashes only the part between the first `{` and the next `}`.
-    fn hash_tag(key: &str) -> &str {
-        let open = key.find('{').expect("tag");
-        let close = key[open..].find('}').expect("tag") + open;
-        &key[open + 1..close]
-    }
 
     #[test]
     fn every_queue_key_shares_the_queue_hash_tag() {

@@ -327,10 +327,7 @@ impl Store {
                         .build(),
                 )
                 .build(),
-            IndexModel::builder()
-                .keys(doc! { "retention.expire_at": 1 })
-                .options(IndexOptions::builder().expire_after(Duration::ZERO).build())
-                .build(),
+            Retention::ttl_index(),
             // The outbox loop's scan of events its subscribers have not handled yet.
             IndexModel::builder()
                 .keys(doc! { "outbox.pending": 1, "list_key": 1 })
@@ -352,12 +349,7 @@ impl Store {
         self.jobs.create_indexes(models).await?;
         self.db
             .collection::<Document>(CHECKPOINTS)
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! { "retention.expire_at": 1 })
-                    .options(IndexOptions::builder().expire_after(Duration::ZERO).build())
-                    .build(),
-            )
+            .create_index(Retention::ttl_index())
             .await?;
         Ok(())
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
-use mongodb::options::{FindOneAndUpdateOptions, IndexOptions, ReturnDocument};
+use mongodb::options::{FindOneAndUpdateOptions, ReturnDocument};
 use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 
@@ -256,10 +256,7 @@ impl WebhookStore {
             .create_indexes(vec![
                 plain(doc! { "job_id": 1, "list_key": -1 }),
                 plain(doc! { "endpoint_id": 1, "list_key": -1 }),
-                IndexModel::builder()
-                    .keys(doc! { "retention.expire_at": 1 })
-                    .options(IndexOptions::builder().expire_after(Duration::ZERO).build())
-                    .build(),
+                Retention::ttl_index(),
             ])
             .await?;
         Ok(())
