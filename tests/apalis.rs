@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use jobmill::config::Config;
 use jobmill_apalis::apalis_core::backend::finalize::Ephemeral;
 use jobmill_apalis::apalis_core::backend::{
     Expose, Filter, ListQueues, ListTasks, ListWorkers, TaskSink,

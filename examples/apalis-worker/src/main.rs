@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use apalis::layers::TimeoutLayer;
 use apalis::prelude::*;
+use jobmill::config::Config;
 use jobmill::telemetry::{init_tracing, shutdown_signal};
 use jobmill_apalis::{Jobmill, Kinds};
 use jobmill_worker::WorkerConfig;
