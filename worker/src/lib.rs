@@ -282,6 +282,9 @@ impl Runtime {
         for feature_loop in webhooks.loops(stop_all.clone()) {
             tokio::spawn(feature_loop);
         }
+        for feature_loop in data.loops(stop_all.clone()) {
+            tokio::spawn(feature_loop);
+        }
         Ok(Runtime {
             shared,
             client,

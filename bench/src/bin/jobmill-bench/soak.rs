@@ -15,7 +15,7 @@ use crate::servers::{fresh, noop_batch};
 use crate::Rows;
 
 /// Resident set size of process `pid`, MiB.
-fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+pub(crate) fn rss_mib(pid: u32) -> anyhow::Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb: f64 = status
         .lines()
