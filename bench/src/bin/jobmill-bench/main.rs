@@ -4,6 +4,9 @@
 //! - `w2`: 20,000 no-op jobs drained by one worker: handler rate, time until every outcome is
 //!   durable in MongoDB, that durable rate against the store's update ceiling, and MongoDB
 //!   commands per job (driver command monitoring).
+//! - `w2apalis`: W2 through the apalis backend (`jobmill-apalis`) next to the native worker in
+//!   the same run: handler rates (target: apalis at least 75% of native), every outcome
+//!   durable, and worker CPU per job of both.
 //! - `w3`: submit→start latency at 200 jobs/s (the harness's W3) between two passes of plain
 //!   `insert_one` calls on the same schedule: the store's latency, W3's floor.
 //! - `w1http`: 20,000 submissions over HTTP from 64 concurrent clients.
@@ -27,7 +30,7 @@
 //! `BENCH_W7_ROWS` (default 1,000,000).
 //!
 //! ```text
-//! jobmill-bench [store] [w1] [w2] [w3] [w1http] [w5] [w6] [w7] [w8] [soak]
+//! jobmill-bench [store] [w1] [w2] [w2apalis] [w3] [w1http] [w5] [w6] [w7] [w8] [soak]
 //!     (default: store w2 w3 w1http w5, in that order)
 //! ```
 //!
@@ -59,7 +62,7 @@ use crate::soak::soak;
 use crate::store_ceiling::store_ceiling;
 use crate::w1_http::w1_http;
 use crate::w1_library::w1_library;
-use crate::w2_durable::w2_durable;
+use crate::w2_durable::{w2_apalis, w2_durable};
 use crate::w3_floor::w3_floor;
 use crate::w5::w5;
 use crate::w6_file_assembly::w6_file_assembly;
@@ -82,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
         let r = match w.as_str() {
             "store" => store_ceiling().await?,
             "w2" => w2_durable().await?,
+            "w2apalis" => w2_apalis().await?,
             "w3" => w3_floor().await?,
             "soak" => soak().await?,
             "w1http" => w1_http().await?,

@@ -93,7 +93,7 @@ pub(crate) async fn drop_scratch(s: &deployment::Settings, store: &Store) -> any
 /// A worker in this process: `jobmill_worker::run_with_store`, the loop `jobmill-worker` runs.
 pub(crate) struct Worker {
     stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), jobmill_worker::WorkerError>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Worker {
@@ -105,7 +105,48 @@ impl Worker {
             jobmill_worker::run_with_store(settings.worker_config(), registry, store, async {
                 let _ = rx.await;
             })
-            .await
+            .await?;
+            Ok(())
+        });
+        Ok(Worker { stop, task })
+    }
+
+    /// The same drain through apalis: `bench_noop` as an apalis handler on `jobmill-apalis`.
+    pub(crate) async fn start_apalis(
+        s: &deployment::Settings,
+        store: Store,
+    ) -> anyhow::Result<Self> {
+        use apalis::layers::TimeoutLayer;
+        use apalis::prelude::{BoxDynError, Data, WorkerBuilder};
+        use redis::aio::ConnectionManager;
+
+        async fn noop(_args: kinds::Ts, redis: Data<ConnectionManager>) -> Result<(), BoxDynError> {
+            let mut c = (*redis).clone();
+            let () = c.incr("bench:done", 1).await?;
+            Ok(())
+        }
+
+        let conn = jobmill::queue::connect(&s.redis).await?;
+        let mut kinds = jobmill_apalis::Kinds::new();
+        let kind = kinds.add::<kinds::Ts>("bench_noop", QUEUE);
+        let jobmill =
+            jobmill_apalis::Jobmill::start_with_store(s.worker_config(), kinds, store).await?;
+        let worker = WorkerBuilder::new("bench-noop")
+            .backend(jobmill.backend(kind))
+            .data(conn)
+            .layer(TimeoutLayer::new(std::time::Duration::from_secs(30)))
+            .build(noop);
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let workers = async move {
+                let _ = worker.run().await;
+            };
+            jobmill
+                .run(workers, async {
+                    let _ = rx.await;
+                })
+                .await?;
+            Ok(())
         });
         Ok(Worker { stop, task })
     }
