@@ -8,6 +8,8 @@
 # JOBMILL_DEV_WORKERS (default 2), JOBMILL_DEV_STOP_TIMEOUT (default 60 s),
 # JOBMILL_DEV_METRICS_PORT (first worker's metrics port, default 9464),
 # JOBMILL_WEBHOOK_ALLOW and JOBMILL_WEBHOOK_DESTINATIONS (default: loopback only).
+# JOBMILL_DEV_REDIS=cluster runs on a private Redis Cluster (scripts/redis-cluster.sh,
+# 3 masters + 3 replicas under .run/dev/cluster) through JOBMILL_REDIS_CLUSTER.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -22,6 +24,7 @@ READY_TIMEOUT="${JOBMILL_DEV_READY_TIMEOUT:-60}"
 
 # ---- state used by the cleanup trap (only things this script started) ----
 STARTED_REDIS=""
+STARTED_CLUSTER=""
 STARTED_MONGO=""
 PROC_NAMES=()
 PROC_PIDFILES=()
@@ -47,6 +50,9 @@ cleanup() {
         stop_pid_files 15 "${api_files[@]}"
     fi
     rm -f -- "${worker_files[@]}" "${api_files[@]}"
+    if [[ -n "$STARTED_CLUSTER" ]]; then
+        JOBMILL_CLUSTER_DIR="$RUN/cluster" "$ROOT/scripts/redis-cluster.sh" stop || true
+    fi
     if [[ -n "$STARTED_REDIS" ]]; then
         log "stopping private redis"
         stop_pid_file "$RUN/redis/redis.pid"
@@ -95,7 +101,7 @@ done
 # ---- prerequisites ----
 ensure_curl_installed
 ensure_cargo
-[[ -n "${JOBMILL_REDIS_URL:-}" ]] || ensure_redis_installed
+[[ -n "${JOBMILL_REDIS_URL:-}${JOBMILL_REDIS_CLUSTER:-}" ]] || ensure_redis_installed
 [[ -n "${JOBMILL_MONGODB_URI:-}" ]] || ensure_mongo_installed
 
 export JOBMILL_API_ADDR="${JOBMILL_API_ADDR:-127.0.0.1:8080}"
@@ -117,7 +123,12 @@ for b in jobmill-api jobmill-worker; do
 done
 
 # ---- redis / mongo ----
-if [[ -z "${JOBMILL_REDIS_URL:-}" ]]; then
+if [[ "${JOBMILL_DEV_REDIS:-}" == cluster && -z "${JOBMILL_REDIS_CLUSTER:-}" ]]; then
+    [[ -z "${JOBMILL_REDIS_URL:-}" ]] || die "JOBMILL_DEV_REDIS=cluster and JOBMILL_REDIS_URL are both set; unset one"
+    STARTED_CLUSTER=1
+    JOBMILL_REDIS_CLUSTER="$(JOBMILL_CLUSTER_DIR="$RUN/cluster" "$ROOT/scripts/redis-cluster.sh" start)"
+    export JOBMILL_REDIS_CLUSTER
+elif [[ -z "${JOBMILL_REDIS_URL:-}${JOBMILL_REDIS_CLUSTER:-}" ]]; then
     port="$(preferred_port 6380)"
     STARTED_REDIS=1
     start_private_redis "$RUN/redis" "$port"
@@ -212,7 +223,7 @@ cat <<EOF
  jobmill is running
    API:      $API_URL        (workers: $WORKERS)
    API key:  $show_key
-   redis:    $JOBMILL_REDIS_URL
+   redis:    ${JOBMILL_REDIS_CLUSTER:-$JOBMILL_REDIS_URL}
    mongodb:  $JOBMILL_MONGODB_URI
    webhooks: to ${JOBMILL_WEBHOOK_DESTINATIONS:-any public address}
 

@@ -7,6 +7,18 @@
 # Test threads: RUST_TEST_THREADS (or JOBMILL_TEST_THREADS), default 4.
 # The fuzzer runs only for a full run (no extra arguments), or with JOBMILL_FUZZ=1; JOBMILL_FUZZ=0
 # skips it.
+#
+# Two passes: first everything on a single redis-server, then the cluster pass: a
+# private Redis Cluster (scripts/redis-cluster.sh, 3 masters + 3 replicas, free ports,
+# under .run/test-<pid>/cluster) whose seeds are exported as JOBMILL_TEST_REDIS_CLUSTER,
+# so every test context uses JOBMILL_REDIS_CLUSTER (and tests that need a private Redis
+# start a private cluster). The cluster pass runs CLUSTER_SUBSET below (every integration
+# test binary but `files` and `http_hardening`; every lifecycle and fault test is in it) with
+# JOBMILL_CLUSTER_TEST_THREADS (default 2) threads, as a private cluster is six processes;
+# the unit tests, which need no Redis, run in the first pass only.
+# JOBMILL_TEST_PASSES chooses: "single,cluster" (default without arguments), "single"
+# (default with arguments), "cluster". With arguments, the cluster pass runs those
+# arguments instead of the subset.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -45,11 +57,15 @@ RUN="$ROOT/.run/test-$$"
 rm -rf -- "$RUN"
 mkdir -p "$RUN"
 SERVERS_STARTED=""
+CLUSTER_STARTED=""
 
 # shellcheck disable=SC2317  # invoked via trap
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    if [[ -n "$CLUSTER_STARTED" ]]; then
+        JOBMILL_CLUSTER_DIR="$RUN/cluster" "$ROOT/scripts/redis-cluster.sh" stop || true
+    fi
     if [[ -n "$SERVERS_STARTED" ]]; then
         stop_pid_file "$RUN/redis/redis.pid"
         stop_pid_file "$RUN/mongo/nx.pid" 10
@@ -83,9 +99,39 @@ export JOBMILL_TEST_HOOKS_PYTHON="$JM_HOOKS_VENV/bin/python"
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-${JOBMILL_TEST_THREADS:-4}}"
 
 # ---- tests ----
-log "cargo test --workspace $* (RUST_TEST_THREADS=$RUST_TEST_THREADS)"
+# The cluster pass runs CLUSTER_SUBSET: every integration test binary but `files` and
+# `http_hardening`, so .ci/run stays under ~20 minutes on 2 cores. `files` (uploads and
+# assembly, whose bytes live in MongoDB) uses Redis only through the job queue that every
+# other binary exercises, and `http_hardening` tests HTTP timeouts and limits; every
+# lifecycle test, every fault test (faults, cluster, and the SIGKILL tests of datasets and
+# webhooks) is in the subset. `JOBMILL_TEST_PASSES=cluster scripts/test.sh -p jobmill-tests`
+# runs everything on the cluster.
+CLUSTER_SUBSET=(-p jobmill-tests --test lifecycle --test faults --test cluster --test api_contract
+    --test store_guards --test catalog --test datasets --test webhooks)
+if [[ $# -eq 0 ]]; then
+    PASSES="${JOBMILL_TEST_PASSES:-single,cluster}"
+else
+    PASSES="${JOBMILL_TEST_PASSES:-single}"
+fi
 rc=0
-cargo test --workspace "$@" </dev/null 2>&1 | tee "$RUN/cargo-test.log" || rc=$?
+: >"$RUN/cargo-test.log"
+if [[ ",$PASSES," == *,single,* ]]; then
+    log "pass 1 (single redis): cargo test --workspace $* (RUST_TEST_THREADS=$RUST_TEST_THREADS)"
+    cargo test --workspace "$@" </dev/null 2>&1 | tee -a "$RUN/cargo-test.log" || rc=$?
+fi
+if [[ "$rc" -eq 0 && ",$PASSES," == *,cluster,* ]]; then
+    CLUSTER_STARTED=1
+    seeds="$(JOBMILL_CLUSTER_DIR="$RUN/cluster" "$ROOT/scripts/redis-cluster.sh" start)"
+    export JOBMILL_TEST_REDIS_CLUSTER="$seeds"
+    cluster_args=("$@")
+    if [[ $# -eq 0 ]]; then
+        cluster_args=("${CLUSTER_SUBSET[@]}")
+    fi
+    log "pass 2 (redis cluster $seeds): cargo test ${cluster_args[*]} (RUST_TEST_THREADS=${JOBMILL_CLUSTER_TEST_THREADS:-2})"
+    RUST_TEST_THREADS="${JOBMILL_CLUSTER_TEST_THREADS:-2}" cargo test "${cluster_args[@]}" </dev/null 2>&1 \
+        | tee -a "$RUN/cargo-test.log" || rc=$?
+    unset JOBMILL_TEST_REDIS_CLUSTER
+fi
 # One closing line summing every test binary (cargo's own last line is a doc-test run of 0).
 passed=$(grep -Eo '^test result: [A-Za-z]+\. [0-9]+ passed' "$RUN/cargo-test.log" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed;' "$RUN/cargo-test.log" | awk '{s+=$1} END {print s+0}')

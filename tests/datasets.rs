@@ -311,8 +311,7 @@ async fn a_thousand_cold_reads_cause_one_rebuild_and_pages_stay_full_during_rebu
         &ctx.vars["JOBMILL_KEY_PREFIX"],
     ))
     .cache("alice", "listing");
-    let client = redis::Client::open(ctx.vars["JOBMILL_REDIS_URL"].as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = ctx.redis().await;
     let _: () = redis::cmd("DEL")
         .arg(&keys.current)
         .arg(&keys.rebuild)

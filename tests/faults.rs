@@ -67,11 +67,7 @@ async fn sigkill_a_worker_mid_run_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flushall_mid_run_loses_nothing() {
     let redis = PrivateRedis::start();
-    let ctx = Ctx::on(
-        "flush",
-        &redis.url,
-        &std::env::var("JOBMILL_TEST_MONGODB_URI").unwrap(),
-    );
+    let ctx = Ctx::on("flush", &redis.url, &jobmill_tests::shared_mongo());
     let api = ctx.api().await;
     let _w = ctx.worker_process(&["--concurrency", "8"]);
     let mut ids = submit_many(&api, 100, json!({"kind": "sleep", "args": {"ms": 100}})).await;
@@ -103,11 +99,7 @@ async fn flushall_mid_run_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mongodb_outage_mid_run_loses_nothing() {
     let mut mongo = PrivateMongo::start();
-    let ctx = Ctx::on(
-        "mongoout",
-        &std::env::var("JOBMILL_TEST_REDIS_URL").unwrap(),
-        &mongo.uri,
-    );
+    let ctx = Ctx::on("mongoout", &jobmill_tests::shared_redis(), &mongo.uri);
     let api = ctx.api().await;
     let _w = ctx.worker_process(&["--concurrency", "8"]);
     let ids = submit_many(&api, 60, json!({"kind": "sleep", "args": {"ms": 150}})).await;

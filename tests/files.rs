@@ -389,3 +389,295 @@ async fn sigkill_mid_assembly_resumes_and_bytes_are_exact() {
     assert_eq!(body.len(), bytes.len());
     assert_eq!(sha_hex(&body), sha);
 }
+
+/// Start an upload of `len` bytes (declared size and SHA-256); returns its id.
+async fn start_upload(api: &Api, key: &str, len: usize, sha256: &str) -> String {
+    let a = api
+        .post(
+            "/v1/uploads",
+            key,
+            json!({"filename": "f.bin", "size": len, "sha256": sha256}),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    a.body["id"].as_str().unwrap().to_string()
+}
+
+/// Complete an upload and wait for its assembly; returns the finished job.
+async fn complete(api: &Api, key: &str, id: &str) -> Value {
+    let a = api
+        .post(&format!("/v1/uploads/{id}/complete"), key, json!({}))
+        .await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    api.wait_terminal(key, a.body["id"].as_str().unwrap(), LIMIT)
+        .await
+}
+
+fn db(store: &jobmill::store::Store) -> &mongodb::Database {
+    store.database()
+}
+
+/// Pieces stored in `file_pieces` under an upload (= file) id.
+async fn pieces_of(store: &jobmill::store::Store, id: &str) -> u64 {
+    db(store)
+        .collection::<mongodb::bson::Document>("file_pieces")
+        .count_documents(mongodb::bson::doc! { "upload_id": id })
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_the_hash_pass_of_a_large_file_rereads_and_commits_once() {
+    let mut ctx = Ctx::new("hashkill");
+    ctx.set("JOBMILL_UPLOAD_PART_SIZE", "4194304");
+    let api = ctx.api().await;
+    let bytes = data(96 * 1024 * 1024 + 5, 21);
+    let sha = sha_hex(&bytes);
+    let id = upload(&api, ALICE, &bytes, 4194304, &sha).await;
+    let store = ctx.store().await;
+    let stored = pieces_of(&store, &id).await;
+    // 24 parts of 16 pieces, and a last part of one 5-byte piece.
+    assert_eq!(stored, 24 * 16 + 1);
+    let mut doomed = ctx.worker_process(&["--concurrency", "2"]);
+    let a = api
+        .post(&format!("/v1/uploads/{id}/complete"), ALICE, json!({}))
+        .await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    let jid = a.body["id"].as_str().unwrap().to_string();
+    let end = Instant::now() + LIMIT;
+    loop {
+        let j = job(&api, &jid).await;
+        let done = j["progress"]["done"].as_i64().unwrap_or(0);
+        if j["state"] == "running" && done > 0 && done < bytes.len() as i64 {
+            break;
+        }
+        assert!(
+            j["state"] != "succeeded",
+            "the hash pass finished before the kill: {j}"
+        );
+        assert!(Instant::now() < end, "assembly never got going: {j}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    doomed.signal(SIGKILL);
+    doomed
+        .wait_exit(Duration::from_secs(10))
+        .expect("worker died");
+    // Killed mid-pass: no file was committed, and no byte was written or lost.
+    assert_eq!(api.get("/v1/files", ALICE).await.body["files"], json!([]));
+    assert_eq!(pieces_of(&store, &id).await, stored);
+
+    let _survivor = ctx.worker_process(&["--concurrency", "2"]);
+    let j = api.wait_terminal(ALICE, &jid, LIMIT).await;
+    assert_eq!(j["state"], "succeeded", "{j}");
+    assert!(j["attempt"].as_i64().unwrap() > 1, "{j}");
+    assert_eq!(j["result"]["sha256"], sha.as_str());
+    assert_eq!(j["result"]["size"], bytes.len());
+    // The file is the pieces that were uploaded: none copied, none doubled.
+    assert_eq!(pieces_of(&store, &id).await, stored);
+    let (st, _, body) = download(&api, ALICE, &id, None).await;
+    assert_eq!(st, 200);
+    assert!(body == bytes);
+    let (st, _, body) = download(&api, ALICE, &id, Some("bytes=4194000-8389000")).await;
+    assert_eq!(st, 206);
+    assert!(body == bytes[4194000..8389001]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_file_deletes_exactly_its_pieces() {
+    let mut ctx = Ctx::new("delpieces");
+    ctx.set("JOBMILL_UPLOAD_PART_SIZE", "65536");
+    let api = ctx.api().await;
+    let worker = ctx.worker();
+    let store = ctx.store().await;
+    let (a_bytes, b_bytes) = (data(700_000, 5), data(333_333, 6));
+    let a = upload(&api, ALICE, &a_bytes, 65536, &sha_hex(&a_bytes)).await;
+    let b = upload(&api, ALICE, &b_bytes, 65536, &sha_hex(&b_bytes)).await;
+    for id in [&a, &b] {
+        let j = complete(&api, ALICE, id).await;
+        assert_eq!(j["state"], "succeeded", "{j}");
+    }
+    assert_eq!(pieces_of(&store, &a).await, 11);
+    assert_eq!(pieces_of(&store, &b).await, 6);
+    let del = api
+        .raw(
+            Method::DELETE,
+            &format!("/v1/files/{a}"),
+            Some(ALICE),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(del.status, 204);
+    assert_eq!(pieces_of(&store, &a).await, 0);
+    assert_eq!(pieces_of(&store, &b).await, 6);
+    let files = db(&store).collection::<mongodb::bson::Document>("files");
+    assert_eq!(
+        files
+            .count_documents(mongodb::bson::doc! { "_id": &a })
+            .await
+            .unwrap(),
+        0
+    );
+    let (st, _, body) = download(&api, ALICE, &b, None).await;
+    assert_eq!(st, 200);
+    assert!(body == b_bytes);
+    assert_eq!(download(&api, ALICE, &a, None).await.0, 404);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sends_of_one_part_keep_the_last_complete_and_verified_one() {
+    let mut ctx = Ctx::new("samepart");
+    ctx.set("JOBMILL_UPLOAD_PART_SIZE", "1048576");
+    let api = std::sync::Arc::new(ctx.api().await);
+    let worker = ctx.worker();
+    let store = ctx.store().await;
+    let tail = data(1000, 99);
+    let bodies: Vec<Vec<u8>> = (0..4).map(|i| data(1048576, 100 + 2 * i)).collect();
+    let last = data(1048576, 77);
+    let mut whole = last.clone();
+    whole.extend_from_slice(&tail);
+    let id = start_upload(&api, ALICE, whole.len(), &sha_hex(&whole)).await;
+    assert_eq!(put_part(&api, ALICE, &id, 1, &tail, &[]).await.status, 200);
+
+    // Four good sends and one with a wrong checksum, all at once.
+    let mut sends = Vec::new();
+    for b in &bodies {
+        let (api, id, b) = (api.clone(), id.clone(), b.clone());
+        sends.push(tokio::spawn(async move {
+            let sha = sha_hex(&b);
+            put_part(&api, ALICE, &id, 0, &b, &[("x-content-sha256", &sha)])
+                .await
+                .status
+        }));
+    }
+    let (api2, id2, bad) = (api.clone(), id.clone(), bodies[0].clone());
+    let wrong = sha_hex(&bodies[1]);
+    let bad_send = tokio::spawn(async move {
+        let a = put_part(&api2, ALICE, &id2, 0, &bad, &[("x-content-sha256", &wrong)]).await;
+        (a.status, a.body)
+    });
+    for s in sends {
+        assert_eq!(s.await.unwrap(), 200);
+    }
+    let (status, body) = bad_send.await.unwrap();
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "checksum_mismatch", "{body}");
+    // One of the four won; the losers' and the refused send's pieces are gone.
+    let up = api.get(&format!("/v1/uploads/{id}"), ALICE).await;
+    let kept = up.body["parts"][0]["sha256"].as_str().unwrap().to_string();
+    assert!(bodies.iter().any(|b| sha_hex(b) == kept), "{}", up.body);
+    assert_eq!(pieces_of(&store, &id).await, 4 + 1);
+
+    // A send that completes after all of them is the one kept.
+    let sha = sha_hex(&last);
+    let a = put_part(&api, ALICE, &id, 0, &last, &[("x-content-sha256", &sha)]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(pieces_of(&store, &id).await, 4 + 1);
+    let j = complete(&api, ALICE, &id).await;
+    assert_eq!(j["state"], "succeeded", "{j}");
+    let (st, _, body) = download(&api, ALICE, &id, None).await;
+    assert_eq!(st, 200);
+    assert!(body == whole);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_upload_expires_without_touching_completed_files() {
+    let mut ctx = Ctx::new("sweep");
+    ctx.set("JOBMILL_UPLOAD_PART_SIZE", "65536");
+    ctx.set("JOBMILL_UPLOAD_RETENTION", "60s");
+    let api = ctx.api().await;
+    let worker = ctx.worker();
+    let store = ctx.store().await;
+    let kept = data(400_000, 8);
+    let file = upload(&api, ALICE, &kept, 65536, &sha_hex(&kept)).await;
+    let j = complete(&api, ALICE, &file).await;
+    assert_eq!(j["state"], "succeeded", "{j}");
+    let abandoned = data(200_000, 9);
+    let gone = upload(&api, ALICE, &abandoned, 65536, &sha_hex(&abandoned)).await;
+    assert_eq!(pieces_of(&store, &gone).await, 4);
+    assert_eq!(pieces_of(&store, &file).await, 7);
+
+    // Retention 60 s; the sweeper looks every 6 s.
+    let end = Instant::now() + LIMIT;
+    while api.get(&format!("/v1/uploads/{gone}"), ALICE).await.status != 404 {
+        assert!(Instant::now() < end, "the abandoned upload never expired");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(pieces_of(&store, &gone).await, 0);
+    let parts = db(&store)
+        .collection::<mongodb::bson::Document>("upload_parts")
+        .count_documents(mongodb::bson::doc! { "upload_id": &gone })
+        .await
+        .unwrap();
+    assert_eq!(parts, 0);
+    // The completed upload's record went too (same retention), its file's pieces did not.
+    assert_eq!(
+        api.get(&format!("/v1/uploads/{file}"), ALICE).await.status,
+        404
+    );
+    assert_eq!(pieces_of(&store, &file).await, 7);
+    let (st, _, body) = download(&api, ALICE, &file, None).await;
+    assert_eq!(st, 200);
+    assert!(body == kept);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_of_the_previous_chunk_layout_still_download_byte_for_byte() {
+    let mut ctx = Ctx::new("oldlayout");
+    ctx.set("JOBMILL_UPLOAD_PART_SIZE", "65536");
+    let api = ctx.api().await;
+    let worker = ctx.worker();
+    let store = ctx.store().await;
+    let bytes = data(600_001, 12);
+    let id = upload(&api, ALICE, &bytes, 65536, &sha_hex(&bytes)).await;
+    let j = complete(&api, ALICE, &id).await;
+    assert_eq!(j["state"], "succeeded", "{j}");
+    // Rewrite it as the previous version stored files: 256 KiB chunks in `file_chunks`, no
+    // manifest.
+    use mongodb::bson::{doc, spec::BinarySubtype, Binary, Document};
+    let files = db(&store).collection::<Document>("files");
+    let mut meta = files.find_one(doc! { "_id": &id }).await.unwrap().unwrap();
+    meta.remove("parts");
+    files.replace_one(doc! { "_id": &id }, &meta).await.unwrap();
+    let chunks = db(&store).collection::<Document>("file_chunks");
+    for (n, c) in bytes.chunks(262144).enumerate() {
+        chunks
+            .insert_one(doc! {
+                "_id": format!("{id}:{n}"), "file_id": &id, "n": n as i64,
+                "data": Binary { subtype: BinarySubtype::Generic, bytes: c.to_vec() },
+            })
+            .await
+            .unwrap();
+    }
+    db(&store)
+        .collection::<Document>("file_pieces")
+        .delete_many(doc! { "upload_id": &id })
+        .await
+        .unwrap();
+    let (st, h, body) = download(&api, ALICE, &id, None).await;
+    assert_eq!(st, 200);
+    assert_eq!(h["etag"], format!("\"{}\"", sha_hex(&bytes)).as_str());
+    assert!(body == bytes);
+    let (st, _, body) = download(&api, ALICE, &id, Some("bytes=262000-530000")).await;
+    assert_eq!(st, 206);
+    assert!(body == bytes[262000..530001]);
+    let del = api
+        .raw(
+            Method::DELETE,
+            &format!("/v1/files/{id}"),
+            Some(ALICE),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(del.status, 204);
+    let left = chunks
+        .count_documents(doc! { "file_id": &id })
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    worker.stop().await;
+}

@@ -5,7 +5,10 @@ use jobmill::client::NewJob;
 use jobmill::state::Decision;
 use jobmill::store::{Applied, Write};
 use jobmill::JobState;
-use jobmill_tests::Ctx;
+
+use std::time::Duration;
+
+use jobmill_tests::{Ctx, ALICE};
 use mongodb::bson::DateTime;
 use serde_json::json;
 
@@ -143,6 +146,36 @@ async fn cancel_and_retry_are_guarded_on_state() {
         client.retry(&id, None).await,
         Err(jobmill::Error::Conflict { .. })
     ));
+}
+
+/// MongoDB write settings reach the driver, and a refused write concern stops a process at
+/// startup with a message naming the setting (the MongoDB-compatible server has no replica
+/// sets, so a server-side refusal cannot be produced here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_concern_settings_are_applied_or_refused_clearly() {
+    let mut ctx = Ctx::new("wconcern");
+    ctx.set("JOBMILL_MONGODB_WRITE_CONCERN", "0");
+    let mut w = ctx.worker_process(&[]);
+    let status = w
+        .wait_exit(Duration::from_secs(60))
+        .expect("a worker with w=0 must not start");
+    assert!(!status.success());
+    let out = w.output();
+    assert!(
+        out.contains("JOBMILL_MONGODB_WRITE_CONCERN") && out.contains("unacknowledged"),
+        "{out}"
+    );
+    // Acknowledged settings: journal and majority writes go through.
+    ctx.set("JOBMILL_MONGODB_WRITE_CONCERN", "majority")
+        .set("JOBMILL_MONGODB_JOURNAL", "true");
+    let api = ctx.api().await;
+    let worker = ctx.worker();
+    let id = api.submit(ALICE, json!({"kind": "noop"})).await;
+    let j = api
+        .wait_terminal(ALICE, &id, Duration::from_secs(120))
+        .await;
+    assert_eq!(j["state"], "succeeded", "{j}");
+    worker.stop().await;
 }
 
 /// A worker that had not heard of a cancel yet cannot record a retry or a failure over it:

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use jobmill::config::RedisTarget;
 use jobmill::pubsub::Subscription;
 use jobmill::queue::RedisQueue;
 use jobmill::JobClient;
@@ -15,13 +16,13 @@ use tokio::sync::Notify;
 pub const REFRESH: Duration = Duration::from_secs(5);
 
 /// Start the reload loop and the announcement listener.
-pub fn start(client: JobClient, redis_url: String) {
+pub fn start(client: JobClient, redis: RedisTarget) {
     let announced = std::sync::Arc::new(Notify::new());
     let wake = announced.clone();
     let channel = client.queue().keys().kinds_channel();
     tokio::spawn(async move {
         let mut sub = loop {
-            match Subscription::open(&redis_url, std::slice::from_ref(&channel)).await {
+            match Subscription::open(&redis, std::slice::from_ref(&channel)).await {
                 Ok(s) => break s,
                 Err(e) => {
                     tracing::debug!(error = %e, "kinds announcements: subscribe failed; retrying");

@@ -83,15 +83,9 @@ impl AppState {
     /// announces them).
     pub async fn connect(config: &ApiConfig, kinds: Registry) -> jobmill::Result<Self> {
         let core = &config.core;
-        let store =
-            Store::connect(core.mongodb_uri.expose(), &core.mongodb_db, core.retention).await?;
-        let queue = RedisQueue::connect(core.redis_url.expose(), &core.key_prefix).await?;
-        let webhooks = Webhooks::new(
-            &store,
-            &queue,
-            core.redis_url.clone(),
-            config.webhooks.clone(),
-        );
+        let store = Store::connect_settings(core).await?;
+        let queue = RedisQueue::connect(&core.redis, &core.key_prefix).await?;
+        let webhooks = Webhooks::new(&store, &queue, core.redis.clone(), config.webhooks.clone());
         let catalog = Catalog::new(&Registry::new());
         let client = JobClient::new(
             store.clone(),
@@ -115,10 +109,10 @@ impl AppState {
         if let Err(e) = catalog.refresh(&store).await {
             tracing::warn!(error = %e, "kinds catalog not loaded yet; only linked kinds are accepted");
         }
-        catalog::start(client.clone(), core.redis_url.expose().to_string());
+        catalog::start(client.clone(), core.redis.clone());
         let finished = Arc::new(finished::FinishedJobs::default());
         let watch = watch::Watch::start(
-            core.redis_url.expose().to_string(),
+            core.redis.clone(),
             client.queue().keys().events_channel(),
             finished.clone(),
         );

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use jobmill::config::RedisTarget;
 use jobmill::pubsub::Subscription;
 use tokio::sync::broadcast;
 
@@ -14,9 +15,9 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// Start listening on the events channel of `prefix` at `redis_url`.
+    /// Start listening on the events channel of `prefix` at `redis`.
     pub fn start(
-        redis_url: String,
+        redis: RedisTarget,
         channel: String,
         finished: Arc<crate::finished::FinishedJobs>,
     ) -> Self {
@@ -24,7 +25,7 @@ impl Watch {
         let sender = tx.clone();
         tokio::spawn(async move {
             let mut sub = loop {
-                match Subscription::open(&redis_url, std::slice::from_ref(&channel)).await {
+                match Subscription::open(&redis, std::slice::from_ref(&channel)).await {
                     Ok(s) => break s,
                     Err(e) => {
                         tracing::warn!(error = %e, "job events subscription failed; retrying");

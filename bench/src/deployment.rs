@@ -139,7 +139,7 @@ impl CommandCounter {
 /// A store whose client counts every command it starts (driver command monitoring).
 pub async fn counted_store(s: &Settings) -> anyhow::Result<(Store, CommandCounter)> {
     let counter = CommandCounter::default();
-    let mut opts = jobmill::store::client_options(s.mongodb_uri.expose()).await?;
+    let mut opts = jobmill::store::client_options_for(s).await?;
     let c = counter.clone();
     opts.command_event_handler = Some(EventHandler::callback(move |ev: CommandEvent| {
         if let CommandEvent::Started(started) = ev {
@@ -157,7 +157,7 @@ pub async fn counted_store(s: &Settings) -> anyhow::Result<(Store, CommandCounte
 
 /// If the harness reset Redis since the last call, empty MongoDB's jobs too (see module doc).
 pub async fn sync_with_harness_reset(s: &Settings, store: &Store) -> anyhow::Result<()> {
-    let queue = RedisQueue::connect(s.redis_url.expose(), &s.key_prefix).await?;
+    let queue = RedisQueue::connect(&s.redis, &s.key_prefix).await?;
     let mut conn = queue.connection();
     // Two phases, so nobody inserts jobs while another process is still emptying the
     // collection (the harness starts the worker and the producer back to back).
@@ -177,7 +177,7 @@ pub async fn sync_with_harness_reset(s: &Settings, store: &Store) -> anyhow::Res
             .drop()
             .await?;
         store.ensure_indexes().await?;
-        queue.set_epoch().await?;
+        queue.set_epoch(QUEUE).await?;
         let _: () = conn.set(GENERATION, "ready").await?;
     } else {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);

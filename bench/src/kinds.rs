@@ -6,8 +6,9 @@
 
 use std::time::Duration;
 
+use jobmill::config::RedisTarget;
+use jobmill::redis_conn::RedisConn;
 use jobmill::{JobContext, JobKind, Outcome, Registry};
-use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use serde::Deserialize;
 
@@ -27,11 +28,11 @@ pub fn now_us() -> i64 {
 }
 
 /// `bench_noop`.
-pub struct Noop(pub ConnectionManager);
+pub struct Noop(pub RedisConn);
 /// `bench_lat`.
-pub struct Lat(pub ConnectionManager);
+pub struct Lat(pub RedisConn);
 /// `bench_sleep`.
-pub struct Sleep(pub ConnectionManager, pub Duration);
+pub struct Sleep(pub RedisConn, pub Duration);
 
 fn redis_outcome(r: redis::RedisResult<()>) -> Outcome {
     match r {
@@ -75,9 +76,9 @@ impl JobKind for Sleep {
     }
 }
 
-/// The built-in kinds plus the three bench kinds, each holding a connection to `redis_url`.
-pub async fn registry(redis_url: &str) -> anyhow::Result<Registry> {
-    let conn = jobmill::queue::connect(redis_url).await?;
+/// The built-in kinds plus the three bench kinds, each holding a connection to `redis`.
+pub async fn registry(redis: &RedisTarget) -> anyhow::Result<Registry> {
+    let conn = jobmill::queue::connect(redis).await?;
     let sleep_ms: u64 = std::env::var("BENCH_SLEEP_MS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -66,6 +66,35 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The shared test Redis of this run: the cluster's seed URLs (comma-separated) on the cluster
+/// pass of `scripts/test.sh` (`JOBMILL_TEST_REDIS_CLUSTER`), else the single server's URL.
+pub fn shared_redis() -> String {
+    match std::env::var("JOBMILL_TEST_REDIS_CLUSTER") {
+        Ok(seeds) if !seeds.trim().is_empty() => seeds,
+        _ => env("JOBMILL_TEST_REDIS_URL"),
+    }
+}
+
+/// Whether this run is the cluster pass.
+pub fn on_cluster() -> bool {
+    std::env::var("JOBMILL_TEST_REDIS_CLUSTER").is_ok_and(|s| !s.trim().is_empty())
+}
+
+/// The shared test MongoDB.
+pub fn shared_mongo() -> String {
+    env("JOBMILL_TEST_MONGODB_URI")
+}
+
+/// The settings naming `redis`: seed URLs with commas are a cluster (`JOBMILL_REDIS_CLUSTER`),
+/// anything else one server (`JOBMILL_REDIS_URL`).
+fn redis_vars(redis: &str) -> (&'static str, String) {
+    if redis.contains(',') {
+        ("JOBMILL_REDIS_CLUSTER", redis.to_string())
+    } else {
+        ("JOBMILL_REDIS_URL", redis.to_string())
+    }
+}
+
 /// One test's private corner of the servers.
 pub struct Ctx {
     /// Settings as env vars (also handed to worker processes).
@@ -75,18 +104,15 @@ pub struct Ctx {
 impl Ctx {
     /// A fresh prefix and database on the shared test servers.
     pub fn new(name: &str) -> Self {
-        Self::on(
-            name,
-            &env("JOBMILL_TEST_REDIS_URL"),
-            &env("JOBMILL_TEST_MONGODB_URI"),
-        )
+        Self::on(name, &shared_redis(), &shared_mongo())
     }
 
-    /// A fresh prefix and database on the given servers.
-    pub fn on(name: &str, redis_url: &str, mongo_uri: &str) -> Self {
+    /// A fresh prefix and database on the given servers. `redis` is a URL, or a cluster's
+    /// comma-separated seed URLs.
+    pub fn on(name: &str, redis: &str, mongo_uri: &str) -> Self {
         let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
         let vars: HashMap<String, String> = [
-            ("JOBMILL_REDIS_URL", redis_url.to_string()),
+            redis_vars(redis),
             ("JOBMILL_MONGODB_URI", mongo_uri.to_string()),
             ("JOBMILL_MONGODB_DB", format!("t_{name}_{tag}")),
             ("JOBMILL_KEY_PREFIX", format!("t:{name}:{tag}")),
@@ -216,12 +242,17 @@ impl Ctx {
             .expect("client")
     }
 
+    /// A connection to this test's Redis (single server or cluster, as the run is).
+    pub async fn redis(&self) -> jobmill::redis_conn::RedisConn {
+        jobmill::redis_conn::RedisConn::connect(&self.core().redis)
+            .await
+            .expect("redis")
+    }
+
     /// A direct store handle on this test's database.
     pub async fn store(&self) -> jobmill::store::Store {
         let s = self.core();
-        jobmill::store::Store::connect(s.mongodb_uri.expose(), &s.mongodb_db, s.retention)
-            .await
-            .unwrap()
+        jobmill::store::Store::connect_settings(&s).await.unwrap()
     }
 }
 
@@ -424,16 +455,29 @@ pub fn is_terminal(job: &Value) -> bool {
     ["succeeded", "failed", "cancelled"].contains(&job["state"].as_str().unwrap_or(""))
 }
 
-/// A private redis-server for tests that flush or restart it.
+/// A private Redis for tests that flush or restart it: one redis-server, or on the cluster pass
+/// a private Redis Cluster (`scripts/redis-cluster.sh` in a folder of its own, on free ports).
 pub struct PrivateRedis {
-    /// Its URL.
+    /// Its URL, or the cluster's comma-separated seed URLs (what [`Ctx::on`] takes).
     pub url: String,
-    proc: Proc,
+    kind: PrivateKind,
+}
+
+enum PrivateKind {
+    Single(Proc),
+    Cluster(PrivateCluster),
 }
 
 impl PrivateRedis {
-    /// Start one on a free port.
+    /// Start one on a free port (a private cluster on the cluster pass).
     pub fn start() -> Self {
+        if on_cluster() {
+            let c = PrivateCluster::start(&[]);
+            return PrivateRedis {
+                url: c.seeds.clone(),
+                kind: PrivateKind::Cluster(c),
+            };
+        }
         let port = free_port();
         let dir = tmp_dir().join(format!("redis-{port}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -459,20 +503,223 @@ impl PrivateRedis {
         wait_port(port);
         PrivateRedis {
             url: format!("redis://127.0.0.1:{port}/"),
-            proc: Proc { child, log },
+            kind: PrivateKind::Single(Proc { child, log }),
         }
     }
 
-    /// FLUSHALL: it is ours alone.
+    /// FLUSHALL (on every master of a cluster): it is ours alone.
     pub async fn flushall(&self) {
-        let client = redis::Client::open(self.url.as_str()).unwrap();
-        let mut c = client.get_multiplexed_async_connection().await.unwrap();
-        let _: () = redis::cmd("FLUSHALL").query_async(&mut c).await.unwrap();
+        let target = Ctx::on("flush", &self.url, "mongodb://unused").core().redis;
+        let mut c = jobmill::redis_conn::RedisConn::connect(&target)
+            .await
+            .unwrap();
+        // A cluster routes FLUSHALL to every master and answers once per node.
+        let _: redis::Value = redis::cmd("FLUSHALL").query_async(&mut c).await.unwrap();
     }
 
-    /// Keep it for the test's duration.
+    /// The server's pid (the first master's on a cluster).
     pub fn pid(&self) -> u32 {
-        self.proc.child.id()
+        match &self.kind {
+            PrivateKind::Single(p) => p.child.id(),
+            PrivateKind::Cluster(c) => c.nodes[0].pid(),
+        }
+    }
+}
+
+/// A private Redis Cluster started with `scripts/redis-cluster.sh` in a folder of its own;
+/// stopped when dropped.
+pub struct PrivateCluster {
+    /// Seed URLs, comma-separated.
+    pub seeds: String,
+    /// Every node, in the script's order.
+    pub nodes: Vec<ClusterNode>,
+    dir: PathBuf,
+    /// Nodes this harness restarted itself (reaped when the cluster is dropped).
+    restarted: std::sync::Mutex<Vec<Child>>,
+}
+
+/// One node of a [`PrivateCluster`].
+pub struct ClusterNode {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Its folder (pid file, log, nodes.conf).
+    pub dir: PathBuf,
+}
+
+impl ClusterNode {
+    /// The pid of the node's redis-server.
+    pub fn pid(&self) -> u32 {
+        std::fs::read_to_string(self.dir.join("redis.pid"))
+            .unwrap_or_default()
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    }
+
+    /// `redis-cli -p PORT args...` output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        cli(self.port, args)
+    }
+}
+
+/// `redis-cli -h 127.0.0.1 -p PORT args...`, its stdout.
+pub fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The repository's `scripts/redis-cluster.sh`.
+fn cluster_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/redis-cluster.sh")
+}
+
+impl PrivateCluster {
+    /// Start 3 masters (`args` go to `redis-cluster.sh start`, e.g. `--replicas 0`).
+    pub fn start(args: &[&str]) -> Self {
+        let dir = tmp_dir().join(format!(
+            "cluster-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Free ports: the script checks each port and its bus port (+10000) itself.
+        let out = Command::new(cluster_script())
+            .arg("start")
+            .args(args)
+            .env("JOBMILL_CLUSTER_DIR", &dir)
+            .env_remove("JOBMILL_CLUSTER_PORT")
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cluster.sh");
+        assert!(
+            out.status.success(),
+            "redis-cluster.sh start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let seeds = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let ports = std::fs::read_to_string(dir.join("ports")).unwrap();
+        let nodes = ports
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .enumerate()
+            .map(|(i, p)| ClusterNode {
+                port: p.trim().parse().unwrap(),
+                dir: dir.join(format!("node{}", i + 1)),
+            })
+            .collect();
+        PrivateCluster {
+            seeds,
+            nodes,
+            dir,
+            restarted: Default::default(),
+        }
+    }
+
+    /// The node that is master of `slot` now (asked of any live node).
+    pub fn master_of(&self, slot: u16) -> &ClusterNode {
+        for n in &self.nodes {
+            let view = n.cli(&["cluster", "nodes"]);
+            if view.is_empty() {
+                continue;
+            }
+            for line in view.lines() {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if f.len() < 8 || !f[2].contains("master") || f[2].contains("fail") {
+                    continue;
+                }
+                let port: u16 = f[1]
+                    .split('@')
+                    .next()
+                    .and_then(|a| a.rsplit(':').next())
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(0);
+                for range in &f[8..] {
+                    if range.starts_with('[') {
+                        continue;
+                    }
+                    let (lo, hi) = match range.split_once('-') {
+                        Some((a, b)) => (a.parse().unwrap_or(1), b.parse().unwrap_or(0)),
+                        None => {
+                            let v: u16 = range.parse().unwrap_or(u16::MAX);
+                            (v, v)
+                        }
+                    };
+                    if (lo..=hi).contains(&slot) {
+                        return self.nodes.iter().find(|n| n.port == port).expect("node");
+                    }
+                }
+            }
+            break;
+        }
+        panic!("no master holds slot {slot}");
+    }
+
+    /// The ports of the current masters.
+    pub fn masters(&self) -> Vec<&ClusterNode> {
+        self.nodes
+            .iter()
+            .filter(|n| n.cli(&["role"]).lines().next() == Some("master"))
+            .collect()
+    }
+
+    /// Kill `node` (SIGKILL) and start it again on the same port and cluster config but with
+    /// no data, as a master without persistence comes back after a crash.
+    pub fn restart_empty(&self, node: &ClusterNode, full_coverage: bool) {
+        let pid = node.pid();
+        assert!(unsafe_free_kill(pid, SIGKILL), "kill {pid}");
+        let end = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", node.port)).is_ok() {
+            assert!(Instant::now() < end, "node {} never died", node.port);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The same options scripts/redis-cluster.sh starts a node with.
+        let child = Command::new("redis-server")
+            .args(["--port", &node.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--cluster-enabled", "yes", "--cluster-config-file"])
+            .arg(node.dir.join("nodes.conf"))
+            .args(["--cluster-node-timeout", "2000"])
+            .args([
+                "--cluster-require-full-coverage",
+                if full_coverage { "yes" } else { "no" },
+            ])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(&node.dir)
+            .arg("--logfile")
+            .arg(node.dir.join("redis.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        // The stop script finds it by this file.
+        std::fs::write(node.dir.join("redis.pid"), child.id().to_string()).unwrap();
+        self.restarted.lock().unwrap().push(child);
+        wait_port(node.port);
+    }
+
+    /// The folder of the cluster.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(cluster_script())
+            .arg("stop")
+            .env("JOBMILL_CLUSTER_DIR", &self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        for mut c in self.restarted.lock().unwrap().drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 

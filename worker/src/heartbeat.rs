@@ -32,7 +32,7 @@ pub(crate) fn spawn(
 
 async fn beat(shared: Arc<Shared>, stop: CancellationToken) {
     let Some(queue) = crate::backoff::until_ok("heartbeat connection", &stop, || {
-        RedisQueue::connect(shared.core.redis_url.expose(), &shared.core.key_prefix)
+        RedisQueue::connect(&shared.core.redis, &shared.core.key_prefix)
     })
     .await
     else {
@@ -117,15 +117,16 @@ async fn register(queue: &RedisQueue, shared: &Shared) -> jobmill::Result<()> {
     ];
     let mut conn = queue.connection();
     let ttl = shared.core.registry_ttl();
+    // The worker's hash and the registry ZSET are global keys on different cluster slots: one
+    // pipeline per key, never one spanning both (a cluster would refuse it as CROSSSLOT).
     redis::pipe()
         .hset_multiple(&key, &fields)
         .ignore()
         .pexpire(&key, ttl.as_millis() as i64)
         .ignore()
-        .zadd(keys.workers(), &shared.worker, now)
-        .ignore()
         .query_async::<()>(&mut conn)
         .await?;
+    let _: () = conn.zadd(keys.workers(), &shared.worker, now).await?;
     Ok(())
 }
 

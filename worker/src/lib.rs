@@ -3,7 +3,9 @@
 //! the kinds a caller adds; `main.rs` is a thin binary over [`run`].
 //!
 //! # Layout
-//! - [`run`]: assembles the features, wires the tasks together and drains on shutdown.
+//! - [`run`]: the native worker: a [`Runtime`] with the claim loop and executor on top.
+//! - [`Runtime`]: everything but claiming and running (features, persister, heartbeat,
+//!   listener, maintenance), public so other front ends (the apalis backend) reuse it.
 //! - [`settings`]: the worker's settings section and the whole config of a worker process.
 //! - `fetcher`: claims jobs when handler slots are free.
 //! - `executor`: runs one attempt (validation, timeout, panic, cancellation, grace period).
@@ -40,7 +42,7 @@ use jobmill::config::CoreSettings;
 use jobmill::kind::Registry;
 use jobmill::outbox::{self, Subscribers};
 use jobmill::queue::RedisQueue;
-use jobmill::state::RetryPolicy;
+pub use jobmill::state::RetryPolicy;
 use jobmill::store::Store;
 use jobmill_data::Data;
 use jobmill_ops::metrics::WorkerMetrics;
@@ -128,12 +130,7 @@ pub async fn run(
     kinds: Registry,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), WorkerError> {
-    let store = Store::connect(
-        config.core.mongodb_uri.expose(),
-        &config.core.mongodb_db,
-        config.core.retention,
-    )
-    .await?;
+    let store = Store::connect_settings(&config.core).await?;
     run_with_store(config, kinds, store, shutdown).await
 }
 
@@ -145,150 +142,17 @@ pub async fn run_with_store(
     store: Store,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), WorkerError> {
-    let identity = Identity::new();
-    let worker = identity.id.clone();
     tokio::pin!(shutdown);
-    let core = config.core.clone();
-    let settings = config.worker.clone();
-
-    let stop_claiming = CancellationToken::new();
-    let hard_stop = CancellationToken::new();
-    let stop_all = CancellationToken::new();
-
-    let queue = tokio::select! {
-        q = backoff::until_ok("redis connection", &stop_all, || {
-            RedisQueue::connect(core.redis_url.expose(), &core.key_prefix)
-        }) => q.expect("only cancelled by stop_all"),
+    let runtime = tokio::select! {
+        r = Runtime::start(config, kinds, store) => r?,
         _ = &mut shutdown => return Ok(()),
     };
-
-    // Assemble the features. The client needs the webhooks' submit hook, the data feature
-    // needs the client, and the catalog learns the kinds last.
-    let catalog = Catalog::new(&Registry::new());
-    let webhooks = Webhooks::new(&store, &queue, core.redis_url.clone(), config.webhooks);
-    let client = JobClient::new(
-        store.clone(),
-        queue.clone(),
-        catalog.clone(),
-        Limits::from_settings(&core),
-        vec![webhooks.submit_hook()],
-    );
-    let data = Data::new(&client, config.data);
-    let ops = Ops::new(&store, &queue);
-    let mut registry = Registry::builtin();
-    webhooks.register_kinds(&mut registry);
-    data.register_kinds(&mut registry);
-    ops.register_kinds(&mut registry, &client);
-    registry.extend(&kinds);
-    catalog.set_local(&registry);
-    let subscribers = Subscribers::new(vec![webhooks.subscriber()]);
-
-    {
-        let (store, webhooks, data, ops, stop) = (
-            store.clone(),
-            webhooks.clone(),
-            data.clone(),
-            ops.clone(),
-            stop_all.clone(),
-        );
-        tokio::spawn(async move {
-            backoff::until_ok("create indexes", &stop, || async {
-                store.ensure_indexes().await?;
-                webhooks.ensure_indexes().await?;
-                data.ensure_indexes().await?;
-                ops.ensure_indexes().await
-            })
-            .await;
-        });
-    }
-    {
-        // Announce the kinds this worker serves, so any API accepts them from now on.
-        let (store, queue, registry, worker, stop) = (
-            store.clone(),
-            queue.clone(),
-            registry.clone(),
-            worker.clone(),
-            stop_all.clone(),
-        );
-        tokio::spawn(async move {
-            backoff::until_ok("announce kinds", &stop, || {
-                catalog::announce(&store, &registry, &worker)
-            })
-            .await;
-            let _ = queue.publish(&queue.keys().kinds_channel(), &worker).await;
-        });
-    }
-
-    let inflight = Arc::new(Inflight::default());
-    let stats = Arc::new(Stats::default());
-    let worker_metrics = WorkerMetrics::new();
-    let persister = persister::spawn(Arc::new(persister::Context {
-        store: store.clone(),
-        queue: queue.clone(),
-        worker: worker.clone(),
-        inflight: inflight.clone(),
-        stats: stats.clone(),
-        stop: stop_all.clone(),
-        subscribers: subscribers.clone(),
-        hooks: vec![ops.outcome_hook()],
-        metrics: worker_metrics.clone(),
-    }));
-    let shared = Arc::new(Shared {
-        identity,
-        worker: worker.clone(),
-        policy: RetryPolicy {
-            base: core.retry_base,
-            max: core.retry_max,
-        },
-        core,
-        settings: settings.clone(),
-        registry,
-        store,
-        queue,
-        inflight: inflight.clone(),
-        persister,
-        stats,
-        hard_stop: hard_stop.clone(),
-        subscribers: subscribers.clone(),
-        control: Control {
-            stop_claiming: stop_claiming.clone(),
-            stop: CancellationToken::new(),
-            stopping: AtomicBool::new(false),
-        },
-        ops,
-        metrics: worker_metrics,
-    });
-
+    let shared = runtime.shared.clone();
+    let settings = shared.settings.clone();
+    // `quiet` from an operator cancels the same token (see `Control`).
+    let stop_claiming = shared.control.stop_claiming.clone();
     let slots = Arc::new(Semaphore::new(settings.concurrency));
-    let wake = Arc::new(Notify::new());
-    let schedule = Arc::new(Notify::new());
-    let beat =
-        heartbeat::spawn(shared.clone(), stop_all.clone()).map_err(WorkerError::Heartbeat)?;
-    tokio::spawn(listener::listen(
-        shared.clone(),
-        wake.clone(),
-        schedule.clone(),
-        stop_all.clone(),
-    ));
-    tokio::spawn(maintenance::scheduler(
-        shared.clone(),
-        schedule,
-        stop_all.clone(),
-    ));
-    if let Some(addr) = settings.metrics_addr {
-        tokio::spawn(metrics::serve(addr, shared.clone(), stop_all.clone()));
-    }
-    tokio::spawn(maintenance::rescuer(shared.clone(), stop_all.clone()));
-    tokio::spawn(maintenance::reconciler(shared.clone(), stop_all.clone()));
-    tokio::spawn(outbox::run(
-        client.clone(),
-        subscribers,
-        worker.clone(),
-        stop_all.clone(),
-    ));
-    for feature_loop in webhooks.loops(stop_all.clone()) {
-        tokio::spawn(feature_loop);
-    }
+    let wake = runtime.wake.clone();
     let fetcher = tokio::spawn(fetcher::fetch_loop(
         shared.clone(),
         slots.clone(),
@@ -296,7 +160,7 @@ pub async fn run_with_store(
         stop_claiming.clone(),
     ));
     tracing::info!(
-        worker = %worker,
+        worker = %shared.worker,
         queues = ?settings.queues.iter().map(|q| format!("{}:{}", q.name, q.weight)).collect::<Vec<_>>(),
         concurrency = settings.concurrency,
         kinds = ?shared.registry.names(),
@@ -309,38 +173,295 @@ pub async fn run_with_store(
         _ = shared.control.stop.cancelled() => {}
     }
     shared.control.stopping.store(true, Ordering::Relaxed);
-    tracing::info!(running = inflight.len(), timeout = ?settings.shutdown_timeout, "draining");
+    tracing::info!(running = shared.inflight.len(), timeout = ?settings.shutdown_timeout, "draining");
     stop_claiming.cancel();
     let _ = fetcher.await;
-
-    // Let running handlers finish within the drain time.
-    let deadline = Instant::now() + settings.shutdown_timeout;
-    while slots.available_permits() < settings.concurrency && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let unfinished = settings.concurrency - slots.available_permits();
-    if unfinished > 0 {
-        tracing::info!(
-            unfinished,
-            "drain time over; releasing the rest without charging an attempt"
-        );
-    }
-    hard_stop.cancel();
-
-    // Wait until every outcome and release is recorded. If a store stays down past this, the
-    // leases simply expire and other workers rerun the jobs.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !inflight.is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    if !inflight.is_empty() {
-        tracing::warn!(
-            left = inflight.len(),
-            "stopping with unrecorded outcomes; their leases will expire and the jobs rerun"
-        );
-    }
-    stop_all.cancel();
-    let _ = tokio::task::spawn_blocking(move || beat.join()).await;
-    tracing::info!(worker = %worker, "worker stopped");
+    runtime
+        .drain(|| settings.concurrency - slots.available_permits())
+        .await;
     Ok(())
+}
+
+/// Everything of a worker process except how it claims and runs handlers: the connections,
+/// the kinds announced to the catalog, the in-flight table, the persister (batched guarded
+/// writes), the lease heartbeat on its own thread (which also keeps this worker in the worker
+/// registry), the maintenance loops (scheduler, rescuer, reconciler), the outbox loop and the
+/// features' loops.
+///
+/// [`run`] puts the native claim loop and executor on top. Other front ends (the apalis
+/// backend in `shared/apalis`) put their own: they claim with [`RedisQueue::claim`], insert
+/// each claimed job into [`Runtime::inflight`] before running it (so the heartbeat renews its
+/// lease), send its start and outcome through [`Runtime::persister`] (which removes it from
+/// the table once recorded), and call [`Runtime::drain`] on shutdown.
+pub struct Runtime {
+    shared: Arc<Shared>,
+    client: JobClient,
+    wake: Arc<Notify>,
+    stop_all: CancellationToken,
+    beat: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Runtime {
+    /// Connect (waiting for Redis), assemble the features, announce `kinds` (on top of the
+    /// engine's and the features' own) and start the background tasks. Claims nothing.
+    pub async fn start(
+        config: WorkerConfig,
+        kinds: Registry,
+        store: Store,
+    ) -> Result<Runtime, WorkerError> {
+        let identity = Identity::new();
+        let worker = identity.id.clone();
+        let core = config.core.clone();
+        let settings = config.worker.clone();
+        let hard_stop = CancellationToken::new();
+        let stop_all = CancellationToken::new();
+
+        let queue = backoff::until_ok("redis connection", &stop_all, || {
+            RedisQueue::connect(&core.redis, &core.key_prefix)
+        })
+        .await
+        .expect("only cancelled by stop_all");
+
+        // Assemble the features. The client needs the webhooks' submit hook, the data feature
+        // needs the client, and the catalog learns the kinds last.
+        let catalog = Catalog::new(&Registry::new());
+        let webhooks = Webhooks::new(&store, &queue, core.redis.clone(), config.webhooks);
+        let client = JobClient::new(
+            store.clone(),
+            queue.clone(),
+            catalog.clone(),
+            Limits::from_settings(&core),
+            vec![webhooks.submit_hook()],
+        );
+        let data = Data::new(&client, config.data);
+        let ops = Ops::new(&store, &queue);
+        let mut registry = Registry::builtin();
+        webhooks.register_kinds(&mut registry);
+        data.register_kinds(&mut registry);
+        ops.register_kinds(&mut registry, &client);
+        registry.extend(&kinds);
+        catalog.set_local(&registry);
+        let subscribers = Subscribers::new(vec![webhooks.subscriber()]);
+
+        {
+            let (store, webhooks, data, ops, stop) = (
+                store.clone(),
+                webhooks.clone(),
+                data.clone(),
+                ops.clone(),
+                stop_all.clone(),
+            );
+            tokio::spawn(async move {
+                backoff::until_ok("create indexes", &stop, || async {
+                    store.ensure_indexes().await?;
+                    webhooks.ensure_indexes().await?;
+                    data.ensure_indexes().await?;
+                    ops.ensure_indexes().await
+                })
+                .await;
+            });
+        }
+        {
+            // Announce the kinds this worker serves, so any API accepts them from now on.
+            let (store, queue, registry, worker, stop) = (
+                store.clone(),
+                queue.clone(),
+                registry.clone(),
+                worker.clone(),
+                stop_all.clone(),
+            );
+            tokio::spawn(async move {
+                backoff::until_ok("announce kinds", &stop, || {
+                    catalog::announce(&store, &registry, &worker)
+                })
+                .await;
+                let _ = queue.publish(&queue.keys().kinds_channel(), &worker).await;
+            });
+        }
+
+        let inflight = Arc::new(Inflight::default());
+        let stats = Arc::new(Stats::default());
+        let worker_metrics = WorkerMetrics::new();
+        let persister = persister::spawn(Arc::new(persister::Context {
+            store: store.clone(),
+            queue: queue.clone(),
+            worker: worker.clone(),
+            inflight: inflight.clone(),
+            stats: stats.clone(),
+            stop: stop_all.clone(),
+            subscribers: subscribers.clone(),
+            hooks: vec![ops.outcome_hook()],
+            metrics: worker_metrics.clone(),
+        }));
+        let shared = Arc::new(Shared {
+            identity,
+            worker: worker.clone(),
+            policy: RetryPolicy {
+                base: core.retry_base,
+                max: core.retry_max,
+            },
+            core,
+            settings,
+            registry,
+            store,
+            queue,
+            inflight,
+            persister,
+            stats,
+            hard_stop,
+            subscribers: subscribers.clone(),
+            control: Control {
+                stop_claiming: CancellationToken::new(),
+                stop: CancellationToken::new(),
+                stopping: AtomicBool::new(false),
+            },
+            ops,
+            metrics: worker_metrics,
+        });
+        if let Some(addr) = shared.settings.metrics_addr {
+            tokio::spawn(metrics::serve(addr, shared.clone(), stop_all.clone()));
+        }
+
+        let schedule = Arc::new(Notify::new());
+        let wake = Arc::new(Notify::new());
+        tokio::spawn(listener::listen(
+            shared.clone(),
+            wake.clone(),
+            schedule.clone(),
+            stop_all.clone(),
+        ));
+        let beat =
+            heartbeat::spawn(shared.clone(), stop_all.clone()).map_err(WorkerError::Heartbeat)?;
+        tokio::spawn(maintenance::scheduler(
+            shared.clone(),
+            schedule,
+            stop_all.clone(),
+        ));
+        tokio::spawn(maintenance::rescuer(shared.clone(), stop_all.clone()));
+        tokio::spawn(maintenance::reconciler(shared.clone(), stop_all.clone()));
+        tokio::spawn(outbox::run(
+            client.clone(),
+            subscribers,
+            worker.clone(),
+            stop_all.clone(),
+        ));
+        for feature_loop in webhooks.loops(stop_all.clone()) {
+            tokio::spawn(feature_loop);
+        }
+        for feature_loop in data.loops(stop_all.clone()) {
+            tokio::spawn(feature_loop);
+        }
+        Ok(Runtime {
+            shared,
+            client,
+            wake,
+            stop_all,
+            beat: std::sync::Mutex::new(Some(beat)),
+        })
+    }
+
+    /// This worker's id: the owner of its leases and its key in the worker registry.
+    pub fn worker(&self) -> &str {
+        &self.shared.worker
+    }
+
+    /// The engine's settings.
+    pub fn core(&self) -> &CoreSettings {
+        &self.shared.core
+    }
+
+    /// The worker's settings (queues, concurrency, drain and cancel times).
+    pub fn settings(&self) -> &WorkerSettings {
+        &self.shared.settings
+    }
+
+    /// Retry backoff.
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.shared.policy
+    }
+
+    /// Every kind this process serves.
+    pub fn registry(&self) -> &Registry {
+        &self.shared.registry
+    }
+
+    /// The Redis queues.
+    pub fn queue(&self) -> &RedisQueue {
+        &self.shared.queue
+    }
+
+    /// The MongoDB store.
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// The submission path (MongoDB first, then Redis), with the features' submit hooks.
+    pub fn client(&self) -> &JobClient {
+        &self.client
+    }
+
+    /// The jobs this process holds; the heartbeat renews their leases.
+    pub fn inflight(&self) -> &Arc<Inflight> {
+        &self.shared.inflight
+    }
+
+    /// Batched guarded writes; a job leaves [`Runtime::inflight`] once its outcome is recorded.
+    pub fn persister(&self) -> &Persister {
+        &self.shared.persister
+    }
+
+    /// Who wants job events (ask before writing an outcome).
+    pub fn subscribers(&self) -> &Subscribers {
+        &self.shared.subscribers
+    }
+
+    /// Notified when jobs may have become ready on this worker's queues (pub/sub), so a claim
+    /// loop can sleep between claims without polling fast.
+    pub fn wake(&self) -> &Arc<Notify> {
+        &self.wake
+    }
+
+    /// Fires when the drain time is over: stop running handlers and release their jobs.
+    pub fn hard_stop(&self) -> &CancellationToken {
+        &self.shared.hard_stop
+    }
+
+    /// Drain after the caller stopped claiming: let running handlers (`running()` of them)
+    /// finish within the shutdown timeout, then fire [`Runtime::hard_stop`], wait until every
+    /// outcome and release is recorded (at most 15 s more) and stop the background tasks.
+    pub async fn drain(&self, running: impl Fn() -> usize) {
+        let settings = &self.shared.settings;
+        let inflight = &self.shared.inflight;
+        let deadline = Instant::now() + settings.shutdown_timeout;
+        while running() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let unfinished = running();
+        if unfinished > 0 {
+            tracing::info!(
+                unfinished,
+                "drain time over; releasing the rest without charging an attempt"
+            );
+        }
+        self.shared.hard_stop.cancel();
+
+        // Wait until every outcome and release is recorded. If a store stays down past this,
+        // the leases simply expire and other workers rerun the jobs.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !inflight.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !inflight.is_empty() {
+            tracing::warn!(
+                left = inflight.len(),
+                "stopping with unrecorded outcomes; their leases will expire and the jobs rerun"
+            );
+        }
+        self.stop_all.cancel();
+        let beat = self.beat.lock().expect("beat lock").take();
+        if let Some(beat) = beat {
+            let _ = tokio::task::spawn_blocking(move || beat.join()).await;
+        }
+        tracing::info!(worker = %self.shared.worker, "worker stopped");
+    }
 }

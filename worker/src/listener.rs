@@ -33,7 +33,7 @@ pub(crate) async fn listen(
     let control_channel = jobmill_ops::keys::control_channel(&keys, &shared.worker);
     channels.push(control_channel.clone());
     let Some(mut sub) = crate::backoff::until_ok("pub/sub subscription", &stop, || {
-        Subscription::open(shared.core.redis_url.expose(), &channels)
+        Subscription::open(&shared.core.redis, &channels)
     })
     .await
     else {

@@ -3,8 +3,9 @@
 //! Redis lock so only one process does the work per round.
 //! - scheduler: promotes due scheduled and retrying jobs to the ready set, on time.
 //! - rescuer: finds leases whose worker stopped heartbeating and retries or fails their jobs.
-//! - reconciler: rebuilds Redis from MongoDB when Redis lost its data, and pushes jobs whose
-//!   submitter never confirmed the Redis push.
+//! - reconciler: rebuilds a queue in Redis from MongoDB when the queue's Redis node lost its
+//!   data (per-queue epoch), pushes jobs whose submitter never confirmed the Redis push, and
+//!   sweeps MongoDB's live jobs in bounded batches for any Redis no longer holds.
 //!
 //! Retention needs no loop: MongoDB's TTL index on `expire_at` deletes finished jobs.
 
@@ -205,8 +206,9 @@ async fn settle_rescued(shared: &Shared, queue: &str, taken: Vec<Claimed>) -> jo
 }
 
 pub(crate) async fn reconciler(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut sweep = Sweep::new();
     loop {
-        if let Err(e) = reconcile_once(&shared).await {
+        if let Err(e) = reconcile_once(&shared, &mut sweep).await {
             tracing::warn!(error = %e, "reconcile failed");
         }
         tokio::select! {
@@ -216,38 +218,35 @@ pub(crate) async fn reconciler(shared: Arc<Shared>, stop: CancellationToken) {
     }
 }
 
-async fn reconcile_once(shared: &Shared) -> jobmill::Result<()> {
+async fn reconcile_once(shared: &Shared, sweep: &mut Sweep) -> jobmill::Result<()> {
     let q = &shared.queue;
-    if !q.epoch_present().await?
-        && q.try_lock("rebuild", &shared.worker, Duration::from_secs(60))
+    // Loss detection is per queue: each queue's epoch lives under the queue's hash tag, on the
+    // node that holds the queue, so a single cluster master that comes back empty loses the
+    // epochs of exactly its queues, and only those are rebuilt.
+    for queue in sweep.queues(shared).await {
+        if !q.epoch_present(&queue).await?
+            && q.try_lock(
+                &format!("rebuild:{queue}"),
+                &shared.worker,
+                Duration::from_secs(60),
+            )
             .await?
-    {
-        // Queue pauses first: a paused queue must not hand out the jobs put back below.
-        let paused = shared.ops.pauses().restore(q).await?;
-        if paused > 0 {
-            tracing::info!(paused, "restored queue pauses into redis");
-        }
-        // Redis lost its data (or never had it): put every live job of MongoDB back. The
-        // enqueue script skips jobs Redis still holds, so this never queues a job twice.
-        // Jobs that were running come back as ready: their workers may still finish them,
-        // and whichever outcome is recorded first wins the guarded write.
-        let mut after: Option<String> = None;
-        let mut pushed = 0usize;
-        loop {
-            let page = shared
-                .store
-                .live_jobs_page(after.as_deref(), REBUILD_PAGE)
-                .await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.list_key.clone());
-            let entries: Vec<_> = page.iter().map(enqueue_entry).collect();
-            pushed += q.enqueue(&entries).await?;
-            if (page.len() as i64) < REBUILD_PAGE {
-                break;
+        {
+            // Pauses first: a paused queue must not hand out the jobs put back below. (All
+            // recorded pauses are restored: setting a flag that is already set is harmless.)
+            let paused = shared.ops.pauses().restore(q).await?;
+            if paused > 0 {
+                tracing::info!(paused, "restored queue pauses into redis");
+            }
+            let pushed = rebuild_queue(shared, &queue).await?;
+            q.set_epoch(&queue).await?;
+            // Free the lock now: should this queue's node lose its data again within the
+            // lock's minute, the next round must be able to rebuild it.
+            q.unlock(&format!("rebuild:{queue}")).await?;
+            if pushed > 0 {
+                tracing::info!(queue = %queue, pushed, "rebuilt queue in redis from mongodb");
             }
         }
-        q.set_epoch().await?;
-        tracing::info!(pushed, "rebuilt redis from mongodb");
     }
     if q.try_lock("pending", &shared.worker, RECONCILE_EVERY)
         .await?
@@ -266,7 +265,170 @@ async fn reconcile_once(shared: &Shared) -> jobmill::Result<()> {
             );
         }
     }
+    if sweep.due() && q.try_lock("sweep", &shared.worker, SWEEP_EVERY).await? {
+        sweep.run(shared).await?;
+    }
     Ok(())
+}
+
+/// Put every live job of `queue` from MongoDB back into Redis. The enqueue script skips jobs
+/// Redis still holds, so this never queues a job twice. Jobs that were running come back as
+/// ready: their workers may still finish them, and whichever outcome is recorded first wins
+/// the guarded write.
+async fn rebuild_queue(shared: &Shared, queue: &str) -> jobmill::Result<usize> {
+    let mut after: Option<String> = None;
+    let mut pushed = 0usize;
+    loop {
+        let page = shared
+            .store
+            .live_jobs_page_of(Some(queue), after.as_deref(), REBUILD_PAGE)
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.list_key.clone());
+        let entries: Vec<_> = page.iter().map(enqueue_entry).collect();
+        pushed += shared.queue.enqueue(&entries).await?;
+        if (page.len() as i64) < REBUILD_PAGE {
+            break;
+        }
+    }
+    Ok(pushed)
+}
+
+/// How often the anti-entropy sweep runs (one process at a time, under a lock).
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// Jobs read from MongoDB per sweep batch.
+const SWEEP_BATCH: i64 = 500;
+/// Most batches per sweep round; the next round resumes where this one stopped.
+const SWEEP_BATCHES: usize = 20;
+/// How often the reconciler re-reads the queues that have live jobs in MongoDB.
+const QUEUES_EVERY: Duration = Duration::from_secs(30);
+
+/// The reconciler's memory between rounds: the queues to check, and the anti-entropy sweep's
+/// place in MongoDB.
+///
+/// An epoch cannot see every loss: a failover may lose a master's last writes (a job's enqueue
+/// that never reached the replica) while the epoch, written long before, survives. The sweep
+/// closes that gap: it walks the live jobs of MongoDB in bounded batches, asks Redis which it
+/// still holds (a payload present), re-reads the missing ones and puts back those still
+/// waiting (or running for longer than a lease could last without Redis renewing it).
+pub(crate) struct Sweep {
+    after: Option<String>,
+    last: Option<std::time::Instant>,
+    mongo_queues: Vec<String>,
+    queues_read: Option<std::time::Instant>,
+}
+
+impl Sweep {
+    pub(crate) fn new() -> Self {
+        Sweep {
+            after: None,
+            last: None,
+            mongo_queues: Vec::new(),
+            queues_read: None,
+        }
+    }
+
+    fn due(&self) -> bool {
+        self.last.is_none_or(|t| t.elapsed() >= SWEEP_EVERY)
+    }
+
+    /// Queues to check: this worker's, the registry's, and (re-read now and then) those with
+    /// live jobs in MongoDB, since the registry itself lives on one node and can be lost.
+    async fn queues(&mut self, shared: &Shared) -> BTreeSet<String> {
+        let mut out: BTreeSet<String> = shared
+            .settings
+            .queues
+            .iter()
+            .map(|q| q.name.clone())
+            .collect();
+        match shared.queue.queue_names().await {
+            Ok(all) => out.extend(all),
+            Err(e) => tracing::debug!(error = %e, "could not list queues"),
+        }
+        if self.queues_read.is_none_or(|t| t.elapsed() >= QUEUES_EVERY) {
+            match shared.store.live_queues().await {
+                Ok(q) => {
+                    self.mongo_queues = q;
+                    self.queues_read = Some(std::time::Instant::now());
+                }
+                Err(e) => tracing::debug!(error = %e, "could not list queues with live jobs"),
+            }
+        }
+        out.extend(self.mongo_queues.iter().cloned());
+        out
+    }
+
+    /// One sweep round: at most [`SWEEP_BATCHES`] batches, then resume next round.
+    async fn run(&mut self, shared: &Shared) -> jobmill::Result<()> {
+        self.last = Some(std::time::Instant::now());
+        let mut requeued = 0usize;
+        for _ in 0..SWEEP_BATCHES {
+            let page = shared
+                .store
+                .live_jobs_page(self.after.as_deref(), SWEEP_BATCH)
+                .await?;
+            let Some(last) = page.last() else {
+                self.after = None;
+                break;
+            };
+            self.after = Some(last.list_key.clone());
+            let full = page.len() as i64 == SWEEP_BATCH;
+            requeued += requeue_missing(shared, page).await?;
+            if !full {
+                self.after = None;
+                break;
+            }
+        }
+        if requeued > 0 {
+            tracing::warn!(requeued, "anti-entropy sweep put back jobs redis had lost");
+        }
+        Ok(())
+    }
+}
+
+/// Put back those of `page` (live jobs read from MongoDB) that Redis does not hold.
+async fn requeue_missing(shared: &Shared, page: Vec<jobmill::Job>) -> jobmill::Result<usize> {
+    // A submission's own push may still be on its way: the pending pass covers those.
+    let young = id_at(std::time::SystemTime::now() - PENDING_GRACE);
+    let mut by_queue: std::collections::BTreeMap<String, Vec<jobmill::Job>> = Default::default();
+    for j in page {
+        if j.list_key < young || !j.enqueue_pending {
+            by_queue.entry(j.queue.clone()).or_default().push(j);
+        }
+    }
+    let mut missing = Vec::new();
+    for (queue, jobs) in by_queue {
+        let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+        let held = shared.queue.holds(&queue, &ids).await?;
+        missing.extend(
+            ids.into_iter()
+                .zip(held)
+                .filter(|(_, h)| !h)
+                .map(|(id, _)| id),
+        );
+    }
+    if missing.is_empty() {
+        return Ok(0);
+    }
+    // Re-read: a job may have ended (and been forgotten by Redis) since the page was read.
+    let now = jobmill::job::now_ms();
+    let stuck_after = (shared.core.lease_ttl * 2).as_millis() as i64;
+    let entries: Vec<_> = shared
+        .store
+        .get_many(&missing)
+        .await?
+        .iter()
+        .filter(|j| match j.state {
+            s if s.is_terminal() => false,
+            // A running job keeps its payload in Redis until its outcome is recorded; one
+            // whose entries are gone and which started longer ago than a lease could last
+            // unrenewed has lost its lease with them.
+            jobmill::JobState::Running => j.started_ms.is_some_and(|t| now - t > stuck_after),
+            _ => true,
+        })
+        .map(enqueue_entry)
+        .collect();
+    shared.queue.enqueue(&entries).await
 }
 
 /// The smallest-looking job id created at `t`: ids are UUIDv7, ordered by creation time.

@@ -64,8 +64,8 @@ impl Producer {
         deployment::sync_with_harness_reset(&s, &store).await?;
         match variant {
             "jobmill" => {
-                let queue = RedisQueue::connect(s.redis_url.expose(), &s.key_prefix).await?;
-                let registry = kinds::registry(s.redis_url.expose()).await?;
+                let queue = RedisQueue::connect(&s.redis, &s.key_prefix).await?;
+                let registry = kinds::registry(&s.redis).await?;
                 Ok(Producer::Library(deployment::client(
                     store, queue, &registry, &s,
                 )))
@@ -201,7 +201,7 @@ async fn steady(variant: &str, rate: f64, duration: f64) -> anyhow::Result<()> {
 
 async fn qlen() -> anyhow::Result<()> {
     let s = deployment::settings(1)?;
-    let queue = RedisQueue::connect(s.redis_url.expose(), &s.key_prefix).await?;
+    let queue = RedisQueue::connect(&s.redis, &s.key_prefix).await?;
     let k = queue.queue_keys(QUEUE);
     let mut c = queue.connection();
     let ready: u64 = c.zcard(&k.ready).await?;
@@ -220,7 +220,7 @@ async fn worker(profile: &str) -> anyhow::Result<()> {
     jobmill::telemetry::init_tracing(&s);
     let (store, counter) = deployment::counted_store(&s).await?;
     deployment::sync_with_harness_reset(&s, &store).await?;
-    let registry = kinds::registry(s.redis_url.expose()).await?;
+    let registry = kinds::registry(&s.redis).await?;
     let before = counter.total();
     let started = Instant::now();
     jobmill_worker::run_with_store(
@@ -243,6 +243,6 @@ async fn worker(profile: &str) -> anyhow::Result<()> {
 async fn api() -> anyhow::Result<()> {
     let s = deployment::settings(1)?;
     jobmill::telemetry::init_tracing(&s);
-    let registry = kinds::registry(s.redis_url.expose()).await?;
+    let registry = kinds::registry(&s.redis).await?;
     jobmill_api::serve(&s.api, registry, jobmill::telemetry::shutdown_signal()).await
 }

@@ -14,11 +14,11 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use mongodb::bson::Document;
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use serde_json::json;
 
 use jobmill::error::{Error, Result};
+use jobmill::redis_conn::RedisConn;
 use jobmill::{JobClient, JobKind as _, NewJob};
 
 use crate::datasets::{row_json, Dataset, Datasets};
@@ -56,7 +56,7 @@ pub enum Cached {
 #[derive(Clone)]
 pub struct PageCache {
     client: JobClient,
-    conn: ConnectionManager,
+    conn: RedisConn,
     keys: DataKeys,
     /// Rows per page.
     pub page_size: usize,
@@ -160,11 +160,9 @@ impl PageCache {
                     // the marker means any rebuild that ended after the miss is visible here.
                     let now: Option<String> = c.get(&k.current).await?;
                     if now.as_deref() != seen {
-                        let _: i64 = RELEASE
-                            .key(&k.rebuild)
-                            .arg(&placeholder)
-                            .invoke_async(&mut c)
-                            .await?;
+                        let mut inv = RELEASE.prepare_invoke();
+                        inv.key(&k.rebuild).arg(&placeholder);
+                        let _: i64 = invoke(&c, &inv).await?;
                         return Ok(None);
                     }
                 }
@@ -214,12 +212,10 @@ impl PageCache {
     /// Clear the single-flight marker if it names `job_id`.
     pub async fn release(&self, tenant: &str, dataset: &str, job_id: &str) -> Result<()> {
         let k = self.keys(tenant, dataset);
-        let mut c = self.conn.clone();
-        let _: i64 = RELEASE
-            .key(&k.rebuild)
-            .arg(job_id)
-            .invoke_async(&mut c)
-            .await?;
+        let c = self.conn.clone();
+        let mut inv = RELEASE.prepare_invoke();
+        inv.key(&k.rebuild).arg(job_id);
+        let _: i64 = invoke(&c, &inv).await?;
         Ok(())
     }
 
@@ -295,20 +291,33 @@ impl PageCache {
             } else {
                 k.version(&old)
             };
-            let swapped: i64 = SWAP
-                .key(&k.current)
+            let mut inv = SWAP.prepare_invoke();
+            inv.key(&k.current)
                 .key(&vkey)
                 .key(&old_key)
                 .arg(&old)
                 .arg(&version)
-                .arg(OLD_VERSION_GRACE.as_secs())
-                .invoke_async(&mut c)
-                .await?;
+                .arg(OLD_VERSION_GRACE.as_secs());
+            let swapped: i64 = invoke(&c, &inv).await?;
             if swapped == 1 {
                 return Ok((version, written));
             }
         }
     }
+}
+
+/// Run a cache script, retrying the transient errors of a Redis Cluster (a slot in migration,
+/// a failover) a bounded number of times. Its keys share the dataset's hash tag, so it runs on
+/// one slot.
+async fn invoke<T: redis::FromRedisValue>(
+    conn: &RedisConn,
+    inv: &redis::ScriptInvocation<'_>,
+) -> Result<T> {
+    Ok(jobmill::redis_conn::with_retry(|| {
+        let mut c = conn.clone();
+        async move { inv.invoke_async(&mut c).await }
+    })
+    .await?)
 }
 
 /// The JSON of one page, as cached and as served.

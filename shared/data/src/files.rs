@@ -1,31 +1,60 @@
-//! The file store: uploads received in parts, and assembled files, in ordinary MongoDB
-//! collections (GridFS-style layout, no dots in collection names, so the same code runs on real
-//! MongoDB and on the MongoDB-compatible server, which has no GridFS).
+//! The file store: uploads received in parts, and files made of those parts, in ordinary
+//! MongoDB collections (no dots in collection names, so the same code runs on real MongoDB and
+//! on the MongoDB-compatible server, which has no GridFS).
 //!
 //! | collection | one document per | `_id` |
 //! |---|---|---|
 //! | `uploads` | upload (metadata, state, declared size and SHA-256) | upload id (UUIDv7) |
 //! | `upload_parts` | part that arrived and passed its checksum | `<upload>:<n>` |
-//! | `upload_pieces` | [`CHUNK_SIZE`] slice of a part's bytes | `<upload>:<n>:<token>:<k>` |
-//! | `files` | assembled file (metadata, size, SHA-256, state) | file id (= upload id) |
-//! | `file_chunks` | [`CHUNK_SIZE`] slice of a file, numbered `n` | `<file>:<n>` |
+//! | `file_pieces` | [`CHUNK_SIZE`] slice of a part's bytes (no TTL index) | `<upload>:<n>:<token>:<k>` |
+//! | `files` | file (metadata, size, SHA-256, state, and its manifest of pieces) | file id (= upload id) |
+//! | `upload_pieces`, `file_chunks` | the previous layout's pieces and chunks, still read | as before |
 //!
 //! A part is streamed into pieces under a fresh `token` while its checksums are computed; only
 //! when they match is the part record switched to the new token (one atomic replace), and the
 //! pieces of the token it replaced are deleted. So a part is never visible half-written, a bad
-//! re-send never damages a good part, and memory stays at one piece per request. Pieces of a
-//! request that died mid-way carry a TTL and expire with the upload.
+//! re-send never damages a good part, and memory stays at one piece per request. Concurrent
+//! sends of the same part do not wait for each other: each writes its own token's pieces, and
+//! the last switch wins (it deletes the loser's pieces).
 //!
-//! File chunks have deterministic ids, so writing one twice (a retried assembly) overwrites it
-//! with the same bytes: a file can never hold a chunk twice.
+//! # A file is a manifest of the pieces already stored
+//! Completing an upload does not copy a byte. The assembly reads the parts once, in order,
+//! checking each part's SHA-256 and computing the whole file's, and then commits the file as
+//! one metadata document: the ordered list of its parts' tokens, sizes and piece counts
+//! ([`FilePart`]). The file's bytes are exactly the pieces that list names, `<file>:<n>:<token>:<k>`
+//! for part `n`, piece `k`; downloads and ranges read them by `_id`.
+//!
+//! Chosen over renaming the pieces into file chunks in bulk: a rename is a rewrite of every
+//! piece (MongoDB cannot change an `_id` in place, so it is an insert plus a delete of each
+//! 256 KiB document), which is the very cost this layout removes, and a crash half-way through
+//! a rename would leave a file spread over two collections. A manifest is one write, atomic, and
+//! idempotent: an assembly killed at any point either committed it or left nothing to undo.
+//! Pieces of parts are cut at [`CHUNK_SIZE`] from each part's start, so every piece but a part's
+//! last is full, and byte `i` of part `n` is in piece `i / CHUNK_SIZE`.
+//!
+//! # Expiry without a TTL index on the bytes
+//! `file_pieces` has no TTL index: a piece that became part of a file must never expire, and the
+//! MongoDB-compatible server purges a TTL-indexed collection (a scan of every document) before
+//! every read of it, which would put every download and hash pass behind a scan of all stored
+//! bytes. Instead each upload carries `sweep_after`, and the worker's sweeper
+//! ([`FileStore::sweep`]) deletes abandoned uploads with their parts and pieces, and, once a
+//! completed upload's retention is over, its record and any pieces its file does not list
+//! (leftovers of requests that died mid-way). Deleting a file deletes its record first, then
+//! exactly the pieces of its upload.
+//!
+//! # The previous layout
+//! Files assembled before this layout have no manifest; their bytes are in `file_chunks`
+//! (`<file>:<n>`, [`FileMeta::chunk_size`] each) and are served from there, byte for byte.
+//! Uploads begun before it keep their parts' pieces in `upload_pieces`, under the TTL index they
+//! were written with ([`Part::home`] says where); their assembly copies each piece once into
+//! `file_pieces` (same `_id`) during the hash pass, so a file never lists a piece that can expire.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use md5::Md5;
-use mongodb::bson::{doc, spec::BinarySubtype, Binary, Document};
+use mongodb::bson::{doc, spec::BinarySubtype, Binary, DateTime, Document};
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -41,6 +70,9 @@ use jobmill::store::{newest_first, scoped};
 pub const CHUNK_SIZE: usize = 256 * 1024;
 /// Most parts one upload may have.
 pub const MAX_PARTS: i64 = 10_000;
+/// How much longer than its retention an upload whose assembly has not ended is kept: more
+/// than `file_assembly`'s attempts can take (5 × a 6 h timeout, with backoff).
+pub const COMPLETING_GRACE: Duration = Duration::from_secs(3 * 86_400);
 /// Longest file name.
 pub const MAX_FILENAME: usize = 255;
 
@@ -48,14 +80,16 @@ pub const MAX_FILENAME: usize = 255;
 pub const UPLOADS: &str = "uploads";
 /// Parts collection.
 pub const UPLOAD_PARTS: &str = "upload_parts";
-/// Part pieces collection.
+/// Pieces of parts and files (no TTL index).
+pub const FILE_PIECES: &str = "file_pieces";
+/// The previous layout's part pieces (TTL-indexed); still read for uploads begun before.
 pub const UPLOAD_PIECES: &str = "upload_pieces";
 /// The JSON Schema pattern of an upload or file id: a UUID, hyphenated or not.
 pub const ID_PATTERN: &str =
     "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32})$";
 /// Files collection.
 pub const FILES: &str = "files";
-/// File chunks collection.
+/// The previous layout's file chunks; still served for files assembled before.
 pub const FILE_CHUNKS: &str = "file_chunks";
 
 /// Where an upload stands.
@@ -129,8 +163,19 @@ pub struct Upload {
     pub job_id: Option<String>,
     /// Creation time.
     pub created_ms: i64,
-    /// Abandoned uploads expire.
-    pub retention: Retention,
+    /// When the sweeper may delete it (never completed: with its parts and pieces). Not a TTL
+    /// field, so nothing deletes the record before the sweeper has seen its pieces.
+    #[serde(default)]
+    pub sweep_after: Option<DateTime>,
+    /// When the sweeper found it `completing` without a file and gave its assembly
+    /// [`COMPLETING_GRACE`] more (a time, not a flag: the compatible server turns a `$set`
+    /// boolean into an integer).
+    #[serde(default)]
+    pub graced_at: Option<DateTime>,
+    /// Uploads begun before the sweeper expire through this TTL field, with their parts and
+    /// pieces (all TTL-indexed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
 }
 
 /// One received part.
@@ -151,8 +196,38 @@ pub struct Part {
     pub token: String,
     /// Number of pieces.
     pub pieces: i64,
-    /// Expires with the upload.
-    pub retention: Retention,
+    /// Where its pieces are.
+    #[serde(default)]
+    pub home: PieceHome,
+    /// Parts of uploads begun before the sweeper carry a TTL field; new parts are deleted with
+    /// their upload by the sweeper.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
+}
+
+/// The collection holding a part's pieces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PieceHome {
+    /// `upload_pieces`, TTL-indexed: parts received before the manifest layout (their records
+    /// have no `home`).
+    #[default]
+    UploadPieces,
+    /// `file_pieces`, never expiring by itself.
+    FilePieces,
+}
+
+/// One part of a file's manifest, in file order (part `n` is the `n`-th entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilePart {
+    /// The token whose pieces hold the part's bytes.
+    pub token: String,
+    /// Bytes.
+    pub size: i64,
+    /// Number of pieces, each [`FileMeta::chunk_size`] but the last.
+    pub pieces: i64,
+    /// SHA-256 of the part, hex (checked again by the assembly's read).
+    pub sha256: String,
 }
 
 /// An assembled (or assembling) file.
@@ -176,8 +251,12 @@ pub struct FileMeta {
     /// Content type.
     #[serde(default)]
     pub content_type: Option<String>,
-    /// Chunk size the file was written with.
+    /// Size of every piece (or, in the previous layout, chunk) but a part's last.
     pub chunk_size: i64,
+    /// The manifest: the file's parts in order, whose pieces in `file_pieces` are its bytes.
+    /// Absent for files of the previous layout, whose bytes are in `file_chunks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<Vec<FilePart>>,
     /// Only complete files are served.
     pub state: FileState,
     /// Creation time.
@@ -199,6 +278,7 @@ pub struct FileStore {
     uploads: Collection<Upload>,
     parts: Collection<Part>,
     pieces: Collection<Document>,
+    legacy_pieces: Collection<Document>,
     files: Collection<FileMeta>,
     chunks: Collection<Document>,
     retention: Duration,
@@ -228,7 +308,8 @@ impl FileStore {
         FileStore {
             uploads: db.collection(UPLOADS),
             parts: db.collection(UPLOAD_PARTS),
-            pieces: db.collection(UPLOAD_PIECES),
+            pieces: db.collection(FILE_PIECES),
+            legacy_pieces: db.collection(UPLOAD_PIECES),
             files: db.collection(FILES),
             chunks: db.collection(FILE_CHUNKS),
             retention,
@@ -243,11 +324,18 @@ impl FileStore {
         self.parts
             .create_indexes(vec![ttl(), plain(doc! { "upload_id": 1, "n": 1 })])
             .await?;
-        self.pieces
+        // Kept for the previous layout's records, which expire through them.
+        self.legacy_pieces
             .create_indexes(vec![
                 ttl(),
                 plain(doc! { "upload_id": 1, "n": 1, "token": 1 }),
             ])
+            .await?;
+        self.uploads
+            .create_index(plain(doc! { "sweep_after": 1 }))
+            .await?;
+        self.pieces
+            .create_index(plain(doc! { "upload_id": 1, "n": 1, "token": 1 }))
             .await?;
         self.files
             .create_index(plain(doc! { "tenant": 1, "list_key": -1 }))
@@ -263,8 +351,8 @@ impl FileStore {
         Ok(())
     }
 
-    fn expiry(&self) -> Retention {
-        Retention::from_now(self.retention)
+    fn sweep_after(&self) -> DateTime {
+        Retention::from_now(self.retention).expire_at
     }
 
     // ----- uploads ----------------------------------------------------------------------
@@ -290,7 +378,9 @@ impl FileStore {
             state: UploadState::Open,
             job_id: None,
             created_ms: now_ms(),
-            retention: self.expiry(),
+            sweep_after: Some(self.sweep_after()),
+            graced_at: None,
+            retention: None,
         };
         self.uploads.insert_one(&up).await?;
         Ok(up)
@@ -374,7 +464,8 @@ impl FileStore {
                     sha256: hex_digest(&sha),
                     token: token.clone(),
                     pieces: pieces as i64,
-                    retention: self.expiry(),
+                    home: PieceHome::FilePieces,
+                    retention: None,
                 };
                 // The switch to the new pieces is this one replace; the replaced record tells
                 // exactly which pieces are now garbage (never another request's live ones).
@@ -385,8 +476,8 @@ impl FileStore {
                     .return_document(ReturnDocument::Before)
                     .await?;
                 if let Some(old) = before {
-                    if old.token != token {
-                        self.drop_pieces(&upload.id, n, &old.token).await;
+                    if old.token != token && self.still_open(&upload.id).await {
+                        self.drop_pieces_of(&old, &upload.id, n, &old.token).await;
                     }
                 }
                 Ok(part)
@@ -454,63 +545,125 @@ impl FileStore {
         k: usize,
         data: Vec<u8>,
     ) -> Result<()> {
-        let exp = self.expiry();
         self.pieces
             .insert_one(doc! {
-                "_id": format!("{}:{n}:{token}:{k}", upload.id),
+                "_id": piece_id(&upload.id, n, token, k as i64),
                 "upload_id": &upload.id,
                 "n": n,
                 "token": token,
                 "k": k as i64,
                 "data": binary(data),
-                "retention": exp.to_doc(),
             })
             .await?;
         Ok(())
     }
 
+    /// Whether an upload still takes parts. A re-sent part deletes the pieces it replaced only
+    /// then: once the assembly has begun (it closes the upload before it reads the parts), the
+    /// replaced pieces may be the ones its manifest lists, so they are left to the sweeper.
+    async fn still_open(&self, upload_id: &str) -> bool {
+        matches!(
+            self.uploads.find_one(doc! { "_id": upload_id }).await,
+            Ok(Some(u)) if u.state == UploadState::Open
+        )
+    }
+
     async fn drop_pieces(&self, upload_id: &str, n: i64, token: &str) {
-        // Best effort: leftovers expire with the upload anyway.
+        // Best effort: the sweeper deletes leftovers with the upload anyway.
         let _ = self
             .pieces
             .delete_many(doc! { "upload_id": upload_id, "n": n, "token": token })
             .await;
     }
 
-    /// Pieces `from..from + count` of a part (fewer at its end), in order.
+    async fn drop_pieces_of(&self, part: &Part, upload_id: &str, n: i64, token: &str) {
+        match part.home {
+            PieceHome::FilePieces => self.drop_pieces(upload_id, n, token).await,
+            PieceHome::UploadPieces => {
+                let _ = self
+                    .legacy_pieces
+                    .delete_many(doc! { "upload_id": upload_id, "n": n, "token": token })
+                    .await;
+            }
+        }
+    }
+
+    /// Pieces by `_id`, in the order asked, from the collection `home`; every one must exist.
     ///
-    /// One query for several pieces rather than one per piece: the MongoDB-compatible server
-    /// sweeps a TTL-indexed collection for expired documents before every read, a scan of every
-    /// piece of every upload, which made assembly quadratic in the file's size (a 64 MiB file
-    /// took 20 s, 1 GiB would take hours). Ordered here, not by the server, whose integer sorts
-    /// are not to be trusted everywhere; memory is `count` pieces.
-    pub async fn pieces(&self, part: &Part, from: i64, count: i64) -> Result<Vec<Vec<u8>>> {
-        let to = (from + count).min(part.pieces);
-        let mut found: Vec<Document> = self
-            .pieces
-            .find(doc! {
-                "upload_id": &part.upload_id,
-                "n": part.n,
-                "token": &part.token,
-                "k": { "$gte": from, "$lt": to },
-            })
+    /// One query for many pieces rather than one per piece, so a read costs one round trip per
+    /// few MiB. `file_pieces` has no TTL index, so the compatible server does not scan it before
+    /// the read (it does for `upload_pieces`, which only uploads of the previous layout read).
+    /// Memory is the pieces asked for.
+    pub async fn pieces_by_id(&self, home: PieceHome, ids: &[String]) -> Result<Vec<Vec<u8>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let coll = match home {
+            PieceHome::FilePieces => &self.pieces,
+            PieceHome::UploadPieces => &self.legacy_pieces,
+        };
+        let found: Vec<Document> = coll
+            .find(doc! { "_id": { "$in": ids } })
             .await?
             .try_collect()
             .await?;
-        let k_of = |d: &Document| {
-            d.get_i64("k")
-                .ok()
-                .or_else(|| d.get_i32("k").ok().map(i64::from))
-        };
-        found.sort_by_key(k_of);
-        let ks: Vec<Option<i64>> = found.iter().map(k_of).collect();
-        if ks != (from..to).map(Some).collect::<Vec<_>>() {
-            return Err(Error::Corrupt(format!(
-                "pieces {from}..{to} of part {} are incomplete (found {ks:?})",
-                part.id
-            )));
+        let mut slots: Vec<Option<Vec<u8>>> = vec![None; ids.len()];
+        let at: std::collections::HashMap<&str, usize> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), i))
+            .collect();
+        for d in found {
+            let id = d.get_str("_id").unwrap_or_default();
+            if let Some(&i) = at.get(id) {
+                slots[i] = Some(doc_bytes(&d)?);
+            }
         }
-        found.iter().map(doc_bytes).collect()
+        slots
+            .into_iter()
+            .zip(ids)
+            .map(|(s, id)| s.ok_or_else(|| Error::Corrupt(format!("piece {id} is missing"))))
+            .collect()
+    }
+
+    /// Copy a piece of the previous layout into `file_pieces` under the same `_id`, so that the
+    /// file listing it never loses it to `upload_pieces`' TTL. A copy already there (an
+    /// assembly retried) is the same bytes.
+    pub async fn adopt_piece(
+        &self,
+        upload_id: &str,
+        n: i64,
+        token: &str,
+        k: i64,
+        data: &[u8],
+    ) -> Result<()> {
+        let res = self
+            .pieces
+            .insert_one(doc! {
+                "_id": piece_id(upload_id, n, token, k),
+                "upload_id": upload_id,
+                "n": n,
+                "token": token,
+                "k": k,
+                "data": binary(data.to_vec()),
+            })
+            .await;
+        match res {
+            Err(e) if !jobmill::store::is_duplicate_key(&e) => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Close an upload to new parts (`open` → `completing`) before its assembly reads them; see
+    /// [`FileStore::put_part`] for why.
+    pub async fn close_upload(&self, upload_id: &str) -> Result<()> {
+        self.uploads
+            .update_one(
+                doc! { "_id": upload_id, "state": UploadState::Open.as_str() },
+                doc! { "$set": { "state": UploadState::Completing.as_str() } },
+            )
+            .await?;
+        Ok(())
     }
 
     /// Move an upload from `open` to `completing` and remember its assembly job.
@@ -524,7 +677,8 @@ impl FileStore {
         Ok(())
     }
 
-    /// The upload's file is complete: its parts are no longer needed.
+    /// The upload's file is committed: its part records are no longer needed. Its pieces are
+    /// the file's now and stay; pieces no part listed are left to the sweeper.
     pub async fn finish_upload(&self, upload_id: &str) -> Result<()> {
         self.uploads
             .update_one(
@@ -532,13 +686,79 @@ impl FileStore {
                 doc! { "$set": { "state": UploadState::Completed.as_str() } },
             )
             .await?;
-        self.pieces
-            .delete_many(doc! { "upload_id": upload_id })
-            .await?;
         self.parts
             .delete_many(doc! { "upload_id": upload_id })
             .await?;
         Ok(())
+    }
+
+    /// Delete what expired: uploads past `sweep_after`, at most `limit` of them per call. Returns
+    /// how many were handled. Idempotent; several workers may sweep at once.
+    ///
+    /// - `open`: abandoned; its pieces, parts and record go (record last, so a sweep cut short
+    ///   is finished by the next).
+    /// - `completing` with a complete file: as `completed`. Without one, its assembly may still
+    ///   be running or retrying: it gets [`COMPLETING_GRACE`] more, then goes as `open`.
+    /// - `completed`: the record, its parts, and the upload's pieces its file does not list go;
+    ///   the file's pieces stay. If the file was deleted, every piece of the upload goes.
+    pub async fn sweep(&self, limit: i64) -> Result<usize> {
+        let now = DateTime::now();
+        let due: Vec<Upload> = self
+            .uploads
+            .find(doc! { "sweep_after": { "$lt": now } })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?;
+        for up in &due {
+            let file = self.file(&up.id, None).await?;
+            let listed = file
+                .as_ref()
+                .filter(|f| f.state == FileState::Complete)
+                .and_then(|f| f.parts.clone());
+            if let Some(parts) = listed {
+                let tokens: Vec<&str> = parts.iter().map(|p| p.token.as_str()).collect();
+                self.pieces
+                    .delete_many(doc! { "upload_id": &up.id, "token": { "$nin": tokens } })
+                    .await?;
+            } else {
+                match up.state {
+                    UploadState::Completing if up.graced_at.is_none() => {
+                        let later = DateTime::from_millis(
+                            now.timestamp_millis()
+                                .saturating_add(COMPLETING_GRACE.as_millis() as i64),
+                        );
+                        self.uploads
+                            .update_one(
+                                doc! { "_id": &up.id },
+                                doc! { "$set": { "sweep_after": later, "graced_at": now } },
+                            )
+                            .await?;
+                        continue;
+                    }
+                    UploadState::Open | UploadState::Completing => {
+                        self.pieces
+                            .delete_many(doc! { "upload_id": &up.id })
+                            .await?;
+                        // A previous-layout assembly that never finished.
+                        if file.is_some() {
+                            self.discard_file(&up.id).await?;
+                        }
+                    }
+                    // The file was deleted (which deleted its pieces) or never kept.
+                    UploadState::Completed => {
+                        if file.is_none() {
+                            self.pieces
+                                .delete_many(doc! { "upload_id": &up.id })
+                                .await?;
+                        }
+                    }
+                }
+            }
+            self.parts.delete_many(doc! { "upload_id": &up.id }).await?;
+            self.uploads.delete_one(doc! { "_id": &up.id }).await?;
+        }
+        Ok(due.len())
     }
 
     // ----- files ------------------------------------------------------------------------
@@ -560,41 +780,26 @@ impl FileStore {
         newest_first(&self.files, f, before, limit).await
     }
 
-    /// Record (or re-record, on a retried assembly) that a file is being assembled.
-    pub async fn begin_file(&self, meta: &FileMeta) -> Result<()> {
-        self.files
-            .replace_one(doc! { "_id": &meta.id }, meta)
+    /// Commit a file: one write of its metadata and manifest, idempotent (a retried assembly
+    /// writes the same document). A file doc of the previous layout left by an assembly that
+    /// never finished is replaced, and its chunks deleted.
+    pub async fn commit_file(&self, meta: &FileMeta) -> Result<()> {
+        let before = self
+            .files
+            .find_one_and_replace(doc! { "_id": &meta.id }, meta)
             .upsert(true)
+            .return_document(ReturnDocument::Before)
             .await?;
+        if before.is_some_and(|b| b.parts.is_none()) {
+            self.chunks
+                .delete_many(doc! { "file_id": &meta.id })
+                .await?;
+        }
         Ok(())
     }
 
-    /// Mark a file complete with its checksum.
-    pub async fn complete_file(&self, id: &str, size: i64, sha256: &str) -> Result<()> {
-        self.files
-            .update_one(
-                doc! { "_id": id },
-                doc! { "$set": { "state": FileState::Complete.as_str(), "size": size, "sha256": sha256 } },
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// Write chunk `n` of a file (idempotent: same id, same bytes).
-    pub async fn write_chunk(&self, file_id: &str, n: i64, data: Vec<u8>) -> Result<()> {
-        let id = format!("{file_id}:{n}");
-        self.chunks
-            .replace_one(
-                doc! { "_id": &id },
-                doc! { "_id": &id, "file_id": file_id, "n": n, "data": binary(data) },
-            )
-            .upsert(true)
-            .await?;
-        Ok(())
-    }
-
-    /// Chunk `n` of a file.
-    pub async fn chunk(&self, file_id: &str, n: i64) -> Result<Option<Vec<u8>>> {
+    /// Chunk `n` of a file of the previous layout.
+    async fn chunk(&self, file_id: &str, n: i64) -> Result<Option<Vec<u8>>> {
         match self
             .chunks
             .find_one(doc! { "_id": format!("{file_id}:{n}") })
@@ -605,48 +810,66 @@ impl FileStore {
         }
     }
 
-    /// How many chunks from 0 on are stored without a gap: where a resumed assembly continues.
-    pub async fn contiguous_chunks(&self, file_id: &str) -> Result<i64> {
-        let ns: HashSet<i64> = self
-            .chunks
-            .find(doc! { "file_id": file_id })
-            .projection(doc! { "n": 1, "_id": 0 })
-            .await?
-            .try_collect::<Vec<Document>>()
-            .await?
-            .iter()
-            .filter_map(|d| {
-                d.get_i64("n")
-                    .ok()
-                    .or_else(|| d.get_i32("n").ok().map(i64::from))
-            })
-            .collect();
-        let mut c = 0;
-        while ns.contains(&c) {
-            c += 1;
+    /// The stored block (piece, or chunk of the previous layout) holding byte `pos` of a complete
+    /// file: its offset in the file and its bytes. One read by `_id`.
+    pub async fn block_at(&self, meta: &FileMeta, pos: u64) -> Result<(u64, Vec<u8>)> {
+        let cs = meta.chunk_size.max(1) as u64;
+        let Some(parts) = &meta.parts else {
+            let n = pos / cs;
+            let data = self.chunk(&meta.id, n as i64).await?.ok_or_else(|| {
+                Error::Corrupt(format!("chunk {n} of file {} is missing", meta.id))
+            })?;
+            return Ok((n * cs, data));
+        };
+        let mut start = 0u64;
+        for (n, p) in parts.iter().enumerate() {
+            let end = start + p.size.max(0) as u64;
+            if pos < end {
+                let k = (pos - start) / cs;
+                let id = piece_id(&meta.id, n as i64, &p.token, k as i64);
+                let mut got = self
+                    .pieces_by_id(PieceHome::FilePieces, std::slice::from_ref(&id))
+                    .await?;
+                return Ok((start + k * cs, got.pop().unwrap_or_default()));
+            }
+            start = end;
         }
-        Ok(c)
+        Err(Error::Corrupt(format!(
+            "byte {pos} is beyond file {}'s manifest",
+            meta.id
+        )))
     }
 
-    /// Delete a file and its chunks. Metadata first: a crash in between leaves unreachable
-    /// chunks, never a listed file with missing bytes.
+    /// Delete a file and exactly its bytes. Metadata first: a crash in between leaves
+    /// unreachable pieces (the sweeper's, with the upload), never a listed file with missing
+    /// bytes.
     pub async fn delete_file(&self, id: &str, tenant: Option<&str>) -> Result<bool> {
         let f = scoped(doc! { "_id": id }, tenant);
-        let gone = self.files.delete_one(f).await?.deleted_count == 1;
-        if gone {
-            self.chunks.delete_many(doc! { "file_id": id }).await?;
+        let Some(gone) = self.files.find_one_and_delete(f).await? else {
+            return Ok(false);
+        };
+        match &gone.parts {
+            // Every piece in `file_pieces` under this upload id is the file's (or garbage of
+            // its upload); no other file's piece carries this id.
+            Some(_) => {
+                self.pieces.delete_many(doc! { "upload_id": id }).await?;
+            }
+            None => {
+                self.chunks.delete_many(doc! { "file_id": id }).await?;
+            }
         }
-        Ok(gone)
+        Ok(true)
     }
 
-    /// Remove everything of a file whose assembly failed for good.
+    /// Remove a file of the previous layout whose assembly never finished.
     pub async fn discard_file(&self, id: &str) -> Result<()> {
         self.files.delete_one(doc! { "_id": id }).await?;
         self.chunks.delete_many(doc! { "file_id": id }).await?;
         Ok(())
     }
 
-    /// Stream bytes `[start, end)` of a complete file, one chunk in memory at a time.
+    /// Stream bytes `[start, end)` of a complete file, one block (256 KiB) in memory at a time,
+    /// from whichever layout it is stored in.
     pub fn read_range(
         &self,
         meta: &FileMeta,
@@ -654,30 +877,33 @@ impl FileStore {
         end: u64,
     ) -> impl Stream<Item = Result<Bytes>> + Send + 'static {
         let store = self.clone();
-        let id = meta.id.clone();
-        let cs = meta.chunk_size.max(1) as u64;
+        let meta = meta.clone();
         futures::stream::try_unfold(start, move |pos| {
             let store = store.clone();
-            let id = id.clone();
+            let meta = meta.clone();
             async move {
                 if pos >= end {
                     return Ok(None);
                 }
-                let n = pos / cs;
-                let data = store
-                    .chunk(&id, n as i64)
-                    .await?
-                    .ok_or_else(|| Error::Corrupt(format!("chunk {n} of file {id} is missing")))?;
-                let from = (pos - n * cs) as usize;
-                let to = ((end - n * cs) as usize).min(data.len());
+                let (at, data) = store.block_at(&meta, pos).await?;
+                let from = (pos - at) as usize;
+                let to = ((end - at) as usize).min(data.len());
                 if from >= to {
-                    return Err(Error::Corrupt(format!("chunk {n} of file {id} is short")));
+                    return Err(Error::Corrupt(format!(
+                        "the block at {at} of file {} is short",
+                        meta.id
+                    )));
                 }
                 let piece = Bytes::copy_from_slice(&data[from..to]);
-                Ok(Some((piece, n * cs + to as u64)))
+                Ok(Some((piece, at + to as u64)))
             }
         })
     }
+}
+
+/// The `_id` of piece `k` of part `n` of an upload, written under `token`.
+pub fn piece_id(upload_id: &str, n: i64, token: &str, k: i64) -> String {
+    format!("{upload_id}:{n}:{token}:{k}")
 }
 
 fn base64_std(b: &[u8]) -> String {

@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use jobmill::config::{Bounds, Env, Section, Setting};
 use jobmill::kind::Registry;
+use jobmill::outbox::BoxFuture;
 use jobmill::{JobClient, Result};
+use tokio_util::sync::CancellationToken;
 
 use cache::PageCache;
 use datasets::Datasets;
@@ -43,7 +45,7 @@ pub const UPLOAD_RETENTION: Setting = Setting {
     env: "JOBMILL_UPLOAD_RETENTION",
     default: "24h",
     bounds: Bounds::Duration(Duration::from_secs(60), Duration::from_secs(365 * 86_400)),
-    doc: "uploads never completed, and their parts, are deleted after this",
+    doc: "uploads never completed, and their parts, are deleted after this (by the worker's sweeper, within a tenth of it more)",
 };
 /// `JOBMILL_PAGE_SIZE`.
 pub const PAGE_SIZE: Setting = Setting {
@@ -151,5 +153,44 @@ impl Data {
                 self.cache.clone(),
             ))
             .register(CacheRebuild::new(self.cache.clone(), self.datasets.clone()));
+    }
+
+    /// The worker's loops of this feature: the upload sweeper.
+    pub fn loops(&self, stop: CancellationToken) -> Vec<BoxFuture<'static, ()>> {
+        vec![Box::pin(sweep_uploads(
+            self.files.clone(),
+            sweep_period(self.settings.upload_retention),
+            stop,
+        ))]
+    }
+}
+
+/// Uploads handled per sweep query.
+const SWEEP_BATCH: i64 = 100;
+
+/// How often the sweeper looks: a tenth of the retention, between 1 s and 60 s, so an abandoned
+/// upload outlives its retention by at most a tenth of it (or a minute).
+pub fn sweep_period(retention: Duration) -> Duration {
+    (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+/// Delete expired uploads (see [`FileStore::sweep`]) every `period`, in batches until none is
+/// due. It replaces a TTL index on the pieces, which the files made of them must not have.
+async fn sweep_uploads(files: FileStore, period: Duration, stop: CancellationToken) {
+    loop {
+        loop {
+            match files.sweep(SWEEP_BATCH).await {
+                Ok(n) if n as i64 == SWEEP_BATCH && !stop.is_cancelled() => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "upload sweep failed; trying again later");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stop.cancelled() => return,
+        }
     }
 }

@@ -151,13 +151,8 @@ impl JobClient {
 
     /// Connect to both stores with `settings`; submissions are checked against `catalog`.
     pub async fn connect(settings: &CoreSettings, catalog: Arc<Catalog>) -> Result<Self> {
-        let store = Store::connect(
-            settings.mongodb_uri.expose(),
-            &settings.mongodb_db,
-            settings.retention,
-        )
-        .await?;
-        let queue = RedisQueue::connect(settings.redis_url.expose(), &settings.key_prefix).await?;
+        let store = Store::connect_settings(settings).await?;
+        let queue = RedisQueue::connect(&settings.redis, &settings.key_prefix).await?;
         Ok(JobClient::new(
             store,
             queue,

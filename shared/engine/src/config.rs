@@ -13,6 +13,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+pub use crate::redis_conn::RedisTarget;
 
 /// One setting: its environment variable, default, bounds and meaning. The flag is derived from
 /// the variable (`JOBMILL_LEASE_TTL` is `--lease-ttl`), so nothing is written twice.
@@ -283,12 +284,40 @@ pub const REDIS_URL: Setting = Setting {
     bounds: Bounds::Text,
     doc: "Redis holding the queues",
 };
+/// `JOBMILL_REDIS_CLUSTER`.
+pub const REDIS_CLUSTER: Setting = Setting {
+    env: "JOBMILL_REDIS_CLUSTER",
+    default: "",
+    bounds: Bounds::Text,
+    doc: "Redis Cluster seed URLs, comma-separated (instead of JOBMILL_REDIS_URL)",
+};
 /// `JOBMILL_MONGODB_URI`.
 pub const MONGODB_URI: Setting = Setting {
     env: "JOBMILL_MONGODB_URI",
     default: "mongodb://127.0.0.1:27017/?directConnection=true",
     bounds: Bounds::Text,
     doc: "MongoDB, the system of record",
+};
+/// `JOBMILL_MONGODB_WRITE_CONCERN`.
+pub const MONGODB_WRITE_CONCERN: Setting = Setting {
+    env: "JOBMILL_MONGODB_WRITE_CONCERN",
+    default: "",
+    bounds: Bounds::Text,
+    doc: "write concern: majority, a number of nodes (1+), or a tag set name; default majority when the URI names a replicaSet, else the server's default",
+};
+/// `JOBMILL_MONGODB_JOURNAL`.
+pub const MONGODB_JOURNAL: Setting = Setting {
+    env: "JOBMILL_MONGODB_JOURNAL",
+    default: "",
+    bounds: Bounds::Text,
+    doc: "true: writes are acknowledged once in the on-disk journal; false: not required; empty: the server's default",
+};
+/// `JOBMILL_MONGODB_RETRY_WRITES`.
+pub const MONGODB_RETRY_WRITES: Setting = Setting {
+    env: "JOBMILL_MONGODB_RETRY_WRITES",
+    default: "true",
+    bounds: Bounds::Text,
+    doc: "let the driver retry a write once after a failover (true or false)",
 };
 /// `JOBMILL_MONGODB_DB`.
 pub const MONGODB_DB: Setting = Setting {
@@ -357,12 +386,15 @@ pub const LOG_FORMAT: Setting = Setting {
 /// The engine's settings: where the stores are, leases, retries, retention, logging.
 #[derive(Debug, Clone)]
 pub struct CoreSettings {
-    /// Redis URL.
-    pub redis_url: Secret,
+    /// Where Redis is: one server (`JOBMILL_REDIS_URL`) or a cluster
+    /// (`JOBMILL_REDIS_CLUSTER`).
+    pub redis: RedisTarget,
     /// MongoDB URI.
     pub mongodb_uri: Secret,
     /// MongoDB database.
     pub mongodb_db: String,
+    /// Write concern, journal and retryable writes for MongoDB.
+    pub mongodb_writes: MongoWrites,
     /// Redis key prefix.
     pub key_prefix: String,
     /// Retention of finished jobs.
@@ -384,7 +416,11 @@ pub struct CoreSettings {
 impl Section for CoreSettings {
     const SETTINGS: &'static [Setting] = &[
         REDIS_URL,
+        REDIS_CLUSTER,
         MONGODB_URI,
+        MONGODB_WRITE_CONCERN,
+        MONGODB_JOURNAL,
+        MONGODB_RETRY_WRITES,
         MONGODB_DB,
         KEY_PREFIX,
         RETENTION,
@@ -397,17 +433,12 @@ impl Section for CoreSettings {
     ];
 
     fn read(env: &Env) -> Self {
-        let redis_url = env.text(&REDIS_URL);
-        if let Err(e) = check_scheme(
-            &redis_url,
-            &["redis://", "rediss://", "redis+unix://", "unix://"],
-        ) {
-            env.problem(&REDIS_URL, e);
-        }
+        let redis = read_redis(env);
         let mongodb_uri = env.text(&MONGODB_URI);
         if let Err(e) = check_scheme(&mongodb_uri, &["mongodb://", "mongodb+srv://"]) {
             env.problem(&MONGODB_URI, e);
         }
+        let mongodb_writes = read_mongo_writes(env);
         let mongodb_db = env.text(&MONGODB_DB);
         if let Err(e) = check_db_name(&mongodb_db) {
             env.problem(&MONGODB_DB, e);
@@ -429,9 +460,10 @@ impl Section for CoreSettings {
             })
             .unwrap_or(LogFormat::Text);
         CoreSettings {
-            redis_url: Secret(redis_url),
+            redis,
             mongodb_uri: Secret(mongodb_uri),
             mongodb_db,
+            mongodb_writes,
             key_prefix,
             retention: env.duration(&RETENTION),
             lease_ttl: env.duration(&LEASE_TTL),
@@ -441,6 +473,123 @@ impl Section for CoreSettings {
             log: env.text(&LOG),
             log_format,
         }
+    }
+}
+
+/// How many MongoDB nodes must confirm a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteConcern {
+    /// Not set: `majority` when the URI names a replica set (`replicaSet=`), else whatever the
+    /// URI (`w=`) or the server says.
+    Default,
+    /// A majority of the replica set's voting members: a confirmed write survives a failover.
+    Majority,
+    /// This many nodes (1 or more).
+    Nodes(u32),
+    /// A custom write concern (tag set) defined in the replica set's configuration.
+    Tag(String),
+}
+
+/// MongoDB write settings (applied in [`crate::store::client_options_for`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MongoWrites {
+    /// `JOBMILL_MONGODB_WRITE_CONCERN`.
+    pub concern: WriteConcern,
+    /// `JOBMILL_MONGODB_JOURNAL`: `None` leaves it to the server.
+    pub journal: Option<bool>,
+    /// `JOBMILL_MONGODB_RETRY_WRITES`.
+    pub retry_writes: bool,
+}
+
+fn parse_bool(v: &str) -> std::result::Result<bool, String> {
+    match v {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        other => Err(format!(
+            "'{}' is neither true nor false",
+            truncate(other, 40)
+        )),
+    }
+}
+
+fn read_mongo_writes(env: &Env) -> MongoWrites {
+    let concern = env
+        .parse(&MONGODB_WRITE_CONCERN, |v| match v {
+            "" => Ok(WriteConcern::Default),
+            "majority" => Ok(WriteConcern::Majority),
+            n if n.chars().all(|c| c.is_ascii_digit()) => match n.parse::<u32>() {
+                // Unacknowledged writes return no match counts, and every state transition is
+                // a guarded write whose count says whether it applied: w=0 would break them.
+                Ok(0) => Err("0 (unacknowledged writes) is refused: jobmill's guarded \
+                              writes need to know whether they applied"
+                    .to_string()),
+                Ok(n) if n <= 50 => Ok(WriteConcern::Nodes(n)),
+                _ => Err(format!("'{n}' is not a number of nodes from 1 to 50")),
+            },
+            tag if tag.len() <= 64
+                && tag
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) =>
+            {
+                Ok(WriteConcern::Tag(tag.to_string()))
+            }
+            other => Err(format!(
+                "'{}' is not majority, a number of nodes or a tag set name",
+                truncate(other, 40)
+            )),
+        })
+        .unwrap_or(WriteConcern::Majority);
+    let journal = if env.is_set(&MONGODB_JOURNAL) {
+        env.parse(&MONGODB_JOURNAL, parse_bool)
+    } else {
+        None
+    };
+    let retry_writes = env.parse(&MONGODB_RETRY_WRITES, parse_bool).unwrap_or(true);
+    MongoWrites {
+        concern,
+        journal,
+        retry_writes,
+    }
+}
+
+/// `JOBMILL_REDIS_URL` or `JOBMILL_REDIS_CLUSTER`, never both: a deployment that names both
+/// would otherwise silently use one of them.
+fn read_redis(env: &Env) -> RedisTarget {
+    let url = env.text(&REDIS_URL);
+    if let Err(e) = check_scheme(&url, &["redis://", "rediss://", "redis+unix://", "unix://"]) {
+        env.problem(&REDIS_URL, e);
+    }
+    if !env.is_set(&REDIS_CLUSTER) {
+        return RedisTarget::Single(Secret(url));
+    }
+    if env.is_set(&REDIS_URL) {
+        env.problem(
+            &REDIS_CLUSTER,
+            "JOBMILL_REDIS_CLUSTER and JOBMILL_REDIS_URL are both set; set only one \
+             (JOBMILL_REDIS_CLUSTER for a Redis Cluster, JOBMILL_REDIS_URL for one server)",
+        );
+    }
+    let mut seeds = Vec::new();
+    for seed in env.text(&REDIS_CLUSTER).split(',').map(str::trim) {
+        if seed.is_empty() {
+            continue;
+        }
+        match check_scheme(seed, &["redis://", "rediss://"]) {
+            Ok(()) => seeds.push(Secret(seed.to_string())),
+            Err(e) => env.problem(&REDIS_CLUSTER, format!("seed {}: {e}", seed_host(seed))),
+        }
+    }
+    if seeds.is_empty() {
+        env.problem(&REDIS_CLUSTER, "name at least one seed URL");
+    }
+    RedisTarget::Cluster(seeds)
+}
+
+/// A seed as it may be shown in an error: without any password.
+fn seed_host(seed: &str) -> String {
+    match seed.rsplit_once('@') {
+        Some((_, host)) => format!("...@{host}"),
+        None => truncate(seed, 80),
     }
 }
 
@@ -661,6 +810,81 @@ mod tests {
             "JOBMILL_REDIS_URL",
         ] {
             assert!(err.contains(name), "{name} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn redis_cluster_seeds_parse_and_exclude_the_url() {
+        let s = core(&[(
+            "JOBMILL_REDIS_CLUSTER",
+            "redis://127.0.0.1:7001, redis://127.0.0.1:7002,",
+        )])
+        .unwrap();
+        let RedisTarget::Cluster(seeds) = &s.redis else {
+            panic!("not a cluster: {:?}", s.redis)
+        };
+        assert_eq!(seeds.len(), 2);
+        assert_eq!(seeds[1].expose(), "redis://127.0.0.1:7002");
+        assert!(matches!(core(&[]).unwrap().redis, RedisTarget::Single(_)));
+        let err = core(&[
+            ("JOBMILL_REDIS_CLUSTER", "redis://127.0.0.1:7001"),
+            ("JOBMILL_REDIS_URL", "redis://127.0.0.1:6379/"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("JOBMILL_REDIS_CLUSTER") && err.contains("JOBMILL_REDIS_URL"),
+            "{err}"
+        );
+        let err = core(&[("JOBMILL_REDIS_CLUSTER", "http://x:1,redis://:pw@h:2")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("JOBMILL_REDIS_CLUSTER"), "{err}");
+        assert!(core(&[("JOBMILL_REDIS_CLUSTER", " , ")]).is_err());
+    }
+
+    #[test]
+    fn mongodb_write_settings_parse() {
+        let s = core(&[]).unwrap();
+        assert_eq!(
+            s.mongodb_writes,
+            MongoWrites {
+                concern: WriteConcern::Default,
+                journal: None,
+                retry_writes: true
+            }
+        );
+        let s = core(&[
+            ("JOBMILL_MONGODB_WRITE_CONCERN", "2"),
+            ("JOBMILL_MONGODB_JOURNAL", "true"),
+            ("JOBMILL_MONGODB_RETRY_WRITES", "false"),
+        ])
+        .unwrap();
+        assert_eq!(s.mongodb_writes.concern, WriteConcern::Nodes(2));
+        assert_eq!(s.mongodb_writes.journal, Some(true));
+        assert!(!s.mongodb_writes.retry_writes);
+        assert_eq!(
+            core(&[("JOBMILL_MONGODB_WRITE_CONCERN", "majority")])
+                .unwrap()
+                .mongodb_writes
+                .concern,
+            WriteConcern::Majority
+        );
+        assert_eq!(
+            core(&[("JOBMILL_MONGODB_WRITE_CONCERN", "two_dcs")])
+                .unwrap()
+                .mongodb_writes
+                .concern,
+            WriteConcern::Tag("two_dcs".into())
+        );
+        for (k, v) in [
+            ("JOBMILL_MONGODB_WRITE_CONCERN", "0"),
+            ("JOBMILL_MONGODB_WRITE_CONCERN", "a b"),
+            ("JOBMILL_MONGODB_JOURNAL", "maybe"),
+            ("JOBMILL_MONGODB_RETRY_WRITES", "sometimes"),
+        ] {
+            let err = core(&[(k, v)]).unwrap_err().to_string();
+            assert!(err.contains(k), "{k}={v}: {err}");
         }
     }
 

@@ -1,8 +1,9 @@
 //! Every Redis key and channel name, in one place.
 //!
 //! All keys of one queue share the hash tag `{name}` so each Lua script touches a single
-//! Redis Cluster slot. Keys outside a queue (registry, epoch, locks) are only ever used by
-//! single-key commands.
+//! Redis Cluster slot, and the queue's loss marker (`epoch`) lives in that slot too. Keys
+//! outside a queue (queue registry, worker registry, locks) are only ever used by single-key
+//! commands (or a pipeline on one key), so they may sit on any node.
 
 /// Key builder for one deployment (one prefix).
 #[derive(Debug, Clone)]
@@ -40,6 +41,11 @@ pub struct QueueKeys {
     /// SET of the ids in `scheduled` that wait for a retry (not a first run), so operators see
     /// scheduled and retrying counts apart from structure sizes alone.
     pub retrying: String,
+    /// STRING: marker that Redis holds a full copy of this queue's live jobs. Under the
+    /// queue's tag, so it lives on the node that holds the queue: when that node comes back
+    /// empty (restart without persistence, a failover that lost writes, FLUSHALL) the marker is
+    /// gone with the data, and the reconciler rebuilds exactly this queue from MongoDB.
+    pub epoch: String,
 }
 
 impl Keys {
@@ -70,18 +76,13 @@ impl Keys {
             rescued: format!("{base}:rescued"),
             paused: format!("{base}:paused"),
             retrying: format!("{base}:retrying"),
+            epoch: format!("{base}:epoch"),
         }
     }
 
     /// SET of every queue name ever used, so maintenance loops know what to scan.
     pub fn queues(&self) -> String {
         format!("{}:queues", self.prefix)
-    }
-
-    /// Marker that Redis holds a full copy of the live jobs. It disappears with the data
-    /// (restart without persistence, FLUSHALL), which tells the reconciler to rebuild.
-    pub fn epoch(&self) -> String {
-        format!("{}:epoch", self.prefix)
     }
 
     /// A short-lived lock so only one process runs a given maintenance pass at a time.
@@ -158,6 +159,7 @@ mod tests {
             &k.rescued,
             &k.paused,
             &k.retrying,
+            &k.epoch,
         ] {
             assert_eq!(hash_tag(key), "imports", "{key}");
             assert!(key.starts_with("jm:test:"), "{key}");

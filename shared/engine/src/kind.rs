@@ -313,6 +313,20 @@ impl Registry {
         self.insert(kind, Visibility::Internal)
     }
 
+    /// Add a public kind given in its object-safe form: for kinds whose name is only known at
+    /// run time or whose handler runs elsewhere (the apalis backend registers each apalis
+    /// handler this way, so it is announced to the catalog with its argument schema).
+    pub fn register_erased(&mut self, kind: Arc<dyn ErasedKind>) -> &mut Self {
+        self.kinds.insert(
+            kind.name(),
+            Registered {
+                kind,
+                visibility: Visibility::Public,
+            },
+        );
+        self
+    }
+
     fn insert<K: JobKind>(&mut self, kind: K, visibility: Visibility) -> &mut Self {
         self.kinds.insert(
             K::NAME,

@@ -9,6 +9,8 @@
 //! - [`store`]: MongoDB, the system of record; one guarded write per transition, and each
 //!   write's Redis follow-up ([`store::Write::follow_up`]).
 //! - [`queue`]: Redis queues, one Lua script per atomic operation (`src/scripts/`).
+//! - [`redis_conn`]: one connection type over a single Redis or a Redis Cluster, the slot
+//!   function and the bounded retry of transient cluster errors.
 //! - [`keys`]: every Redis key and channel name of the engine.
 //! - [`pubsub`]: Redis pub/sub for wake-ups, cancel signals and change events.
 //! - [`client`]: submission (MongoDB first, then Redis), cancel, retry; submit hooks.
@@ -36,6 +38,7 @@ pub mod observe;
 pub mod outbox;
 pub mod pubsub;
 pub mod queue;
+pub mod redis_conn;
 pub mod state;
 pub mod store;
 pub mod telemetry;

@@ -6,29 +6,145 @@ use std::collections::BTreeMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Script};
+use redis::{AsyncCommands, FromRedisValue, Script, ScriptInvocation};
 
 use crate::error::{Error, Result};
 use crate::job::Payload;
 use crate::keys::{Keys, QueueKeys};
+use crate::redis_conn::{with_retry, RedisConn, RedisTarget};
 
-macro_rules! script {
-    ($name:ident, $file:literal) => {
-        static $name: LazyLock<Script> =
-            LazyLock::new(|| Script::new(include_str!(concat!("scripts/", $file))));
+/// The atomic operations, one Lua script each. Every script touches only keys of one queue,
+/// which share the queue's hash tag, so on a Redis Cluster each call runs on one slot (see
+/// [`Op::keys`] and the slot test below). Channels a script publishes on are arguments, not
+/// keys: `PUBLISH` in a cluster reaches every node whatever the slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// `enqueue.lua`
+    Enqueue,
+    /// `claim.lua`
+    Claim,
+    /// `heartbeat.lua`
+    Heartbeat,
+    /// `ack.lua`
+    Ack,
+    /// `reschedule.lua`
+    Reschedule,
+    /// `release.lua`
+    Release,
+    /// `promote.lua`
+    Promote,
+    /// `rescue.lua`
+    Rescue,
+    /// `cancel.lua`
+    Cancel,
+    /// `defer.lua`
+    Defer,
+}
+
+macro_rules! scripts {
+    ($($op:ident => $file:literal),* $(,)?) => {
+        impl Op {
+            /// Every operation.
+            pub const ALL: &'static [Op] = &[$(Op::$op),*];
+
+            /// The script's Lua source.
+            pub fn source(self) -> &'static str {
+                match self {
+                    $(Op::$op => include_str!(concat!("scripts/", $file)),)*
+                }
+            }
+
+            fn script(self) -> &'static Script {
+                $(
+                    #[allow(non_upper_case_globals)]
+                    static $op: LazyLock<Script> = LazyLock::new(|| Script::new(Op::$op.source()));
+                )*
+                match self {
+                    $(Op::$op => &$op,)*
+                }
+            }
+        }
     };
 }
-script!(ENQUEUE, "enqueue.lua");
-script!(CLAIM, "claim.lua");
-script!(HEARTBEAT, "heartbeat.lua");
-script!(ACK, "ack.lua");
-script!(RESCHEDULE, "reschedule.lua");
-script!(RELEASE, "release.lua");
-script!(PROMOTE, "promote.lua");
-script!(RESCUE, "rescue.lua");
-script!(CANCEL, "cancel.lua");
-script!(DEFER, "defer.lua");
+scripts! {
+    Enqueue => "enqueue.lua",
+    Claim => "claim.lua",
+    Heartbeat => "heartbeat.lua",
+    Ack => "ack.lua",
+    Reschedule => "reschedule.lua",
+    Release => "release.lua",
+    Promote => "promote.lua",
+    Rescue => "rescue.lua",
+    Cancel => "cancel.lua",
+    Defer => "defer.lua",
+}
+
+impl Op {
+    /// The script's KEYS, in order (as its header comment lists them). All are keys of the
+    /// one queue `k`, so they share its hash tag and the call stays on one cluster slot.
+    pub fn keys(self, k: &QueueKeys) -> Vec<&str> {
+        let keys: &[&String] = match self {
+            Op::Enqueue => &[
+                &k.payloads,
+                &k.attempts,
+                &k.ready,
+                &k.scheduled,
+                &k.retrying,
+            ],
+            Op::Claim => &[
+                &k.ready,
+                &k.payloads,
+                &k.attempts,
+                &k.leased,
+                &k.owners,
+                &k.paused,
+            ],
+            Op::Heartbeat => &[&k.leased, &k.owners, &k.cancels],
+            Op::Ack => &[
+                &k.leased,
+                &k.owners,
+                &k.payloads,
+                &k.attempts,
+                &k.cancels,
+                &k.rescued,
+                &k.ready,
+                &k.scheduled,
+                &k.retrying,
+            ],
+            Op::Reschedule => &[
+                &k.leased,
+                &k.owners,
+                &k.rescued,
+                &k.scheduled,
+                &k.cancels,
+                &k.retrying,
+            ],
+            Op::Release => &[&k.leased, &k.owners, &k.attempts, &k.ready],
+            Op::Promote => &[&k.scheduled, &k.ready, &k.payloads, &k.retrying],
+            Op::Rescue => &[&k.leased, &k.owners, &k.rescued, &k.payloads, &k.attempts],
+            Op::Cancel => &[
+                &k.ready,
+                &k.scheduled,
+                &k.payloads,
+                &k.attempts,
+                &k.leased,
+                &k.cancels,
+                &k.retrying,
+            ],
+            Op::Defer => &[&k.leased, &k.owners, &k.attempts, &k.scheduled],
+        };
+        keys.iter().map(|s| s.as_str()).collect()
+    }
+
+    /// A call of this script on queue `k`, its keys set; the caller adds the arguments.
+    fn invocation(self, k: &QueueKeys) -> ScriptInvocation<'static> {
+        let mut inv = self.script().prepare_invoke();
+        for key in self.keys(k) {
+            inv.key(key);
+        }
+        inv
+    }
+}
 
 /// Largest number of jobs sent to one script call, so no call blocks Redis for long.
 pub const SCRIPT_BATCH: usize = 500;
@@ -76,32 +192,26 @@ pub enum CancelEffect {
 /// Handle to the queues of one deployment (one key prefix). Cheap to clone.
 #[derive(Clone)]
 pub struct RedisQueue {
-    conn: ConnectionManager,
+    conn: RedisConn,
     keys: Keys,
 }
 
-/// Open a multiplexed, self-reconnecting connection.
-pub async fn connect(url: &str) -> Result<ConnectionManager> {
-    let client = redis::Client::open(url)?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(10)))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_millis(500));
-    Ok(ConnectionManager::new_with_config(client, config).await?)
+/// Open a multiplexed, self-reconnecting connection to `target`.
+pub async fn connect(target: &RedisTarget) -> Result<RedisConn> {
+    RedisConn::connect(target).await
 }
 
 impl RedisQueue {
-    /// Connect to Redis at `url`, using keys under `prefix`.
-    pub async fn connect(url: &str, prefix: &str) -> Result<Self> {
+    /// Connect to Redis at `target`, using keys under `prefix`.
+    pub async fn connect(target: &RedisTarget, prefix: &str) -> Result<Self> {
         Ok(RedisQueue {
-            conn: connect(url).await?,
+            conn: connect(target).await?,
             keys: Keys::new(prefix),
         })
     }
 
     /// Wrap an existing connection.
-    pub fn with_connection(conn: ConnectionManager, prefix: &str) -> Self {
+    pub fn with_connection(conn: RedisConn, prefix: &str) -> Self {
         RedisQueue {
             conn,
             keys: Keys::new(prefix),
@@ -114,14 +224,25 @@ impl RedisQueue {
     }
 
     /// A clone of the underlying connection.
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConn {
         self.conn.clone()
+    }
+
+    /// Run a script call, retrying the transient errors of a cluster (a slot in migration, a
+    /// failover, a script not yet loaded on a new master) a bounded number of times.
+    async fn run<T: FromRedisValue>(&self, inv: &ScriptInvocation<'_>) -> Result<T> {
+        Ok(with_retry(|| {
+            let mut conn = self.conn.clone();
+            async move { inv.invoke_async(&mut conn).await }
+        })
+        .await?)
     }
 
     /// Round trip to Redis.
     pub async fn ping(&self) -> Result<()> {
         let mut c = self.conn.clone();
-        let _: String = redis::cmd("PING").query_async(&mut c).await?;
+        // On a cluster PING goes to every master and answers with one reply per node.
+        let _: redis::Value = redis::cmd("PING").query_async(&mut c).await?;
         Ok(())
     }
 
@@ -142,13 +263,8 @@ impl RedisQueue {
             // The queue registry is outside the queue's hash slot, so it is a separate command.
             let _: () = conn.sadd(self.keys.queues(), queue).await?;
             for chunk in jobs.chunks(SCRIPT_BATCH) {
-                let mut inv = ENQUEUE.prepare_invoke();
-                inv.key(&k.payloads)
-                    .key(&k.attempts)
-                    .key(&k.ready)
-                    .key(&k.scheduled)
-                    .key(&k.retrying)
-                    .arg(self.keys.wake_channel(queue));
+                let mut inv = Op::Enqueue.invocation(&k);
+                inv.arg(self.keys.wake_channel(queue));
                 for j in chunk {
                     let payload = serde_json::to_string(&j.payload)
                         .map_err(|e| Error::Corrupt(e.to_string()))?;
@@ -162,7 +278,7 @@ impl RedisQueue {
                         .arg(place)
                         .arg(score);
                 }
-                let n: usize = inv.invoke_async(&mut conn).await?;
+                let n: usize = self.run(&inv).await?;
                 added += n;
             }
         }
@@ -178,19 +294,9 @@ impl RedisQueue {
         max: usize,
     ) -> Result<Vec<Claimed>> {
         let k = self.keys.queue(queue);
-        let mut conn = self.conn.clone();
-        let raw: Vec<redis::Value> = CLAIM
-            .key(&k.ready)
-            .key(&k.payloads)
-            .key(&k.attempts)
-            .key(&k.leased)
-            .key(&k.owners)
-            .key(&k.paused)
-            .arg(lease.as_millis() as u64)
-            .arg(worker)
-            .arg(max)
-            .invoke_async(&mut conn)
-            .await?;
+        let mut inv = Op::Claim.invocation(&k);
+        inv.arg(lease.as_millis() as u64).arg(worker).arg(max);
+        let raw: Vec<redis::Value> = self.run(&inv).await?;
         parse_claimed(raw)
     }
 
@@ -204,41 +310,26 @@ impl RedisQueue {
         ids: &[String],
     ) -> Result<(Vec<String>, Vec<String>)> {
         let k = self.keys.queue(queue);
-        let mut conn = self.conn.clone();
-        let mut inv = HEARTBEAT.prepare_invoke();
-        inv.key(&k.leased)
-            .key(&k.owners)
-            .key(&k.cancels)
-            .arg(lease.as_millis() as u64)
-            .arg(worker);
+        let mut inv = Op::Heartbeat.invocation(&k);
+        inv.arg(lease.as_millis() as u64).arg(worker);
         for id in ids {
             inv.arg(id);
         }
-        Ok(inv.invoke_async(&mut conn).await?)
+        self.run(&inv).await
     }
 
     /// Forget jobs whose terminal state is recorded (see `ack.lua`). `worker` is `None` for
     /// the rescuer and the API.
     pub async fn ack(&self, queue: &str, worker: Option<&str>, ids: &[String]) -> Result<usize> {
         let k = self.keys.queue(queue);
-        let mut conn = self.conn.clone();
         let mut n = 0;
         for chunk in ids.chunks(SCRIPT_BATCH) {
-            let mut inv = ACK.prepare_invoke();
-            inv.key(&k.leased)
-                .key(&k.owners)
-                .key(&k.payloads)
-                .key(&k.attempts)
-                .key(&k.cancels)
-                .key(&k.rescued)
-                .key(&k.ready)
-                .key(&k.scheduled)
-                .key(&k.retrying)
-                .arg(worker.unwrap_or(""));
+            let mut inv = Op::Ack.invocation(&k);
+            inv.arg(worker.unwrap_or(""));
             for id in chunk {
                 inv.arg(id);
             }
-            let m: usize = inv.invoke_async(&mut conn).await?;
+            let m: usize = self.run(&inv).await?;
             n += m;
         }
         Ok(n)
@@ -252,22 +343,15 @@ impl RedisQueue {
         items: &[(String, i64)],
     ) -> Result<usize> {
         let k = self.keys.queue(queue);
-        let mut conn = self.conn.clone();
         let mut n = 0;
         for chunk in items.chunks(SCRIPT_BATCH) {
-            let mut inv = RESCHEDULE.prepare_invoke();
-            inv.key(&k.leased)
-                .key(&k.owners)
-                .key(&k.rescued)
-                .key(&k.scheduled)
-                .key(&k.cancels)
-                .key(&k.retrying)
-                .arg(worker.unwrap_or(""))
+            let mut inv = Op::Reschedule.invocation(&k);
+            inv.arg(worker.unwrap_or(""))
                 .arg(self.keys.wake_channel(queue));
             for (id, at) in chunk {
                 inv.arg(id).arg(*at);
             }
-            let m: usize = inv.invoke_async(&mut conn).await?;
+            let m: usize = self.run(&inv).await?;
             n += m;
         }
         Ok(n)
@@ -281,18 +365,12 @@ impl RedisQueue {
         items: &[(String, f64)],
     ) -> Result<usize> {
         let k = self.keys.queue(queue);
-        let mut conn = self.conn.clone();
-        let mut inv = RELEASE.prepare_invoke();
-        inv.key(&k.leased)
-            .key(&k.owners)
-            .key(&k.attempts)
-            .key(&k.ready)
-            .arg(worker)
-            .arg(self.keys.wake_channel(queue));
+        let mut inv = Op::Release.invocation(&k);
+        inv.arg(worker).arg(self.keys.wake_channel(queue));
         for (id, score) in items {
             inv.arg(id).arg(format!("{score:.0}"));
         }
-        Ok(inv.invoke_async(&mut conn).await?)
+        self.run(&inv).await
     }
 
     /// Promote due scheduled jobs (at most `limit`). Returns the promoted ids and the time until
@@ -303,16 +381,9 @@ impl RedisQueue {
         limit: usize,
     ) -> Result<(Vec<String>, Option<Duration>)> {
         let k = self.keys.queue(queue);
-        let mut conn = self.conn.clone();
-        let (ids, next): (Vec<String>, i64) = PROMOTE
-            .key(&k.scheduled)
-            .key(&k.ready)
-            .key(&k.payloads)
-            .key(&k.retrying)
-            .arg(limit)
-            .arg(self.keys.wake_channel(queue))
-            .invoke_async(&mut conn)
-            .await?;
+        let mut inv = Op::Promote.invocation(&k);
+        inv.arg(limit).arg(self.keys.wake_channel(queue));
+        let (ids, next): (Vec<String>, i64) = self.run(&inv).await?;
         let next = (next >= 0).then(|| Duration::from_millis(next as u64));
         Ok((ids, next))
     }
@@ -320,36 +391,18 @@ impl RedisQueue {
     /// Take up to `limit` jobs from expired leases (and from rescues abandoned for `stale`).
     pub async fn rescue(&self, queue: &str, limit: usize, stale: Duration) -> Result<Vec<Claimed>> {
         let k = self.keys.queue(queue);
-        let mut conn = self.conn.clone();
-        let raw: Vec<redis::Value> = RESCUE
-            .key(&k.leased)
-            .key(&k.owners)
-            .key(&k.rescued)
-            .key(&k.payloads)
-            .key(&k.attempts)
-            .arg(limit)
-            .arg(stale.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await?;
+        let mut inv = Op::Rescue.invocation(&k);
+        inv.arg(limit).arg(stale.as_millis() as u64);
+        let raw: Vec<redis::Value> = self.run(&inv).await?;
         parse_claimed(raw)
     }
 
     /// Cancel job `id` of `queue` in Redis (after MongoDB recorded it).
     pub async fn cancel(&self, queue: &str, id: &str) -> Result<CancelEffect> {
         let k = self.keys.queue(queue);
-        let mut conn = self.conn.clone();
-        let r: String = CANCEL
-            .key(&k.ready)
-            .key(&k.scheduled)
-            .key(&k.payloads)
-            .key(&k.attempts)
-            .key(&k.leased)
-            .key(&k.cancels)
-            .key(&k.retrying)
-            .arg(id)
-            .arg(self.keys.cancel_channel())
-            .invoke_async(&mut conn)
-            .await?;
+        let mut inv = Op::Cancel.invocation(&k);
+        inv.arg(id).arg(self.keys.cancel_channel());
+        let r: String = self.run(&inv).await?;
         Ok(match r.as_str() {
             "removed" => CancelEffect::Removed,
             "signalled" => CancelEffect::Signalled,
@@ -376,19 +429,39 @@ impl RedisQueue {
         Ok(conn.smembers(self.keys.queues()).await?)
     }
 
-    /// Whether Redis still holds its full copy of the live jobs (see [`Keys::epoch`]).
-    pub async fn epoch_present(&self) -> Result<bool> {
+    /// Whether Redis still holds its full copy of the live jobs of `queue` (see
+    /// [`QueueKeys::epoch`]).
+    pub async fn epoch_present(&self, queue: &str) -> Result<bool> {
         let mut conn = self.conn.clone();
-        Ok(conn.exists(self.keys.epoch()).await?)
+        Ok(conn.exists(self.keys.queue(queue).epoch).await?)
     }
 
-    /// Mark Redis as holding a full copy of the live jobs.
-    pub async fn set_epoch(&self) -> Result<()> {
+    /// Mark Redis as holding a full copy of the live jobs of `queue`. Only the reconciler calls
+    /// this, after rebuilding the queue from MongoDB: were the enqueue script to set it, a
+    /// queue whose node came back empty would look whole after its next submission.
+    pub async fn set_epoch(&self, queue: &str) -> Result<()> {
         let mut conn = self.conn.clone();
         let _: () = conn
-            .set(self.keys.epoch(), uuid::Uuid::new_v4().to_string())
+            .set(
+                self.keys.queue(queue).epoch,
+                uuid::Uuid::new_v4().to_string(),
+            )
             .await?;
         Ok(())
+    }
+
+    /// Which of `ids` (jobs of `queue`) Redis holds (a payload present), in order.
+    pub async fn holds(&self, queue: &str, ids: &[String]) -> Result<Vec<bool>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let k = self.keys.queue(queue);
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.hexists(&k.payloads, id);
+        }
+        Ok(pipe.query_async(&mut conn).await?)
     }
 
     /// Take the named lock for `ttl` unless someone holds it.
@@ -403,6 +476,15 @@ impl RedisQueue {
             .query_async(&mut conn)
             .await?;
         Ok(r.is_some())
+    }
+
+    /// Give the named lock up early (after the work it guarded is done). Unconditional: if
+    /// the work outlasted the lock and another process holds it now, the worst case is two
+    /// concurrent passes of idempotent work.
+    pub async fn unlock(&self, name: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: () = conn.del(self.keys.lock(name)).await?;
+        Ok(())
     }
 
     /// Tell long-polls that these jobs changed.
@@ -432,18 +514,12 @@ impl RedisQueue {
     /// that does. Only jobs `worker` still holds are moved.
     pub async fn defer(&self, queue: &str, worker: &str, items: &[(String, i64)]) -> Result<usize> {
         let k = self.keys.queue(queue);
-        let mut conn = self.conn.clone();
-        let mut inv = DEFER.prepare_invoke();
-        inv.key(&k.leased)
-            .key(&k.owners)
-            .key(&k.attempts)
-            .key(&k.scheduled)
-            .arg(worker)
-            .arg(self.keys.wake_channel(queue));
+        let mut inv = Op::Defer.invocation(&k);
+        inv.arg(worker).arg(self.keys.wake_channel(queue));
         for (id, at) in items {
             inv.arg(id).arg(*at);
         }
-        Ok(inv.invoke_async(&mut conn).await?)
+        self.run(&inv).await
     }
 
     /// The keys of one queue.
@@ -465,4 +541,56 @@ fn parse_claimed(raw: Vec<redis::Value>) -> Result<Vec<Claimed>> {
         out.push(Claimed { payload, attempt });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redis_conn::key_slot;
+
+    /// Highest `KEYS[n]` a script's source uses.
+    fn highest_key_index(source: &str) -> usize {
+        source
+            .match_indices("KEYS[")
+            .filter_map(|(i, _)| {
+                let rest = &source[i + 5..];
+                rest[..rest.find(']')?].parse::<usize>().ok()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Every script's key list lies in one Redis Cluster slot, for plain queue names and names
+    /// that look like tags, and the list covers every `KEYS[n]` the script reads (a script
+    /// that grew a key without the list growing would be caught here).
+    #[test]
+    fn every_script_touches_one_slot() {
+        for prefix in ["jobmill", "t:lifecycle:ab12cd34", "a.b-c_d"] {
+            let keys = Keys::new(prefix);
+            for queue in ["default", "imports", "q-1", "x_y", "9"] {
+                let k = keys.queue(queue);
+                for &op in Op::ALL {
+                    let list = op.keys(&k);
+                    assert_eq!(
+                        list.len(),
+                        highest_key_index(op.source()),
+                        "{op:?}: key list and KEYS[n] of the script differ"
+                    );
+                    let slot = key_slot(list[0].as_bytes());
+                    for key in &list {
+                        assert_eq!(
+                            key_slot(key.as_bytes()),
+                            slot,
+                            "{op:?} on {queue}: {key} is not in the slot of {}",
+                            list[0]
+                        );
+                    }
+                    // The queue's epoch lives in the same slot, so a node that lost the queue
+                    // lost its epoch too.
+                    assert_eq!(key_slot(k.epoch.as_bytes()), slot, "{op:?} epoch");
+                }
+            }
+        }
+        assert_eq!(Op::ALL.len(), 10, "a new script must be added to Op::ALL");
+    }
 }

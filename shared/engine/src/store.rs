@@ -9,9 +9,13 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::{ClientOptions, FindOneAndUpdateOptions, IndexOptions, ReturnDocument};
+use mongodb::options::{
+    Acknowledgment, ClientOptions, FindOneAndUpdateOptions, IndexOptions, ReadPreference,
+    ReturnDocument, SelectionCriteria,
+};
 use mongodb::{Client, Collection, Database, IndexModel};
 
+use crate::config::{CoreSettings, MongoWrites, WriteConcern};
 use crate::error::{Error, Result};
 use crate::job::{event_id, now_ms, Job, Progress, Retention};
 use crate::outbox::JobEvent;
@@ -272,7 +276,48 @@ pub async fn client_options(uri: &str) -> Result<ClientOptions> {
     Ok(opts)
 }
 
+/// Client options for the engine's settings: [`client_options`] of the URI, plus the write
+/// concern, journal and retryable writes of [`MongoWrites`], and reads on the primary.
+///
+/// Every read of job state goes to the primary (read preference `primary`, whatever the URI
+/// says): a guarded transition, a long-poll or an ETag must see the latest write, which a
+/// secondary may not have yet. No listing is sent to secondaries either: listings feed ETags and
+/// the UI right after submissions, and a lagging secondary would show jobs going back in time.
+pub async fn client_options_for(s: &CoreSettings) -> Result<ClientOptions> {
+    let mut opts = client_options(s.mongodb_uri.expose()).await?;
+    apply_writes(&mut opts, &s.mongodb_writes);
+    Ok(opts)
+}
+
+/// Apply the write settings to parsed options (see [`client_options_for`]).
+pub fn apply_writes(opts: &mut ClientOptions, w: &MongoWrites) {
+    let mut concern = opts.write_concern.clone().unwrap_or_default();
+    match &w.concern {
+        // A replica set named in the URI gets majority writes unless the URI chose `w`:
+        // an acknowledged job must survive the primary's failover.
+        WriteConcern::Default => {
+            if opts.repl_set_name.is_some() && concern.w.is_none() {
+                concern.w = Some(Acknowledgment::Majority);
+            }
+        }
+        WriteConcern::Majority => concern.w = Some(Acknowledgment::Majority),
+        WriteConcern::Nodes(n) => concern.w = Some(Acknowledgment::Nodes(*n)),
+        WriteConcern::Tag(t) => concern.w = Some(Acknowledgment::Custom(t.clone())),
+    }
+    if w.journal.is_some() {
+        concern.journal = w.journal;
+    }
+    opts.write_concern = (concern.w.is_some() || concern.journal.is_some()).then_some(concern);
+    opts.retry_writes = Some(w.retry_writes);
+    opts.selection_criteria = Some(SelectionCriteria::ReadPreference(ReadPreference::Primary));
+}
+
 impl Store {
+    /// Connect as the engine's settings say (URI, database, retention, write settings).
+    pub async fn connect_settings(s: &CoreSettings) -> Result<Self> {
+        Self::connect_with(client_options_for(s).await?, &s.mongodb_db, s.retention)
+    }
+
     /// Connect with the default options for `uri`.
     pub async fn connect(uri: &str, db: &str, retention: Duration) -> Result<Self> {
         Self::connect_with(client_options(uri).await?, db, retention)
@@ -500,7 +545,21 @@ impl Store {
 
     /// Live (non-terminal) jobs in id order after `after`, for rebuilding Redis.
     pub async fn live_jobs_page(&self, after: Option<&str>, limit: i64) -> Result<Vec<Job>> {
+        self.live_jobs_page_of(None, after, limit).await
+    }
+
+    /// Like [`Store::live_jobs_page`], of one queue only when `queue` is given (the rebuild of
+    /// one queue whose Redis node lost its data).
+    pub async fn live_jobs_page_of(
+        &self,
+        queue: Option<&str>,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Job>> {
         let mut filter = doc! { "state": { "$in": JobState::live_names() } };
+        if let Some(q) = queue {
+            filter.insert("queue", q);
+        }
         if let Some(a) = after {
             filter.insert("list_key", doc! { "$gt": a });
         }
@@ -512,6 +571,19 @@ impl Store {
             .await?
             .try_collect()
             .await?)
+    }
+
+    /// The queues that have live jobs: after a Redis node lost the queue registry, these are
+    /// the queues the reconciler must still check.
+    pub async fn live_queues(&self) -> Result<Vec<String>> {
+        let names = self
+            .jobs
+            .distinct("queue", doc! { "state": { "$in": JobState::live_names() } })
+            .await?;
+        Ok(names
+            .into_iter()
+            .filter_map(|b| b.as_str().map(str::to_string))
+            .collect())
     }
 
     /// Live jobs still flagged `enqueue_pending` and created before `before_id`.
@@ -969,5 +1041,64 @@ pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
             .is_some_and(|errs| errs.iter().any(|w| w.code == 11000)),
         ErrorKind::Command(c) => c.code == 11000,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod write_settings_tests {
+    use super::*;
+
+    fn opts(uri: &str, w: MongoWrites) -> ClientOptions {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut o = rt
+            .block_on(async { ClientOptions::parse(uri).await })
+            .unwrap();
+        apply_writes(&mut o, &w);
+        o
+    }
+
+    fn writes(concern: WriteConcern, journal: Option<bool>) -> MongoWrites {
+        MongoWrites {
+            concern,
+            journal,
+            retry_writes: true,
+        }
+    }
+
+    #[test]
+    fn driver_options_follow_the_write_settings() {
+        // A replica set in the URI: majority by default, reads on the primary.
+        let o = opts(
+            "mongodb://a:1,b:2/?replicaSet=rs0&readPreference=secondary",
+            writes(WriteConcern::Default, None),
+        );
+        let wc = o.write_concern.unwrap();
+        assert_eq!(wc.w, Some(Acknowledgment::Majority));
+        assert_eq!(wc.journal, None);
+        assert_eq!(o.retry_writes, Some(true));
+        assert!(matches!(
+            o.selection_criteria,
+            Some(SelectionCriteria::ReadPreference(ReadPreference::Primary))
+        ));
+        // No replica set, nothing set: the server's default.
+        let o = opts("mongodb://a:1/", writes(WriteConcern::Default, None));
+        assert!(o.write_concern.is_none());
+        // The URI's own w is kept when the setting is not given.
+        let o = opts(
+            "mongodb://a:1/?replicaSet=rs0&w=2",
+            writes(WriteConcern::Default, None),
+        );
+        assert_eq!(o.write_concern.unwrap().w, Some(Acknowledgment::Nodes(2)));
+        // The setting wins over the URI; journal and retryable writes are applied.
+        let mut w = writes(WriteConcern::Tag("dcs".into()), Some(true));
+        w.retry_writes = false;
+        let o = opts("mongodb://a:1/?w=1", w);
+        let wc = o.write_concern.unwrap();
+        assert_eq!(wc.w, Some(Acknowledgment::Custom("dcs".into())));
+        assert_eq!(wc.journal, Some(true));
+        assert_eq!(o.retry_writes, Some(false));
     }
 }

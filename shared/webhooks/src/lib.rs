@@ -41,7 +41,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jobmill::config::{Bounds, Env, Secret, Section, Setting};
+use jobmill::config::{Bounds, Env, RedisTarget, Section, Setting};
 use jobmill::job::Job;
 use jobmill::kind::Registry;
 use jobmill::outbox::{BoxFuture, JobEvent, Subscriber};
@@ -217,7 +217,7 @@ pub struct Webhooks {
     hooks: WebhookStore,
     settings: WebhookSettings,
     queue: RedisQueue,
-    redis_url: Secret,
+    redis: RedisTarget,
     subscriptions: Arc<Subscriptions>,
     changed: Arc<Notify>,
     callbacks: Arc<CallbackCheck>,
@@ -228,7 +228,7 @@ impl Webhooks {
     pub fn new(
         store: &Store,
         queue: &RedisQueue,
-        redis_url: Secret,
+        redis: RedisTarget,
         settings: WebhookSettings,
     ) -> Self {
         let hooks = WebhookStore::new(store.database(), store.retention());
@@ -242,7 +242,7 @@ impl Webhooks {
             hooks,
             settings,
             queue: queue.clone(),
-            redis_url,
+            redis,
             subscriptions: Arc::new(Subscriptions::default()),
             changed: Arc::new(Notify::new()),
         }
@@ -324,7 +324,7 @@ async fn refresh_subscriptions(w: Webhooks, stop: CancellationToken) {
 async fn listen_for_changes(w: Webhooks, stop: CancellationToken) {
     let channel = w.queue.keys().feature(ENDPOINTS_CHANNEL);
     let mut sub = loop {
-        match Subscription::open(w.redis_url.expose(), std::slice::from_ref(&channel)).await {
+        match Subscription::open(&w.redis, std::slice::from_ref(&channel)).await {
             Ok(s) => break s,
             Err(e) => {
                 tracing::debug!(error = %e, "endpoint announcements: subscribe failed; retrying");

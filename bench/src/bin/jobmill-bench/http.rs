@@ -86,6 +86,28 @@ pub(crate) async fn upload_file(
     sha256: &str,
     part_size: usize,
 ) -> anyhow::Result<Uploaded> {
+    let (id, upload) = send_parts(http, base, path, sha256, part_size, 1).await?;
+    let size = tokio::fs::metadata(path).await?.len();
+    let (file_id, sha256, assembly) = assemble_upload(http, base, &id, size).await?;
+    Ok(Uploaded {
+        file_id,
+        sha256,
+        upload,
+        assembly,
+    })
+}
+
+/// Start an upload of `path` and send its parts, `concurrency` requests at a time (each takes
+/// the next part number). Returns the upload id and the time from the first part sent to the
+/// last acknowledged.
+pub(crate) async fn send_parts(
+    http: &reqwest::Client,
+    base: &str,
+    path: &Path,
+    sha256: &str,
+    part_size: usize,
+    concurrency: usize,
+) -> anyhow::Result<(String, Duration)> {
     let size = tokio::fs::metadata(path).await?.len();
     let up = api_json(
         http.post(format!("{base}/v1/uploads")).json(&json!({
@@ -98,24 +120,44 @@ pub(crate) async fn upload_file(
     )
     .await?;
     let id = up["id"].as_str().context("upload id")?.to_string();
-    let mut f = tokio::fs::File::open(path).await?;
+    let parts = size.div_ceil(part_size as u64);
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let t = Instant::now();
-    let mut sent = 0u64;
-    let mut n = 0;
-    while sent < size {
-        let mut part = vec![0u8; part_size.min((size - sent) as usize)];
-        f.read_exact(&mut part).await?;
-        sent += part.len() as u64;
-        api_json(
-            http.put(format!("{base}/v1/uploads/{id}/parts/{n}"))
-                .header("content-type", "application/octet-stream")
-                .body(part),
-            200,
-        )
-        .await?;
-        n += 1;
-    }
-    let upload = t.elapsed();
+    let senders = (0..concurrency.max(1)).map(|_| {
+        let (next, id, path) = (next.clone(), id.clone(), path.to_path_buf());
+        async move {
+            let mut f = tokio::fs::File::open(&path).await?;
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= parts {
+                    return anyhow::Ok(());
+                }
+                let at = n * part_size as u64;
+                let mut part = vec![0u8; part_size.min((size - at) as usize)];
+                tokio::io::AsyncSeekExt::seek(&mut f, std::io::SeekFrom::Start(at)).await?;
+                f.read_exact(&mut part).await?;
+                api_json(
+                    http.put(format!("{base}/v1/uploads/{id}/parts/{n}"))
+                        .header("content-type", "application/octet-stream")
+                        .body(part),
+                    200,
+                )
+                .await?;
+            }
+        }
+    });
+    futures::future::try_join_all(senders).await?;
+    Ok((id, t.elapsed()))
+}
+
+/// Complete an upload and wait for its `file_assembly` job: the file id, its SHA-256 and the
+/// time from the completion request to the job's success.
+pub(crate) async fn assemble_upload(
+    http: &reqwest::Client,
+    base: &str,
+    id: &str,
+    size: u64,
+) -> anyhow::Result<(String, String, Duration)> {
     let t = Instant::now();
     let job = api_json(
         http.post(format!("{base}/v1/uploads/{id}/complete"))
@@ -131,16 +173,15 @@ pub(crate) async fn upload_file(
         j["result"]["size"].as_u64() == Some(size),
         "assembled size differs: {j}"
     );
-    Ok(Uploaded {
-        file_id: j["result"]["file_id"]
+    Ok((
+        j["result"]["file_id"]
             .as_str()
             .context("file id")?
             .to_string(),
-        sha256: j["result"]["sha256"]
+        j["result"]["sha256"]
             .as_str()
             .context("file sha256")?
             .to_string(),
-        upload,
         assembly,
-    })
+    ))
 }

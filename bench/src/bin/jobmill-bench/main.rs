@@ -4,9 +4,14 @@
 //! - `w2`: 20,000 no-op jobs drained by one worker: handler rate, time until every outcome is
 //!   durable in MongoDB, that durable rate against the store's update ceiling, and MongoDB
 //!   commands per job (driver command monitoring).
+//! - `w2apalis`: W2 through the apalis backend (`jobmill-apalis`) next to the native worker in
+//!   the same run: handler rates (target: apalis at least 75% of native), every outcome
+//!   durable, and worker CPU per job of both.
 //! - `w3`: submit→start latency at 200 jobs/s (the harness's W3) between two passes of plain
 //!   `insert_one` calls on the same schedule: the store's latency, W3's floor.
 //! - `w1http`: 20,000 submissions over HTTP from 64 concurrent clients.
+//! - `w1`: the library client: 2,000 sequential single submissions, and 20,000 in sequential
+//!   batches of 1,000 (W1 bulk), to set against `store`'s ceilings.
 //! - `soak` (not in the default list: minutes): the worker process's RSS over 200,000 jobs.
 //! - `w5`: `wrk` on `GET /v1/jobs/{id}` of a finished job, plain and with `If-None-Match`,
 //!   against a trivial axum endpoint returning a constant (the HTTP stack's ceiling).
@@ -25,13 +30,13 @@
 //! `BENCH_W7_ROWS` (default 1,000,000).
 //!
 //! ```text
-//! jobmill-bench [store] [w2] [w3] [w1http] [w5] [w6] [w7] [w8] [soak]
+//! jobmill-bench [store] [w1] [w2] [w2apalis] [w3] [w1http] [w5] [w6] [w7] [w8] [soak]
 //!     (default: store w2 w3 w1http w5, in that order)
 //! ```
 //!
 //! # Layout
 //! `main` parses the workload names and dispatches; one module per workload:
-//! [`store_ceiling`], [`w2_durable`], [`w3_floor`], [`w1_http`], [`w5`], [`w6_file_assembly`],
+//! [`store_ceiling`], [`w1_library`], [`w2_durable`], [`w3_floor`], [`w1_http`], [`w5`], [`w6_file_assembly`],
 //! [`w7_bulk_import`], [`w8_stampede`], [`soak`]. What they share: [`servers`] (the deployment
 //! under test: settings, store, API, worker), [`measure`] (rates, percentiles, pacing, knobs),
 //! [`http`] (the API as a client sees it), [`local_files`] (the local-disk baselines).
@@ -43,6 +48,7 @@ mod servers;
 mod soak;
 mod store_ceiling;
 mod w1_http;
+mod w1_library;
 mod w2_durable;
 mod w3_floor;
 mod w5;
@@ -55,7 +61,8 @@ use anyhow::bail;
 use crate::soak::soak;
 use crate::store_ceiling::store_ceiling;
 use crate::w1_http::w1_http;
-use crate::w2_durable::w2_durable;
+use crate::w1_library::w1_library;
+use crate::w2_durable::{w2_apalis, w2_durable};
 use crate::w3_floor::w3_floor;
 use crate::w5::w5;
 use crate::w6_file_assembly::w6_file_assembly;
@@ -78,15 +85,17 @@ async fn main() -> anyhow::Result<()> {
         let r = match w.as_str() {
             "store" => store_ceiling().await?,
             "w2" => w2_durable().await?,
+            "w2apalis" => w2_apalis().await?,
             "w3" => w3_floor().await?,
             "soak" => soak().await?,
             "w1http" => w1_http().await?,
+            "w1" => w1_library().await?,
             "w5" => w5().await?,
             "w6" => w6_file_assembly().await?,
             "w7" => w7_bulk_import().await?,
             "w8" => w8_stampede().await?,
             other => {
-                bail!("unknown workload {other} (store, w2, w3, w1http, w5, w6, w7, w8, soak)")
+                bail!("unknown workload {other} (store, w1, w2, w3, w1http, w5, w6, w7, w8, soak)")
             }
         };
         for (k, v, base) in r {

@@ -28,7 +28,7 @@ pub(crate) async fn fresh(
 
 /// Delete the bench's keys: the queues, the cache, and the harness markers.
 async fn clear_redis(s: &deployment::Settings) -> anyhow::Result<()> {
-    let queue = RedisQueue::connect(s.redis_url.expose(), &s.key_prefix).await?;
+    let queue = RedisQueue::connect(&s.redis, &s.key_prefix).await?;
     let mut c = queue.connection();
     // Our own prefix only: the bench Redis may be shared.
     let keys: Vec<String> = c.keys(format!("{}:*", s.key_prefix)).await?;
@@ -55,7 +55,7 @@ pub(crate) fn noop_batch(n: usize) -> Vec<NewJob> {
 
 /// Start the API in this process on a free port, with the bench kinds.
 pub(crate) async fn api_server(s: &deployment::Settings) -> anyhow::Result<String> {
-    let registry = kinds::registry(s.redis_url.expose()).await?;
+    let registry = kinds::registry(&s.redis).await?;
     let state = jobmill_api::AppState::connect(&s.api, registry).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -93,19 +93,60 @@ pub(crate) async fn drop_scratch(s: &deployment::Settings, store: &Store) -> any
 /// A worker in this process: `jobmill_worker::run_with_store`, the loop `jobmill-worker` runs.
 pub(crate) struct Worker {
     stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), jobmill_worker::WorkerError>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Worker {
     pub(crate) async fn start(s: &deployment::Settings, store: Store) -> anyhow::Result<Self> {
-        let registry = kinds::registry(s.redis_url.expose()).await?;
+        let registry = kinds::registry(&s.redis).await?;
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         let settings = s.clone();
         let task = tokio::spawn(async move {
             jobmill_worker::run_with_store(settings.worker_config(), registry, store, async {
                 let _ = rx.await;
             })
-            .await
+            .await?;
+            Ok(())
+        });
+        Ok(Worker { stop, task })
+    }
+
+    /// The same drain through apalis: `bench_noop` as an apalis handler on `jobmill-apalis`.
+    pub(crate) async fn start_apalis(
+        s: &deployment::Settings,
+        store: Store,
+    ) -> anyhow::Result<Self> {
+        use apalis::layers::TimeoutLayer;
+        use apalis::prelude::{BoxDynError, Data, WorkerBuilder};
+        use redis::aio::ConnectionManager;
+
+        async fn noop(_args: kinds::Ts, redis: Data<ConnectionManager>) -> Result<(), BoxDynError> {
+            let mut c = (*redis).clone();
+            let () = c.incr("bench:done", 1).await?;
+            Ok(())
+        }
+
+        let conn = jobmill::queue::connect(&s.redis).await?;
+        let mut kinds = jobmill_apalis::Kinds::new();
+        let kind = kinds.add::<kinds::Ts>("bench_noop", QUEUE);
+        let jobmill =
+            jobmill_apalis::Jobmill::start_with_store(s.worker_config(), kinds, store).await?;
+        let worker = WorkerBuilder::new("bench-noop")
+            .backend(jobmill.backend(kind))
+            .data(conn)
+            .layer(TimeoutLayer::new(std::time::Duration::from_secs(30)))
+            .build(noop);
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let workers = async move {
+                let _ = worker.run().await;
+            };
+            jobmill
+                .run(workers, async {
+                    let _ = rx.await;
+                })
+                .await?;
+            Ok(())
         });
         Ok(Worker { stop, task })
     }

@@ -15,7 +15,7 @@ use crate::servers::{fresh, noop_batch};
 use crate::Rows;
 
 /// Resident set size of process `pid`, MiB.
-fn rss_mib(pid: u32) -> anyhow::Result<f64> {
+pub(crate) fn rss_mib(pid: u32) -> anyhow::Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb: f64 = status
         .lines()
@@ -61,8 +61,8 @@ pub(crate) async fn soak() -> anyhow::Result<Rows> {
             }
         })
     };
-    let registry = kinds::registry(s.redis_url.expose()).await?;
-    let queue = RedisQueue::connect(s.redis_url.expose(), &s.key_prefix).await?;
+    let registry = kinds::registry(&s.redis).await?;
+    let queue = RedisQueue::connect(&s.redis, &s.key_prefix).await?;
     let client = jobmill_bench::deployment::client(store.clone(), queue, &registry, &s);
     let jobs = store
         .database()

@@ -1,6 +1,9 @@
 //! `w2`: 20,000 no-op jobs drained by one worker: handler rate, time until every outcome is
-//! durable in MongoDB, and MongoDB commands per job; the durable rate against the store's batched
-//! update ceiling, measured by `store` earlier in the same run.
+//! durable in MongoDB, MongoDB commands per job and worker CPU per job; the durable rate against
+//! the store's batched update ceiling, measured by `store` earlier in the same run.
+//! `w2apalis`: the same drain through the apalis backend (`jobmill-apalis`) next to the native
+//! worker in the same run: handler rates (target: apalis at least 75% of native), every outcome
+//! durable, worker CPU per job of both.
 
 use std::time::{Duration, Instant};
 
@@ -17,14 +20,43 @@ use crate::servers::{fresh, noop_batch, Worker};
 use crate::store_ceiling::ceiling_file;
 use crate::{Rows, N};
 
-/// W2 with durability: handler rate, time until every outcome is in MongoDB, commands per job.
-pub(crate) async fn w2_durable() -> anyhow::Result<Rows> {
+/// Which worker front end drains W2.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Front {
+    /// `jobmill_worker::run_with_store`, the loop `jobmill-worker` runs.
+    Native,
+    /// An apalis worker on `jobmill-apalis` (same runtime, apalis' worker and a `TimeoutLayer`).
+    Apalis,
+}
+
+/// What one W2 drain measured.
+struct Drain {
+    handler_rate: f64,
+    durable: Duration,
+    cmds: u64,
+    by_name: String,
+    cpu_per_job_us: f64,
+}
+
+/// This process's CPU time (user + system) from `/proc/self/stat`.
+fn cpu_time() -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')').context("stat format")? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+    // USER_HZ is 100 on Linux.
+    Ok(Duration::from_millis(ticks * 10))
+}
+
+/// Drain `N` no-op jobs with one worker of the given front end.
+async fn w2_drain(front: Front) -> anyhow::Result<Drain> {
     let (mut s, store, _) = fresh(64).await?;
     // Heartbeats (and with them the worker's counters in Redis) every third of a second: the
     // shortest lease the settings allow.
     s.lease_ttl = Duration::from_secs(1);
-    let registry = kinds::registry(s.redis_url.expose()).await?;
-    let queue = RedisQueue::connect(s.redis_url.expose(), &s.key_prefix).await?;
+    let registry = kinds::registry(&s.redis).await?;
+    let queue = RedisQueue::connect(&s.redis, &s.key_prefix).await?;
     let client =
         jobmill_bench::deployment::client(store.clone(), queue.clone(), &registry.clone(), &s);
     for _ in 0..N / 1000 {
@@ -46,8 +78,12 @@ pub(crate) async fn w2_durable() -> anyhow::Result<Rows> {
     }
     let (wstore, counter) = deployment::counted_store(&s).await?;
     let before = counter.total();
+    let cpu0 = cpu_time()?;
     let t0 = Instant::now();
-    let worker = Worker::start(&s, wstore).await?;
+    let worker = match front {
+        Front::Native => Worker::start(&s, wstore).await?,
+        Front::Apalis => Worker::start_apalis(&s, wstore).await?,
+    };
     // Durable outcomes are read from the worker's own counter (its registry entry in Redis,
     // refreshed with every heartbeat), not by counting in MongoDB: a count is a scan on the
     // MongoDB-compatible server and would slow down the very writes it measures.
@@ -76,6 +112,7 @@ pub(crate) async fn w2_durable() -> anyhow::Result<Rows> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let cpu = cpu_time()? - cpu0;
     let jobs = store
         .database()
         .collection::<Document>(jobmill::store::JOBS);
@@ -85,13 +122,24 @@ pub(crate) async fn w2_durable() -> anyhow::Result<Rows> {
         "only {succeeded} of {N} outcomes are in MongoDB"
     );
     let cmds = counter.total() - before;
-    let by_name = counter.by_name();
+    let by_name = format!("{:?}", counter.by_name());
     worker.stop().await?;
     let (Some(first), Some(handlers), Some(durable)) = (t_first, t_handlers, t_durable) else {
         bail!("w2 did not finish");
     };
-    let handler_rate = rate(N, handlers - first);
-    let durable_rate = rate(N, durable);
+    Ok(Drain {
+        handler_rate: rate(N, handlers - first),
+        durable,
+        cmds,
+        by_name,
+        cpu_per_job_us: cpu.as_secs_f64() * 1e6 / N as f64,
+    })
+}
+
+/// W2 with durability: handler rate, time until every outcome is in MongoDB, commands per job.
+pub(crate) async fn w2_durable() -> anyhow::Result<Rows> {
+    let d = w2_drain(Front::Native).await?;
+    let durable_rate = rate(N, d.durable);
     let ceiling: f64 = std::fs::read_to_string(ceiling_file())
         .context("run the `store` workload first (it measures the ceiling)")?
         .trim()
@@ -99,12 +147,12 @@ pub(crate) async fn w2_durable() -> anyhow::Result<Rows> {
     Ok(vec![
         (
             "handler executions/s".into(),
-            format!("{handler_rate:.0}"),
+            format!("{:.0}", d.handler_rate),
             "peers' W2 drain/s (harness table)".into(),
         ),
         (
             "all 20,000 outcomes durable after s".into(),
-            format!("{:.2}", durable.as_secs_f64()),
+            format!("{:.2}", d.durable.as_secs_f64()),
             "from worker start".into(),
         ),
         (
@@ -117,8 +165,49 @@ pub(crate) async fn w2_durable() -> anyhow::Result<Rows> {
         ),
         (
             "mongodb commands per job".into(),
-            format!("{:.4}", cmds as f64 / N as f64),
-            format!("{cmds} commands: {by_name:?}"),
+            format!("{:.4}", d.cmds as f64 / N as f64),
+            format!("{} commands: {}", d.cmds, d.by_name),
+        ),
+        (
+            "worker CPU per job (µs)".into(),
+            format!("{:.1}", d.cpu_per_job_us),
+            "process user+system time over the drain".into(),
+        ),
+    ])
+}
+
+/// W2 through the apalis backend next to the native worker, same run, same servers: handler
+/// rate (target: at least 75% of native), every outcome durable, CPU per job of both.
+pub(crate) async fn w2_apalis() -> anyhow::Result<Rows> {
+    let native = w2_drain(Front::Native).await?;
+    let apalis = w2_drain(Front::Apalis).await?;
+    Ok(vec![
+        (
+            "native handler executions/s".into(),
+            format!("{:.0}", native.handler_rate),
+            format!(
+                "all outcomes durable after {:.2} s",
+                native.durable.as_secs_f64()
+            ),
+        ),
+        (
+            "apalis handler executions/s".into(),
+            format!("{:.0}", apalis.handler_rate),
+            format!(
+                "{:.0}% of native (target ≥ 75%); all outcomes durable after {:.2} s",
+                100.0 * apalis.handler_rate / native.handler_rate,
+                apalis.durable.as_secs_f64()
+            ),
+        ),
+        (
+            "native worker CPU per job (µs)".into(),
+            format!("{:.1}", native.cpu_per_job_us),
+            format!("{:.4} mongodb commands/job", native.cmds as f64 / N as f64),
+        ),
+        (
+            "apalis worker CPU per job (µs)".into(),
+            format!("{:.1}", apalis.cpu_per_job_us),
+            format!("{:.4} mongodb commands/job", apalis.cmds as f64 / N as f64),
         ),
     ])
 }

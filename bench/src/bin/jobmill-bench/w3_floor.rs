@@ -39,8 +39,8 @@ pub(crate) async fn w3_floor() -> anyhow::Result<Rows> {
     };
     let before = insert_pass(scratch.clone()).await?;
 
-    let registry = kinds::registry(s.redis_url.expose()).await?;
-    let queue = RedisQueue::connect(s.redis_url.expose(), &s.key_prefix).await?;
+    let registry = kinds::registry(&s.redis).await?;
+    let queue = RedisQueue::connect(&s.redis, &s.key_prefix).await?;
     let client = jobmill_bench::deployment::client(store.clone(), queue.clone(), &registry, &s);
     let worker = Worker::start(&s, store.clone()).await?;
     let lat_job = || NewJob {

@@ -2,13 +2,16 @@
 //! against a streaming copy of the same bytes between two local files (and the store's own rates
 //! for 256 KiB chunks, the SHA-256 rate).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use futures::stream::{StreamExt, TryStreamExt};
 use jobmill::store::Store;
+use jobmill_bench::deployment::API_SECRET;
 use mongodb::bson::{doc, Bson, Document};
+use sha2::{Digest, Sha256};
 
-use crate::http::upload_file;
+use crate::http::{assemble_upload, send_parts, Uploaded};
 use crate::local_files::{sha256_file, stream_copy, write_random, TempDir};
 use crate::measure::{knob, mbps};
 use crate::servers::{api_server, drop_scratch, scratch, Worker};
@@ -50,7 +53,16 @@ pub(crate) async fn w6_file_assembly() -> anyhow::Result<Rows> {
         "w6: uploading {mib} MiB in parts of {} MiB",
         s.api.data.upload_part_size >> 20
     );
-    let up = upload_file(&http, &base, &src, &sha, s.api.data.upload_part_size).await?;
+    let part_size = s.api.data.upload_part_size;
+    let (upload_id, upload_time) = send_parts(&http, &base, &src, &sha, part_size, 1).await?;
+    let upload_cmds = counter.total() - before;
+    // The assembly's baseline: the same bytes read plainly from the store, before and after.
+    let (read_bytes, read_before) = read_pieces_plainly(&store, &upload_id).await?;
+    anyhow::ensure!(read_bytes == size, "read {read_bytes} of {size} bytes");
+    let rss_idle = crate::soak::rss_mib(std::process::id())?;
+    let (assembled, rss_peak) =
+        peak_rss_during(assemble_upload(&http, &base, &upload_id, size)).await;
+    let (file_id, assembled_sha, assembly_time) = assembled?;
     let cmds = counter.total() - before;
     let by_name: std::collections::BTreeMap<String, u64> = counter
         .by_name()
@@ -61,6 +73,35 @@ pub(crate) async fn w6_file_assembly() -> anyhow::Result<Rows> {
         })
         .filter(|(_, v)| *v > 0)
         .collect();
+    let (_, read_after) = read_pieces_plainly(&store, &upload_id).await?;
+    let plain_read = (read_before + read_after) / 2;
+    // Byte-identical: the whole file downloaded and hashed.
+    let downloaded = {
+        let res = http
+            .get(format!("{base}/v1/files/{file_id}"))
+            .bearer_auth(API_SECRET)
+            .send()
+            .await?
+            .error_for_status()?;
+        let mut body = res.bytes_stream();
+        let mut h = Sha256::new();
+        while let Some(b) = body.next().await {
+            h.update(&b?);
+        }
+        hex::encode(h.finalize())
+    };
+    anyhow::ensure!(
+        downloaded == sha,
+        "the download's SHA-256 is not the source's"
+    );
+    eprintln!("w6: uploading {mib} MiB again, 4 parts at a time");
+    let (_, upload4_time) = send_parts(&http, &base, &src, &sha, part_size, 4).await?;
+    let up = Uploaded {
+        file_id,
+        sha256: assembled_sha,
+        upload: upload_time,
+        assembly: assembly_time,
+    };
     anyhow::ensure!(
         up.sha256 == sha,
         "the assembled file's SHA-256 {} is not the source's {sha}",
@@ -102,8 +143,7 @@ pub(crate) async fn w6_file_assembly() -> anyhow::Result<Rows> {
         (
             "store: find_one + replace_one of 256 KiB MB/s".into(),
             format!("{:.0}", ceiling.1),
-            "store ceiling of the assembly (a read and a chunk write per 256 KiB), no TTL index"
-                .into(),
+            "the previous layout's assembly ceiling (a read and a chunk write per 256 KiB)".into(),
         ),
         (
             "SHA-256 of the file MB/s".into(),
@@ -136,6 +176,32 @@ pub(crate) async fn w6_file_assembly() -> anyhow::Result<Rows> {
             "upload + assembly MB/s".into(),
             format!("{both:.0}"),
             pct(both),
+        ),
+        (
+            "store: plain sequential read MB/s".into(),
+            format!("{:.0}", mbps(size, plain_read)),
+            format!(
+                "baseline of the assembly: the file's pieces through one cursor ({:.1} s before, {:.1} s after the assembly); assembly / read = {:.2}×",
+                read_before.as_secs_f64(),
+                read_after.as_secs_f64(),
+                up.assembly.as_secs_f64() / plain_read.as_secs_f64()
+            ),
+        ),
+        (
+            "upload MB/s, 4 parts at a time".into(),
+            format!("{:.0}", mbps(size, upload4_time)),
+            format!(
+                "{:.0}% of the store's insert_one (one at a time); {:.1} s",
+                100.0 * mbps(size, upload4_time) / ceiling.0,
+                upload4_time.as_secs_f64()
+            ),
+        ),
+        (
+            "bench process peak RSS during the assembly MiB".into(),
+            format!("{rss_peak:.0}"),
+            format!(
+                "API + worker in one process, sampled every 20 ms; {rss_idle:.0} MiB just before; upload's mongodb commands {upload_cmds}"
+            ),
         ),
         (
             "worker mongodb commands during upload + assembly".into(),
@@ -201,4 +267,41 @@ async fn chunk_ceiling(store: &Store) -> anyhow::Result<(f64, f64)> {
     b.drop().await?;
     let bytes = (DOCS * jobmill_data::files::CHUNK_SIZE) as u64;
     Ok((mbps(bytes, insert), mbps(bytes, copy)))
+}
+
+/// The baseline of the assembly: a plain sequential read of an upload's pieces from the store
+/// (one cursor, no hashing, nothing else). Returns the bytes read and the time.
+async fn read_pieces_plainly(store: &Store, upload_id: &str) -> anyhow::Result<(u64, Duration)> {
+    let t = Instant::now();
+    let mut cur = store
+        .database()
+        .collection::<Document>(jobmill_data::files::FILE_PIECES)
+        .find(doc! { "upload_id": upload_id })
+        .await?;
+    let mut bytes = 0u64;
+    while let Some(d) = cur.try_next().await? {
+        bytes += d.get_binary_generic("data").map(|b| b.len()).unwrap_or(0) as u64;
+    }
+    Ok((bytes, t.elapsed()))
+}
+
+/// Peak resident set size of this process while `fut` runs, sampled every 20 ms (MiB).
+async fn peak_rss_during<F: std::future::Future>(fut: F) -> (F::Output, f64) {
+    let pid = std::process::id();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut peak = 0f64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(crate::soak::rss_mib(pid).unwrap_or(0.0));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            peak
+        }
+    });
+    let out = fut.await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.await.unwrap_or(0.0);
+    (out, peak)
 }

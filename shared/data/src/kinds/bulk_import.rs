@@ -231,17 +231,19 @@ async fn import(ctx: &JobContext, k: &BulkImport, a: &BulkImportArgs) -> jobmill
     let mut reader = Records::new(a.format == Format::Csv, cp.offset);
     let mut batch: Vec<(u64, Document)> = Vec::with_capacity(batch_size);
     let mut pos = cp.offset;
-    let cs = file.chunk_size.max(1) as u64;
     let mut eof = false;
     while !eof {
         let data = if pos < total {
-            let n = pos / cs;
-            let chunk = files.chunk(&file.id, n as i64).await?.ok_or_else(|| {
-                jobmill::Error::Corrupt(format!("chunk {n} of the file is missing"))
-            })?;
-            let from = (pos - n * cs) as usize;
-            pos = n * cs + chunk.len() as u64;
-            chunk[from..].to_vec()
+            // One stored block (a piece, or a chunk of the previous layout) at a time.
+            let (at, block) = files.block_at(&file, pos).await?;
+            let from = (pos - at) as usize;
+            if from >= block.len() {
+                return Err(jobmill::Error::Corrupt(format!(
+                    "the block at {at} of the file is short"
+                )));
+            }
+            pos = at + block.len() as u64;
+            block[from..].to_vec()
         } else {
             eof = true;
             Vec::new()
