@@ -19,33 +19,52 @@ use crate::routes::audit::audited;
 use crate::routes::jobs::job_response;
 use crate::AppState;
 
+/// A field that may be left out but, when sent, must be a string: the document says these
+/// fields are not nullable, so an explicit `null` is refused like any other wrong type.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    <String as serde::Deserialize>::deserialize(d).map(Some)
+}
+
+/// Like [`present`], for the list of ids.
+fn present_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    <Vec<String> as serde::Deserialize>::deserialize(d).map(Some)
+}
+
 /// The body of a bulk action.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkRequest {
     /// Only this state (one the action applies to).
     #[schema(value_type = Option<crate::view::StateFilter>, nullable = false)]
+    #[serde(default, deserialize_with = "present")]
     pub state: Option<String>,
     /// Only this kind.
     #[schema(nullable = false, min_length = 1, max_length = 256)]
+    #[serde(default, deserialize_with = "present")]
     pub kind: Option<String>,
     /// Only this queue.
     #[schema(nullable = false, min_length = 1, max_length = 256)]
+    #[serde(default, deserialize_with = "present")]
     pub queue: Option<String>,
     /// Only this owner.
     #[schema(nullable = false, min_length = 1, max_length = 256)]
+    #[serde(default, deserialize_with = "present")]
     pub owner: Option<String>,
     /// Created at or after (RFC 3339).
     #[schema(value_type = Option<chrono::DateTime<chrono::Utc>>, nullable = false)]
+    #[serde(default, deserialize_with = "present")]
     pub created_after: Option<String>,
     /// Created before (RFC 3339).
     #[schema(value_type = Option<chrono::DateTime<chrono::Utc>>, nullable = false)]
+    #[serde(default, deserialize_with = "present")]
     pub created_before: Option<String>,
     /// A substring of the last error.
     #[schema(nullable = false, min_length = 1, max_length = 256)]
+    #[serde(default, deserialize_with = "present")]
     pub error_contains: Option<String>,
     /// Only these ids (at most 1,000).
     #[schema(value_type = Option<Vec<uuid::Uuid>>, nullable = false, max_items = 1000)]
+    #[serde(default, deserialize_with = "present_list")]
     pub ids: Option<Vec<String>>,
     /// Only count the matching jobs.
     #[serde(default)]

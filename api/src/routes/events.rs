@@ -158,6 +158,14 @@ pub async fn events_index(
     Query(q): Query<FleetQuery>,
 ) -> Result<Response, ApiError> {
     caller.require_viewer()?;
+    for (name, v) in [("kind", &q.kind), ("queue", &q.queue)] {
+        if v.as_ref().is_some_and(|v| v.chars().count() > 128) {
+            return Err(ApiError::bad_request(
+                "invalid_filter",
+                format!("{name} is too long"),
+            ));
+        }
+    }
     let want_state = match q.state.as_deref() {
         None => None,
         Some(s) => Some(JobState::parse(s).ok_or_else(|| {

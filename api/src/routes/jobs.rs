@@ -348,8 +348,8 @@ pub async fn jobs_index(
         })?),
     };
     let (limit, before) = page_params(p.limit, p.cursor.as_deref())?;
-    for (name, v) in [("kind", &p.kind), ("queue", &p.queue)] {
-        if v.as_ref().is_some_and(|v| v.len() > 128) {
+    for (name, v) in [("kind", &p.kind), ("queue", &p.queue), ("owner", &p.owner)] {
+        if v.as_ref().is_some_and(|v| v.chars().count() > 128) {
             return Err(ApiError::bad_request(
                 "invalid_filter",
                 format!("{name} is too long"),
