@@ -184,11 +184,12 @@ async fn defer(shared: &Shared, claimed: &Claimed) {
     let jitter = DEFER.mul_f64(rand::random::<f64>());
     let at = jobmill::job::now_ms() + (DEFER + jitter).as_millis() as i64;
     let items = [(p.id.clone(), at)];
-    // If Redis is unreachable the lease stays ours until it expires; the rescuer then reruns
-    // the job (charging the attempt), which is still better than losing it.
+    // Either way the job leaves the in-flight table: if the deferral failed (Redis
+    // unreachable) the heartbeat must stop renewing its lease, so the lease expires and the
+    // rescuer reruns the job (charging the attempt). Kept in the table, it would stay leased to
+    // this worker, which never runs it: lost while this process lives.
     if let Err(e) = shared.queue.defer(&p.queue, &shared.worker, &items).await {
-        tracing::warn!(job = %p.id, error = %e, "could not defer a job of a kind not served here");
-        return;
+        tracing::warn!(job = %p.id, error = %e, "could not defer a job of a kind not served here; its lease will expire");
     }
     shared.inflight.remove(&p.id);
 }
