@@ -179,15 +179,11 @@ impl Drop for LeaseInner {
                 if let Ok(handle) = tokio::runtime::Handle::try_current() {
                     handle.spawn(async move {
                         let items = [(p.id.clone(), jobmill::job::now_ms())];
-                        // Unreachable Redis: the lease expires and the rescuer reruns the job.
-                        if rt
-                            .queue()
-                            .defer(&p.queue, rt.worker(), &items)
-                            .await
-                            .is_ok()
-                        {
-                            rt.inflight().remove(&p.id);
-                        }
+                        // Out of the in-flight table either way: with Redis unreachable the
+                        // heartbeat must stop renewing the lease, so it expires and the
+                        // rescuer reruns the job; kept, it would stay leased and never run.
+                        let _ = rt.queue().defer(&p.queue, rt.worker(), &items).await;
+                        rt.inflight().remove(&p.id);
                     });
                 }
             }
