@@ -11,7 +11,10 @@ ROOT="$(cd "$HERE/.." && pwd)"
 ensure_cargo
 ensure_redis_installed
 ensure_mongo_installed
-command -v wrk >/dev/null || jm_apt_install wrk
+# wrk only for w5 (named, or in the default list)
+if [[ $# -eq 0 || " $* " == *" w5 "* ]]; then
+    command -v wrk >/dev/null || jm_apt_install wrk
+fi
 PROFILE="${BENCH_PROFILE:-release}"
 if [[ "$PROFILE" == debug ]]; then
     (cd "$ROOT" && cargo build -q -p jobmill-bench --bins)

@@ -264,7 +264,11 @@ async fn eight_shards_spread_pause_together_and_drain() {
             .iter()
             .map(|s| c[s].as_u64().unwrap())
             .sum::<u64>();
-        if live == 0 && q["succeeded_1h"] == DRAIN_JOBS as u64 {
+        // History is recorded per queue (never per shard), at least once: a flush whose `$inc`
+        // is retried after a MongoDB error may count twice (see docs/architecture.md, the
+        // operator plane), so it is at least the number of jobs, and MongoDB's own count above
+        // is the exact one.
+        if live == 0 && q["succeeded_1h"].as_u64().unwrap() >= DRAIN_JOBS as u64 {
             assert_eq!(q["paused"], false);
             break;
         }
