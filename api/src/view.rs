@@ -55,7 +55,7 @@ pub struct SubmitJob {
     pub idempotency_key: Option<String>,
     /// Pins the job to one shard of a sharded queue (`JOBMILL_QUEUE_SHARDS`): jobs with the
     /// same key share a shard, so their priorities are exact among themselves (default: placed
-    /// by the job's id). 1-200 bytes without control characters.
+    /// by the job's id). 1-200 characters, none of them control characters.
     #[schema(
         min_length = 1,
         max_length = 200,

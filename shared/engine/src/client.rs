@@ -29,7 +29,7 @@ pub const MAX_TIMEOUT_MS: u64 = 7 * 86_400_000;
 pub const MAX_SCHEDULE_AHEAD_MS: u64 = 366 * 86_400_000;
 /// Longest idempotency key.
 pub const MAX_IDEMPOTENCY_KEY: usize = 200;
-/// Longest shard key.
+/// Longest shard key, in characters.
 pub const MAX_SHARD_KEY: usize = 200;
 /// Most jobs in one batch submission.
 pub const MAX_BATCH: usize = 1000;
@@ -238,7 +238,11 @@ impl JobClient {
             }
         }
         if let Some(key) = &new.shard_key {
-            if key.is_empty() || key.len() > MAX_SHARD_KEY || key.chars().any(|c| c.is_control()) {
+            // Characters, not bytes: the OpenAPI schema's `maxLength` counts characters.
+            if key.is_empty()
+                || key.chars().count() > MAX_SHARD_KEY
+                || key.chars().any(|c| c.is_control())
+            {
                 return Err(Error::invalid(
                     "invalid_shard_key",
                     format!("shard_key must be 1-{MAX_SHARD_KEY} printable characters"),
@@ -282,6 +286,10 @@ impl JobClient {
             tenant: tenant.to_string(),
             kind: new.kind,
             queue,
+            // Hook for per-key limits: a job's `limit_key` must pin it to one shard (the claim
+            // script of one shard counts the key), so once jobs carry a `limit_key`, a job
+            // without `shard_key` takes it as its shard key here. Queue-wide limits are refused
+            // on sharded queues by `ShardMap::check_queue_wide_limit`.
             shard_key: new.shard_key,
             priority,
             args_json,
