@@ -389,7 +389,18 @@ pub async fn agree(
     if !problems.is_empty() {
         return Err(Error::Config(problems.join("\n")));
     }
-    load(db).await
+    let map = load(db).await?;
+    // Whatever raced with us, what we work with must be what we were asked for.
+    for (q, &want) in wanted {
+        let have = map.get(q).map_or(1, |l| l.shards);
+        if have != want {
+            return Err(Error::Config(format!(
+                "queue '{q}': JOBMILL_QUEUE_SHARDS gives it {want} shard(s), but another process \
+                 just recorded {have} in the shard map (collection {QUEUE_SHARDS})"
+            )));
+        }
+    }
+    Ok(map)
 }
 
 /// Agree on the shard map (see [`agree`]), install it in `map` and keep it fresh: a task
