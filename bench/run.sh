@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # jobmill's own benchmark (W1 over HTTP, W2 durability, W5, the store's ceilings), on private
 # servers it starts and stops itself:  bench/run.sh [store] [w2] [w3] [w1http] [w5] [soak]
+#   [w2apalis] [w2metrics] [queues] [sse] [w1] [w6] [w7] [w8] (see bench/src/bin/jobmill-bench/main.rs)
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
