@@ -85,6 +85,18 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut rows: Vec<(String, String, String)> = Vec::new();
     for w in &which {
+        // The machine may be shared: each workload's figures are read with the load it ran
+        // under.
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let load: Vec<&str> = load.split_whitespace().take(3).collect();
+        rows.push((
+            format!("{w} load average at start"),
+            load.join(" "),
+            format!(
+                "{} cores",
+                std::thread::available_parallelism().map_or(0, |n| n.get())
+            ),
+        ));
         let r = match w.as_str() {
             "store" => store_ceiling().await?,
             "w2" => w2_durable().await?,
