@@ -543,6 +543,26 @@ async fn a_history_flush_retried_after_it_applied_counts_once() {
     assert_eq!(recent["h"].last_60m.failed, 1);
 }
 
+/// Concurrent single submissions share an insert and one Redis push per group, and each is
+/// answered only after its group's push: the queue counts every answered job at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_single_submissions_are_queued_when_answered() {
+    let ctx = Ctx::new("group");
+    let api = ctx.api().await;
+    let ids = futures::future::join_all(
+        (0..64).map(|_| api.submit(ALICE, json!({"kind": "noop", "queue": "grp"}))),
+    )
+    .await;
+    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), 64);
+    let q = queue(&api, "grp").await.expect("the queue is listed");
+    assert_eq!(q["counts"]["queued"], 64, "{q}");
+    for id in &ids {
+        let j = api.get(&format!("/v1/jobs/{id}"), ALICE).await;
+        assert_eq!((j.status, &j.body["state"]), (200, &json!("queued")));
+    }
+}
+
 fn parse_metrics(text: &str) -> prometheus_parse::Scrape {
     prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parses")
 }
