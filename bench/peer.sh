@@ -5,9 +5,11 @@
 # It keeps a private nx-27017 (MongoDB-compatible) on JOBMILL_BENCH_MONGO_PORT (27391) and, for
 # the HTTP variant, a bench API on JOBMILL_BENCH_API_PORT (8391), both under bench/.run/. They
 # outlive each call (every verb is a process of its own, and W2's enqueue and worker share the
-# store) until `bench/peer.sh stop`, which stops exactly them, by pid file. bench/compare.sh runs
-# it when the harness ends, however it ends; after the command above, run it yourself. A call
-# that fails or is interrupted before it hands over to bench-peer stops what it started.
+# store) until the harness ends: a watcher started with them follows the process that called
+# this script last (the harness, its parent) and runs `bench/peer.sh stop` once that process
+# is gone, however it ended. `bench/peer.sh stop` stops exactly them, by pid file (bench/compare.sh
+# also runs it when the harness ends). A call that fails or is interrupted before it hands over
+# to bench-peer stops what it started.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
@@ -66,6 +68,19 @@ trap on_exit EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# The watcher: while the process named in harness.pid lives, wait; then stop the servers. Every
+# call names its own parent there, so one watcher follows the harness that uses the servers
+# now, and a new harness taking over servers an earlier one started is not cut off.
+watch_harness() {
+    echo "$PPID" >"$RUN/harness.pid"
+    if pid_file_matches "$RUN/watch.pid" "peer.sh watch"; then
+        return 0
+    fi
+    setsid bash -c 'while kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null; do sleep 1; done; exec "$2" stop' \
+        "peer.sh watch" "$RUN/harness.pid" "$HERE/peer.sh" </dev/null >/dev/null 2>&1 &
+    echo $! >"$RUN/watch.pid"
+}
+
 ensure_mongo() {
     # Every caller hands over to bench-peer next, and an `exec` that fails under `set -e` exits
     # without running the EXIT trap: without the binary, start nothing.
@@ -82,6 +97,7 @@ ensure_mongo() {
         STARTED+=(mongo)
         start_private_mongo "$RUN/mongo" "$MONGO_PORT" >&2
     fi
+    watch_harness
 }
 
 ensure_api() {
@@ -136,6 +152,11 @@ case "$cmd" in
     exec "$BIN" worker "$2" ;;
   stop)
     stop_server api
-    stop_server mongo ;;
+    stop_server mongo
+    # The watcher runs this verb itself when the harness is gone; otherwise it is stopped too.
+    if [ "$(cat "$RUN/watch.pid" 2>/dev/null)" != "$$" ] && pid_file_matches "$RUN/watch.pid" "peer.sh watch"; then
+        stop_pid_file "$RUN/watch.pid" 2
+    fi
+    rm -f "$RUN/watch.pid" "$RUN/harness.pid" ;;
   *) echo "usage: $0 setup|versions|variants|info|enqueue|steady|qlen|worker|stop ..." >&2; exit 2 ;;
 esac

@@ -2,7 +2,10 @@
 //! slots, quiet, stop, gone), queue pauses (atomic in the claim script, surviving a FLUSHALL,
 //! seen alike by two API replicas), exact queue counts, and the per-minute history.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
 
 use jobmill_tests::{Api, Ctx, PrivateRedis, ALICE, EYES, OPS, SIGKILL};
 use serde_json::{json, Value};
@@ -456,6 +459,110 @@ async fn queue_counts_are_exact_and_history_adds_up_across_restarts() {
 }
 
 /// Parse a Prometheus text exposition with a real parser.
+/// The history hook as the persister drives it: a flush whose command failed after MongoDB
+/// applied it is retried with the same flush id and outcomes, and must count once; a second
+/// worker process writing the same minute adds to it; a bucket written by `$inc` before the
+/// per-writer layout still counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_flush_retried_after_it_applied_counts_once() {
+    use jobmill::observe::{AppliedOutcome, OutcomeHook};
+    use jobmill::JobState;
+    use jobmill_ops::history::{History, HistoryHook};
+    use mongodb::bson::{doc, DateTime, Document};
+
+    let ctx = Ctx::new("histretry");
+    let store = ctx.store().await;
+    let history = History::new(store.database());
+    history.ensure_indexes().await.unwrap();
+    let now = DateTime::now();
+    let outcome = |state| AppliedOutcome {
+        queue: "h".into(),
+        state,
+        at: now,
+        run_ms: Some(7),
+    };
+    let first = vec![
+        outcome(JobState::Succeeded),
+        outcome(JobState::Succeeded),
+        outcome(JobState::Failed),
+    ];
+    let hook = HistoryHook::new(history.clone());
+    hook.record("flush-1", &first).await.unwrap();
+    // The reply was lost: the persister sends the same flush again.
+    hook.record("flush-1", &first).await.unwrap();
+    hook.record("flush-1", &first).await.unwrap();
+    hook.record("flush-2", &[outcome(JobState::Retrying)])
+        .await
+        .unwrap();
+    // Another worker process, same minute, same flush id by chance.
+    let other = HistoryHook::new(history.clone());
+    other
+        .record("flush-1", &[outcome(JobState::Succeeded)])
+        .await
+        .unwrap();
+    // A bucket of another queue as the previous layout wrote it.
+    let minute = now.timestamp_millis() - now.timestamp_millis().rem_euclid(60_000);
+    store
+        .database()
+        .collection::<Document>(jobmill_ops::history::HISTORY)
+        .insert_one(doc! {
+            "_id": format!("old|{minute}"),
+            "queue": "old",
+            "minute": DateTime::from_millis(minute),
+            "succeeded": 4_i64,
+        })
+        .await
+        .unwrap();
+    HistoryHook::new(history.clone())
+        .record(
+            "flush-9",
+            &[AppliedOutcome {
+                queue: "old".into(),
+                ..outcome(JobState::Succeeded)
+            }],
+        )
+        .await
+        .unwrap();
+
+    let total = |v: &jobmill_ops::history::HistoryView,
+                 f: fn(&jobmill_ops::history::Minute) -> u64| {
+        v.buckets.iter().map(f).sum::<u64>()
+    };
+    let h = history.minutes("h", 5).await.unwrap();
+    assert_eq!(total(&h, |m| m.succeeded), 3, "{h:?}");
+    assert_eq!(total(&h, |m| m.failed), 1, "{h:?}");
+    assert_eq!(total(&h, |m| m.retried), 1, "{h:?}");
+    assert!(
+        h.buckets.iter().all(|m| m.avg_run_seconds == Some(0.007)),
+        "{h:?}"
+    );
+    let old = history.minutes("old", 5).await.unwrap();
+    assert_eq!(total(&old, |m| m.succeeded), 5, "{old:?}");
+    let recent = history.recent().await.unwrap();
+    assert_eq!(recent["h"].last_60m.succeeded, 3);
+    assert_eq!(recent["h"].last_60m.failed, 1);
+}
+
+/// Concurrent single submissions share an insert and one Redis push per group, and each is
+/// answered only after its group's push: the queue counts every answered job at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_single_submissions_are_queued_when_answered() {
+    let ctx = Ctx::new("group");
+    let api = ctx.api().await;
+    let ids = futures::future::join_all(
+        (0..64).map(|_| api.submit(ALICE, json!({"kind": "noop", "queue": "grp"}))),
+    )
+    .await;
+    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), 64);
+    let q = queue(&api, "grp").await.expect("the queue is listed");
+    assert_eq!(q["counts"]["queued"], 64, "{q}");
+    for id in &ids {
+        let j = api.get(&format!("/v1/jobs/{id}"), ALICE).await;
+        assert_eq!((j.status, &j.body["state"]), (200, &json!("queued")));
+    }
+}
+
 fn parse_metrics(text: &str) -> prometheus_parse::Scrape {
     prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parses")
 }
@@ -476,11 +583,13 @@ fn sample(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_metrics_endpoints_parse_and_count_what_ran() {
     let mut ctx = Ctx::new("metrics");
-    ctx.set("JOBMILL_METRICS_TOKEN", "scrape-token-0123456789");
+    ctx.set("JOBMILL_METRICS_TOKEN", "scrape-token-0123456789")
+        .set("JOBMILL_WEBHOOK_ALLOW", "127.0.0.1")
+        .set("JOBMILL_WEBHOOK_RETRY_BASE", "100ms");
     let api = ctx.api().await;
     let port = jobmill_tests::free_port();
     let addr = format!("127.0.0.1:{port}");
-    let _w = ctx.worker_process(&["--queues", "m", "--metrics-addr", &addr]);
+    let _w = ctx.worker_process(&["--queues", "m,webhooks", "--metrics-addr", &addr]);
     let ok = submit_many(&api, 5, json!({"kind": "noop", "queue": "m"})).await;
     let bad = submit_many(
         &api,
@@ -528,6 +637,62 @@ async fn both_metrics_endpoints_parse_and_count_what_ran() {
         text.contains("jobmill_job_duration_seconds_bucket"),
         "{text}"
     );
+
+    // Webhook deliveries by recorded status: a loopback receiver that takes `/ok` and answers
+    // `/gone` with 410, and another that fails once with 500 before taking it.
+    let failed_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let receiver = axum::Router::new()
+        .route("/ok", axum::routing::post(|| async { StatusCode::OK }))
+        .route("/gone", axum::routing::post(|| async { StatusCode::GONE }))
+        .route(
+            "/flaky",
+            axum::routing::post(move || {
+                let failed_once = failed_once.clone();
+                async move {
+                    if failed_once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let rx_addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, receiver).await });
+    for path in ["ok", "gone", "flaky"] {
+        submit_many(
+            &api,
+            1,
+            json!({"kind": "noop", "queue": "m", "callback_url": format!("http://{rx_addr}/{path}")}),
+        )
+        .await;
+    }
+    let deliveries = |s: &prometheus_parse::Scrape, status: &str| {
+        sample(s, "jobmill_webhook_deliveries_total", &[("status", status)]).unwrap_or(0.0)
+    };
+    let text = until("the worker counts every delivery status", || async {
+        let text = http
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let s = parse_metrics(&text);
+        (deliveries(&s, "delivered") >= 2.0 && deliveries(&s, "gone") >= 1.0).then_some(text)
+    })
+    .await;
+    let s = parse_metrics(&text);
+    assert_eq!(deliveries(&s, "delivered"), 2.0, "{text}");
+    assert_eq!(deliveries(&s, "gone"), 1.0, "{text}");
+    assert_eq!(
+        deliveries(&s, "pending"),
+        1.0,
+        "the flaky receiver's 500: {text}"
+    );
+    assert_eq!(deliveries(&s, "failed"), 0.0, "{text}");
 
     // The API's fleet view: a viewer key or the scrape token, never a submitter.
     api.post("/v1/queues/m/pause", OPS, json!({})).await;
@@ -842,6 +1007,54 @@ async fn the_cli_submits_waits_lists_and_reports_errors() {
     let (code, _, err) = cli(&api, ALICE, &["submit", "no_such_kind"]).await;
     assert_eq!(code, 1);
     assert!(err.contains("unknown_kind"), "{err}");
+
+    // Bulk retry by filter: a dry-run count, a refusal without a terminal or --yes, then the
+    // bulk action job, which retries the one failed job once.
+    let retry = |extra: &'static [&'static str]| {
+        let mut a = vec![
+            "--json",
+            "retry",
+            "--filter",
+            "state=failed",
+            "--filter",
+            "kind=fail",
+        ];
+        a.extend_from_slice(extra);
+        a
+    };
+    let (code, out, err) = cli(&api, OPS, &retry(&["--dry-run"])).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let counted: Value = serde_json::from_str(out.trim()).expect("--json parses");
+    assert_eq!(counted, json!({"count": 1, "exact": true}));
+    let (code, _, err) = cli(&api, OPS, &retry(&[])).await;
+    assert_eq!(code, 2, "no terminal and no --yes: {err}");
+    assert!(err.contains("--yes"), "{err}");
+    assert_eq!(
+        api.get(&format!("/v1/jobs/{id}"), ALICE).await.body["attempt"],
+        1,
+        "nothing retried without confirmation"
+    );
+    let (code, _, err) = cli(&api, ALICE, &retry(&["--yes"])).await;
+    assert_eq!(code, 1, "a submitter may not: {err}");
+    assert!(err.contains("forbidden"), "{err}");
+    let (code, _, err) = cli(&api, OPS, &["retry", "--filter", "colour=red", "--yes"]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("unknown key"), "{err}");
+    let (code, out, err) = cli(&api, OPS, &retry(&["--yes"])).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let bulk: Value = serde_json::from_str(out.trim()).expect("--json parses");
+    let bulk_id = bulk["id"]
+        .as_str()
+        .expect("the bulk action job")
+        .to_string();
+    let done = api.wait_terminal(OPS, &bulk_id, LIMIT).await;
+    assert_eq!(done["result"]["acted_on"], 1, "{done}");
+    let j = until("the failed job ran again", || async {
+        let j = api.get(&format!("/v1/jobs/{id}"), ALICE).await.body;
+        (j["attempt"] == 2 && j["state"] == "failed").then_some(j)
+    })
+    .await;
+    assert_eq!(j["attempt"], 2, "{j}");
 
     let (code, out, _) = cli(&api, ALICE, &["completions", "bash"]).await;
     assert_eq!(code, 0);

@@ -31,6 +31,8 @@ pub const QUEUE: &str = "bench";
 pub const TENANT: &str = "bench";
 /// API key of the HTTP variant.
 pub const API_SECRET: &str = "bench-secret-0123456789";
+/// An operator key, for the operator views (`GET /v1/queues`) the benchmarks read.
+pub const OPS_SECRET: &str = "bench-ops-secret-0123456789";
 /// Redis key whose disappearance means the harness reset the system.
 const GENERATION: &str = "bench:jobmill:generation";
 
@@ -105,7 +107,7 @@ pub fn settings_with(
         ("JOBMILL_API_ADDR", format!("127.0.0.1:{api_port}")),
         (
             "JOBMILL_API_KEYS",
-            format!("{TENANT}:{API_SECRET}:submitter"),
+            format!("{TENANT}:{API_SECRET}:submitter,benchops:{OPS_SECRET}:operator"),
         ),
         ("JOBMILL_MAX_ARGS_BYTES", "4096".to_string()),
         (

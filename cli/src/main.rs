@@ -102,10 +102,23 @@ enum Cmd {
         /// Job id.
         id: String,
     },
-    /// Retry a failed or cancelled job.
+    /// Retry a failed or cancelled job, or every job matching `--filter` (a bulk action:
+    /// counted first, then confirmed, or `--yes`).
     Retry {
         /// Job id.
-        id: String,
+        #[arg(required_unless_present = "filter", conflicts_with = "filter")]
+        id: Option<String>,
+        /// Retry the jobs matching KEY=VALUE (repeatable; all must hold). Keys: state, kind,
+        /// queue, owner, created_after, created_before (RFC 3339), error_contains, ids
+        /// (comma-separated, at most 1,000).
+        #[arg(long, value_name = "KEY=VALUE")]
+        filter: Vec<String>,
+        /// Only count the jobs the filter matches.
+        #[arg(long, conflicts_with = "id")]
+        dry_run: bool,
+        /// Do not ask for confirmation (needed when stdin is not a terminal).
+        #[arg(long, short = 'y', conflicts_with = "id")]
+        yes: bool,
     },
     /// Queues: list (default), pause, resume.
     Queues {
@@ -488,10 +501,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?,
             &print_job,
         ),
-        Cmd::Retry { id } => show(
+        Cmd::Retry {
+            id: Some(id),
+            filter,
+            ..
+        } if filter.is_empty() => show(
             &api.post(&format!("/v1/jobs/{id}/retry"), json!({})).await?,
             &print_job,
         ),
+        Cmd::Retry {
+            filter,
+            dry_run,
+            yes,
+            ..
+        } => bulk_retry(&api, &filter, dry_run, yes, json_out).await?,
         Cmd::Queues { action } => match action.unwrap_or(QueueCmd::Ls) {
             QueueCmd::Ls => show(&api.get("/v1/queues").await?, &print_queues),
             QueueCmd::Pause { name } => show(
@@ -537,6 +560,112 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &mut std::io::stdout(),
             );
         }
+    }
+    Ok(())
+}
+
+/// Filter keys of `retry --filter`, as the bulk action endpoint names them.
+const FILTER_KEYS: [&str; 8] = [
+    "state",
+    "kind",
+    "queue",
+    "owner",
+    "created_after",
+    "created_before",
+    "error_contains",
+    "ids",
+];
+
+/// The bulk action body for `--filter KEY=VALUE` arguments.
+fn bulk_filter(args: &[String]) -> anyhow::Result<Value> {
+    let mut body = json!({});
+    for a in args {
+        let (k, v) = a
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--filter '{a}': expected KEY=VALUE"))?;
+        if !FILTER_KEYS.contains(&k) {
+            return Err(anyhow!(
+                "--filter '{a}': unknown key '{k}'; known: {}",
+                FILTER_KEYS.join(", ")
+            ));
+        }
+        if body.get(k).is_some() {
+            return Err(anyhow!("--filter: '{k}' given twice"));
+        }
+        body[k] = if k == "ids" {
+            json!(v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>())
+        } else {
+            json!(v)
+        };
+    }
+    Ok(body)
+}
+
+/// `retry --filter`: count the matching jobs (a dry run), then, unless only counting, confirm
+/// and start the bulk retry. The count is what the server saw a moment ago; the bulk job acts
+/// on the jobs matching when it runs.
+async fn bulk_retry(
+    api: &Api,
+    filter: &[String],
+    dry_run: bool,
+    yes: bool,
+    json_out: bool,
+) -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+
+    let body = bulk_filter(filter)?;
+    let mut dry = body.clone();
+    dry["dry_run"] = json!(true);
+    let counted = api.post("/v1/jobs/actions/retry", dry).await?;
+    let n = counted["count"].as_u64().unwrap_or(0);
+    let about = if counted["exact"].as_bool().unwrap_or(true) {
+        format!("{n}")
+    } else {
+        format!("at least {n}")
+    };
+    if dry_run {
+        if json_out {
+            println!("{counted}");
+        } else {
+            println!("{about} jobs match");
+        }
+        return Ok(());
+    }
+    if n == 0 && counted["exact"].as_bool().unwrap_or(true) {
+        if json_out {
+            println!("{counted}");
+        } else {
+            println!("no job matches; nothing to retry");
+        }
+        return Ok(());
+    }
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(anyhow!(
+                "{about} jobs match; not a terminal to confirm on: pass --yes to retry them"
+            ));
+        }
+        eprint!("Retry {about} jobs? [y/N] ");
+        std::io::stderr().flush()?;
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        if !matches!(line.trim(), "y" | "Y" | "yes") {
+            return Err(anyhow!("not confirmed; nothing retried"));
+        }
+    }
+    let job = api.post("/v1/jobs/actions/retry", body).await?;
+    if json_out {
+        println!("{job}");
+    } else {
+        println!(
+            "retrying {about} jobs: bulk action job {} (follow it with `jobmill wait {}`)",
+            table::cell(&job["id"]),
+            table::cell(&job["id"])
+        );
     }
     Ok(())
 }
@@ -717,6 +846,33 @@ mod tests {
         assert_eq!(parse_delay_ms("10s").unwrap(), 10_000);
         assert_eq!(parse_delay_ms("5m").unwrap(), 300_000);
         assert!(parse_delay_ms("soon").is_err());
+    }
+
+    #[test]
+    fn retry_filters_become_the_bulk_body() {
+        let args = [
+            "state=failed".to_string(),
+            "error_contains=a=b".to_string(),
+            "ids=a, b,".to_string(),
+        ];
+        assert_eq!(
+            bulk_filter(&args).unwrap(),
+            json!({"state": "failed", "error_contains": "a=b", "ids": ["a", "b"]})
+        );
+        assert!(bulk_filter(&["colour=red".to_string()]).is_err());
+        assert!(bulk_filter(&["state".to_string()]).is_err());
+        assert!(bulk_filter(&["kind=a".to_string(), "kind=b".to_string()]).is_err());
+    }
+
+    #[test]
+    fn retry_takes_an_id_or_a_filter() {
+        assert!(Cli::try_parse_from(["jobmill", "retry", "some-id"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["jobmill", "retry", "--filter", "state=failed", "--yes"]).is_ok()
+        );
+        assert!(Cli::try_parse_from(["jobmill", "retry"]).is_err());
+        assert!(Cli::try_parse_from(["jobmill", "retry", "x", "--filter", "kind=a"]).is_err());
+        assert!(Cli::try_parse_from(["jobmill", "retry", "x", "--dry-run"]).is_err());
     }
 
     #[test]

@@ -87,9 +87,13 @@ pub(crate) async fn execute(
             );
             tracing::debug!(job = %p.id, kind = %p.kind, attempt, next = %decision.state(), "attempt ended");
             let ran = (now.timestamp_millis() - started.timestamp_millis()).max(0) as f64 / 1000.0;
-            shared
-                .metrics
-                .job_ended(&p.queue, &p.kind, decision.state(), ran);
+            // Only when served: with metrics off nobody reads the registry, so W2 pays nothing
+            // for it (the label lookup allocates per job).
+            if shared.settings.metrics_addr.is_some() {
+                shared
+                    .metrics
+                    .job_ended(&p.queue, &p.kind, decision.state(), ran);
+            }
             let record_event =
                 shared
                     .subscribers

@@ -236,7 +236,9 @@ impl Runtime {
         // Assemble the features. The client needs the webhooks' submit hook, the data feature
         // needs the client, and the catalog learns the kinds last.
         let catalog = Catalog::new(&Registry::new());
-        let webhooks = Webhooks::new(&store, &queue, core.redis.clone(), config.webhooks);
+        let worker_metrics = WorkerMetrics::new();
+        let webhooks = Webhooks::new(&store, &queue, core.redis.clone(), config.webhooks)
+            .observe_deliveries(Arc::new(metrics::DeliveryCounter(worker_metrics.clone())));
         let client = JobClient::new(
             store.clone(),
             queue.clone(),
@@ -292,7 +294,6 @@ impl Runtime {
 
         let inflight = Arc::new(Inflight::default());
         let stats = Arc::new(Stats::default());
-        let worker_metrics = WorkerMetrics::new();
         let persister = persister::spawn(Arc::new(persister::Context {
             store: store.clone(),
             queue: queue.clone(),

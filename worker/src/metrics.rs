@@ -9,10 +9,23 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use jobmill_ops::metrics;
+use jobmill_ops::metrics::{self, WorkerMetrics};
+use jobmill_webhooks::records::DeliveryStatus;
+use jobmill_webhooks::DeliveryObserver;
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
+
+/// Counts the webhook delivery statuses the `webhook_delivery` kind records
+/// (`jobmill_webhook_deliveries_total{status}`). It lives here because the worker is where the
+/// webhooks feature and the metrics registry meet; neither feature crate knows the other.
+pub(crate) struct DeliveryCounter(pub(crate) WorkerMetrics);
+
+impl DeliveryObserver for DeliveryCounter {
+    fn recorded(&self, status: DeliveryStatus) {
+        self.0.webhook_delivery(status.as_str());
+    }
+}
 
 /// Serve until `stop` fires. A bind failure is logged, not fatal: metrics are not worth
 /// refusing to run jobs over.

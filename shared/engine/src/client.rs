@@ -140,7 +140,12 @@ impl JobClient {
         let (confirm, rx) = mpsc::unbounded_channel();
         tokio::spawn(confirm_loop(store.clone(), rx));
         let (inserts, rx) = mpsc::unbounded_channel();
-        tokio::spawn(insert_group_loop(store.clone(), rx));
+        tokio::spawn(insert_group_loop(
+            store.clone(),
+            queue.clone(),
+            confirm.clone(),
+            rx,
+        ));
         JobClient {
             inner: Arc::new(ClientParts {
                 store,
@@ -379,8 +384,10 @@ impl JobClient {
         for hook in &self.inner.hooks {
             hook.prepare(tenant, &mut jobs, batch).await?;
         }
-        // MongoDB first: from here on the job is durable and will run.
-        let inserted = if jobs.len() == 1 {
+        // MongoDB first: from here on the job is durable and will run. A single submission
+        // is pushed to Redis by its insert group, once for the whole group.
+        let grouped = jobs.len() == 1;
+        let inserted = if grouped {
             vec![self.insert_grouped(jobs[0].clone()).await?]
         } else {
             self.inner.store.insert_jobs(&jobs).await?
@@ -430,7 +437,9 @@ impl JobClient {
             }
             return Err(Error::IdempotencyKeyReused { job_id });
         }
-        self.push_to_redis(&fresh).await;
+        if !grouped {
+            self.push_to_redis(&fresh).await;
+        }
         Ok(out)
     }
 
@@ -449,23 +458,7 @@ impl JobClient {
     /// Push stored jobs into Redis and confirm them. A failure is logged, not returned: the
     /// jobs keep `enqueue_pending` and the reconciler pushes them once Redis answers.
     async fn push_to_redis(&self, jobs: &[Job]) {
-        if jobs.is_empty() {
-            return;
-        }
-        let entries: Vec<Enqueue> = jobs.iter().map(enqueue_entry).collect();
-        match self.inner.queue.enqueue(&entries).await {
-            Ok(_) => {
-                let _ = self
-                    .inner
-                    .confirm
-                    .send(jobs.iter().map(|j| j.id.clone()).collect());
-            }
-            Err(e) => tracing::warn!(
-                error = %e,
-                jobs = jobs.len(),
-                "redis push failed; the reconciler will push these jobs"
-            ),
-        }
+        push_stored(&self.inner.queue, &self.inner.confirm, jobs).await;
     }
 
     /// Cancel a job (see [`Store::cancel`]) and remove or signal it in Redis.
@@ -568,6 +561,28 @@ pub fn enqueue_entry(job: &Job) -> Enqueue {
     }
 }
 
+/// Push stored jobs into Redis and have them confirmed (see [`JobClient::push_to_redis`]).
+async fn push_stored(
+    queue: &RedisQueue,
+    confirm: &mpsc::UnboundedSender<Vec<String>>,
+    jobs: &[Job],
+) {
+    if jobs.is_empty() {
+        return;
+    }
+    let entries: Vec<Enqueue> = jobs.iter().map(enqueue_entry).collect();
+    match queue.enqueue(&entries).await {
+        Ok(_) => {
+            let _ = confirm.send(jobs.iter().map(|j| j.id.clone()).collect());
+        }
+        Err(e) => tracing::warn!(
+            error = %e,
+            jobs = jobs.len(),
+            "redis push failed; the reconciler will push these jobs"
+        ),
+    }
+}
+
 /// A single submission waiting for its insert.
 type GroupedInsert = (Job, oneshot::Sender<Result<Inserted>>);
 
@@ -577,7 +592,17 @@ type GroupedInsert = (Job, oneshot::Sender<Result<Inserted>>);
 /// of one each. Unordered, so one job's duplicate idempotency key does not affect the others;
 /// on any other failure every job of the group is removed again and every caller told (none of
 /// them is answered 202, so none must run).
-async fn insert_group_loop(store: Store, mut rx: mpsc::UnboundedReceiver<GroupedInsert>) {
+///
+/// The group's new jobs are then pushed to Redis in one call (one script run per queue instead
+/// of one per job), on a task of its own so the next group's insert does not wait for it; the
+/// callers are answered after that push, as a lone submission always was, so a `202` still
+/// means "in MongoDB, and in Redis unless Redis failed" (then the reconciler pushes it).
+async fn insert_group_loop(
+    store: Store,
+    queue: RedisQueue,
+    confirm: mpsc::UnboundedSender<Vec<String>>,
+    mut rx: mpsc::UnboundedReceiver<GroupedInsert>,
+) {
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         while group.len() < crate::store::WRITE_BATCH {
@@ -589,9 +614,19 @@ async fn insert_group_loop(store: Store, mut rx: mpsc::UnboundedReceiver<Grouped
         let jobs: Vec<Job> = group.iter().map(|(j, _)| j.clone()).collect();
         match store.insert_jobs(&jobs).await {
             Ok(results) => {
-                for ((_, reply), r) in group.into_iter().zip(results) {
-                    let _ = reply.send(Ok(r));
-                }
+                let fresh: Vec<Job> = jobs
+                    .into_iter()
+                    .zip(&results)
+                    .filter(|(_, r)| matches!(r, Inserted::New))
+                    .map(|(j, _)| j)
+                    .collect();
+                let (queue, confirm) = (queue.clone(), confirm.clone());
+                tokio::spawn(async move {
+                    push_stored(&queue, &confirm, &fresh).await;
+                    for ((_, reply), r) in group.into_iter().zip(results) {
+                        let _ = reply.send(Ok(r));
+                    }
+                });
             }
             Err(e) => {
                 let why = e.to_string();

@@ -4,8 +4,22 @@
 //! flush that records the outcomes, and only with outcomes MongoDB applied, so the counts are
 //! those of recorded transitions. Buckets live for [`KEEP`] and survive restarts and Redis
 //! wipes; `GET /v1/queues` reads its 1/5/60-minute figures here, never from the jobs.
+//!
+//! # Exact under retries
+//! A flush whose command fails is retried by the persister with the same outcomes, and a
+//! command can fail *after* MongoDB applied it (a lost reply, a timeout). An `$inc` would then
+//! count that flush twice. So each worker process keeps its own running totals per (queue,
+//! minute) in memory and writes them as **absolute values** into a sub-document of the
+//! bucket that only it writes (`w.<tally id>.<field>`, with `$set`): writing the same totals
+//! twice changes nothing. A bucket's figure is the sum over its sub-documents (plus the
+//! top-level fields of buckets written by `$inc` before this layout). The process adds a
+//! flush's outcomes to its totals once, keyed by the flush id, however often the write is
+//! retried. Totals of minutes that are over are forgotten after [`FORGET_AFTER`]; an outcome
+//! arriving later for such a minute (a long MongoDB outage) starts a fresh sub-document, so
+//! nothing already written is overwritten.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -30,6 +44,10 @@ pub const RUN_MS_EDGES: [i64; 14] = [
 ];
 
 const MINUTE_MS: i64 = 60_000;
+/// How long after its minute a process keeps a bucket's running totals in memory.
+pub const FORGET_AFTER: Duration = Duration::from_secs(10 * 60);
+/// The sub-document of a bucket holding each writer's absolute totals.
+const WRITERS: &str = "w";
 
 /// The history. Cheap to clone.
 #[derive(Clone)]
@@ -102,12 +120,10 @@ fn minute_start(ms: i64) -> i64 {
     ms - ms.rem_euclid(MINUTE_MS)
 }
 
-/// The `$inc` of one (queue, minute) for a set of outcomes.
-fn increments(outcomes: &[&AppliedOutcome]) -> Document {
-    let mut inc = Document::new();
+/// Add a set of outcomes of one (queue, minute) to `totals`.
+fn add_outcomes(totals: &mut BTreeMap<String, i64>, outcomes: &[&AppliedOutcome]) {
     let mut add = |field: String, n: i64| {
-        let cur = inc.get_i64(&field).unwrap_or(0);
-        inc.insert(field, cur + n);
+        *totals.entry(field).or_insert(0) += n;
     };
     for o in outcomes {
         let field = match o.state {
@@ -125,7 +141,97 @@ fn increments(outcomes: &[&AppliedOutcome]) -> Document {
             add(format!("rt_{}", bucket_of(ms)), 1);
         }
     }
-    inc
+}
+
+/// Outcomes grouped by (queue, start of their minute).
+fn by_bucket(outcomes: &[AppliedOutcome]) -> BTreeMap<(String, i64), Vec<&AppliedOutcome>> {
+    let mut groups: BTreeMap<(String, i64), Vec<&AppliedOutcome>> = BTreeMap::new();
+    for o in outcomes {
+        groups
+            .entry((o.queue.clone(), minute_start(o.at.timestamp_millis())))
+            .or_default()
+            .push(o);
+    }
+    groups
+}
+
+/// One writer's running totals of one bucket.
+struct Totals {
+    /// The sub-document they are written to: unique to this process and this run of totals.
+    tally: String,
+    counts: BTreeMap<String, i64>,
+}
+
+/// One process's running totals, and which flush they last took in.
+#[derive(Default)]
+struct Tally {
+    /// Unique per process (a fresh id per [`HistoryHook`]).
+    epoch: String,
+    /// Numbers the sub-documents of this process.
+    serial: u64,
+    buckets: BTreeMap<(String, i64), Totals>,
+    /// The last flush added to the totals, and the buckets it touched: a retry of it adds
+    /// nothing and writes the same buckets again.
+    last_flush: Option<(String, BTreeSet<(String, i64)>)>,
+}
+
+impl Tally {
+    /// Take in one flush (once per flush id) and return the writes of the buckets it touched.
+    fn take(&mut self, flush: &str, outcomes: &[AppliedOutcome], now_ms: i64) -> Vec<Document> {
+        let touched = match &self.last_flush {
+            Some((id, touched)) if id == flush => touched.clone(),
+            _ => {
+                let mut touched = BTreeSet::new();
+                for (key, outs) in by_bucket(outcomes) {
+                    let mut counts = BTreeMap::new();
+                    add_outcomes(&mut counts, &outs);
+                    if counts.is_empty() {
+                        continue;
+                    }
+                    let totals = self.buckets.entry(key.clone()).or_insert_with(|| {
+                        self.serial += 1;
+                        Totals {
+                            tally: format!("{}_{}", self.epoch, self.serial),
+                            counts: BTreeMap::new(),
+                        }
+                    });
+                    for (f, n) in counts {
+                        *totals.counts.entry(f).or_insert(0) += n;
+                    }
+                    touched.insert(key);
+                }
+                // Forget minutes long over, except those this flush writes.
+                let horizon = minute_start(now_ms) - FORGET_AFTER.as_millis() as i64;
+                self.buckets
+                    .retain(|key, _| key.1 >= horizon || touched.contains(key));
+                self.last_flush = Some((flush.to_string(), touched.clone()));
+                touched
+            }
+        };
+        touched
+            .iter()
+            .filter_map(|key| Some((key, self.buckets.get(key)?)))
+            .map(|((queue, minute), totals)| {
+                let mut set = Document::new();
+                for (f, n) in &totals.counts {
+                    set.insert(format!("{WRITERS}.{}.{f}", totals.tally), *n);
+                }
+                let at = DateTime::from_millis(*minute);
+                doc! {
+                    "q": { "_id": format!("{queue}|{minute}") },
+                    "u": {
+                        "$set": set,
+                        "$setOnInsert": {
+                            "queue": queue,
+                            "minute": at,
+                            "retention": jobmill::job::Retention::after(at, KEEP).to_doc(),
+                        },
+                    },
+                    "upsert": true,
+                }
+            })
+            .collect()
+    }
 }
 
 impl History {
@@ -159,36 +265,8 @@ impl History {
         Ok(())
     }
 
-    /// Add `outcomes` to their buckets: one `update` command with an upsert per (queue,
-    /// minute).
-    pub async fn record(&self, outcomes: &[AppliedOutcome]) -> Result<()> {
-        let mut groups: BTreeMap<(String, i64), Vec<&AppliedOutcome>> = BTreeMap::new();
-        for o in outcomes {
-            groups
-                .entry((o.queue.clone(), minute_start(o.at.timestamp_millis())))
-                .or_default()
-                .push(o);
-        }
-        let mut updates = Vec::with_capacity(groups.len());
-        for ((queue, minute), outs) in groups {
-            let inc = increments(&outs);
-            if inc.is_empty() {
-                continue;
-            }
-            let at = DateTime::from_millis(minute);
-            updates.push(doc! {
-                "q": { "_id": format!("{queue}|{minute}") },
-                "u": {
-                    "$inc": inc,
-                    "$setOnInsert": {
-                        "queue": &queue,
-                        "minute": at,
-                        "retention": jobmill::job::Retention::after(at, KEEP).to_doc(),
-                    },
-                },
-                "upsert": true,
-            });
-        }
+    /// Send one flush's bucket writes (one `update` command, an upsert per bucket).
+    async fn write(&self, updates: Vec<Document>) -> Result<()> {
         if updates.is_empty() {
             return Ok(());
         }
@@ -261,13 +339,28 @@ impl History {
     }
 }
 
-fn count(d: &Document, field: &str) -> u64 {
-    match d.get(field) {
+fn number(v: Option<&mongodb::bson::Bson>) -> u64 {
+    match v {
         Some(mongodb::bson::Bson::Int32(n)) => (*n).max(0) as u64,
         Some(mongodb::bson::Bson::Int64(n)) => (*n).max(0) as u64,
         Some(mongodb::bson::Bson::Double(n)) => n.max(0.0) as u64,
         _ => 0,
     }
+}
+
+/// A bucket's figure: the sum of every writer's totals, plus the top-level field of a bucket
+/// `$inc`'d before the per-writer layout.
+fn count(d: &Document, field: &str) -> u64 {
+    let writers: u64 = d
+        .get_document(WRITERS)
+        .map(|w| {
+            w.values()
+                .filter_map(|t| t.as_document())
+                .map(|t| number(t.get(field)))
+                .sum()
+        })
+        .unwrap_or(0);
+    number(d.get(field)) + writers
 }
 
 fn minute_of(d: &Document) -> Minute {
@@ -313,29 +406,41 @@ fn p95_seconds(hist: &[u64]) -> Option<f64> {
     None
 }
 
-/// Feeds the history from the persister's applied outcomes.
-#[derive(Clone)]
+/// Feeds the history from the persister's applied outcomes: one per worker process, holding
+/// that process's running totals (see the module doc).
 pub struct HistoryHook {
     history: History,
+    tally: Mutex<Tally>,
 }
 
 impl HistoryHook {
-    /// Over `history`.
+    /// Over `history`, with totals of its own.
     pub fn new(history: History) -> Self {
-        HistoryHook { history }
+        HistoryHook {
+            history,
+            tally: Mutex::new(Tally {
+                epoch: uuid::Uuid::new_v4().simple().to_string(),
+                ..Tally::default()
+            }),
+        }
     }
 }
 
 impl OutcomeHook for HistoryHook {
-    /// One command per flush. If MongoDB fails part-way through it, the persister retries the
-    /// batch and the buckets it had already updated count those outcomes twice: the one case
-    /// where the history is not exact, and only after a store error.
+    /// One command per flush, writing absolute totals: a retry of a flush whose command failed
+    /// after MongoDB applied it (or part of it) writes the same values again, so every
+    /// outcome counts once.
     fn record<'a>(
         &'a self,
-        _batch: &'a str,
+        batch: &'a str,
         outcomes: &'a [AppliedOutcome],
     ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(self.history.record(outcomes))
+        let updates = self.tally.lock().unwrap_or_else(|e| e.into_inner()).take(
+            batch,
+            outcomes,
+            jobmill::job::now_ms(),
+        );
+        Box::pin(self.history.write(updates))
     }
 }
 
@@ -360,6 +465,71 @@ mod tests {
         hist[0] = 94;
         assert_eq!(p95_seconds(&hist), Some(1.0));
         assert_eq!(p95_seconds(&[0, 0]), None);
+    }
+
+    fn outcome(queue: &str, state: JobState, at_ms: i64) -> AppliedOutcome {
+        AppliedOutcome {
+            queue: queue.into(),
+            state,
+            at: DateTime::from_millis(at_ms),
+            run_ms: Some(3),
+        }
+    }
+
+    fn set_of(update: &Document) -> &Document {
+        update
+            .get_document("u")
+            .and_then(|u| u.get_document("$set"))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_retried_flush_writes_the_same_totals_and_a_new_one_adds() {
+        let now = 10 * MINUTE_MS;
+        let mut t = Tally {
+            epoch: "e".into(),
+            ..Tally::default()
+        };
+        let first = vec![
+            outcome("q", JobState::Succeeded, now),
+            outcome("q", JobState::Failed, now + 1),
+        ];
+        let a = t.take("f1", &first, now);
+        let again = t.take("f1", &first, now);
+        assert_eq!(a, again, "a retry writes the same absolute values");
+        assert_eq!(set_of(&a[0]).get_i64("w.e_1.succeeded").unwrap(), 1);
+        let b = t.take("f2", &[outcome("q", JobState::Succeeded, now + 2)], now);
+        assert_eq!(b.len(), 1);
+        assert_eq!(set_of(&b[0]).get_i64("w.e_1.succeeded").unwrap(), 2);
+        assert_eq!(set_of(&b[0]).get_i64("w.e_1.failed").unwrap(), 1);
+        assert_eq!(set_of(&b[0]).get_i64("w.e_1.run_count").unwrap(), 3);
+    }
+
+    #[test]
+    fn forgotten_minutes_start_a_fresh_sub_document() {
+        let mut t = Tally {
+            epoch: "e".into(),
+            ..Tally::default()
+        };
+        t.take("f1", &[outcome("q", JobState::Succeeded, 0)], 0);
+        let later = 60 * MINUTE_MS;
+        t.take("f2", &[outcome("q", JobState::Succeeded, later)], later);
+        assert_eq!(t.buckets.len(), 1, "minute 0 is forgotten");
+        // A late outcome of minute 0 must not overwrite the totals already written there.
+        let late = t.take("f3", &[outcome("q", JobState::Succeeded, 5)], later);
+        assert_eq!(set_of(&late[0]).get_i64("w.e_3.succeeded").unwrap(), 1);
+        assert!(set_of(&late[0]).get("w.e_1.succeeded").is_none());
+    }
+
+    #[test]
+    fn a_bucket_sums_its_writers_and_old_increments() {
+        let d = doc! {
+            "succeeded": 2_i64,
+            "w": { "a_1": { "succeeded": 3_i64 }, "b_1": { "succeeded": 4_i32, "failed": 1_i64 } },
+        };
+        assert_eq!(count(&d, "succeeded"), 9);
+        assert_eq!(count(&d, "failed"), 1);
+        assert_eq!(count(&d, "retried"), 0);
     }
 
     #[test]

@@ -51,6 +51,11 @@ struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StoreLabels {
     store: String,
 }
@@ -89,6 +94,7 @@ pub struct WorkerMetrics {
     unrecorded: Gauge,
     lease_expired: Family<QueueLabels, Counter>,
     store_errors: Family<StoreLabels, Counter>,
+    webhook_deliveries: Family<StatusLabels, Counter>,
 }
 
 impl Default for WorkerMetrics {
@@ -108,6 +114,7 @@ impl WorkerMetrics {
         let (busy, slots, unrecorded) = (Gauge::default(), Gauge::default(), Gauge::default());
         let lease_expired = Family::<QueueLabels, Counter>::default();
         let store_errors = Family::<StoreLabels, Counter>::default();
+        let webhook_deliveries = Family::<StatusLabels, Counter>::default();
         r.register(
             "jobmill_jobs",
             "Attempts this worker ran, by outcome",
@@ -139,6 +146,12 @@ impl WorkerMetrics {
             "Failed calls to a store (each retried)",
             store_errors.clone(),
         );
+        r.register(
+            "jobmill_webhook_deliveries",
+            "Webhook delivery statuses this worker recorded: pending (an attempt failed and \
+             will be retried), delivered, failed, gone",
+            webhook_deliveries.clone(),
+        );
         WorkerMetrics {
             registry: Arc::new(r),
             jobs,
@@ -148,6 +161,7 @@ impl WorkerMetrics {
             unrecorded,
             lease_expired,
             store_errors,
+            webhook_deliveries,
         }
     }
 
@@ -183,6 +197,15 @@ impl WorkerMetrics {
             .get_or_create(&StoreLabels {
                 store: store.as_str().to_string(),
             })
+            .inc();
+    }
+
+    /// A webhook delivery's `status` was recorded. The status names come from the webhooks
+    /// feature (`DeliveryStatus::as_str`), which the worker wires in; this crate does not
+    /// depend on it.
+    pub fn webhook_delivery(&self, status: &'static str) {
+        self.webhook_deliveries
+            .get_or_create(&StatusLabels { status })
             .inc();
     }
 
@@ -287,6 +310,7 @@ mod tests {
         m.lease_expired("q", 2);
         m.store_error(StoreName::Mongodb);
         m.set_slots(1, 4, 0);
+        m.webhook_delivery("delivered");
         let text = m.encode();
         for needle in [
             "jobmill_jobs_total{queue=\"q\",kind=\"noop\",outcome=\"succeeded\"} 1",
@@ -296,6 +320,7 @@ mod tests {
             "jobmill_unrecorded_outcomes 0",
             "jobmill_lease_expired_total{queue=\"q\"} 2",
             "jobmill_store_errors_total{store=\"mongodb\"} 1",
+            "jobmill_webhook_deliveries_total{status=\"delivered\"} 1",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }

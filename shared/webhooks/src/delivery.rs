@@ -5,7 +5,11 @@
 //!
 //! At least once: a worker that dies after the POST but before recording it sends again, with
 //! the same `webhook-id`, which is what receivers dedupe on.
+//!
+//! Every status it records is also told to the [`DeliveryObserver`] the worker wired in (its
+//! `jobmill_webhook_deliveries_total{status}` counter), after MongoDB took it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -31,17 +35,68 @@ pub struct DeliveryArgs {
     pub delivery_id: String,
 }
 
+/// Told of each delivery status the kind records: `pending` after a failed attempt that will
+/// be retried, or the final `delivered`, `failed` or `gone`. Called after the store took the
+/// status, so a count fed from here follows the records (a worker killed between the POST and
+/// the record sends again and counts once).
+pub trait DeliveryObserver: Send + Sync {
+    /// `status` was just recorded for a delivery.
+    fn recorded(&self, status: DeliveryStatus);
+}
+
 /// Sends one delivery; see the module doc. An internal kind: only the outbox subscriber and
 /// replays submit it.
 pub struct WebhookDelivery {
     hooks: WebhookStore,
     settings: WebhookSettings,
+    observer: Option<Arc<dyn DeliveryObserver>>,
 }
 
 impl WebhookDelivery {
     /// The kind, with the collections it reads and writes.
     pub fn new(hooks: WebhookStore, settings: WebhookSettings) -> Self {
-        WebhookDelivery { hooks, settings }
+        WebhookDelivery {
+            hooks,
+            settings,
+            observer: None,
+        }
+    }
+
+    /// Tell `observer` (if any) of every status recorded.
+    pub fn observed_by(mut self, observer: Option<Arc<dyn DeliveryObserver>>) -> Self {
+        self.observer = observer;
+        self
+    }
+}
+
+/// The delivery records as this kind writes them: the store, then the observer.
+struct Records<'a> {
+    store: &'a WebhookStore,
+    observer: Option<&'a dyn DeliveryObserver>,
+}
+
+impl Records<'_> {
+    fn observe(&self, status: DeliveryStatus) {
+        if let Some(o) = self.observer {
+            o.recorded(status);
+        }
+    }
+
+    async fn set_status(&self, id: &str, status: DeliveryStatus) -> Result<()> {
+        self.store.set_status(id, status).await?;
+        self.observe(status);
+        Ok(())
+    }
+
+    async fn record_attempt(
+        &self,
+        id: &str,
+        log: &AttemptLog,
+        status: DeliveryStatus,
+    ) -> Result<()> {
+        self.store.record_attempt(id, log, status).await?;
+        self.observe(status);
+        Ok(())
     }
 }
 
@@ -70,13 +125,17 @@ impl JobKind for WebhookDelivery {
             return Outcome::fail("webhook_delivery jobs are submitted by jobmill itself");
         }
         let hooks = &self.hooks;
-        match deliver(&ctx, &self.settings, hooks, &args.delivery_id).await {
+        let records = Records {
+            store: hooks,
+            observer: self.observer.as_deref(),
+        };
+        match deliver(&ctx, &self.settings, &records, &args.delivery_id).await {
             Ok(o) => o,
             // MongoDB trouble on the last attempt: end the delivery too, so it shows `failed`
             // and can be replayed. If even that write fails, the replay route sees the
             // delivery's job ended and lets it be replayed anyway.
             Err(e) if ctx.attempt >= ctx.max_attempts => {
-                if let Err(e2) = hooks
+                if let Err(e2) = records
                     .set_status(&args.delivery_id, DeliveryStatus::Failed)
                     .await
                 {
@@ -93,9 +152,10 @@ impl JobKind for WebhookDelivery {
 async fn deliver(
     ctx: &JobContext,
     settings: &WebhookSettings,
-    hooks: &WebhookStore,
+    records: &Records<'_>,
     id: &str,
 ) -> Result<Outcome> {
+    let hooks = records.store;
     let Some(d) = hooks.get_delivery(id, None).await? else {
         return Ok(Outcome::fail(format!(
             "delivery {id} does not exist (expired?)"
@@ -108,11 +168,11 @@ async fn deliver(
     let (secrets, endpoint) = match &d.endpoint_id {
         Some(eid) => match hooks.get_endpoint(eid, None).await? {
             None => {
-                hooks.set_status(&d.id, DeliveryStatus::Failed).await?;
+                records.set_status(&d.id, DeliveryStatus::Failed).await?;
                 return Ok(Outcome::fail("the endpoint was deleted"));
             }
             Some(ep) if ep.enabled != 1 => {
-                hooks.set_status(&d.id, DeliveryStatus::Failed).await?;
+                records.set_status(&d.id, DeliveryStatus::Failed).await?;
                 return Ok(Outcome::fail(format!(
                     "the endpoint is disabled ({})",
                     ep.disabled_reason.as_deref().unwrap_or("by hand")
@@ -156,7 +216,7 @@ async fn deliver(
             message,
         }) => {
             log.error = Some(message.clone());
-            hooks
+            records
                 .record_attempt(&d.id, &log, DeliveryStatus::Failed)
                 .await?;
             return Ok(Outcome::fail(message));
@@ -165,7 +225,7 @@ async fn deliver(
             // A host that does not resolve (now) is retried like a connection error.
             let msg = e.to_string();
             log.error = Some(msg.clone());
-            return failed(ctx, settings, hooks, &d, endpoint.as_ref(), log, msg).await;
+            return failed(ctx, settings, records, &d, endpoint.as_ref(), log, msg).await;
         }
     };
 
@@ -188,7 +248,7 @@ async fn deliver(
     }
     match answer.status {
         Some(s) if (200..300).contains(&s) => {
-            hooks
+            records
                 .record_attempt(&d.id, &log, DeliveryStatus::Delivered)
                 .await?;
             if let Some(ep) = &endpoint {
@@ -200,7 +260,7 @@ async fn deliver(
             ))
         }
         Some(410) => {
-            hooks
+            records
                 .record_attempt(&d.id, &log, DeliveryStatus::Gone)
                 .await?;
             if let Some(ep) = &endpoint {
@@ -215,11 +275,11 @@ async fn deliver(
         }
         Some(s) => {
             let msg = format!("the receiver answered HTTP {s}");
-            failed(ctx, settings, hooks, &d, endpoint.as_ref(), log, msg).await
+            failed(ctx, settings, records, &d, endpoint.as_ref(), log, msg).await
         }
         None => {
             let msg = answer.error.unwrap_or_else(|| "no answer".into());
-            failed(ctx, settings, hooks, &d, endpoint.as_ref(), log, msg).await
+            failed(ctx, settings, records, &d, endpoint.as_ref(), log, msg).await
         }
     }
 }
@@ -229,18 +289,23 @@ async fn deliver(
 async fn failed(
     ctx: &JobContext,
     settings: &WebhookSettings,
-    hooks: &WebhookStore,
+    records: &Records<'_>,
     d: &Delivery,
     endpoint: Option<&Endpoint>,
     log: AttemptLog,
     msg: String,
 ) -> Result<Outcome> {
     let disabled = match endpoint {
-        Some(ep) => hooks.endpoint_failed(ep, settings.disable_after).await?,
+        Some(ep) => {
+            records
+                .store
+                .endpoint_failed(ep, settings.disable_after)
+                .await?
+        }
         None => false,
     };
     if disabled || ctx.attempt >= ctx.max_attempts {
-        hooks
+        records
             .record_attempt(&d.id, &log, DeliveryStatus::Failed)
             .await?;
         let why = if disabled {
@@ -250,7 +315,7 @@ async fn failed(
         };
         return Ok(Outcome::fail(format!("{msg}; {why}")));
     }
-    hooks
+    records
         .record_attempt(&d.id, &log, DeliveryStatus::Pending)
         .await?;
     let delay = retry_delay(settings.retry_base, ctx.attempt, rand::random::<f64>());

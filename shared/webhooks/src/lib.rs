@@ -53,7 +53,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use callbacks::CallbackCheck;
-pub use delivery::WebhookDelivery;
+pub use delivery::{DeliveryObserver, WebhookDelivery};
 pub use dispatcher::Dispatcher;
 pub use guard::{AllowList, Destinations};
 use records::WebhookStore;
@@ -221,6 +221,7 @@ pub struct Webhooks {
     subscriptions: Arc<Subscriptions>,
     changed: Arc<Notify>,
     callbacks: Arc<CallbackCheck>,
+    observer: Option<Arc<dyn DeliveryObserver>>,
 }
 
 impl Webhooks {
@@ -245,7 +246,16 @@ impl Webhooks {
             redis,
             subscriptions: Arc::new(Subscriptions::default()),
             changed: Arc::new(Notify::new()),
+            observer: None,
         }
+    }
+
+    /// Tell `observer` of every delivery status the `webhook_delivery` kind records (the
+    /// worker counts them in its metrics). Call before [`Webhooks::register_kinds`]. This crate
+    /// knows no metrics library: whoever assembles the worker wires the two together.
+    pub fn observe_deliveries(mut self, observer: Arc<dyn DeliveryObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// The collections.
@@ -279,10 +289,10 @@ impl Webhooks {
 
     /// Register the internal `webhook_delivery` kind.
     pub fn register_kinds(&self, r: &mut Registry) {
-        r.register_internal(WebhookDelivery::new(
-            self.hooks.clone(),
-            self.settings.clone(),
-        ));
+        r.register_internal(
+            WebhookDelivery::new(self.hooks.clone(), self.settings.clone())
+                .observed_by(self.observer.clone()),
+        );
     }
 
     /// The worker's loops of this feature: keep the subscriptions table fresh.

@@ -34,13 +34,14 @@
 //! `BENCH_W7_ROWS` (default 1,000,000).
 //!
 //! ```text
-//! jobmill-bench [store] [w1] [w2] [w2apalis] [w2cluster] [w3] [w1http] [w5] [w6] [w7] [w8] [soak]
+//! jobmill-bench [store] [w1] [w2] [w2apalis] [w2cluster] [w2metrics] [queues] [sse] [w3] [w1http]
+//!               [w5] [w6] [w7] [w8] [soak]
 //!     (default: store w2 w3 w1http w5, in that order)
 //! ```
 //!
 //! # Layout
 //! `main` parses the workload names and dispatches; one module per workload:
-//! [`store_ceiling`], [`w1_library`], [`w2_durable`], [`w3_floor`], [`w1_http`], [`w5`], [`w6_file_assembly`],
+//! [`store_ceiling`], [`w1_library`], [`w2_durable`], [`ops_views`], [`w3_floor`], [`w1_http`], [`w5`], [`w6_file_assembly`],
 //! [`w7_bulk_import`], [`w8_stampede`], [`soak`]. What they share: [`servers`] (the deployment
 //! under test: settings, store, API, worker), [`measure`] (rates, percentiles, pacing, knobs),
 //! [`http`] (the API as a client sees it), [`local_files`] (the local-disk baselines).
@@ -48,6 +49,7 @@
 mod http;
 mod local_files;
 mod measure;
+mod ops_views;
 mod servers;
 mod soak;
 mod store_ceiling;
@@ -63,12 +65,13 @@ mod w8_stampede;
 
 use anyhow::bail;
 
+use crate::ops_views::{queues_flat, sse_streams};
 use crate::soak::soak;
 use crate::store_ceiling::store_ceiling;
 use crate::w1_http::w1_http;
 use crate::w1_library::w1_library;
 use crate::w2_cluster::w2_cluster;
-use crate::w2_durable::{w2_apalis, w2_durable};
+use crate::w2_durable::{w2_apalis, w2_durable, w2_metrics};
 use crate::w3_floor::w3_floor;
 use crate::w5::w5;
 use crate::w6_file_assembly::w6_file_assembly;
@@ -88,11 +91,26 @@ async fn main() -> anyhow::Result<()> {
     }
     let mut rows: Vec<(String, String, String)> = Vec::new();
     for w in &which {
+        // The machine may be shared: each workload's figures are read with the load it ran
+        // under.
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let load: Vec<&str> = load.split_whitespace().take(3).collect();
+        rows.push((
+            format!("{w} load average at start"),
+            load.join(" "),
+            format!(
+                "{} cores",
+                std::thread::available_parallelism().map_or(0, |n| n.get())
+            ),
+        ));
         let r = match w.as_str() {
             "store" => store_ceiling().await?,
             "w2" => w2_durable().await?,
             "w2apalis" => w2_apalis().await?,
             "w2cluster" => w2_cluster().await?,
+            "w2metrics" => w2_metrics().await?,
+            "queues" => queues_flat().await?,
+            "sse" => sse_streams().await?,
             "w3" => w3_floor().await?,
             "soak" => soak().await?,
             "w1http" => w1_http().await?,
@@ -102,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
             "w7" => w7_bulk_import().await?,
             "w8" => w8_stampede().await?,
             other => {
-                bail!("unknown workload {other} (store, w1, w2, w2apalis, w2cluster, w3, w1http, w5, w6, w7, w8, soak)")
+                bail!("unknown workload {other} (store, w1, w2, w2apalis, w2cluster, w2metrics, queues, sse, w3, w1http, w5, w6, w7, w8, soak)")
             }
         };
         for (k, v, base) in r {

@@ -99,7 +99,7 @@ fn overrides(v: Variant, what: &str) -> anyhow::Result<Vec<(&'static str, String
 
 async fn drain(v: Variant, n: usize, nodes: &[u16]) -> anyhow::Result<Drain> {
     let (s, store, _) = fresh_with(64, &overrides(v, "w2c")?).await?;
-    let d = drain_on(Front::Native, s, store.clone(), n, nodes).await?;
+    let d = drain_on(Front::Native, s, store.clone(), n, nodes, false).await?;
     store.database().drop().await?;
     Ok(d)
 }

@@ -4,6 +4,8 @@
 //! `w2apalis`: the same drain through the apalis backend (`jobmill-apalis`) next to the native
 //! worker in the same run: handler rates (target: apalis at least 75% of native), every outcome
 //! durable, worker CPU per job of both.
+//! `w2metrics`: the native drain with the worker's Prometheus endpoint on (scraped every second)
+//! against off, alternated off, on, on, off in the same run (target: under 5% difference).
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +30,9 @@ pub(crate) enum Front {
     /// An apalis worker on `jobmill-apalis` (same runtime, apalis' worker and a `TimeoutLayer`).
     Apalis,
 }
+
+/// How often `w2metrics` scrapes the worker: far more often than Prometheus' usual 15-60 s.
+const SCRAPE_EVERY: Duration = Duration::from_secs(1);
 
 /// What one W2 drain measured.
 pub(crate) struct Drain {
@@ -69,25 +74,67 @@ fn cpu_time() -> anyhow::Result<Duration> {
     Ok(Duration::from_millis(ticks * 10))
 }
 
-/// Drain `N` no-op jobs with one worker of the given front end.
-async fn w2_drain(front: Front) -> anyhow::Result<Drain> {
+/// The worker's `/metrics` scraped every [`SCRAPE_EVERY`] until `stop`, then once more; that
+/// last answer.
+async fn scrape(addr: std::net::SocketAddr, stop: tokio::sync::oneshot::Receiver<()>) -> String {
+    let http = reqwest::Client::new();
+    let mut last = String::new();
+    let mut stop = std::pin::pin!(stop);
+    let mut stopping = false;
+    loop {
+        // Not answering yet (the worker is starting) is not an error.
+        if let Ok(r) = http.get(format!("http://{addr}/metrics")).send().await {
+            if let Ok(t) = r.text().await {
+                last = t;
+            }
+        }
+        if stopping {
+            return last;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(SCRAPE_EVERY) => {}
+            _ = &mut stop => stopping = true,
+        }
+    }
+}
+
+/// The sum of `jobmill_jobs_total` over its labels in a scrape.
+fn jobs_total(text: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with("jobmill_jobs_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Drain `N` no-op jobs with one worker of the given front end, its metrics endpoint served
+/// (and scraped) or not.
+async fn w2_drain(front: Front, metrics: bool) -> anyhow::Result<Drain> {
     let (s, store, _) = fresh(64).await?;
-    drain_on(front, s, store, N, &[]).await
+    drain_on(front, s, store, N, &[], metrics).await
 }
 
 /// Submit `n` no-op jobs to deployment `s`, then drain them with one worker of the given front
 /// end. `redis_nodes` are Redis servers (ports on 127.0.0.1) whose CPU time (`INFO cpu`) is
-/// read before and after the drain, in µs per job, into [`Drain::redis_cpu_per_job_us`].
+/// read before and after the drain, in µs per job, into [`Drain::redis_cpu_per_job_us`]. With
+/// `metrics` the worker serves `/metrics`, scraped every [`SCRAPE_EVERY`] over the drain.
 pub(crate) async fn drain_on(
     front: Front,
     mut s: deployment::Settings,
     store: jobmill::store::Store,
     n: usize,
     redis_nodes: &[u16],
+    metrics: bool,
 ) -> anyhow::Result<Drain> {
     // Heartbeats (and with them the worker's counters in Redis) every third of a second: the
     // shortest lease the settings allow.
     s.lease_ttl = Duration::from_secs(1);
+    let metrics_addr = if metrics {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        s.worker.worker.metrics_addr = Some(addr);
+        Some(addr)
+    } else {
+        None
+    };
     let registry = kinds::registry(&s.redis).await?;
     let queue = RedisQueue::connect(&s.redis, &s.key_prefix).await?;
     jobmill::shards::join_settings(&store, &s, &queue).await?;
@@ -123,6 +170,10 @@ pub(crate) async fn drain_on(
         Front::Native => Worker::start(&s, wstore).await?,
         Front::Apalis => Worker::start_apalis(&s, wstore).await?,
     };
+    let scraper = metrics_addr.map(|addr| {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (tx, tokio::spawn(scrape(addr, rx)))
+    });
     // Durable outcomes are read from the worker's own counter (its registry entry in Redis,
     // refreshed with every heartbeat), not by counting in MongoDB: a count is a scan on the
     // MongoDB-compatible server and would slow down the very writes it measures.
@@ -168,6 +219,16 @@ pub(crate) async fn drain_on(
     );
     let cmds = counter.total() - before;
     let by_name = format!("{:?}", counter.by_name());
+    if let Some((tx, task)) = scraper {
+        let _ = tx.send(());
+        let last = task.await?;
+        // The endpoint was really on and counted every job (scraped after the handlers ran).
+        anyhow::ensure!(
+            jobs_total(&last) >= n as f64,
+            "the last scrape counts {} jobs of {n}",
+            jobs_total(&last)
+        );
+    }
     worker.stop().await?;
     let (Some(first), Some(handlers), Some(durable)) = (t_first, t_handlers, t_durable) else {
         bail!("w2 did not finish");
@@ -184,7 +245,7 @@ pub(crate) async fn drain_on(
 
 /// W2 with durability: handler rate, time until every outcome is in MongoDB, commands per job.
 pub(crate) async fn w2_durable() -> anyhow::Result<Rows> {
-    let d = w2_drain(Front::Native).await?;
+    let d = w2_drain(Front::Native, false).await?;
     let durable_rate = rate(N, d.durable);
     let ceiling: f64 = std::fs::read_to_string(ceiling_file())
         .context("run the `store` workload first (it measures the ceiling)")?
@@ -225,8 +286,8 @@ pub(crate) async fn w2_durable() -> anyhow::Result<Rows> {
 /// W2 through the apalis backend next to the native worker, same run, same servers: handler
 /// rate (target: at least 75% of native), every outcome durable, CPU per job of both.
 pub(crate) async fn w2_apalis() -> anyhow::Result<Rows> {
-    let native = w2_drain(Front::Native).await?;
-    let apalis = w2_drain(Front::Apalis).await?;
+    let native = w2_drain(Front::Native, false).await?;
+    let apalis = w2_drain(Front::Apalis, false).await?;
     Ok(vec![
         (
             "native handler executions/s".into(),
@@ -254,6 +315,67 @@ pub(crate) async fn w2_apalis() -> anyhow::Result<Rows> {
             "apalis worker CPU per job (µs)".into(),
             format!("{:.1}", apalis.cpu_per_job_us),
             format!("{:.4} mongodb commands/job", apalis.cmds as f64 / N as f64),
+        ),
+    ])
+}
+
+/// W2 with the worker's metrics endpoint on (scraped every second) against off, in the order
+/// off, on, on, off so a drift of the machine over the run weighs on both alike; each figure is
+/// the mean of its two drains.
+pub(crate) async fn w2_metrics() -> anyhow::Result<Rows> {
+    let mut off = Vec::new();
+    let mut on = Vec::new();
+    for metrics in [false, true, true, false] {
+        let d = w2_drain(Front::Native, metrics).await?;
+        eprintln!(
+            "w2metrics: metrics {}: {:.0} handler executions/s, durable after {:.2} s, {:.1} µs CPU/job",
+            if metrics { "on" } else { "off" },
+            d.handler_rate,
+            d.durable.as_secs_f64(),
+            d.cpu_per_job_us
+        );
+        if metrics {
+            on.push(d)
+        } else {
+            off.push(d)
+        }
+    }
+    let mean = |v: &[Drain], f: fn(&Drain) -> f64| v.iter().map(f).sum::<f64>() / v.len() as f64;
+    let runs = |v: &[Drain], f: fn(&Drain) -> f64| {
+        v.iter()
+            .map(|d| format!("{:.0}", f(d)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let handlers = |d: &Drain| d.handler_rate;
+    let durable = |d: &Drain| rate(N, d.durable);
+    let cpu = |d: &Drain| d.cpu_per_job_us;
+    let diff = |f: fn(&Drain) -> f64| 100.0 * (mean(&on, f) / mean(&off, f) - 1.0);
+    Ok(vec![
+        (
+            "handler executions/s, metrics on".into(),
+            format!("{:.0} (runs {})", mean(&on, handlers), runs(&on, handlers)),
+            format!(
+                "off: {:.0} (runs {}); on/off {:+.1}% (target: within 5%)",
+                mean(&off, handlers),
+                runs(&off, handlers),
+                diff(handlers)
+            ),
+        ),
+        (
+            "durable outcomes/s, metrics on".into(),
+            format!("{:.0} (runs {})", mean(&on, durable), runs(&on, durable)),
+            format!(
+                "off: {:.0} (runs {}); on/off {:+.1}%",
+                mean(&off, durable),
+                runs(&off, durable),
+                diff(durable)
+            ),
+        ),
+        (
+            "worker CPU per job (µs), metrics on".into(),
+            format!("{:.1}", mean(&on, cpu)),
+            format!("off: {:.1}; on/off {:+.1}%", mean(&off, cpu), diff(cpu)),
         ),
     ])
 }
