@@ -60,6 +60,8 @@ pub struct NewJob {
     pub timeout_ms: Option<u64>,
     /// Deduplication key, unique per tenant.
     pub idempotency_key: Option<String>,
+    /// What the queue's per-key limits count the job against (see [`crate::limits`]).
+    pub limit_key: Option<String>,
     /// Fields owned by features (see [`Job::ext`]), checked by their [`SubmitHook`]s.
     pub ext: serde_json::Map<String, Value>,
 }
@@ -231,6 +233,10 @@ impl JobClient {
                 ));
             }
         }
+        if let Some(key) = &new.limit_key {
+            crate::limits::check_limit_key(key)
+                .map_err(|m| Error::invalid("invalid_limit_key", m))?;
+        }
         let now = DateTime::now();
         let now_ms = now.timestamp_millis();
         let run_at_ms = match (new.run_at, new.delay_ms) {
@@ -281,6 +287,7 @@ impl JobClient {
             timeout_ms: timeout_ms as i64,
             idempotency_key: new.idempotency_key,
             idempotency_hash,
+            limit_key: new.limit_key,
             ext: new.ext,
             wants_events: false,
             outbox: None,
@@ -475,7 +482,7 @@ impl JobClient {
 /// does not matter.
 pub fn request_hash(new: &NewJob) -> String {
     use sha2::{Digest, Sha256};
-    let request = serde_json::json!({
+    let mut request = serde_json::json!({
         "kind": new.kind,
         "args": new.args,
         "queue": new.queue,
@@ -486,6 +493,10 @@ pub fn request_hash(new: &NewJob) -> String {
         "timeout_ms": new.timeout_ms,
         "ext": new.ext,
     });
+    // Only when given, so keys used before limits existed keep their hash.
+    if let Some(k) = &new.limit_key {
+        request["limit_key"] = Value::String(k.clone());
+    }
     hex::encode(Sha256::digest(canonical(&request).to_string().as_bytes()))
 }
 

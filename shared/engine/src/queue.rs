@@ -11,6 +11,7 @@ use redis::{AsyncCommands, FromRedisValue, Script, ScriptInvocation};
 use crate::error::{Error, Result};
 use crate::job::Payload;
 use crate::keys::{Keys, QueueKeys};
+use crate::limits::QueueLimits;
 use crate::redis_conn::{with_retry, RedisConn, RedisTarget};
 
 /// The atomic operations, one Lua script each. Every script touches only keys of one queue,
@@ -39,6 +40,10 @@ pub enum Op {
     Cancel,
     /// `defer.lua`
     Defer,
+    /// `throttle.lua`
+    Throttle,
+    /// `unslot.lua`
+    Unslot,
 }
 
 macro_rules! scripts {
@@ -47,10 +52,14 @@ macro_rules! scripts {
             /// Every operation.
             pub const ALL: &'static [Op] = &[$(Op::$op),*];
 
-            /// The script's Lua source.
+            /// The script's Lua source: the shared prelude of slot functions (`slots.lua`),
+            /// then the script itself.
             pub fn source(self) -> &'static str {
                 match self {
-                    $(Op::$op => include_str!(concat!("scripts/", $file)),)*
+                    $(Op::$op => concat!(
+                        include_str!("scripts/slots.lua"),
+                        include_str!(concat!("scripts/", $file))
+                    ),)*
                 }
             }
 
@@ -77,6 +86,8 @@ scripts! {
     Rescue => "rescue.lua",
     Cancel => "cancel.lua",
     Defer => "defer.lua",
+    Throttle => "throttle.lua",
+    Unslot => "unslot.lua",
 }
 
 impl Op {
@@ -90,6 +101,11 @@ impl Op {
                 &k.ready,
                 &k.scheduled,
                 &k.retrying,
+                &k.job_keys,
+                &k.ring,
+                &k.parked,
+                &k.key_ready,
+                &k.key_ready_count,
             ],
             Op::Claim => &[
                 &k.ready,
@@ -98,6 +114,16 @@ impl Op {
                 &k.leased,
                 &k.owners,
                 &k.paused,
+                &k.limits,
+                &k.slots,
+                &k.running,
+                &k.ring,
+                &k.parked,
+                &k.key_ready,
+                &k.key_ready_count,
+                &k.starts,
+                &k.key_starts,
+                &k.held,
             ],
             Op::Heartbeat => &[&k.leased, &k.owners, &k.cancels],
             Op::Ack => &[
@@ -110,6 +136,13 @@ impl Op {
                 &k.ready,
                 &k.scheduled,
                 &k.retrying,
+                &k.slots,
+                &k.running,
+                &k.job_keys,
+                &k.ring,
+                &k.parked,
+                &k.key_ready,
+                &k.key_ready_count,
             ],
             Op::Reschedule => &[
                 &k.leased,
@@ -118,10 +151,48 @@ impl Op {
                 &k.scheduled,
                 &k.cancels,
                 &k.retrying,
+                &k.slots,
+                &k.running,
+                &k.ring,
+                &k.parked,
+                &k.key_ready,
             ],
-            Op::Release => &[&k.leased, &k.owners, &k.attempts, &k.ready],
-            Op::Promote => &[&k.scheduled, &k.ready, &k.payloads, &k.retrying],
-            Op::Rescue => &[&k.leased, &k.owners, &k.rescued, &k.payloads, &k.attempts],
+            Op::Release => &[
+                &k.leased,
+                &k.owners,
+                &k.attempts,
+                &k.ready,
+                &k.slots,
+                &k.running,
+                &k.job_keys,
+                &k.ring,
+                &k.parked,
+                &k.key_ready,
+                &k.key_ready_count,
+            ],
+            Op::Promote => &[
+                &k.scheduled,
+                &k.ready,
+                &k.payloads,
+                &k.retrying,
+                &k.job_keys,
+                &k.ring,
+                &k.parked,
+                &k.key_ready,
+                &k.key_ready_count,
+            ],
+            Op::Rescue => &[
+                &k.leased,
+                &k.owners,
+                &k.rescued,
+                &k.payloads,
+                &k.attempts,
+                &k.slots,
+                &k.running,
+                &k.ring,
+                &k.parked,
+                &k.key_ready,
+            ],
             Op::Cancel => &[
                 &k.ready,
                 &k.scheduled,
@@ -130,8 +201,44 @@ impl Op {
                 &k.leased,
                 &k.cancels,
                 &k.retrying,
+                &k.job_keys,
+                &k.ring,
+                &k.parked,
+                &k.key_ready,
+                &k.key_ready_count,
             ],
-            Op::Defer => &[&k.leased, &k.owners, &k.attempts, &k.scheduled],
+            Op::Defer => &[
+                &k.leased,
+                &k.owners,
+                &k.attempts,
+                &k.scheduled,
+                &k.slots,
+                &k.running,
+                &k.ring,
+                &k.parked,
+                &k.key_ready,
+            ],
+            Op::Throttle => &[
+                &k.leased,
+                &k.owners,
+                &k.attempts,
+                &k.scheduled,
+                &k.slots,
+                &k.running,
+                &k.ring,
+                &k.parked,
+                &k.key_ready,
+                &k.held,
+                &k.cancels,
+            ],
+            Op::Unslot => &[
+                &k.owners,
+                &k.slots,
+                &k.running,
+                &k.ring,
+                &k.parked,
+                &k.key_ready,
+            ],
         };
         keys.iter().map(|s| s.as_str()).collect()
     }
@@ -176,6 +283,27 @@ pub struct Claimed {
     pub payload: Payload,
     /// This attempt's number.
     pub attempt: u32,
+}
+
+/// What the limits of one queue are doing, for operators.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LimitState {
+    /// The limits in force.
+    pub limits: QueueLimits,
+    /// Jobs of the queue holding a slot (running).
+    pub running: usize,
+    /// Limit keys with jobs running.
+    pub running_keys: usize,
+    /// The busiest keys: (key, jobs running), most first.
+    pub running_by_key: Vec<(String, u64)>,
+    /// Jobs with a limit key waiting in the per-key ready sets.
+    pub keyed_ready: u64,
+    /// The whole queue is held until then (a job without a key answered `RateLimited`).
+    pub held_until_ms: Option<i64>,
+    /// Keys held (`RateLimited`, or their `key_rate` used up) and until when, soonest first.
+    pub held_keys: Vec<(String, i64)>,
+    /// Keys held, all of them.
+    pub held_key_count: usize,
 }
 
 /// What a cancel did in Redis.
@@ -276,7 +404,8 @@ impl RedisQueue {
                         .arg(payload)
                         .arg(j.attempts)
                         .arg(place)
-                        .arg(score);
+                        .arg(score)
+                        .arg(j.payload.limit_key.as_deref().unwrap_or(""));
                 }
                 let n: usize = self.run(&inv).await?;
                 added += n;
@@ -293,11 +422,140 @@ impl RedisQueue {
         lease: Duration,
         max: usize,
     ) -> Result<Vec<Claimed>> {
+        Ok(self.claim_limited(queue, worker, lease, max).await?.0)
+    }
+
+    /// [`RedisQueue::claim`], also saying when the queue's limits may let more of its ready
+    /// jobs start (`Some`: poll again after that instead of waiting for a wake-up, since a
+    /// slot freeing or a rate window moving publishes nothing).
+    pub async fn claim_limited(
+        &self,
+        queue: &str,
+        worker: &str,
+        lease: Duration,
+        max: usize,
+    ) -> Result<(Vec<Claimed>, Option<Duration>)> {
         let k = self.keys.queue(queue);
         let mut inv = Op::Claim.invocation(&k);
         inv.arg(lease.as_millis() as u64).arg(worker).arg(max);
-        let raw: Vec<redis::Value> = self.run(&inv).await?;
-        parse_claimed(raw)
+        let (raw, wait): (Vec<redis::Value>, i64) = self.run(&inv).await?;
+        let wait = (wait >= 0).then(|| Duration::from_millis(wait as u64));
+        Ok((parse_claimed(raw)?, wait))
+    }
+
+    /// Give back jobs whose handler answered `RateLimited`, after MongoDB recorded them
+    /// `scheduled` with the attempt returned: each goes to the schedule set until its time
+    /// (ms since the epoch), uncharged, its slot freed, and its limit key (or the queue, for a
+    /// job without one) held until then (see `throttle.lua`). Only jobs `worker` still holds
+    /// are moved.
+    pub async fn throttle(
+        &self,
+        queue: &str,
+        worker: &str,
+        items: &[(String, i64)],
+    ) -> Result<usize> {
+        let k = self.keys.queue(queue);
+        let mut n = 0;
+        for chunk in items.chunks(SCRIPT_BATCH) {
+            let mut inv = Op::Throttle.invocation(&k);
+            inv.arg(worker).arg(self.keys.wake_channel(queue));
+            for (id, at) in chunk {
+                inv.arg(id).arg(*at);
+            }
+            let m: usize = self.run(&inv).await?;
+            n += m;
+        }
+        Ok(n)
+    }
+
+    /// Free the limit slots of `worker`'s jobs whose handlers ended (their outcome is not
+    /// recorded yet; the lease stays). Returns how many slots were freed.
+    pub async fn unslot(&self, queue: &str, worker: &str, ids: &[String]) -> Result<usize> {
+        let k = self.keys.queue(queue);
+        let mut n = 0;
+        for chunk in ids.chunks(SCRIPT_BATCH) {
+            let mut inv = Op::Unslot.invocation(&k);
+            inv.arg(worker);
+            for id in chunk {
+                inv.arg(id);
+            }
+            let m: usize = self.run(&inv).await?;
+            n += m;
+        }
+        Ok(n)
+    }
+
+    /// Set the limits `claim.lua` enforces on `queue` (replacing any), or remove them with
+    /// `None`. Takes effect on the next claim. One `MULTI` on keys of the queue's slot, so a
+    /// claim never sees half of a change.
+    pub async fn set_limits(&self, queue: &str, limits: Option<&QueueLimits>) -> Result<()> {
+        let k = self.keys.queue(queue);
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.atomic().del(&k.limits).ignore();
+        if let Some(l) = limits.filter(|l| !l.is_empty()) {
+            pipe.hset_multiple(&k.limits, &l.to_fields()).ignore();
+        }
+        let _: () = pipe.query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// The limits `claim.lua` enforces on `queue` now.
+    pub async fn limits(&self, queue: &str) -> Result<QueueLimits> {
+        let mut conn = self.conn.clone();
+        let raw: Vec<(String, u64)> = conn.hgetall(self.keys.queue(queue).limits).await?;
+        Ok(QueueLimits::from_fields(
+            raw.iter().map(|(k, v)| (k.as_str(), *v)),
+        ))
+    }
+
+    /// What the limits of `queue` are doing now: its limits, the jobs running per limit key
+    /// (the `top` busiest keys), how many keyed jobs wait, and until when the queue or its
+    /// keys are held. One pipeline on keys of the queue's slot.
+    pub async fn limit_state(&self, queue: &str, top: usize) -> Result<LimitState> {
+        let k = self.keys.queue(queue);
+        let mut conn = self.conn.clone();
+        let (limits, running_jobs, running, keyed_ready, held_ms, parked, parked_count): (
+            Vec<(String, u64)>,
+            usize,
+            Vec<(String, i64)>,
+            Option<i64>,
+            i64,
+            Vec<(String, f64)>,
+            usize,
+        ) = redis::pipe()
+            .hgetall(&k.limits)
+            .hlen(&k.slots)
+            .hgetall(&k.running)
+            .get(&k.key_ready_count)
+            .pttl(&k.held)
+            .zrange_withscores(&k.parked, 0, top as isize - 1)
+            .zcard(&k.parked)
+            .query_async(&mut conn)
+            .await?;
+        let now = crate::job::now_ms();
+        let mut running: Vec<(String, u64)> = running
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| (k, n as u64))
+            .collect();
+        let running_keys = running.len();
+        running.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        running.truncate(top);
+        Ok(LimitState {
+            limits: QueueLimits::from_fields(limits.iter().map(|(k, v)| (k.as_str(), *v))),
+            running: running_jobs,
+            running_keys,
+            running_by_key: running,
+            keyed_ready: keyed_ready.unwrap_or(0).max(0) as u64,
+            held_until_ms: (held_ms > 0).then(|| now + held_ms),
+            held_keys: parked
+                .into_iter()
+                .filter(|(_, until)| *until as i64 > now)
+                .map(|(key, until)| (key, until as i64))
+                .collect(),
+            held_key_count: parked_count,
+        })
     }
 
     /// Renew `worker`'s leases on `ids`. Returns (ids whose lease is no longer ours, ids whose
@@ -588,9 +846,17 @@ mod tests {
                     // The queue's epoch lives in the same slot, so a node that lost the queue
                     // lost its epoch too.
                     assert_eq!(key_slot(k.epoch.as_bytes()), slot, "{op:?} epoch");
+                    // Per-key sets: the scripts append a limit key to a prefix passed as a
+                    // key; whatever the limit key, the name keeps the queue's tag.
+                    for prefix in [&k.key_ready, &k.key_starts] {
+                        for limit_key in ["customer:42", "api.stripe.com", "a", "{x}"] {
+                            let full = format!("{prefix}{limit_key}");
+                            assert_eq!(key_slot(full.as_bytes()), slot, "{op:?}: {full}");
+                        }
+                    }
                 }
             }
         }
-        assert_eq!(Op::ALL.len(), 10, "a new script must be added to Op::ALL");
+        assert_eq!(Op::ALL.len(), 12, "a new script must be added to Op::ALL");
     }
 }

@@ -49,8 +49,22 @@ fn cpu_time() -> anyhow::Result<Duration> {
     Ok(Duration::from_millis(ticks * 10))
 }
 
+/// Limits of the drained queue (`w2limits`).
+#[derive(Clone, Copy, Default)]
+struct Limited {
+    /// The queue's limits, if any.
+    limits: Option<jobmill::limits::QueueLimits>,
+    /// Spread the jobs over this many distinct `limit_key`s (0: no key).
+    keys: usize,
+}
+
 /// Drain `N` no-op jobs with one worker of the given front end.
 async fn w2_drain(front: Front) -> anyhow::Result<Drain> {
+    w2_drain_limited(front, Limited::default()).await
+}
+
+/// Drain `N` no-op jobs with one worker of the given front end, on a queue with `limited`.
+async fn w2_drain_limited(front: Front, limited: Limited) -> anyhow::Result<Drain> {
     let (mut s, store, _) = fresh(64).await?;
     // Heartbeats (and with them the worker's counters in Redis) every third of a second: the
     // shortest lease the settings allow.
@@ -59,8 +73,17 @@ async fn w2_drain(front: Front) -> anyhow::Result<Drain> {
     let queue = RedisQueue::connect(&s.redis, &s.key_prefix).await?;
     let client =
         jobmill_bench::deployment::client(store.clone(), queue.clone(), &registry.clone(), &s);
-    for _ in 0..N / 1000 {
-        client.submit_batch(TENANT, noop_batch(1000)).await?;
+    if let Some(l) = &limited.limits {
+        queue.set_limits(jobmill_bench::deployment::QUEUE, Some(l)).await?;
+    }
+    for b in 0..N / 1000 {
+        let mut batch = noop_batch(1000);
+        if limited.keys > 0 {
+            for (i, j) in batch.iter_mut().enumerate() {
+                j.limit_key = Some(format!("key:{}", (b * 1000 + i) % limited.keys));
+            }
+        }
+        client.submit_batch(TENANT, batch).await?;
     }
     // Let the submission side's confirmations (clearing `enqueue_pending`) land before the drain
     // is measured, so the drain competes with nothing but itself.
@@ -209,5 +232,61 @@ pub(crate) async fn w2_apalis() -> anyhow::Result<Rows> {
             format!("{:.1}", apalis.cpu_per_job_us),
             format!("{:.4} mongodb commands/job", apalis.cmds as f64 / N as f64),
         ),
+    ])
+}
+
+/// W2 on a limited queue against the same queue unlimited, same run, same servers: a queue
+/// `concurrency: 40`, and 1,000 distinct `limit_key`s with `key_concurrency: 1` (target: each
+/// at most 10% below unlimited). Handler rate and the time until every outcome is durable.
+pub(crate) async fn w2_limits() -> anyhow::Result<Rows> {
+    use jobmill::limits::QueueLimits;
+    let unlimited = w2_drain(Front::Native).await?;
+    let conc = w2_drain_limited(
+        Front::Native,
+        Limited {
+            limits: Some(QueueLimits {
+                concurrency: Some(40),
+                ..Default::default()
+            }),
+            keys: 0,
+        },
+    )
+    .await?;
+    let keyed = w2_drain_limited(
+        Front::Native,
+        Limited {
+            limits: Some(QueueLimits {
+                key_concurrency: Some(1),
+                ..Default::default()
+            }),
+            keys: 1000,
+        },
+    )
+    .await?;
+    let durable = |d: &Drain| rate(N, d.durable);
+    let row = |name: &str, d: &Drain| {
+        (
+            format!("{name}: durable outcomes/s"),
+            format!("{:.0}", durable(d)),
+            format!(
+                "{:.0}% of unlimited; handlers {:.0}/s ({:.0}% of unlimited); CPU {:.1} µs/job",
+                100.0 * durable(d) / durable(&unlimited),
+                d.handler_rate,
+                100.0 * d.handler_rate / unlimited.handler_rate,
+                d.cpu_per_job_us
+            ),
+        )
+    };
+    Ok(vec![
+        (
+            "unlimited: durable outcomes/s".into(),
+            format!("{:.0}", durable(&unlimited)),
+            format!(
+                "handlers {:.0}/s; CPU {:.1} µs/job",
+                unlimited.handler_rate, unlimited.cpu_per_job_us
+            ),
+        ),
+        row("concurrency 40", &conc),
+        row("1,000 keys, key_concurrency 1", &keyed),
     ])
 }

@@ -1,28 +1,171 @@
--- Claim up to N ready jobs for one worker: pop the best-scored ids, lease them to the worker
--- and count the attempt, all at once so a crash can never leave a popped job unleased (which
--- would lose it).
+-- Claim up to N ready jobs for one worker: pop the best ids, lease them to the worker, count
+-- the attempt and take their limit slots, all at once so a crash can never leave a popped job
+-- unleased (which would lose it) nor a slot taken without a lease (which would leak it).
 -- KEYS[1] ready ZSET   KEYS[2] payloads HASH   KEYS[3] attempts HASH
 -- KEYS[4] leased ZSET  KEYS[5] owners HASH   KEYS[6] paused flag (STRING)
+-- KEYS[7] limits HASH  KEYS[8] slots HASH    KEYS[9] running HASH   KEYS[10] ring ZSET
+-- KEYS[11] parked ZSET KEYS[12] per-key ready prefix  KEYS[13] per-key ready count
+-- KEYS[14] starts ZSET KEYS[15] per-key starts prefix KEYS[16] held flag (STRING)
 -- ARGV[1] lease ttl ms   ARGV[2] worker id   ARGV[3] max jobs
--- Returns a flat array: id, attempt, payload, id, attempt, payload, ...
--- A paused queue hands out nothing. Checked here, in the same atomic step as the pop, so a
--- pause takes effect on the very next claim of every worker (no flag polling).
-if redis.call('EXISTS', KEYS[6]) == 1 then return {} end
+-- Returns { flat array id, attempt, payload, ..., wait } where wait is -1, or the ms after
+-- which limits may let more of the queue's ready jobs start (the caller polls sooner).
+--
+-- Limits are checked here, in the same atomic step as the pop, so no two workers can both
+-- see a free slot and take it: concurrency is the size of `slots` (one entry per leased job),
+-- rates are sliding logs of start times. Jobs with a limit key wait in one ready set per key;
+-- the claim takes them round-robin over the ring of keys (one job per key per turn), so a key
+-- with 100,000 jobs does not starve a key with 10, and alternates them with the jobs that have
+-- no key. Priorities order jobs within a key, not across keys.
+--
+-- A paused queue hands out nothing. Checked here too, so a pause takes effect on the very
+-- next claim of every worker (no flag polling).
+if redis.call('EXISTS', KEYS[6]) == 1 then return { {}, -1 } end
+local S = { ready = KEYS[1], slots = KEYS[8], running = KEYS[9], ring = KEYS[10],
+  parked = KEYS[11], kready = KEYS[12], kcount = KEYS[13] }
 local t = redis.call('TIME')
-local expiry = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1]))
-local popped = redis.call('ZPOPMIN', KEYS[1], ARGV[3])
-local out = {}
-for i = 1, #popped, 2 do
-  local id = popped[i]
-  local payload = redis.call('HGET', KEYS[2], id)
-  -- No payload: the job was cancelled or finished meanwhile; its id was a leftover.
-  if payload then
-    local attempt = redis.call('HINCRBY', KEYS[3], id, 1)
-    redis.call('ZADD', KEYS[4], expiry, id)
-    redis.call('HSET', KEYS[5], id, ARGV[2])
-    out[#out + 1] = id
-    out[#out + 1] = attempt
-    out[#out + 1] = payload
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_s = string.format('%.0f', now)
+local expiry = string.format('%.0f', now + tonumber(ARGV[1]))
+local budget = tonumber(ARGV[3])
+local wait = -1
+local function limited(ms)
+  if ms < 1 then ms = 1 end
+  if wait < 0 or ms < wait then wait = ms end
+end
+-- Whether anything is ready at all, so a limited but empty queue does not make workers poll.
+local function has_ready()
+  return redis.call('ZCARD', KEYS[1]) > 0 or tonumber(redis.call('GET', KEYS[13]) or '0') > 0
+end
+local lim = {}
+local raw = redis.call('HGETALL', KEYS[7])
+for i = 1, #raw, 2 do lim[raw[i]] = tonumber(raw[i + 1]) end
+-- A job without a limit key answered RateLimited: the whole queue waits.
+local held = redis.call('PTTL', KEYS[16])
+if held > 0 then
+  if has_ready() then return { {}, held } end
+  return { {}, -1 }
+end
+if lim.concurrency then
+  local room = lim.concurrency - redis.call('HLEN', KEYS[8])
+  if room < budget then
+    budget = room
+    -- A slot frees when a job of the queue ends, which no timer predicts: poll soon.
+    if budget <= 0 and has_ready() then limited(25) end
   end
 end
-return out
+if lim.rate_max then
+  redis.call('ZREMRANGEBYSCORE', KEYS[14], '-inf', string.format('%.0f', now - lim.rate_per_ms))
+  local room = lim.rate_max - redis.call('ZCARD', KEYS[14])
+  if room < budget then
+    budget = room
+    if budget <= 0 and has_ready() then
+      local oldest = redis.call('ZRANGE', KEYS[14], 0, 0, 'WITHSCORES')
+      limited(tonumber(oldest[2]) + lim.rate_per_ms - now)
+    end
+  end
+end
+if budget <= 0 then return { {}, wait } end
+
+local out = {}
+-- Lease `id` (popped from a ready set) with the slot of `key`. False if it was a leftover id
+-- (cancelled or finished meanwhile: no payload).
+local function take(id, key)
+  local payload = redis.call('HGET', KEYS[2], id)
+  if not payload then return false end
+  local attempt = redis.call('HINCRBY', KEYS[3], id, 1)
+  redis.call('ZADD', KEYS[4], expiry, id)
+  redis.call('HSET', KEYS[5], id, ARGV[2])
+  redis.call('HSET', KEYS[8], id, key)
+  if lim.rate_max then redis.call('ZADD', KEYS[14], now_s, id .. ':' .. attempt) end
+  if key ~= '' then
+    redis.call('HINCRBY', KEYS[9], key, 1)
+    if lim.key_rate_max then
+      local starts = KEYS[15] .. key
+      redis.call('ZADD', starts, now_s, id .. ':' .. attempt)
+      redis.call('PEXPIRE', starts, lim.key_rate_per_ms)
+    end
+  end
+  out[#out + 1] = id
+  out[#out + 1] = attempt
+  out[#out + 1] = payload
+  return true
+end
+
+-- Keys whose hold or rate window is over go back to the ring.
+if redis.call('ZCARD', KEYS[11]) > 0 then
+  local due = redis.call('ZRANGEBYSCORE', KEYS[11], '-inf', now_s, 'LIMIT', 0, 1000)
+  for _, key in ipairs(due) do
+    redis.call('ZREM', KEYS[11], key)
+    if redis.call('EXISTS', KEYS[12] .. key) == 1 then ring_enter(S, key) end
+  end
+end
+
+-- One job from the next key of the ring that may start one. Each key looked at leaves the
+-- ring or goes to its end, so the scan is bounded; keys it skips are parked (held, or their
+-- rate is used up: back when due) or left out (at key_concurrency: back when a slot frees).
+local scans = 0
+local scan_max = 2 * budget + 100
+local function next_keyed()
+  while scans < scan_max do
+    scans = scans + 1
+    local head = redis.call('ZRANGE', KEYS[10], 0, 0)
+    if #head == 0 then return false end
+    local key = head[1]
+    local kready = KEYS[12] .. key
+    local blocked = false
+    if lim.key_concurrency and tonumber(redis.call('HGET', KEYS[9], key) or '0') >= lim.key_concurrency then
+      redis.call('ZREM', KEYS[10], key)
+      blocked = true
+    elseif lim.key_rate_max then
+      local starts = KEYS[15] .. key
+      redis.call('ZREMRANGEBYSCORE', starts, '-inf', string.format('%.0f', now - lim.key_rate_per_ms))
+      if redis.call('ZCARD', starts) >= lim.key_rate_max then
+        local oldest = redis.call('ZRANGE', starts, 0, 0, 'WITHSCORES')
+        local due = tonumber(oldest[2]) + lim.key_rate_per_ms
+        redis.call('ZREM', KEYS[10], key)
+        redis.call('ZADD', KEYS[11], string.format('%.0f', due), key)
+        limited(due - now)
+        blocked = true
+      end
+    end
+    if not blocked then
+      local p = redis.call('ZPOPMIN', kready, 1)
+      if #p == 0 then
+        redis.call('ZREM', KEYS[10], key)
+      else
+        redis.call('DECR', KEYS[13])
+        if redis.call('EXISTS', kready) == 0 then
+          redis.call('ZREM', KEYS[10], key)
+        else
+          local tail = redis.call('ZRANGE', KEYS[10], -1, -1, 'WITHSCORES')
+          redis.call('ZADD', KEYS[10], tonumber(tail[2]) + 1, key)
+        end
+        if take(p[1], key) then return true end
+      end
+    end
+  end
+  return false
+end
+
+if redis.call('EXISTS', KEYS[10]) == 0 then
+  -- No key has ready work: the plain path, one pop for the whole batch.
+  local popped = redis.call('ZPOPMIN', KEYS[1], budget)
+  for i = 1, #popped, 2 do take(popped[i], '') end
+else
+  local plain, keyed, taken = true, true, 0
+  while taken < budget and (plain or keyed) do
+    if plain then
+      local p = redis.call('ZPOPMIN', KEYS[1], 1)
+      if #p == 0 then plain = false elseif take(p[1], '') then taken = taken + 1 end
+    end
+    if keyed and taken < budget then
+      if next_keyed() then taken = taken + 1 else keyed = false end
+    end
+  end
+end
+-- Keyed jobs left waiting because their keys are at key_concurrency: come back soon (a slot
+-- of a key frees when one of its jobs ends, which no timer predicts).
+if #out < 3 * budget and wait < 0 and tonumber(redis.call('GET', KEYS[13]) or '0') > 0 then
+  limited(25)
+end
+return { out, wait }
