@@ -56,7 +56,11 @@ pub struct SubmitJob {
     /// What the queue's per-key limits (`key_concurrency`, `key_rate`) count this job
     /// against, e.g. `customer:42` or `api.stripe.com`; jobs of different keys take turns at
     /// claims. 1-128 letters, digits or `. _ - : @ / + =`.
-    #[schema(min_length = 1, max_length = 128, pattern = r"^[A-Za-z0-9._:@/+=-]{1,128}$")]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[A-Za-z0-9._:@/+=-]{1,128}$"
+    )]
     pub limit_key: Option<String>,
     /// `https://` (or allow-listed `http://`) URL that receives a signed POST when the job
     /// ends (`job.succeeded`, `job.failed`, `job.cancelled`).

@@ -612,9 +612,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// `10/1s` → `{"max": 10, "per": "1s"}`.
 fn parse_rate(s: &str) -> anyhow::Result<Value> {
-    let (max, per) = s
-        .split_once('/')
-        .context("a rate is MAX/PER, like 10/1s")?;
+    let (max, per) = s.split_once('/').context("a rate is MAX/PER, like 10/1s")?;
     let max: u32 = max
         .trim()
         .parse()
@@ -638,7 +636,16 @@ fn print_limits(q: &Value) {
     };
     let set = &l["set"];
     table::print(
-        &["queue", "concurrency", "rate", "key_concurrency", "key_rate", "running", "keys", "held_until_ms"],
+        &[
+            "queue",
+            "concurrency",
+            "rate",
+            "key_concurrency",
+            "key_rate",
+            "running",
+            "keys",
+            "held_until_ms",
+        ],
         &[vec![
             table::cell(&q["name"]),
             table::cell(&set["concurrency"]),

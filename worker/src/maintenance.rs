@@ -197,7 +197,10 @@ async fn settle_rescued(shared: &Shared, queue: &str, taken: Vec<Claimed>) -> jo
             RedisStep::Ack => ack.push(id),
             // A rescue writes only `Finish`, whose follow-ups are the two above.
             // A lease expiry never decides a rate limit.
-            RedisStep::Keep | RedisStep::StopHandler | RedisStep::Release | RedisStep::Throttle(_) => {}
+            RedisStep::Keep
+            | RedisStep::StopHandler
+            | RedisStep::Release
+            | RedisStep::Throttle(_) => {}
         }
     }
     shared.queue.reschedule(queue, None, &reschedule).await?;

@@ -99,12 +99,11 @@ pub async fn queues_limits_set(
 ) -> Result<Response, ApiError> {
     caller.require_operator()?;
     check_name(&name)?;
-    let limits = spec.check().map_err(|m| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_limits", m)
-    })?;
-    jobmill_ops::limits::check_shardable(&name, &limits).map_err(|m| {
-        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_limits", m)
-    })?;
+    let limits = spec
+        .check()
+        .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_limits", m))?;
+    jobmill_ops::limits::check_shardable(&name, &limits)
+        .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_limits", m))?;
     let ops = state.ops.clone();
     let request = serde_json::to_value(LimitsSpec::from(limits)).unwrap_or_default();
     audited(

@@ -85,10 +85,7 @@ impl RateSpec {
         if per < RATE_PER.0 || per > RATE_PER.1 {
             return Err(format!("{field}.per must be from 10ms to 1d"));
         }
-        Ok(Rate {
-            max: self.max,
-            per,
-        })
+        Ok(Rate { max: self.max, per })
     }
 }
 
@@ -105,16 +102,20 @@ impl LimitsSpec {
     /// Check every field; the message names the first bad one.
     pub fn check(&self) -> Result<QueueLimits, String> {
         let conc = |v: Option<u32>, field: &str| match v {
-            Some(n) if !(1..=MAX_CONCURRENCY).contains(&n) => Err(format!(
-                "{field} must be from 1 to {MAX_CONCURRENCY}"
-            )),
+            Some(n) if !(1..=MAX_CONCURRENCY).contains(&n) => {
+                Err(format!("{field} must be from 1 to {MAX_CONCURRENCY}"))
+            }
             other => Ok(other),
         };
         let limits = QueueLimits {
             concurrency: conc(self.concurrency, "concurrency")?,
             rate: self.rate.as_ref().map(|r| r.check("rate")).transpose()?,
             key_concurrency: conc(self.key_concurrency, "key_concurrency")?,
-            key_rate: self.key_rate.as_ref().map(|r| r.check("key_rate")).transpose()?,
+            key_rate: self
+                .key_rate
+                .as_ref()
+                .map(|r| r.check("key_rate"))
+                .transpose()?,
         };
         if limits.is_empty() {
             return Err(
@@ -232,7 +233,10 @@ mod tests {
         .check()
         .unwrap();
         let fields = l.to_fields();
-        assert_eq!(QueueLimits::from_fields(fields.iter().map(|(k, v)| (*k, *v))), l);
+        assert_eq!(
+            QueueLimits::from_fields(fields.iter().map(|(k, v)| (*k, *v))),
+            l
+        );
         assert_eq!(LimitsSpec::from(l).rate.unwrap().per, "1s");
         assert!(l.is_queue_wide());
     }
@@ -266,7 +270,13 @@ mod tests {
 
     #[test]
     fn limit_keys() {
-        for ok in ["customer:42", "api.stripe.com", "a", "x/y+z=", &"k".repeat(128)] {
+        for ok in [
+            "customer:42",
+            "api.stripe.com",
+            "a",
+            "x/y+z=",
+            &"k".repeat(128),
+        ] {
             assert!(check_limit_key(ok).is_ok(), "{ok}");
         }
         for bad in ["", "a b", "{x}", "é", &"k".repeat(129), "a\nb"] {

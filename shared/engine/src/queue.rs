@@ -285,6 +285,17 @@ pub struct Claimed {
     pub attempt: u32,
 }
 
+/// The pipeline reply of [`RedisQueue::limit_state`].
+type LimitReply = (
+    Vec<(String, u64)>,
+    usize,
+    Vec<(String, i64)>,
+    Option<i64>,
+    i64,
+    Vec<(String, f64)>,
+    usize,
+);
+
 /// What the limits of one queue are doing, for operators.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct LimitState {
@@ -497,6 +508,11 @@ impl RedisQueue {
             pipe.hset_multiple(&k.limits, &l.to_fields()).ignore();
         }
         let _: () = pipe.query_async(&mut conn).await?;
+        if limits.is_some() {
+            // A limited queue is a queue in use (operators see it before its first job). The
+            // registry is outside the queue's slot, so this is a command of its own.
+            let _: () = conn.sadd(self.keys.queues(), queue).await?;
+        }
         Ok(())
     }
 
@@ -515,15 +531,8 @@ impl RedisQueue {
     pub async fn limit_state(&self, queue: &str, top: usize) -> Result<LimitState> {
         let k = self.keys.queue(queue);
         let mut conn = self.conn.clone();
-        let (limits, running_jobs, running, keyed_ready, held_ms, parked, parked_count): (
-            Vec<(String, u64)>,
-            usize,
-            Vec<(String, i64)>,
-            Option<i64>,
-            i64,
-            Vec<(String, f64)>,
-            usize,
-        ) = redis::pipe()
+        let (limits, running_jobs, running, keyed_ready, held_ms, parked, parked_count): LimitReply =
+            redis::pipe()
             .hgetall(&k.limits)
             .hlen(&k.slots)
             .hgetall(&k.running)

@@ -351,9 +351,25 @@ mod tests {
             (O::Panicked("boom".into()), 1, 2, S::Retrying, d(500)),
             (O::LeaseExpired, 4, 5, S::Retrying, d(4000)),
             (O::LeaseExpired, 5, 5, S::Failed, None),
-            (O::RateLimited { after: d(300).unwrap() }, 1, 3, S::Scheduled, d(300)),
+            (
+                O::RateLimited {
+                    after: d(300).unwrap(),
+                },
+                1,
+                3,
+                S::Scheduled,
+                d(300),
+            ),
             // The attempt is given back, so even the last one is not a failure.
-            (O::RateLimited { after: d(300).unwrap() }, 3, 3, S::Scheduled, d(300)),
+            (
+                O::RateLimited {
+                    after: d(300).unwrap(),
+                },
+                3,
+                3,
+                S::Scheduled,
+                d(300),
+            ),
         ];
         for (outcome, attempt, max, state, delay) in table {
             let label = format!("{outcome:?} at {attempt}/{max}");

@@ -123,9 +123,7 @@ impl Write {
             Write::Progress { .. } => true,
             Write::Finish {
                 attempt, decision, ..
-            } if decision.returns_attempt() => {
-                state == decision.state() && current == *attempt - 1
-            }
+            } if decision.returns_attempt() => state == decision.state() && current == *attempt - 1,
             Write::Finish {
                 attempt, decision, ..
             } => state == decision.state() && current == *attempt,

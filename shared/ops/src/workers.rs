@@ -263,15 +263,14 @@ pub async fn list(queue: &RedisQueue) -> jobmill::Result<Vec<WorkerView>> {
     // Entries older than the window are forgotten here; their hashes have expired.
     let _: () = conn.zrembyscore(keys.workers(), "-inf", since).await?;
     let ids: Vec<String> = conn.zrevrangebyscore(keys.workers(), "+inf", since).await?;
-    let mut pipe = redis::pipe();
-    for id in &ids {
-        pipe.hget(keys.worker(id), STATUS_FIELD);
-    }
-    let raw: Vec<Option<String>> = if ids.is_empty() {
-        Vec::new()
-    } else {
-        pipe.query_async(&mut conn).await?
-    };
+    // One HGET per worker, not one pipeline: each worker's hash has a slot of its own on a
+    // Redis Cluster, and a pipeline is routed as a whole.
+    let raw: Vec<Option<String>> = futures::future::try_join_all(ids.iter().map(|id| {
+        let mut conn = conn.clone();
+        let key = keys.worker(id);
+        async move { conn.hget::<_, _, Option<String>>(key, STATUS_FIELD).await }
+    }))
+    .await?;
     let mut out: Vec<WorkerView> = raw
         .into_iter()
         .flatten()

@@ -74,7 +74,9 @@ async fn w2_drain_limited(front: Front, limited: Limited) -> anyhow::Result<Drai
     let client =
         jobmill_bench::deployment::client(store.clone(), queue.clone(), &registry.clone(), &s);
     if let Some(l) = &limited.limits {
-        queue.set_limits(jobmill_bench::deployment::QUEUE, Some(l)).await?;
+        queue
+            .set_limits(jobmill_bench::deployment::QUEUE, Some(l))
+            .await?;
     }
     for b in 0..N / 1000 {
         let mut batch = noop_batch(1000);

@@ -53,20 +53,35 @@ if lim.concurrency then
     if budget <= 0 and has_ready() then limited(25) end
   end
 end
+-- Rates are smooth (GCRA): starts are spaced `per / max` apart, with a tolerance of RATE_EARLY ms,
+-- so a batch of starts cannot land at a window's edge and double up with the next batch. Each
+-- start is logged at its slot time (`at`), never earlier than the previous slot plus the
+-- spacing; the log's newest entry is the next free slot.
+local RATE_EARLY = 10
+-- How many starts `log` allows now, and the first slot time (or the wait when none).
+local function rate_room(log, max, per)
+  local gap = per / max
+  redis.call('ZREMRANGEBYSCORE', log, '-inf', string.format('%.3f', now - per))
+  local at = now
+  local last = redis.call('ZRANGE', log, -1, -1, 'WITHSCORES')
+  if #last > 0 and tonumber(last[2]) + gap > at then at = tonumber(last[2]) + gap end
+  if at > now + RATE_EARLY then return 0, at - RATE_EARLY - now end
+  return math.floor((now + RATE_EARLY - at) / gap) + 1, at
+end
+local rate_at, rate_gap = nil, nil
 if lim.rate_max then
-  redis.call('ZREMRANGEBYSCORE', KEYS[14], '-inf', string.format('%.0f', now - lim.rate_per_ms))
-  local room = lim.rate_max - redis.call('ZCARD', KEYS[14])
+  local room, at = rate_room(KEYS[14], lim.rate_max, lim.rate_per_ms)
   if room < budget then
     budget = room
-    if budget <= 0 and has_ready() then
-      local oldest = redis.call('ZRANGE', KEYS[14], 0, 0, 'WITHSCORES')
-      limited(tonumber(oldest[2]) + lim.rate_per_ms - now)
-    end
+    if budget <= 0 and has_ready() then limited(at) end
   end
+  if room > 0 then rate_at, rate_gap = at, lim.rate_per_ms / lim.rate_max end
 end
 if budget <= 0 then return { {}, wait } end
 
 local out = {}
+-- Slot time of the next start of the key being served (key_rate), set by next_keyed.
+local key_rate_at = nil
 -- Lease `id` (popped from a ready set) with the slot of `key`. False if it was a leftover id
 -- (cancelled or finished meanwhile: no payload).
 local function take(id, key)
@@ -76,13 +91,16 @@ local function take(id, key)
   redis.call('ZADD', KEYS[4], expiry, id)
   redis.call('HSET', KEYS[5], id, ARGV[2])
   redis.call('HSET', KEYS[8], id, key)
-  if lim.rate_max then redis.call('ZADD', KEYS[14], now_s, id .. ':' .. attempt) end
+  if rate_at then
+    redis.call('ZADD', KEYS[14], string.format('%.3f', rate_at), id .. ':' .. attempt)
+    rate_at = rate_at + rate_gap
+  end
   if key ~= '' then
     redis.call('HINCRBY', KEYS[9], key, 1)
-    if lim.key_rate_max then
+    if key_rate_at then
       local starts = KEYS[15] .. key
-      redis.call('ZADD', starts, now_s, id .. ':' .. attempt)
-      redis.call('PEXPIRE', starts, lim.key_rate_per_ms)
+      redis.call('ZADD', starts, string.format('%.3f', key_rate_at), id .. ':' .. attempt)
+      redis.call('PEXPIRE', starts, lim.key_rate_per_ms + 2 * RATE_EARLY)
     end
   end
   out[#out + 1] = id
@@ -117,15 +135,15 @@ local function next_keyed()
       redis.call('ZREM', KEYS[10], key)
       blocked = true
     elseif lim.key_rate_max then
-      local starts = KEYS[15] .. key
-      redis.call('ZREMRANGEBYSCORE', starts, '-inf', string.format('%.0f', now - lim.key_rate_per_ms))
-      if redis.call('ZCARD', starts) >= lim.key_rate_max then
-        local oldest = redis.call('ZRANGE', starts, 0, 0, 'WITHSCORES')
-        local due = tonumber(oldest[2]) + lim.key_rate_per_ms
+      local room, at = rate_room(KEYS[15] .. key, lim.key_rate_max, lim.key_rate_per_ms)
+      if room <= 0 then
+        -- Parked until its next slot; back in the ring then.
         redis.call('ZREM', KEYS[10], key)
-        redis.call('ZADD', KEYS[11], string.format('%.0f', due), key)
-        limited(due - now)
+        redis.call('ZADD', KEYS[11], string.format('%.0f', now + at), key)
+        limited(at)
         blocked = true
+      else
+        key_rate_at = at
       end
     end
     if not blocked then
