@@ -73,7 +73,8 @@ pub struct QueueKeys {
     pub key_ready: String,
     /// STRING: the number of jobs in the per-key ready sets (queue depth without a scan).
     pub key_ready_count: String,
-    /// ZSET start id → ms: the queue's starts within its `rate` window (sliding log).
+    /// ZSET start id → slot time (ms): the queue's starts within its `rate` window; the newest
+    /// entry is the next free slot (see `claim.lua`).
     pub starts: String,
     /// Prefix of the per-key ZSETs of starts within the `key_rate` window (expire with it).
     pub key_starts: String,

@@ -17,7 +17,7 @@ use crate::config::{fmt_duration, parse_duration};
 pub const MAX_LIMIT_KEY: usize = 128;
 /// Largest `concurrency` or `key_concurrency`.
 pub const MAX_CONCURRENCY: u32 = 1_000_000;
-/// Largest `max` of a rate (the sliding window keeps one entry per start).
+/// Largest `max` of a rate (the log keeps one entry per start in the window).
 pub const MAX_RATE: u32 = 100_000;
 /// Shortest and longest `per` of a rate.
 pub const RATE_PER: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(86_400));

@@ -12,7 +12,7 @@
 --
 -- Limits are checked here, in the same atomic step as the pop, so no two workers can both
 -- see a free slot and take it: concurrency is the size of `slots` (one entry per leased job),
--- rates are sliding logs of start times. Jobs with a limit key wait in one ready set per key;
+-- rates are logs of spaced start slots (below). Jobs with a limit key wait in one ready set per key;
 -- the claim takes them round-robin over the ring of keys (one job per key per turn), so a key
 -- with 100,000 jobs does not starve a key with 10, and alternates them with the jobs that have
 -- no key. Priorities order jobs within a key, not across keys.
