@@ -45,9 +45,9 @@ pub(crate) async fn execute(
         return;
     }
     let started = DateTime::now();
-    shared.persister.progress.track(&p.id, &p.queue, &p.tenant);
+    shared.persister.progress.track(&p.id, p.lane(), &p.tenant);
     shared.persister.send(Item {
-        queue: p.queue.clone(),
+        queue: p.lane().to_string(),
         write: Write::Start {
             id: p.id.clone(),
             attempt: attempt as i32,
@@ -90,7 +90,7 @@ pub(crate) async fn execute(
             // recorded. A rate-limited job keeps it until `throttle.lua` holds its key, so no
             // sibling slips in between.
             if !decision.returns_attempt() {
-                shared.slots.ended(&p.queue, &p.id);
+                shared.slots.ended(p.lane(), &p.id);
             }
             let ran = (now.timestamp_millis() - started.timestamp_millis()).max(0) as f64 / 1000.0;
             shared
@@ -115,7 +115,7 @@ pub(crate) async fn execute(
         }
     };
     shared.persister.send(Item {
-        queue: p.queue.clone(),
+        queue: p.lane().to_string(),
         write,
         release_score,
     });
@@ -194,7 +194,7 @@ async fn defer(shared: &Shared, claimed: &Claimed) {
     // unreachable) the heartbeat must stop renewing its lease, so the lease expires and the
     // rescuer reruns the job (charging the attempt). Kept in the table, it would stay leased to
     // this worker, which never runs it: lost while this process lives.
-    if let Err(e) = shared.queue.defer(&p.queue, &shared.worker, &items).await {
+    if let Err(e) = shared.queue.defer(p.lane(), &shared.worker, &items).await {
         tracing::warn!(job = %p.id, error = %e, "could not defer a job of a kind not served here; its lease will expire");
     }
     shared.inflight.remove(&p.id);

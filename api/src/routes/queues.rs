@@ -88,6 +88,7 @@ pub async fn queues_resume(
         (status = 403, description = "not an operator key", body = ErrorBody),
         (status = 413, description = "body too large", body = ErrorBody),
         (status = 415, description = "not application/json", body = ErrorBody),
+        (status = 409, description = "sharded_queue: concurrency or rate on a sharded queue", body = ErrorBody),
         (status = 422, description = "invalid_body or invalid_limits", body = ErrorBody),
         (status = 503, description = "a store is unreachable", body = ErrorBody),
     ))]
@@ -102,8 +103,10 @@ pub async fn queues_limits_set(
     let limits = spec
         .check()
         .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_limits", m))?;
-    jobmill_ops::limits::check_shardable(&name, &limits)
-        .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_limits", m))?;
+    if limits.is_queue_wide() {
+        // One claim script sees one lane: a queue-wide count cannot span a sharded queue's.
+        state.ops.queue().shards().check_queue_wide_limit(&name)?;
+    }
     let ops = state.ops.clone();
     let request = serde_json::to_value(LimitsSpec::from(limits)).unwrap_or_default();
     audited(

@@ -169,6 +169,7 @@ impl<Args: Serialize> JobmillBackend<Args> {
             timeout_ms: meta.timeout_ms,
             idempotency_key: task.idempotency_key().map(str::to_string),
             limit_key: None,
+            shard_key: None,
             ext: Default::default(),
         })
     }

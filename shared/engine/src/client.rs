@@ -29,6 +29,8 @@ pub const MAX_TIMEOUT_MS: u64 = 7 * 86_400_000;
 pub const MAX_SCHEDULE_AHEAD_MS: u64 = 366 * 86_400_000;
 /// Longest idempotency key.
 pub const MAX_IDEMPOTENCY_KEY: usize = 200;
+/// Longest shard key.
+pub const MAX_SHARD_KEY: usize = 200;
 /// Most jobs in one batch submission.
 pub const MAX_BATCH: usize = 1000;
 /// Default queue.
@@ -62,6 +64,9 @@ pub struct NewJob {
     pub idempotency_key: Option<String>,
     /// What the queue's per-key limits count the job against (see [`crate::limits`]).
     pub limit_key: Option<String>,
+    /// Pins the job to one shard of a sharded queue: jobs with the same key share a shard
+    /// (default: placed by the job's id).
+    pub shard_key: Option<String>,
     /// Fields owned by features (see [`Job::ext`]), checked by their [`SubmitHook`]s.
     pub ext: serde_json::Map<String, Value>,
 }
@@ -155,6 +160,7 @@ impl JobClient {
     pub async fn connect(settings: &CoreSettings, catalog: Arc<Catalog>) -> Result<Self> {
         let store = Store::connect_settings(settings).await?;
         let queue = RedisQueue::connect(&settings.redis, &settings.key_prefix).await?;
+        crate::shards::join_settings(&store, settings, &queue).await?;
         Ok(JobClient::new(
             store,
             queue,
@@ -236,6 +242,20 @@ impl JobClient {
         if let Some(key) = &new.limit_key {
             crate::limits::check_limit_key(key)
                 .map_err(|m| Error::invalid("invalid_limit_key", m))?;
+            if new.shard_key.as_ref().is_some_and(|s| s != key) {
+                return Err(Error::invalid(
+                    "conflicting_shard_key",
+                    "a job with a limit_key is placed by it: give no shard_key, or the same",
+                ));
+            }
+        }
+        if let Some(key) = &new.shard_key {
+            if key.is_empty() || key.len() > MAX_SHARD_KEY || key.chars().any(|c| c.is_control()) {
+                return Err(Error::invalid(
+                    "invalid_shard_key",
+                    format!("shard_key must be 1-{MAX_SHARD_KEY} printable characters"),
+                ));
+            }
         }
         let now = DateTime::now();
         let now_ms = now.timestamp_millis();
@@ -274,6 +294,9 @@ impl JobClient {
             tenant: tenant.to_string(),
             kind: new.kind,
             queue,
+            // A key's jobs share one lane of a sharded queue, so its per-key limits stay exact
+            // (each lane's claim script sees all of them).
+            shard_key: new.shard_key.or_else(|| new.limit_key.clone()),
             priority,
             args_json,
             state: if run_at_ms > now_ms {
@@ -455,7 +478,11 @@ impl JobClient {
     /// Cancel a job (see [`Store::cancel`]) and remove or signal it in Redis.
     pub async fn cancel(&self, id: &str, tenant: Option<&str>) -> Result<Job> {
         let job = self.inner.store.cancel(id, tenant).await?;
-        let effect = self.inner.queue.cancel(&job.queue, id).await;
+        let effect = self
+            .inner
+            .queue
+            .cancel(&job.queue, id, job.shard_key.as_deref())
+            .await;
         match effect {
             Ok(CancelEffect::Removed) | Ok(CancelEffect::Signalled) | Ok(CancelEffect::Absent) => {}
             // MongoDB already says cancelled; if a worker claims the job anyway, its start is
@@ -496,6 +523,10 @@ pub fn request_hash(new: &NewJob) -> String {
     // Only when given, so keys used before limits existed keep their hash.
     if let Some(k) = &new.limit_key {
         request["limit_key"] = Value::String(k.clone());
+    }
+    // Only when given, so the hashes of keys used before shard keys existed stay valid.
+    if let Some(k) = &new.shard_key {
+        request["shard_key"] = Value::String(k.clone());
     }
     hex::encode(Sha256::digest(canonical(&request).to_string().as_bytes()))
 }

@@ -145,8 +145,8 @@ impl QueueLimits {
     }
 
     /// Whether the queue as a whole is limited (not only its keys). A sharded queue cannot
-    /// carry such a limit: each shard would enforce it separately. The submission and
-    /// operator paths of sharded queues check this.
+    /// carry such a limit: each lane would enforce it separately
+    /// ([`crate::shards::ShardMap::check_queue_wide_limit`] refuses it).
     pub fn is_queue_wide(&self) -> bool {
         self.concurrency.is_some() || self.rate.is_some()
     }

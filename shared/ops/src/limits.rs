@@ -20,14 +20,6 @@ pub struct Limits {
     coll: Collection<Document>,
 }
 
-/// Where a queue-wide limit (`concurrency`, `rate`) would be refused because the queue is
-/// sharded: each shard enforces its limits in its own slot, so a queue-wide count cannot be
-/// kept atomically across shards (per-key limits pin each key to one shard and stay exact).
-/// Sharded queues do not exist yet; when they do, this returns the refusal for them.
-pub fn check_shardable(_queue: &str, _limits: &QueueLimits) -> std::result::Result<(), String> {
-    Ok(())
-}
-
 impl Limits {
     /// Over `db`.
     pub fn new(db: &Database) -> Self {

@@ -143,9 +143,34 @@ pub struct QueueState {
     pub limits: Option<LimitsView>,
 }
 
-/// Read one queue's structure sizes in one round trip (every key is in the queue's slot).
+/// Read one queue's structure sizes: one round trip per lane (every key of a lane is in its
+/// slot). A sharded queue's figures add its lanes up (draining ones included); it shows as
+/// paused when any lane is (pausing sets every lane's flag).
 pub async fn state(queue: &RedisQueue, name: &str) -> Result<QueueState> {
-    let k = queue.queue_keys(name);
+    let mut total = QueueState::default();
+    for lane in queue.lanes(name) {
+        let s = lane_state(queue, &lane).await?;
+        total.paused |= s.paused;
+        total.counts.queued += s.counts.queued;
+        total.counts.scheduled += s.counts.scheduled;
+        total.counts.retrying += s.counts.retrying;
+        total.counts.running += s.counts.running;
+        total.oldest_ready_ms = match (total.oldest_ready_ms, s.oldest_ready_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    // Limits over every lane. Jobs with a limit key wait in per-key ready sets, counted apart
+    // (their age is not in `latency_seconds`: reading every key's head would cost a lookup
+    // per key).
+    total.limits = LimitsView::from_state(queue.limit_state(name, TOP_KEYS).await?);
+    total.counts.queued += total.limits.as_ref().map_or(0, |l| l.keyed_queued);
+    Ok(total)
+}
+
+/// One lane's structure sizes in one round trip.
+async fn lane_state(queue: &RedisQueue, lane: &str) -> Result<QueueState> {
+    let k = queue.queue_keys(lane);
     let mut conn = queue.connection();
     let mut pipe = redis::pipe();
     pipe.exists(&k.paused)
@@ -184,10 +209,6 @@ pub async fn state(queue: &RedisQueue, name: &str) -> Result<QueueState> {
         heads.push(val(next())?);
     }
     let [ready, scheduled, retrying, leased, rescued] = sizes;
-    let limits = LimitsView::from_state(queue.limit_state(name, TOP_KEYS).await?);
-    // Jobs with a limit key wait in per-key ready sets, counted apart. (Their age is not in
-    // `latency_seconds`: reading every key's head would cost a lookup per key.)
-    let keyed = limits.as_ref().map_or(0, |l| l.keyed_queued);
     let oldest_ready_ms = heads
         .iter()
         .filter_map(|h| h.first())
@@ -196,14 +217,14 @@ pub async fn state(queue: &RedisQueue, name: &str) -> Result<QueueState> {
     Ok(QueueState {
         paused,
         counts: QueueCounts {
-            queued: ready + keyed,
+            queued: ready,
             // The retrying set is a subset of the schedule set.
             scheduled: scheduled.saturating_sub(retrying),
             retrying,
             running: leased + rescued,
         },
         oldest_ready_ms,
-        limits,
+        limits: None,
     })
 }
 

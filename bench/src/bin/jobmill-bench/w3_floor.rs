@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use jobmill::client::NewJob;
 use jobmill::queue::RedisQueue;
-use jobmill_bench::deployment::{QUEUE, TENANT};
+use jobmill::store::Store;
+use jobmill_bench::deployment::{self, QUEUE, TENANT};
 use jobmill_bench::kinds::{self, now_us};
 use mongodb::bson::Document;
 use redis::AsyncCommands;
@@ -39,10 +40,57 @@ pub(crate) async fn w3_floor() -> anyhow::Result<Rows> {
     };
     let before = insert_pass(scratch.clone()).await?;
 
+    let (lat, submit) = submit_to_start(&s, &store, rate_per_s, secs).await?;
+
+    let after = insert_pass(scratch.clone()).await?;
+    let _ = scratch.drop().await;
+    let mut floor = before;
+    floor.extend(after);
+    floor.sort_unstable();
+    let line = |v: &[u64]| {
+        format!(
+            "p50 {:.2} / p95 {:.2} / p99 {:.2} ms",
+            pct_ms(v, 50.0),
+            pct_ms(v, 95.0),
+            pct_ms(v, 99.0)
+        )
+    };
+    Ok(vec![
+        (
+            format!("submit→start at {rate_per_s:.0}/s"),
+            line(&lat),
+            format!(
+                "p99 = {:.2}× the floor's p99",
+                pct_ms(&lat, 99.0) / pct_ms(&floor, 99.0)
+            ),
+        ),
+        (
+            "submit call (insert + Redis)".into(),
+            line(&submit),
+            "part of submit→start".into(),
+        ),
+        (
+            "floor: plain insert_one, same schedule".into(),
+            line(&floor),
+            "store latency (two passes, before and after)".into(),
+        ),
+    ])
+}
+
+/// The W3 drive on deployment `s`: `bench_lat` jobs submitted through the library client at
+/// `rate_per_s` for `secs`, one worker. Returns the sorted submit→start latencies and the
+/// sorted submit call times (µs).
+pub(crate) async fn submit_to_start(
+    s: &deployment::Settings,
+    store: &Store,
+    rate_per_s: f64,
+    secs: f64,
+) -> anyhow::Result<(Vec<u64>, Vec<u64>)> {
     let registry = kinds::registry(&s.redis).await?;
     let queue = RedisQueue::connect(&s.redis, &s.key_prefix).await?;
-    let client = jobmill_bench::deployment::client(store.clone(), queue.clone(), &registry, &s);
-    let worker = Worker::start(&s, store.clone()).await?;
+    jobmill::shards::join_settings(store, s, &queue).await?;
+    let client = jobmill_bench::deployment::client(store.clone(), queue.clone(), &registry, s);
+    let worker = Worker::start(s, store.clone()).await?;
     let lat_job = || NewJob {
         kind: "bench_lat".into(),
         args: json!({"ts": now_us()}),
@@ -85,37 +133,5 @@ pub(crate) async fn w3_floor() -> anyhow::Result<Rows> {
         submit.len()
     );
 
-    let after = insert_pass(scratch.clone()).await?;
-    let _ = scratch.drop().await;
-    let mut floor = before;
-    floor.extend(after);
-    floor.sort_unstable();
-    let line = |v: &[u64]| {
-        format!(
-            "p50 {:.2} / p95 {:.2} / p99 {:.2} ms",
-            pct_ms(v, 50.0),
-            pct_ms(v, 95.0),
-            pct_ms(v, 99.0)
-        )
-    };
-    Ok(vec![
-        (
-            format!("submit→start at {rate_per_s:.0}/s"),
-            line(&lat),
-            format!(
-                "p99 = {:.2}× the floor's p99",
-                pct_ms(&lat, 99.0) / pct_ms(&floor, 99.0)
-            ),
-        ),
-        (
-            "submit call (insert + Redis)".into(),
-            line(&submit),
-            "part of submit→start".into(),
-        ),
-        (
-            "floor: plain insert_one, same schedule".into(),
-            line(&floor),
-            "store latency (two passes, before and after)".into(),
-        ),
-    ])
+    Ok((lat, submit))
 }
