@@ -416,3 +416,59 @@ async fn queue_view(api: &Api, name: &str) -> Value {
         .cloned()
         .unwrap_or(Value::Null)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sharded_queue_takes_per_key_limits_but_refuses_queue_wide_ones() {
+    let mut ctx = Ctx::new("limits_shards");
+    ctx.set("JOBMILL_QUEUE_SHARDS", "lsh=4");
+    ctx.set("JOBMILL_QUEUES", "lsh");
+    let api = ctx.api().await;
+    for wide in [
+        json!({"concurrency": 3}),
+        json!({"rate": {"max": 5, "per": "1s"}, "key_concurrency": 1}),
+    ] {
+        let a = api
+            .raw(
+                reqwest::Method::PUT,
+                "/v1/queues/lsh/limits",
+                Some(OPS),
+                Some(("application/json", serde_json::to_vec(&wide).unwrap())),
+                &[],
+            )
+            .await;
+        assert_eq!(a.status, 409, "{wide}: {}", a.body);
+        assert_eq!(a.code(), "sharded_queue", "{}", a.body);
+    }
+    put_limits(&api, "lsh", json!({ "key_concurrency": 1 })).await;
+    // A job with a limit key is placed by it: a different shard_key is refused.
+    let a = api
+        .post(
+            "/v1/jobs",
+            ALICE,
+            json!({"kind": "noop", "queue": "lsh", "limit_key": "a", "shard_key": "b"}),
+        )
+        .await;
+    assert_eq!(a.status, 422, "{}", a.body);
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let key = ["k1", "k2", "k3"][i % 3];
+        ids.push(
+            api.submit(
+                ALICE,
+                json!({"kind": "sleep", "queue": "lsh", "limit_key": key, "args": {"ms": 30}}),
+            )
+            .await,
+        );
+    }
+    let _w = ctx.worker();
+    let jobs = finished(&ctx, &ids).await;
+    all_succeeded(&jobs);
+    for key in ["k1", "k2", "k3"] {
+        let of_key: Vec<&Job> = jobs
+            .iter()
+            .filter(|j| j.limit_key.as_deref() == Some(key))
+            .collect();
+        let most = max_overlap(of_key);
+        assert!(most <= 1, "key {key} had {most} jobs running at once");
+    }
+}
