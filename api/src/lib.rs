@@ -179,6 +179,8 @@ Every error answer is `{\"error\": {\"code\", \"message\"}}`. A method a path do
         routes::queues::queues_index,
         routes::queues::queues_pause,
         routes::queues::queues_resume,
+        routes::queues::queues_limits_set,
+        routes::queues::queues_limits_delete,
         routes::queues::queues_history,
         routes::audit::audit_index,
         routes::metrics::metrics_show,
@@ -207,6 +209,8 @@ Every error answer is `{\"error\": {\"code\", \"message\"}}`. A method a path do
         jobmill_ops::workers::WorkerCounters, jobmill_ops::workers::HeldJobView,
         jobmill_ops::queues::QueueList, jobmill_ops::queues::QueueView,
         jobmill_ops::queues::QueueCounts, jobmill_ops::history::Recent,
+        jobmill_ops::queues::LimitsView, jobmill_ops::queues::KeyRunning,
+        jobmill_ops::queues::KeyHeld, jobmill::limits::LimitsSpec, jobmill::limits::RateSpec,
         jobmill_ops::history::Window, jobmill_ops::history::HistoryView,
         jobmill_ops::history::Minute, jobmill_ops::audit::AuditPage,
         jobmill_ops::audit::AuditRecord, jobmill_ops::audit::AuditAction,
@@ -300,6 +304,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/queues", get(queues::queues_index))
         .route("/v1/queues/{name}/pause", post(queues::queues_pause))
         .route("/v1/queues/{name}/resume", post(queues::queues_resume))
+        .route(
+            "/v1/queues/{name}/limits",
+            put(queues::queues_limits_set).delete(queues::queues_limits_delete),
+        )
         .route("/v1/queues/{name}/history", get(queues::queues_history))
         .route("/v1/audit", get(audit::audit_index))
         .route("/metrics", get(metrics::metrics_show))

@@ -53,6 +53,15 @@ pub struct SubmitJob {
         pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
     )]
     pub idempotency_key: Option<String>,
+    /// What the queue's per-key limits (`key_concurrency`, `key_rate`) count this job
+    /// against, e.g. `customer:42` or `api.stripe.com`; jobs of different keys take turns at
+    /// claims. 1-128 letters, digits or `. _ - : @ / + =`.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[A-Za-z0-9._:@/+=-]{1,128}$"
+    )]
+    pub limit_key: Option<String>,
     /// Pins the job to one shard of a sharded queue (`JOBMILL_QUEUE_SHARDS`): jobs with the
     /// same key share a shard, so their priorities are exact among themselves (default: placed
     /// by the job's id). 1-200 characters, none of them control characters.
@@ -116,6 +125,7 @@ impl SubmitJob {
             max_attempts: self.max_attempts,
             timeout_ms: self.timeout_ms,
             idempotency_key,
+            limit_key: self.limit_key,
             shard_key: self.shard_key,
             ext: self
                 .callback_url

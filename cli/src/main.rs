@@ -68,6 +68,9 @@ enum Cmd {
         /// Deduplication key.
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// Limit key (`customer:42`): the queue's per-key limits count the job against it.
+        #[arg(long)]
+        limit_key: Option<String>,
         /// Wait for the job to finish; exit 0 only if it succeeded.
         #[arg(long)]
         wait: bool,
@@ -120,7 +123,7 @@ enum Cmd {
         #[arg(long, short = 'y', conflicts_with = "id")]
         yes: bool,
     },
-    /// Queues: list (default), pause, resume.
+    /// Queues: list (default), pause, resume, limits.
     Queues {
         #[command(subcommand)]
         action: Option<QueueCmd>,
@@ -161,6 +164,26 @@ enum QueueCmd {
     Resume {
         /// Queue name.
         name: String,
+    },
+    /// Show a queue's limits, or set them (replacing all) with flags, or remove them.
+    Limits {
+        /// Queue name.
+        name: String,
+        /// Jobs of the queue running at once, across the fleet.
+        #[arg(long)]
+        concurrency: Option<u32>,
+        /// Starts per window, as MAX/PER (`10/1s`).
+        #[arg(long)]
+        rate: Option<String>,
+        /// Jobs of one limit key running at once.
+        #[arg(long)]
+        key_concurrency: Option<u32>,
+        /// Starts of one limit key per window, as MAX/PER (`5/1s`).
+        #[arg(long)]
+        key_rate: Option<String>,
+        /// Remove every limit of the queue.
+        #[arg(long, conflicts_with_all = ["concurrency", "rate", "key_concurrency", "key_rate"])]
+        clear: bool,
     },
 }
 
@@ -437,6 +460,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             delay,
             at,
             idempotency_key,
+            limit_key,
             wait: and_wait,
         } => {
             let args: Value = match args {
@@ -465,6 +489,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(k) = idempotency_key {
                 body["idempotency_key"] = json!(k);
+            }
+            if let Some(k) = limit_key {
+                body["limit_key"] = json!(k);
             }
             let job = api.post("/v1/jobs", body).await?;
             if and_wait {
@@ -527,6 +554,48 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .await?,
                 &|q| print_queues(&json!({"queues": [q]})),
             ),
+            QueueCmd::Limits {
+                name,
+                concurrency,
+                rate,
+                key_concurrency,
+                key_rate,
+                clear,
+            } => {
+                let path = format!("/v1/queues/{name}/limits");
+                let q = if clear {
+                    api.send(api.request(reqwest::Method::DELETE, &path))
+                        .await?
+                } else if concurrency.is_none()
+                    && rate.is_none()
+                    && key_concurrency.is_none()
+                    && key_rate.is_none()
+                {
+                    let all = api.get("/v1/queues").await?;
+                    all["queues"]
+                        .as_array()
+                        .and_then(|qs| qs.iter().find(|q| q["name"] == name.as_str()))
+                        .cloned()
+                        .unwrap_or_else(|| json!({"name": name}))
+                } else {
+                    let mut body = json!({});
+                    if let Some(c) = concurrency {
+                        body["concurrency"] = json!(c);
+                    }
+                    if let Some(c) = key_concurrency {
+                        body["key_concurrency"] = json!(c);
+                    }
+                    if let Some(r) = rate {
+                        body["rate"] = parse_rate(&r)?;
+                    }
+                    if let Some(r) = key_rate {
+                        body["key_rate"] = parse_rate(&r)?;
+                    }
+                    api.send(api.request(reqwest::Method::PUT, &path).json(&body))
+                        .await?
+                };
+                show(&q, &print_limits);
+            }
         },
         Cmd::Workers { action } => match action.unwrap_or(WorkerCmd::Ls) {
             WorkerCmd::Ls => show(&api.get("/v1/workers").await?, &print_workers),
@@ -668,6 +737,66 @@ async fn bulk_retry(
         );
     }
     Ok(())
+}
+
+/// `10/1s` → `{"max": 10, "per": "1s"}`.
+fn parse_rate(s: &str) -> anyhow::Result<Value> {
+    let (max, per) = s.split_once('/').context("a rate is MAX/PER, like 10/1s")?;
+    let max: u32 = max
+        .trim()
+        .parse()
+        .context("a rate's MAX is a whole number, like 10/1s")?;
+    Ok(json!({"max": max, "per": per.trim()}))
+}
+
+/// A queue's limits and what they are doing.
+fn print_limits(q: &Value) {
+    let l = &q["limits"];
+    if l.is_null() {
+        println!("{}: no limits", table::cell(&q["name"]));
+        return;
+    }
+    let rate = |r: &Value| {
+        if r.is_null() {
+            "-".to_string()
+        } else {
+            format!("{}/{}", table::cell(&r["max"]), table::cell(&r["per"]))
+        }
+    };
+    let set = &l["set"];
+    table::print(
+        &[
+            "queue",
+            "concurrency",
+            "rate",
+            "key_concurrency",
+            "key_rate",
+            "running",
+            "keys",
+            "held_until_ms",
+        ],
+        &[vec![
+            table::cell(&q["name"]),
+            table::cell(&set["concurrency"]),
+            rate(&set["rate"]),
+            table::cell(&set["key_concurrency"]),
+            rate(&set["key_rate"]),
+            table::cell(&l["running"]),
+            table::cell(&l["running_keys"]),
+            table::cell(&l["throttled_until_ms"]),
+        ]],
+    );
+    let keys: Vec<Vec<String>> = l["top_keys"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+        .iter()
+        .map(|k| vec![table::cell(&k["key"]), table::cell(&k["running"])])
+        .collect();
+    if !keys.is_empty() {
+        println!();
+        table::print(&["key", "running"], &keys);
+    }
 }
 
 fn print_queues(v: &Value) {

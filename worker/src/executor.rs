@@ -86,6 +86,12 @@ pub(crate) async fn execute(
                 cancel_requested,
             );
             tracing::debug!(job = %p.id, kind = %p.kind, attempt, next = %decision.state(), "attempt ended");
+            // The job no longer runs: its limit slot is free now, not when the outcome is
+            // recorded. A rate-limited job keeps it until `throttle.lua` holds its key, so no
+            // sibling slips in between.
+            if !decision.returns_attempt() {
+                shared.slots.ended(p.lane(), &p.id);
+            }
             let ran = (now.timestamp_millis() - started.timestamp_millis()).max(0) as f64 / 1000.0;
             // Only when served: with metrics off nobody reads the registry, so W2 pays nothing
             // for it (the label lookup allocates per job).

@@ -18,6 +18,8 @@ use crate::Shared;
 const MAX_CLAIM: usize = 64;
 /// Poll interval when no wake-up arrives (covers a missed pub/sub message).
 const IDLE_POLL: Duration = Duration::from_millis(500);
+/// Shortest poll of a queue whose limits held back ready jobs.
+const LIMITED_POLL_MIN: Duration = Duration::from_millis(5);
 
 pub(crate) async fn fetch_loop(
     shared: Arc<Shared>,
@@ -50,6 +52,9 @@ pub(crate) async fn fetch_loop(
         }
         let mut got = 0;
         let mut error = None;
+        // The soonest a queue's limits may let more of its ready jobs start: freed limit slots
+        // and moving rate windows publish no wake-up, so a limited queue is polled instead.
+        let mut limited: Option<Duration> = None;
         let order = weighted_order(&shared.settings.queues, &mut rand::rng());
         for queue in order {
             if permits.is_empty() {
@@ -57,10 +62,13 @@ pub(crate) async fn fetch_loop(
             }
             match shared
                 .queue
-                .claim(&queue, &shared.worker, shared.core.lease_ttl, permits.len())
+                .claim_limited(&queue, &shared.worker, shared.core.lease_ttl, permits.len())
                 .await
             {
-                Ok(claimed) => {
+                Ok((claimed, wait)) => {
+                    if let Some(w) = wait {
+                        limited = Some(limited.map_or(w, |l| l.min(w)));
+                    }
                     for c in claimed {
                         let permit = permits.pop().expect("claimed at most the free slots");
                         // Into the table before the task starts, so the next heartbeat covers it.
@@ -96,9 +104,14 @@ pub(crate) async fn fetch_loop(
         }
         failures = 0;
         if got == 0 {
+            // Limited: back when the limits may allow a start, or when one of our own jobs
+            // leaves (its slot is free then).
+            let poll = limited.map_or(IDLE_POLL, |w| w.clamp(LIMITED_POLL_MIN, IDLE_POLL));
             tokio::select! {
                 _ = wake.notified() => {}
-                _ = tokio::time::sleep(IDLE_POLL) => {}
+                _ = shared.inflight.changed.notified(), if limited.is_some() => {}
+                _ = shared.slots.freed.notified(), if limited.is_some() => {}
+                _ = tokio::time::sleep(poll) => {}
                 _ = stop.cancelled() => return,
             }
         }

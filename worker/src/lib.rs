@@ -14,6 +14,7 @@
 //! - `listener`: pub/sub wake-ups and cancel signals.
 //! - `maintenance`: scheduler, rescuer, reconciler.
 //! - `inflight`: the jobs this process holds.
+//! - `slots`: frees the limit slots of ended handlers early, in batches.
 //! - `metrics`: the Prometheus endpoint on `JOBMILL_METRICS_ADDR` (off unless set).
 //! - [`Control`]: operator commands (`quiet`, `stop`) and the state shown in the registry.
 #![warn(missing_docs)]
@@ -30,6 +31,7 @@ mod maintenance;
 mod metrics;
 pub mod persister;
 pub mod settings;
+mod slots;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -82,6 +84,8 @@ pub(crate) struct Shared {
     ops: Ops,
     /// This process's Prometheus metrics.
     metrics: WorkerMetrics,
+    /// Frees the limit slots of ended handlers early (see [`slots`]).
+    slots: slots::SlotReleaser,
 }
 
 /// What operators can tell a running worker, and what it is doing as a result.
@@ -329,6 +333,7 @@ impl Runtime {
             },
             ops,
             metrics: worker_metrics,
+            slots: slots::SlotReleaser::new(),
         });
         if let Some(addr) = shared.settings.metrics_addr {
             tokio::spawn(metrics::serve(addr, shared.clone(), stop_all.clone()));
@@ -350,6 +355,7 @@ impl Runtime {
             stop_all.clone(),
         ));
         tokio::spawn(maintenance::rescuer(shared.clone(), stop_all.clone()));
+        tokio::spawn(slots::run(shared.clone(), stop_all.clone()));
         tokio::spawn(maintenance::reconciler(shared.clone(), stop_all.clone()));
         tokio::spawn(outbox::run(
             client.clone(),

@@ -205,7 +205,11 @@ async fn settle_rescued(shared: &Shared, queue: &str, taken: Vec<Claimed>) -> jo
             RedisStep::Reschedule(at) => reschedule.push((id, at)),
             RedisStep::Ack => ack.push(id),
             // A rescue writes only `Finish`, whose follow-ups are the two above.
-            RedisStep::Keep | RedisStep::StopHandler | RedisStep::Release => {}
+            // A lease expiry never decides a rate limit.
+            RedisStep::Keep
+            | RedisStep::StopHandler
+            | RedisStep::Release
+            | RedisStep::Throttle(_) => {}
         }
     }
     shared.queue.reschedule(queue, None, &reschedule).await?;
@@ -257,6 +261,11 @@ async fn reconcile_once(shared: &Shared, sweep: &mut Sweep) -> jobmill::Result<(
         let paused = shared.ops.pauses().restore(q).await?;
         if paused > 0 {
             tracing::info!(paused, "restored queue pauses into redis");
+        }
+        // Limits too, before any job is back: a rebuilt queue must not run unlimited.
+        let limited = shared.ops.limits().restore(q).await?;
+        if limited > 0 {
+            tracing::info!(limited, "restored queue limits into redis");
         }
         let pushed = rebuild_queue(shared, &queue).await?;
         for lane in &lost {

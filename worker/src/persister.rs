@@ -371,6 +371,7 @@ struct FollowUps {
     ack: HashMap<String, Vec<String>>,
     reschedule: HashMap<String, Vec<(String, i64)>>,
     release: HashMap<String, Vec<(String, f64)>>,
+    throttle: HashMap<String, Vec<(String, i64)>>,
     changed: Vec<String>,
     leave: Vec<String>,
 }
@@ -425,7 +426,8 @@ async fn redis_stage(
             if let (Write::Finish { decision, .. }, Applied::Done) = (&item.write, &applied) {
                 let counter = match decision {
                     Decision::Succeed(_) => &ctx.stats.succeeded,
-                    Decision::Retry { .. } => &ctx.stats.retried,
+                    // A rate-limited job runs again, like a retry (its attempt is not charged).
+                    Decision::Retry { .. } | Decision::Throttle { .. } => &ctx.stats.retried,
                     Decision::Fail(_) => &ctx.stats.failed,
                     Decision::Cancel(_) => &ctx.stats.cancelled,
                 };
@@ -442,6 +444,11 @@ async fn redis_stage(
                 RedisStep::Ack => f.ack.entry(item.queue).or_default().push(id.clone()),
                 RedisStep::Reschedule(at) => f
                     .reschedule
+                    .entry(item.queue)
+                    .or_default()
+                    .push((id.clone(), at)),
+                RedisStep::Throttle(at) => f
+                    .throttle
                     .entry(item.queue)
                     .or_default()
                     .push((id.clone(), at)),
@@ -478,6 +485,12 @@ async fn redis_stage(
         for (q, items) in &f.reschedule {
             until_ok("reschedule in redis", &ctx.stop, || async {
                 counted(&ctx, ctx.queue.reschedule(q, Some(worker), items).await)
+            })
+            .await;
+        }
+        for (q, items) in &f.throttle {
+            until_ok("throttle in redis", &ctx.stop, || async {
+                counted(&ctx, ctx.queue.throttle(q, worker, items).await)
             })
             .await;
         }

@@ -1,11 +1,12 @@
 //! `/v1/queues`: queue depth by state, latency, consumers and recent outcomes (all from Redis
 //! structure sizes and the per-minute history, never a scan of the jobs), pause and resume,
-//! and the per-minute history.
+//! limits, and the per-minute history.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use jobmill::config::check_queue_name;
+use jobmill::limits::LimitsSpec;
 use jobmill_ops::audit::AuditAction;
 use jobmill_ops::history::{HistoryView, MAX_MINUTES};
 use jobmill_ops::queues::{QueueList, QueueView};
@@ -14,7 +15,7 @@ use utoipa::IntoParams;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::Query;
+use crate::extract::{Json, Query};
 use crate::routes::audit::audited;
 use crate::AppState;
 
@@ -70,6 +71,98 @@ pub async fn queues_resume(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     set_paused(&state, &caller, &name, false).await
+}
+
+/// Set the limits of a queue, replacing any: `concurrency` (jobs of the queue running at once
+/// across the fleet), `rate` (`{"max", "per"}`: starts per window), and per `limit_key` of the
+/// jobs, `key_concurrency` and `key_rate`. Enforced atomically by every claim from the next
+/// one on; jobs with a `limit_key` are claimed round-robin across keys. Recorded in MongoDB, so
+/// they survive a Redis wipe; audited.
+#[utoipa::path(put, path = "/v1/queues/{name}/limits", tag = "operators", security(("bearer" = [])),
+    params(("name" = String, Path, description = "queue name", pattern = r"^[A-Za-z0-9_-]{1,64}$")),
+    request_body = LimitsSpec,
+    responses(
+        (status = 200, description = "set; the queue now", body = QueueView),
+        (status = 400, description = "invalid_queue", body = ErrorBody),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
+        (status = 403, description = "not an operator key", body = ErrorBody),
+        (status = 413, description = "body too large", body = ErrorBody),
+        (status = 415, description = "not application/json", body = ErrorBody),
+        (status = 409, description = "sharded_queue: concurrency or rate on a sharded queue", body = ErrorBody),
+        (status = 422, description = "invalid_body or invalid_limits", body = ErrorBody),
+        (status = 503, description = "a store is unreachable", body = ErrorBody),
+    ))]
+pub async fn queues_limits_set(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(spec): Json<LimitsSpec>,
+) -> Result<Response, ApiError> {
+    caller.require_operator()?;
+    check_name(&name)?;
+    let limits = spec
+        .check()
+        .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_limits", m))?;
+    if limits.is_queue_wide() {
+        // One claim script sees one lane: a queue-wide count cannot span a sharded queue's.
+        state.ops.queue().shards().check_queue_wide_limit(&name)?;
+    }
+    let ops = state.ops.clone();
+    let request = serde_json::to_value(LimitsSpec::from(limits)).unwrap_or_default();
+    audited(
+        &state,
+        &caller,
+        AuditAction::QueueLimitsSet,
+        &name,
+        Some(request.clone()),
+        async {
+            ops.limits()
+                .set(ops.queue(), &name, Some(&limits), &caller.tenant)
+                .await?;
+            Ok(())
+        },
+        |_| serde_json::json!({ "limits": request }),
+    )
+    .await?;
+    let view = state.ops.queue_one(&name).await?;
+    Ok((StatusCode::OK, axum::Json(view)).into_response())
+}
+
+/// Remove every limit of a queue (from the next claim on). Audited.
+#[utoipa::path(delete, path = "/v1/queues/{name}/limits", tag = "operators", security(("bearer" = [])),
+    params(("name" = String, Path, description = "queue name", pattern = r"^[A-Za-z0-9_-]{1,64}$")),
+    responses(
+        (status = 200, description = "removed; the queue now", body = QueueView),
+        (status = 400, description = "invalid_queue", body = ErrorBody),
+        (status = 401, description = "missing or unknown API key", body = ErrorBody),
+        (status = 403, description = "not an operator key", body = ErrorBody),
+        (status = 503, description = "a store is unreachable", body = ErrorBody),
+    ))]
+pub async fn queues_limits_delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require_operator()?;
+    check_name(&name)?;
+    let ops = state.ops.clone();
+    audited(
+        &state,
+        &caller,
+        AuditAction::QueueLimitsDelete,
+        &name,
+        None,
+        async {
+            ops.limits()
+                .set(ops.queue(), &name, None, &caller.tenant)
+                .await?;
+            Ok(())
+        },
+        |_| serde_json::json!({ "limits": null }),
+    )
+    .await?;
+    let view = state.ops.queue_one(&name).await?;
+    Ok((StatusCode::OK, axum::Json(view)).into_response())
 }
 
 /// Query of the history.

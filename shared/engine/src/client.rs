@@ -62,6 +62,8 @@ pub struct NewJob {
     pub timeout_ms: Option<u64>,
     /// Deduplication key, unique per tenant.
     pub idempotency_key: Option<String>,
+    /// What the queue's per-key limits count the job against (see [`crate::limits`]).
+    pub limit_key: Option<String>,
     /// Pins the job to one shard of a sharded queue: jobs with the same key share a shard
     /// (default: placed by the job's id).
     pub shard_key: Option<String>,
@@ -242,6 +244,16 @@ impl JobClient {
                 ));
             }
         }
+        if let Some(key) = &new.limit_key {
+            crate::limits::check_limit_key(key)
+                .map_err(|m| Error::invalid("invalid_limit_key", m))?;
+            if new.shard_key.as_ref().is_some_and(|s| s != key) {
+                return Err(Error::invalid(
+                    "conflicting_shard_key",
+                    "a job with a limit_key is placed by it: give no shard_key, or the same",
+                ));
+            }
+        }
         if let Some(key) = &new.shard_key {
             // Characters, not bytes: the OpenAPI schema's `maxLength` counts characters.
             if key.is_empty()
@@ -291,11 +303,9 @@ impl JobClient {
             tenant: tenant.to_string(),
             kind: new.kind,
             queue,
-            // Hook for per-key limits: a job's `limit_key` must pin it to one shard (the claim
-            // script of one shard counts the key), so once jobs carry a `limit_key`, a job
-            // without `shard_key` takes it as its shard key here. Queue-wide limits are refused
-            // on sharded queues by `ShardMap::check_queue_wide_limit`.
-            shard_key: new.shard_key,
+            // A key's jobs share one lane of a sharded queue, so its per-key limits stay exact
+            // (each lane's claim script sees all of them).
+            shard_key: new.shard_key.or_else(|| new.limit_key.clone()),
             priority,
             args_json,
             state: if run_at_ms > now_ms {
@@ -309,6 +319,7 @@ impl JobClient {
             timeout_ms: timeout_ms as i64,
             idempotency_key: new.idempotency_key,
             idempotency_hash,
+            limit_key: new.limit_key,
             ext: new.ext,
             wants_events: false,
             outbox: None,
@@ -506,6 +517,10 @@ pub fn request_hash(new: &NewJob) -> String {
         "timeout_ms": new.timeout_ms,
         "ext": new.ext,
     });
+    // Only when given, so keys used before limits existed keep their hash.
+    if let Some(k) = &new.limit_key {
+        request["limit_key"] = Value::String(k.clone());
+    }
     // Only when given, so the hashes of keys used before shard keys existed stay valid.
     if let Some(k) = &new.shard_key {
         request["shard_key"] = Value::String(k.clone());

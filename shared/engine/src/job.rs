@@ -71,6 +71,11 @@ pub struct Job {
     /// outbox entry.
     #[serde(default, alias = "notify", deserialize_with = "lenient_bool")]
     pub wants_events: bool,
+    /// What the queue's per-key limits count this job against (`customer:42`,
+    /// `api.stripe.com`): jobs of one key share `key_concurrency` and `key_rate`, and keys
+    /// take turns at claims. See [`crate::limits`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_key: Option<String>,
     /// The job-event outbox: written by the same update that moves the job to a terminal state,
     /// so the intent to tell subscribers can never be lost between "job finished" and "event
     /// handled". The worker's outbox loop hands it to the subscribers, then clears `pending`.
@@ -221,6 +226,7 @@ impl Job {
             timeout_ms: self.timeout_ms,
             args: self.args_json.clone(),
             wants_events: self.wants_events,
+            limit_key: self.limit_key.clone(),
         }
     }
 }
@@ -277,6 +283,9 @@ pub struct Payload {
     /// Record an outbox entry when the job ends (see [`Job::wants_events`]).
     #[serde(default, alias = "notify")]
     pub wants_events: bool,
+    /// The job's limit key (see [`Job::limit_key`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_key: Option<String>,
 }
 
 impl Payload {

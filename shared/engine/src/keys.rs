@@ -46,6 +46,40 @@ pub struct QueueKeys {
     /// empty (restart without persistence, a failover that lost writes, FLUSHALL) the marker is
     /// gone with the data, and the reconciler rebuilds exactly this queue from MongoDB.
     pub epoch: String,
+    /// HASH: the queue's limits (see [`crate::limits::QueueLimits`]); read by `claim.lua` on
+    /// every claim. MongoDB keeps the operator's decision; the reconciler restores it after a
+    /// Redis wipe.
+    pub limits: String,
+    /// HASH job id → limit key (`''` for a job without one): the limit slot of every leased
+    /// job. Taken by `claim.lua` with the lease and freed, at most once (`HDEL` decides), by
+    /// every script that ends the lease, so a slot can neither leak nor be freed twice. Its size
+    /// is the number of the queue's jobs running.
+    pub slots: String,
+    /// HASH limit key → jobs of that key running (holding a slot).
+    pub running: String,
+    /// HASH job id → limit key, for every job with a `limit_key` that Redis holds, so the
+    /// scripts place and remove it without decoding its payload.
+    pub job_keys: String,
+    /// ZSET limit key → turn: the keys with ready jobs, in round-robin order (lowest turn
+    /// next). A key at its `key_concurrency` leaves the ring and comes back when a slot of it
+    /// frees; a held or rate-limited key waits in `parked`.
+    pub ring: String,
+    /// ZSET limit key → ms since the epoch before which the key may not start a job (held by
+    /// `RateLimited`, or its `key_rate` is used up).
+    pub parked: String,
+    /// Prefix of the per-key ready ZSETs (`{key_ready}{limit key}`, same scores as `ready`).
+    /// The prefix itself carries the queue's tag, so every per-key set lives in its slot; the
+    /// scripts receive the prefix as a key and append the limit key.
+    pub key_ready: String,
+    /// STRING: the number of jobs in the per-key ready sets (queue depth without a scan).
+    pub key_ready_count: String,
+    /// ZSET start id → slot time (ms): the queue's starts within its `rate` window; the newest
+    /// entry is the next free slot (see `claim.lua`).
+    pub starts: String,
+    /// Prefix of the per-key ZSETs of starts within the `key_rate` window (expire with it).
+    pub key_starts: String,
+    /// STRING, expiring: the whole queue is held (a job without a limit key was `RateLimited`).
+    pub held: String,
 }
 
 impl Keys {
@@ -77,6 +111,17 @@ impl Keys {
             paused: format!("{base}:paused"),
             retrying: format!("{base}:retrying"),
             epoch: format!("{base}:epoch"),
+            limits: format!("{base}:limits"),
+            slots: format!("{base}:slots"),
+            running: format!("{base}:running"),
+            job_keys: format!("{base}:jobkeys"),
+            ring: format!("{base}:ring"),
+            parked: format!("{base}:parked"),
+            key_ready: format!("{base}:kready:"),
+            key_ready_count: format!("{base}:kready"),
+            starts: format!("{base}:starts"),
+            key_starts: format!("{base}:kstarts:"),
+            held: format!("{base}:held"),
         }
     }
 
@@ -160,9 +205,35 @@ mod tests {
             &k.paused,
             &k.retrying,
             &k.epoch,
+            &k.limits,
+            &k.slots,
+            &k.running,
+            &k.job_keys,
+            &k.ring,
+            &k.parked,
+            &k.key_ready,
+            &k.key_ready_count,
+            &k.starts,
+            &k.key_starts,
+            &k.held,
         ] {
             assert_eq!(hash_tag(key), "imports", "{key}");
             assert!(key.starts_with("jm:test:"), "{key}");
+        }
+    }
+
+    #[test]
+    fn per_key_sets_share_the_queue_slot() {
+        use crate::redis_conn::key_slot;
+        let k = Keys::new("jm").queue("imports");
+        let slot = key_slot(k.ready.as_bytes());
+        for limit_key in ["customer:42", "api.stripe.com", "{other}", "x}{y"] {
+            for key in [
+                format!("{}{limit_key}", k.key_ready),
+                format!("{}{limit_key}", k.key_starts),
+            ] {
+                assert_eq!(key_slot(key.as_bytes()), slot, "{key}");
+            }
         }
     }
 

@@ -59,6 +59,14 @@ pub enum Outcome {
     Fail(String),
     /// Stopped because cancellation was requested.
     Cancelled(String),
+    /// Told to slow down (an upstream answered 429, a quota is used up): run again after
+    /// `after` without charging an attempt, and hold the job's `limit_key` (or its whole
+    /// queue, for a job without a key) until then so its siblings wait too. A job whose
+    /// cancel was requested ends `cancelled` instead.
+    RateLimited {
+        /// How long to wait.
+        after: Duration,
+    },
 }
 
 impl Outcome {
@@ -99,6 +107,7 @@ impl From<Outcome> for AttemptOutcome {
             Outcome::Retry { error, after } => AttemptOutcome::Retry { error, after },
             Outcome::Fail(e) => AttemptOutcome::FailedPermanently(e),
             Outcome::Cancelled(r) => AttemptOutcome::Cancelled(r),
+            Outcome::RateLimited { after } => AttemptOutcome::RateLimited { after },
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod job;
 pub mod keys;
 pub mod kind;
 pub mod kinds;
+pub mod limits;
 pub mod observe;
 pub mod outbox;
 pub mod pubsub;

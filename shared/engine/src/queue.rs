@@ -11,6 +11,7 @@ use redis::{AsyncCommands, FromRedisValue, Script, ScriptInvocation};
 use crate::error::{Error, Result};
 use crate::job::Payload;
 use crate::keys::{Keys, QueueKeys};
+use crate::limits::QueueLimits;
 use crate::redis_conn::{with_retry, RedisConn, RedisTarget};
 use crate::shards::{logical, ShardMap};
 
@@ -40,6 +41,10 @@ pub enum Op {
     Cancel,
     /// `defer.lua`
     Defer,
+    /// `throttle.lua`
+    Throttle,
+    /// `unslot.lua`
+    Unslot,
 }
 
 macro_rules! scripts {
@@ -48,10 +53,14 @@ macro_rules! scripts {
             /// Every operation.
             pub const ALL: &'static [Op] = &[$(Op::$op),*];
 
-            /// The script's Lua source.
+            /// The script's Lua source: the shared prelude of slot functions (`slots.lua`),
+            /// then the script itself.
             pub fn source(self) -> &'static str {
                 match self {
-                    $(Op::$op => include_str!(concat!("scripts/", $file)),)*
+                    $(Op::$op => concat!(
+                        include_str!("scripts/slots.lua"),
+                        include_str!(concat!("scripts/", $file))
+                    ),)*
                 }
             }
 
@@ -78,6 +87,8 @@ scripts! {
     Rescue => "rescue.lua",
     Cancel => "cancel.lua",
     Defer => "defer.lua",
+    Throttle => "throttle.lua",
+    Unslot => "unslot.lua",
 }
 
 impl Op {
@@ -91,6 +102,11 @@ impl Op {
                 &k.ready,
                 &k.scheduled,
                 &k.retrying,
+                &k.job_keys,
+                &k.ring,
+                &k.parked,
+                &k.key_ready,
+                &k.key_ready_count,
             ],
             Op::Claim => &[
                 &k.ready,
@@ -99,6 +115,16 @@ impl Op {
                 &k.leased,
                 &k.owners,
                 &k.paused,
+                &k.limits,
+                &k.slots,
+                &k.running,
+                &k.ring,
+                &k.parked,
+                &k.key_ready,
+                &k.key_ready_count,
+                &k.starts,
+                &k.key_starts,
+                &k.held,
             ],
             Op::Heartbeat => &[&k.leased, &k.owners, &k.cancels],
             Op::Ack => &[
@@ -111,6 +137,13 @@ impl Op {
                 &k.ready,
                 &k.scheduled,
                 &k.retrying,
+                &k.slots,
+                &k.running,
+                &k.job_keys,
+                &k.ring,
+                &k.parked,
+                &k.key_ready,
+                &k.key_ready_count,
             ],
             Op::Reschedule => &[
                 &k.leased,
@@ -119,10 +152,48 @@ impl Op {
                 &k.scheduled,
                 &k.cancels,
                 &k.retrying,
+                &k.slots,
+                &k.running,
+                &k.ring,
+                &k.parked,
+                &k.key_ready,
             ],
-            Op::Release => &[&k.leased, &k.owners, &k.attempts, &k.ready],
-            Op::Promote => &[&k.scheduled, &k.ready, &k.payloads, &k.retrying],
-            Op::Rescue => &[&k.leased, &k.owners, &k.rescued, &k.payloads, &k.attempts],
+            Op::Release => &[
+                &k.leased,
+                &k.owners,
+                &k.attempts,
+                &k.ready,
+                &k.slots,
+                &k.running,
+                &k.job_keys,
+                &k.ring,
+                &k.parked,
+                &k.key_ready,
+                &k.key_ready_count,
+            ],
+            Op::Promote => &[
+                &k.scheduled,
+                &k.ready,
+                &k.payloads,
+                &k.retrying,
+                &k.job_keys,
+                &k.ring,
+                &k.parked,
+                &k.key_ready,
+                &k.key_ready_count,
+            ],
+            Op::Rescue => &[
+                &k.leased,
+                &k.owners,
+                &k.rescued,
+                &k.payloads,
+                &k.attempts,
+                &k.slots,
+                &k.running,
+                &k.ring,
+                &k.parked,
+                &k.key_ready,
+            ],
             Op::Cancel => &[
                 &k.ready,
                 &k.scheduled,
@@ -131,8 +202,44 @@ impl Op {
                 &k.leased,
                 &k.cancels,
                 &k.retrying,
+                &k.job_keys,
+                &k.ring,
+                &k.parked,
+                &k.key_ready,
+                &k.key_ready_count,
             ],
-            Op::Defer => &[&k.leased, &k.owners, &k.attempts, &k.scheduled],
+            Op::Defer => &[
+                &k.leased,
+                &k.owners,
+                &k.attempts,
+                &k.scheduled,
+                &k.slots,
+                &k.running,
+                &k.ring,
+                &k.parked,
+                &k.key_ready,
+            ],
+            Op::Throttle => &[
+                &k.leased,
+                &k.owners,
+                &k.attempts,
+                &k.scheduled,
+                &k.slots,
+                &k.running,
+                &k.ring,
+                &k.parked,
+                &k.key_ready,
+                &k.held,
+                &k.cancels,
+            ],
+            Op::Unslot => &[
+                &k.owners,
+                &k.slots,
+                &k.running,
+                &k.ring,
+                &k.parked,
+                &k.key_ready,
+            ],
         };
         keys.iter().map(|s| s.as_str()).collect()
     }
@@ -177,6 +284,38 @@ pub struct Claimed {
     pub payload: Payload,
     /// This attempt's number.
     pub attempt: u32,
+}
+
+/// The pipeline reply of [`RedisQueue::limit_state`].
+type LimitReply = (
+    Vec<(String, u64)>,
+    usize,
+    Vec<(String, i64)>,
+    Option<i64>,
+    i64,
+    Vec<(String, f64)>,
+    usize,
+);
+
+/// What the limits of one queue are doing, for operators.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LimitState {
+    /// The limits in force.
+    pub limits: QueueLimits,
+    /// Jobs of the queue holding a slot (running).
+    pub running: usize,
+    /// Limit keys with jobs running.
+    pub running_keys: usize,
+    /// The busiest keys: (key, jobs running), most first.
+    pub running_by_key: Vec<(String, u64)>,
+    /// Jobs with a limit key waiting in the per-key ready sets.
+    pub keyed_ready: u64,
+    /// The whole queue is held until then (a job without a key answered `RateLimited`).
+    pub held_until_ms: Option<i64>,
+    /// Keys held (`RateLimited`, or their `key_rate` used up) and until when, soonest first.
+    pub held_keys: Vec<(String, i64)>,
+    /// Keys held, all of them.
+    pub held_key_count: usize,
 }
 
 /// What a cancel did in Redis.
@@ -307,7 +446,8 @@ impl RedisQueue {
                         .arg(payload)
                         .arg(j.attempts)
                         .arg(place)
-                        .arg(score);
+                        .arg(score)
+                        .arg(j.payload.limit_key.as_deref().unwrap_or(""));
                 }
                 let n: usize = self.run(&inv).await?;
                 added += n;
@@ -327,6 +467,19 @@ impl RedisQueue {
         lease: Duration,
         max: usize,
     ) -> Result<Vec<Claimed>> {
+        Ok(self.claim_limited(queue, worker, lease, max).await?.0)
+    }
+
+    /// [`RedisQueue::claim`], also saying when the queue's limits may let more of its ready
+    /// jobs start (`Some`: poll again after that instead of waiting for a wake-up, since a
+    /// slot freeing or a rate window moving publishes nothing).
+    pub async fn claim_limited(
+        &self,
+        queue: &str,
+        worker: &str,
+        lease: Duration,
+        max: usize,
+    ) -> Result<(Vec<Claimed>, Option<Duration>)> {
         let lanes = self.shards.lanes(queue);
         let start = if lanes.len() > 1 {
             self.shards.next_turn() % lanes.len()
@@ -334,6 +487,7 @@ impl RedisQueue {
             0
         };
         let mut out = Vec::new();
+        let mut soonest: Option<Duration> = None;
         for i in 0..lanes.len() {
             if out.len() >= max {
                 break;
@@ -343,8 +497,8 @@ impl RedisQueue {
             inv.arg(lease.as_millis() as u64)
                 .arg(worker)
                 .arg(max - out.len());
-            let raw: Vec<redis::Value> = match self.run(&inv).await {
-                Ok(raw) => raw,
+            let (raw, wait): (Vec<redis::Value>, i64) = match self.run(&inv).await {
+                Ok(r) => r,
                 // Jobs already claimed from other lanes are leased to us: hand them over
                 // rather than drop them (they would wait for their lease to expire).
                 Err(e) if !out.is_empty() => {
@@ -353,9 +507,157 @@ impl RedisQueue {
                 }
                 Err(e) => return Err(e),
             };
+            if wait >= 0 {
+                let w = Duration::from_millis(wait as u64);
+                soonest = Some(soonest.map_or(w, |s| s.min(w)));
+            }
             out.extend(parse_claimed(raw)?);
         }
-        Ok(out)
+        Ok((out, soonest))
+    }
+
+    /// Give back jobs whose handler answered `RateLimited`, after MongoDB recorded them
+    /// `scheduled` with the attempt returned: each goes to the schedule set until its time
+    /// (ms since the epoch), uncharged, its slot freed, and its limit key (or the queue, for a
+    /// job without one) held until then (see `throttle.lua`). Only jobs `worker` still holds
+    /// are moved.
+    pub async fn throttle(
+        &self,
+        queue: &str,
+        worker: &str,
+        items: &[(String, i64)],
+    ) -> Result<usize> {
+        let k = self.keys.queue(queue);
+        let mut n = 0;
+        for chunk in items.chunks(SCRIPT_BATCH) {
+            let mut inv = Op::Throttle.invocation(&k);
+            inv.arg(worker).arg(self.wake(queue));
+            for (id, at) in chunk {
+                inv.arg(id).arg(*at);
+            }
+            let m: usize = self.run(&inv).await?;
+            n += m;
+        }
+        Ok(n)
+    }
+
+    /// Free the limit slots of `worker`'s jobs whose handlers ended (their outcome is not
+    /// recorded yet; the lease stays). Returns how many slots were freed.
+    pub async fn unslot(&self, queue: &str, worker: &str, ids: &[String]) -> Result<usize> {
+        let k = self.keys.queue(queue);
+        let mut n = 0;
+        for chunk in ids.chunks(SCRIPT_BATCH) {
+            let mut inv = Op::Unslot.invocation(&k);
+            inv.arg(worker);
+            for id in chunk {
+                inv.arg(id);
+            }
+            let m: usize = self.run(&inv).await?;
+            n += m;
+        }
+        Ok(n)
+    }
+
+    /// Set the limits `claim.lua` enforces on `queue` (replacing any), or remove them with
+    /// `None`. Takes effect on the next claim. One `MULTI` on keys of the queue's slot, so a
+    /// claim never sees half of a change.
+    pub async fn set_limits(&self, queue: &str, limits: Option<&QueueLimits>) -> Result<()> {
+        let mut conn = self.conn.clone();
+        // Every lane of a sharded queue enforces the per-key limits of the keys it holds (a
+        // key's jobs share one lane); queue-wide limits are refused on sharded queues.
+        for lane in self.shards.lanes(queue) {
+            let k = self.keys.queue(&lane);
+            let mut pipe = redis::pipe();
+            pipe.atomic().del(&k.limits).ignore();
+            if let Some(l) = limits.filter(|l| !l.is_empty()) {
+                pipe.hset_multiple(&k.limits, &l.to_fields()).ignore();
+            }
+            let _: () = pipe.query_async(&mut conn).await?;
+        }
+        if limits.is_some() {
+            // A limited queue is a queue in use (operators see it before its first job). The
+            // registry is outside the queue's slot, so this is a command of its own.
+            let _: () = conn.sadd(self.keys.queues(), queue).await?;
+        }
+        Ok(())
+    }
+
+    /// The limits `claim.lua` enforces on `queue` now.
+    pub async fn limits(&self, queue: &str) -> Result<QueueLimits> {
+        let mut conn = self.conn.clone();
+        let lane = self.shards.lanes(queue).into_iter().next();
+        let lane = lane.unwrap_or_else(|| queue.to_string());
+        let raw: Vec<(String, u64)> = conn.hgetall(self.keys.queue(&lane).limits).await?;
+        Ok(QueueLimits::from_fields(
+            raw.iter().map(|(k, v)| (k.as_str(), *v)),
+        ))
+    }
+
+    /// What the limits of `queue` are doing now: its limits, the jobs running per limit key
+    /// (the `top` busiest keys), how many keyed jobs wait, and until when the queue or its
+    /// keys are held. One pipeline on keys of the queue's slot.
+    pub async fn limit_state(&self, queue: &str, top: usize) -> Result<LimitState> {
+        let mut all = LimitState::default();
+        let mut by_key: Vec<(String, u64)> = Vec::new();
+        for lane in self.shards.lanes(queue) {
+            let l = self.lane_limit_state(&lane, top).await?;
+            if all.limits.is_empty() {
+                all.limits = l.limits;
+            }
+            all.running += l.running;
+            all.running_keys += l.running_keys;
+            by_key.extend(l.running_by_key);
+            all.keyed_ready += l.keyed_ready;
+            all.held_until_ms = all.held_until_ms.max(l.held_until_ms);
+            all.held_keys.extend(l.held_keys);
+            all.held_key_count += l.held_key_count;
+        }
+        by_key.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        by_key.truncate(top);
+        all.running_by_key = by_key;
+        all.held_keys.sort_by_key(|(_, until)| *until);
+        all.held_keys.truncate(top);
+        Ok(all)
+    }
+
+    /// [`RedisQueue::limit_state`] of one lane: one pipeline on keys of its slot.
+    async fn lane_limit_state(&self, queue: &str, top: usize) -> Result<LimitState> {
+        let k = self.keys.queue(queue);
+        let mut conn = self.conn.clone();
+        let (limits, running_jobs, running, keyed_ready, held_ms, parked, parked_count): LimitReply =
+            redis::pipe()
+            .hgetall(&k.limits)
+            .hlen(&k.slots)
+            .hgetall(&k.running)
+            .get(&k.key_ready_count)
+            .pttl(&k.held)
+            .zrange_withscores(&k.parked, 0, top as isize - 1)
+            .zcard(&k.parked)
+            .query_async(&mut conn)
+            .await?;
+        let now = crate::job::now_ms();
+        let mut running: Vec<(String, u64)> = running
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| (k, n as u64))
+            .collect();
+        let running_keys = running.len();
+        running.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        running.truncate(top);
+        Ok(LimitState {
+            limits: QueueLimits::from_fields(limits.iter().map(|(k, v)| (k.as_str(), *v))),
+            running: running_jobs,
+            running_keys,
+            running_by_key: running,
+            keyed_ready: keyed_ready.unwrap_or(0).max(0) as u64,
+            held_until_ms: (held_ms > 0).then(|| now + held_ms),
+            held_keys: parked
+                .into_iter()
+                .filter(|(_, until)| *until as i64 > now)
+                .map(|(key, until)| (key, until as i64))
+                .collect(),
+            held_key_count: parked_count,
+        })
     }
 
     /// Renew `worker`'s leases on `ids`. Returns (ids whose lease is no longer ours, ids whose
@@ -701,9 +1003,17 @@ mod tests {
                     // The queue's epoch lives in the same slot, so a node that lost the queue
                     // lost its epoch too.
                     assert_eq!(key_slot(k.epoch.as_bytes()), slot, "{op:?} epoch");
+                    // Per-key sets: the scripts append a limit key to a prefix passed as a
+                    // key; whatever the limit key, the name keeps the queue's tag.
+                    for prefix in [&k.key_ready, &k.key_starts] {
+                        for limit_key in ["customer:42", "api.stripe.com", "a", "{x}"] {
+                            let full = format!("{prefix}{limit_key}");
+                            assert_eq!(key_slot(full.as_bytes()), slot, "{op:?}: {full}");
+                        }
+                    }
                 }
             }
         }
-        assert_eq!(Op::ALL.len(), 10, "a new script must be added to Op::ALL");
+        assert_eq!(Op::ALL.len(), 12, "a new script must be added to Op::ALL");
     }
 }

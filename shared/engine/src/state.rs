@@ -129,6 +129,12 @@ pub enum AttemptOutcome {
     Panicked(String),
     /// The worker holding the lease stopped heartbeating (it died); found by the rescuer.
     LeaseExpired,
+    /// The handler was told to slow down (an upstream answered 429): run again after `after`
+    /// without charging the attempt, and hold the job's limit key (or its queue) meanwhile.
+    RateLimited {
+        /// How long to wait (and hold the key).
+        after: Duration,
+    },
 }
 
 /// The next state of a job after an attempt, with what to record.
@@ -147,6 +153,12 @@ pub enum Decision {
     Fail(String),
     /// → `cancelled`.
     Cancel(String),
+    /// → `scheduled` with the attempt given back (the handler answered `RateLimited`); the
+    /// next attempt runs after `delay`, and the job's limit key (or queue) is held until then.
+    Throttle {
+        /// Time until the job runs again.
+        delay: Duration,
+    },
 }
 
 impl Decision {
@@ -154,7 +166,7 @@ impl Decision {
     /// `run_at = at + delay` is computed.
     pub fn next_run_at(&self, at_ms: i64) -> Option<i64> {
         match self {
-            Decision::Retry { delay, .. } => {
+            Decision::Retry { delay, .. } | Decision::Throttle { delay } => {
                 Some(at_ms.saturating_add(delay.as_millis().min(i64::MAX as u128) as i64))
             }
             Decision::Succeed(_) | Decision::Fail(_) | Decision::Cancel(_) => None,
@@ -168,7 +180,14 @@ impl Decision {
             Decision::Retry { .. } => JobState::Retrying,
             Decision::Fail(_) => JobState::Failed,
             Decision::Cancel(_) => JobState::Cancelled,
+            Decision::Throttle { .. } => JobState::Scheduled,
         }
+    }
+
+    /// Whether the attempt that led here is given back (not charged): the job runs again
+    /// with the same attempt number.
+    pub fn returns_attempt(&self) -> bool {
+        matches!(self, Decision::Throttle { .. })
     }
 }
 
@@ -247,6 +266,8 @@ pub fn decide(
             "the worker running this attempt stopped heartbeating (lease expired)".into(),
             None,
         ),
+        // Not a failure: the attempt is given back, so the budget does not matter.
+        AttemptOutcome::RateLimited { after } => Decision::Throttle { delay: after },
     }
 }
 
@@ -260,6 +281,9 @@ fn describe(o: &AttemptOutcome) -> String {
         AttemptOutcome::TimedOut(d) => format!("timed out after {} ms", d.as_millis()),
         AttemptOutcome::Panicked(m) => format!("panic ({m})"),
         AttemptOutcome::LeaseExpired => "lease expired".into(),
+        AttemptOutcome::RateLimited { after } => {
+            format!("rate limited for {} ms", after.as_millis())
+        }
     }
 }
 
@@ -327,6 +351,25 @@ mod tests {
             (O::Panicked("boom".into()), 1, 2, S::Retrying, d(500)),
             (O::LeaseExpired, 4, 5, S::Retrying, d(4000)),
             (O::LeaseExpired, 5, 5, S::Failed, None),
+            (
+                O::RateLimited {
+                    after: d(300).unwrap(),
+                },
+                1,
+                3,
+                S::Scheduled,
+                d(300),
+            ),
+            // The attempt is given back, so even the last one is not a failure.
+            (
+                O::RateLimited {
+                    after: d(300).unwrap(),
+                },
+                3,
+                3,
+                S::Scheduled,
+                d(300),
+            ),
         ];
         for (outcome, attempt, max, state, delay) in table {
             let label = format!("{outcome:?} at {attempt}/{max}");
@@ -334,10 +377,16 @@ mod tests {
             assert_eq!(got.state(), state, "{label}");
             if let Decision::Retry {
                 delay: got_delay, ..
-            } = &got
+            }
+            | Decision::Throttle { delay: got_delay } = &got
             {
                 assert_eq!(Some(*got_delay), delay, "{label}");
             }
+            assert_eq!(
+                got.returns_attempt(),
+                state == S::Scheduled,
+                "{label}: only a rate limit gives the attempt back"
+            );
         }
     }
 
@@ -368,6 +417,14 @@ mod tests {
             (O::Panicked("boom".into()), 1, 3, S::Cancelled),
             (O::LeaseExpired, 1, 3, S::Cancelled),
             (O::LeaseExpired, 3, 3, S::Cancelled),
+            (
+                O::RateLimited {
+                    after: Duration::from_millis(5),
+                },
+                1,
+                3,
+                S::Cancelled,
+            ),
         ];
         for (outcome, attempt, max, state) in table {
             let label = format!("{outcome:?} at {attempt}/{max} after a cancel request");

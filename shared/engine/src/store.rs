@@ -109,7 +109,7 @@ impl Write {
         matches!(
             self,
             Write::Finish {
-                decision: Decision::Retry { .. } | Decision::Fail(_),
+                decision: Decision::Retry { .. } | Decision::Fail(_) | Decision::Throttle { .. },
                 ..
             }
         )
@@ -121,6 +121,9 @@ impl Write {
         match self {
             Write::Start { attempt, .. } => state == JobState::Running && current == *attempt,
             Write::Progress { .. } => true,
+            Write::Finish {
+                attempt, decision, ..
+            } if decision.returns_attempt() => state == decision.state() && current == *attempt - 1,
             Write::Finish {
                 attempt, decision, ..
             } => state == decision.state() && current == *attempt,
@@ -145,6 +148,9 @@ pub enum RedisStep {
     Reschedule(i64),
     /// Give it back to the ready set, attempt not charged (`release.lua`).
     Release,
+    /// Rate limited: back to the schedule set until this time (ms since the epoch), attempt
+    /// not charged, its limit key (or queue) held until then (`throttle.lua`).
+    Throttle(i64),
 }
 
 /// A write's Redis follow-up, and what else the caller does with the job.
@@ -184,6 +190,9 @@ impl Write {
             (Write::Progress { .. }, Applied::Stale { .. }) => (RedisStep::Keep, false, false),
             (Write::Finish { at, decision, .. }, Applied::Done) => {
                 match decision.next_run_at(at.timestamp_millis()) {
+                    Some(next) if decision.returns_attempt() => {
+                        (RedisStep::Throttle(next), true, true)
+                    }
                     Some(next) => (RedisStep::Reschedule(next), true, true),
                     None => (RedisStep::Ack, true, true),
                 }
@@ -894,9 +903,16 @@ impl Store {
                 progress,
                 record_event,
             } => {
+                // A rate limit gives the attempt back: the next claim runs it with the same
+                // number (as a release at shutdown does).
+                let recorded_attempt = if decision.returns_attempt() {
+                    attempt - 1
+                } else {
+                    *attempt
+                };
                 let mut set = doc! {
                     "state": decision.state().as_str(),
-                    "attempt": attempt,
+                    "attempt": recorded_attempt,
                     "enqueue_pending": false,
                 };
                 if let Some(s) = started_at {
@@ -922,7 +938,7 @@ impl Store {
                     Decision::Fail(e) => {
                         set.insert(format!("errors.{attempt}"), error(e));
                     }
-                    Decision::Cancel(_) => {}
+                    Decision::Cancel(_) | Decision::Throttle { .. } => {}
                 }
                 if let Some(at) = decision.next_run_at(at.timestamp_millis()) {
                     set.insert("run_at_ms", at);

@@ -67,6 +67,9 @@ pub struct JobView {
     pub cancel_requested: bool,
     /// Idempotency key, if given.
     pub idempotency_key: Option<String>,
+    /// The key the queue's per-key limits count this job against, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_key: Option<String>,
     /// Fields of features, shown at the top level next to the engine's.
     #[serde(flatten)]
     #[schema(ignore)]
@@ -123,6 +126,7 @@ impl From<&Job> for JobView {
                 .collect(),
             cancel_requested: j.cancel_requested,
             idempotency_key: j.idempotency_key.clone(),
+            limit_key: j.limit_key.clone(),
             ext: j.ext.clone(),
             owner: j.tenant.clone(),
             created_at: ts(j.created_ms),

@@ -24,6 +24,12 @@ pub enum AuditAction {
     /// `POST /v1/queues/{name}/resume`.
     #[serde(rename = "queue.resume")]
     QueueResume,
+    /// `PUT /v1/queues/{name}/limits`.
+    #[serde(rename = "queue.limits_set")]
+    QueueLimitsSet,
+    /// `DELETE /v1/queues/{name}/limits`.
+    #[serde(rename = "queue.limits_delete")]
+    QueueLimitsDelete,
     /// `POST /v1/workers/{id}/quiet`.
     #[serde(rename = "worker.quiet")]
     WorkerQuiet,

@@ -8,6 +8,7 @@
 //!   operator commands (`quiet`, `stop`) sent over pub/sub.
 //! - [`queues`]: queue views from Redis structure sizes and the history.
 //! - [`pauses`]: queue pauses, recorded in MongoDB and restored into Redis after a wipe.
+//! - [`limits`]: queue limits, recorded in MongoDB and restored into Redis after a wipe.
 //! - [`history`]: per-queue, per-minute outcome buckets, fed by the persister's hook.
 //! - [`audit`]: the audit trail of operator actions.
 //! - [`bulk`]: bulk retry, cancel and discard by filter, and their internal kind.
@@ -19,6 +20,7 @@ pub mod audit;
 pub mod bulk;
 pub mod history;
 pub mod keys;
+pub mod limits;
 pub mod metrics;
 pub mod pauses;
 pub mod queues;
@@ -33,6 +35,7 @@ use jobmill::Result;
 
 use audit::Audit;
 use history::{History, HistoryHook};
+use limits::Limits;
 use pauses::Pauses;
 
 /// The operator plane, as a binary assembles it. Cheap to clone.
@@ -42,6 +45,7 @@ pub struct Ops {
     audit: Audit,
     history: History,
     pauses: Pauses,
+    limits: Limits,
 }
 
 impl Ops {
@@ -53,6 +57,7 @@ impl Ops {
             audit: Audit::new(db, store.retention()),
             history: History::new(db),
             pauses: Pauses::new(db),
+            limits: Limits::new(db),
         }
     }
 
@@ -75,6 +80,11 @@ impl Ops {
     /// Queue pauses.
     pub fn pauses(&self) -> &Pauses {
         &self.pauses
+    }
+
+    /// Queue limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// The queues.

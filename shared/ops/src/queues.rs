@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use jobmill::job::{MAX_PRIORITY, MIN_PRIORITY};
-use jobmill::queue::RedisQueue;
+use jobmill::limits::LimitsSpec;
+use jobmill::queue::{LimitState, RedisQueue};
 use jobmill::Result;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -44,6 +45,82 @@ pub struct QueueView {
     pub failed_1h: u64,
     /// Succeeded and failed over the last 1, 5 and 60 minutes.
     pub recent: Recent,
+    /// The queue's limits and what they are doing; absent when the queue has no limits and
+    /// no job with a `limit_key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsView>,
+}
+
+/// How many jobs of a limit key run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct KeyRunning {
+    /// The limit key.
+    pub key: String,
+    /// Its jobs running.
+    pub running: u64,
+}
+
+/// A limit key held until a time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct KeyHeld {
+    /// The limit key.
+    pub key: String,
+    /// Held (a handler answered `RateLimited`, or its `key_rate` is used up) until then, ms
+    /// since the epoch.
+    pub until_ms: i64,
+}
+
+/// The limits of a queue and what they are doing now (`GET /v1/queues`).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct LimitsView {
+    /// The limits in force (empty when none is set).
+    pub set: LimitsSpec,
+    /// Jobs of the queue running (holding a slot).
+    pub running: u64,
+    /// Limit keys with jobs running.
+    pub running_keys: u64,
+    /// The busiest keys (at most 10), most jobs running first.
+    pub top_keys: Vec<KeyRunning>,
+    /// Jobs with a `limit_key` waiting to run (part of `counts.queued`).
+    pub keyed_queued: u64,
+    /// The whole queue is held until then (ms since the epoch): a job without a key answered
+    /// `RateLimited`.
+    pub throttled_until_ms: Option<i64>,
+    /// Keys held, soonest free first (at most 10).
+    pub throttled_keys: Vec<KeyHeld>,
+    /// Keys held, all of them.
+    pub throttled_key_count: u64,
+}
+
+/// Busiest and held keys shown per queue.
+const TOP_KEYS: usize = 10;
+
+impl LimitsView {
+    fn from_state(l: LimitState) -> Option<Self> {
+        let active = !l.limits.is_empty()
+            || l.running_keys > 0
+            || l.keyed_ready > 0
+            || l.held_until_ms.is_some()
+            || l.held_key_count > 0;
+        active.then(|| LimitsView {
+            set: l.limits.into(),
+            running: l.running as u64,
+            running_keys: l.running_keys as u64,
+            top_keys: l
+                .running_by_key
+                .into_iter()
+                .map(|(key, running)| KeyRunning { key, running })
+                .collect(),
+            keyed_queued: l.keyed_ready,
+            throttled_until_ms: l.held_until_ms,
+            throttled_keys: l
+                .held_keys
+                .into_iter()
+                .map(|(key, until_ms)| KeyHeld { key, until_ms })
+                .collect(),
+            throttled_key_count: l.held_key_count as u64,
+        })
+    }
 }
 
 /// `{"queues": [...]}`.
@@ -62,6 +139,8 @@ pub struct QueueState {
     pub counts: QueueCounts,
     /// Ready time (ms since the epoch) of the oldest ready job.
     pub oldest_ready_ms: Option<i64>,
+    /// Limits and their state, if any.
+    pub limits: Option<LimitsView>,
 }
 
 /// Read one queue's structure sizes: one round trip per lane (every key of a lane is in its
@@ -81,6 +160,11 @@ pub async fn state(queue: &RedisQueue, name: &str) -> Result<QueueState> {
             (a, b) => a.or(b),
         };
     }
+    // Limits over every lane. Jobs with a limit key wait in per-key ready sets, counted apart
+    // (their age is not in `latency_seconds`: reading every key's head would cost a lookup
+    // per key).
+    total.limits = LimitsView::from_state(queue.limit_state(name, TOP_KEYS).await?);
+    total.counts.queued += total.limits.as_ref().map_or(0, |l| l.keyed_queued);
     Ok(total)
 }
 
@@ -140,6 +224,7 @@ async fn lane_state(queue: &RedisQueue, lane: &str) -> Result<QueueState> {
             running: leased + rescued,
         },
         oldest_ready_ms,
+        limits: None,
     })
 }
 
@@ -161,7 +246,7 @@ pub async fn list(
         let recent = recent.get(&name).cloned().unwrap_or_default();
         let empty = c.queued + c.scheduled + c.retrying + c.running == 0;
         let quiet_hour = recent.last_60m.succeeded + recent.last_60m.failed == 0;
-        if empty && consumers == 0 && !s.paused && quiet_hour {
+        if empty && consumers == 0 && !s.paused && quiet_hour && s.limits.is_none() {
             continue;
         }
         out.push(view(name, s, consumers, recent, now));
@@ -203,5 +288,6 @@ fn view(name: String, s: QueueState, consumers: usize, recent: Recent, now: i64)
         succeeded_1h: recent.last_60m.succeeded,
         failed_1h: recent.last_60m.failed,
         recent,
+        limits: s.limits,
     }
 }

@@ -7,6 +7,9 @@
 //! - `w2apalis`: W2 through the apalis backend (`jobmill-apalis`) next to the native worker in
 //!   the same run: handler rates (target: apalis at least 75% of native), every outcome
 //!   durable, and worker CPU per job of both.
+//! - `w2limits`: W2 on a queue with `concurrency: 40`, and with 1,000 distinct `limit_key`s at
+//!   `key_concurrency: 1`, against the same queue unlimited in the same run (target: at most
+//!   10% below unlimited).
 //! - `w2cluster` (needs a cluster: `bench/run.sh w2cluster` starts one): W2 on a single Redis
 //!   against a 3-master cluster with the queue unsharded and in 8 shards (handler rate, worker
 //!   CPU per job, each master's Redis CPU per job), and W3's submit→start p99 on the cluster
@@ -34,8 +37,8 @@
 //! `BENCH_W7_ROWS` (default 1,000,000).
 //!
 //! ```text
-//! jobmill-bench [store] [w1] [w2] [w2apalis] [w2cluster] [w2metrics] [queues] [sse] [w3] [w1http]
-//!               [w5] [w6] [w7] [w8] [soak]
+//! jobmill-bench [store] [w1] [w2] [w2apalis] [w2limits] [w2cluster] [w2metrics] [queues] [sse]
+//!               [w3] [w1http] [w5] [w6] [w7] [w8] [soak]
 //!     (default: store w2 w3 w1http w5, in that order)
 //! ```
 //!
@@ -71,7 +74,7 @@ use crate::store_ceiling::store_ceiling;
 use crate::w1_http::w1_http;
 use crate::w1_library::w1_library;
 use crate::w2_cluster::w2_cluster;
-use crate::w2_durable::{w2_apalis, w2_durable, w2_metrics};
+use crate::w2_durable::{w2_apalis, w2_durable, w2_limits, w2_metrics};
 use crate::w3_floor::w3_floor;
 use crate::w5::w5;
 use crate::w6_file_assembly::w6_file_assembly;
@@ -107,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
             "store" => store_ceiling().await?,
             "w2" => w2_durable().await?,
             "w2apalis" => w2_apalis().await?,
+            "w2limits" => w2_limits().await?,
             "w2cluster" => w2_cluster().await?,
             "w2metrics" => w2_metrics().await?,
             "queues" => queues_flat().await?,
@@ -120,7 +124,7 @@ async fn main() -> anyhow::Result<()> {
             "w7" => w7_bulk_import().await?,
             "w8" => w8_stampede().await?,
             other => {
-                bail!("unknown workload {other} (store, w1, w2, w2apalis, w2cluster, w2metrics, queues, sse, w3, w1http, w5, w6, w7, w8, soak)")
+                bail!("unknown workload {other} (store, w1, w2, w2apalis, w2limits, w2cluster, w2metrics, queues, sse, w3, w1http, w5, w6, w7, w8, soak)")
             }
         };
         for (k, v, base) in r {

@@ -106,11 +106,26 @@ fn jobs_total(text: &str) -> f64 {
         .sum()
 }
 
+/// Limits of the drained queue (`w2limits`).
+#[derive(Clone, Copy, Default)]
+struct Limited {
+    /// The queue's limits, if any.
+    limits: Option<jobmill::limits::QueueLimits>,
+    /// Spread the jobs over this many distinct `limit_key`s (0: no key).
+    keys: usize,
+}
+
 /// Drain `N` no-op jobs with one worker of the given front end, its metrics endpoint served
 /// (and scraped) or not.
 async fn w2_drain(front: Front, metrics: bool) -> anyhow::Result<Drain> {
     let (s, store, _) = fresh(64).await?;
     drain_on(front, s, store, N, &[], metrics).await
+}
+
+/// Drain `N` no-op jobs with one worker of the given front end, on a queue with `limited`.
+async fn w2_drain_limited(front: Front, limited: Limited) -> anyhow::Result<Drain> {
+    let (s, store, _) = fresh(64).await?;
+    drain_limited(front, s, store, N, &[], limited, false).await
 }
 
 /// Submit `n` no-op jobs to deployment `s`, then drain them with one worker of the given front
@@ -119,10 +134,23 @@ async fn w2_drain(front: Front, metrics: bool) -> anyhow::Result<Drain> {
 /// `metrics` the worker serves `/metrics`, scraped every [`SCRAPE_EVERY`] over the drain.
 pub(crate) async fn drain_on(
     front: Front,
+    s: deployment::Settings,
+    store: jobmill::store::Store,
+    n: usize,
+    redis_nodes: &[u16],
+    metrics: bool,
+) -> anyhow::Result<Drain> {
+    drain_limited(front, s, store, n, redis_nodes, Limited::default(), metrics).await
+}
+
+/// [`drain_on`] on a queue with `limited`, the worker's `/metrics` served or not.
+async fn drain_limited(
+    front: Front,
     mut s: deployment::Settings,
     store: jobmill::store::Store,
     n: usize,
     redis_nodes: &[u16],
+    limited: Limited,
     metrics: bool,
 ) -> anyhow::Result<Drain> {
     // Heartbeats (and with them the worker's counters in Redis) every third of a second: the
@@ -144,8 +172,17 @@ pub(crate) async fn drain_on(
     }
     let client =
         jobmill_bench::deployment::client(store.clone(), queue.clone(), &registry.clone(), &s);
-    for _ in 0..n.div_ceil(1000) {
-        client.submit_batch(TENANT, noop_batch(1000)).await?;
+    if let Some(l) = &limited.limits {
+        queue.set_limits(deployment::QUEUE, Some(l)).await?;
+    }
+    for b in 0..n.div_ceil(1000) {
+        let mut batch = noop_batch(1000);
+        if limited.keys > 0 {
+            for (i, j) in batch.iter_mut().enumerate() {
+                j.limit_key = Some(format!("key:{}", (b * 1000 + i) % limited.keys));
+            }
+        }
+        client.submit_batch(TENANT, batch).await?;
     }
     // Let the submission side's confirmations (clearing `enqueue_pending`) land before the drain
     // is measured, so the drain competes with nothing but itself.
@@ -377,5 +414,61 @@ pub(crate) async fn w2_metrics() -> anyhow::Result<Rows> {
             format!("{:.1}", mean(&on, cpu)),
             format!("off: {:.1}; on/off {:+.1}%", mean(&off, cpu), diff(cpu)),
         ),
+    ])
+}
+
+/// W2 on a limited queue against the same queue unlimited, same run, same servers: a queue
+/// `concurrency: 40`, and 1,000 distinct `limit_key`s with `key_concurrency: 1` (target: each
+/// at most 10% below unlimited). Handler rate and the time until every outcome is durable.
+pub(crate) async fn w2_limits() -> anyhow::Result<Rows> {
+    use jobmill::limits::QueueLimits;
+    let unlimited = w2_drain(Front::Native, false).await?;
+    let conc = w2_drain_limited(
+        Front::Native,
+        Limited {
+            limits: Some(QueueLimits {
+                concurrency: Some(40),
+                ..Default::default()
+            }),
+            keys: 0,
+        },
+    )
+    .await?;
+    let keyed = w2_drain_limited(
+        Front::Native,
+        Limited {
+            limits: Some(QueueLimits {
+                key_concurrency: Some(1),
+                ..Default::default()
+            }),
+            keys: 1000,
+        },
+    )
+    .await?;
+    let durable = |d: &Drain| rate(N, d.durable);
+    let row = |name: &str, d: &Drain| {
+        (
+            format!("{name}: durable outcomes/s"),
+            format!("{:.0}", durable(d)),
+            format!(
+                "{:.0}% of unlimited; handlers {:.0}/s ({:.0}% of unlimited); CPU {:.1} µs/job",
+                100.0 * durable(d) / durable(&unlimited),
+                d.handler_rate,
+                100.0 * d.handler_rate / unlimited.handler_rate,
+                d.cpu_per_job_us
+            ),
+        )
+    };
+    Ok(vec![
+        (
+            "unlimited: durable outcomes/s".into(),
+            format!("{:.0}", durable(&unlimited)),
+            format!(
+                "handlers {:.0}/s; CPU {:.1} µs/job",
+                unlimited.handler_rate, unlimited.cpu_per_job_us
+            ),
+        ),
+        row("concurrency 40", &conc),
+        row("1,000 keys, key_concurrency 1", &keyed),
     ])
 }

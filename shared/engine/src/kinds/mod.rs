@@ -4,14 +4,19 @@
 mod fail;
 mod noop;
 mod sleep;
+mod throttled;
 
 pub use fail::{Fail, FailMode};
 pub use noop::Noop;
 pub use sleep::{OnCancel, Sleep};
+pub use throttled::Throttled;
 
 use crate::kind::Registry;
 
-/// Register `noop`, `sleep` and `fail`.
+/// Register `noop`, `sleep`, `fail` and `throttled`.
 pub fn register_builtin(r: &mut Registry) {
-    r.register(Noop).register(Sleep).register(Fail);
+    r.register(Noop)
+        .register(Sleep)
+        .register(Fail)
+        .register(Throttled);
 }

@@ -3,9 +3,14 @@
 -- The rescuer then records the failed attempt in MongoDB and reschedules or forgets each job;
 -- keeping them in `rescued` until then means a rescuer that dies mid-way loses nothing.
 -- KEYS[1] leased ZSET  KEYS[2] owners HASH  KEYS[3] rescued ZSET  KEYS[4] payloads HASH
--- KEYS[5] attempts HASH
+-- KEYS[5] attempts HASH  KEYS[6] slots HASH  KEYS[7] running HASH  KEYS[8] ring ZSET
+-- KEYS[9] parked ZSET    KEYS[10] per-key ready prefix
+-- An expired lease frees its limit slot here, so a SIGKILLed worker's slots come back within
+-- one lease period, before its jobs' lost attempts are even recorded.
 -- ARGV[1] limit   ARGV[2] ms after which a rescued job counts as abandoned by its rescuer
 -- Returns a flat array: id, attempt, payload, ...
+local S = { slots = KEYS[6], running = KEYS[7], ring = KEYS[8], parked = KEYS[9],
+  kready = KEYS[10] }
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local now_s = string.format('%.0f', now)
@@ -26,6 +31,7 @@ local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_s, 'LIMIT', 0, 
 for _, id in ipairs(expired) do
   redis.call('ZREM', KEYS[1], id)
   redis.call('HDEL', KEYS[2], id)
+  free_slot(S, id)
   take(id)
 end
 local room = limit - #expired
