@@ -39,6 +39,52 @@ pub(crate) async fn w3_floor() -> anyhow::Result<Rows> {
     };
     let before = insert_pass(scratch.clone()).await?;
 
+    let (lat, submit) = w3_latencies(&s, &store, rate_per_s, secs).await?;
+
+    let after = insert_pass(scratch.clone()).await?;
+    let _ = scratch.drop().await;
+    let mut floor = before;
+    floor.extend(after);
+    floor.sort_unstable();
+    let line = |v: &[u64]| {
+        format!(
+            "p50 {:.2} / p95 {:.2} / p99 {:.2} ms",
+            pct_ms(v, 50.0),
+            pct_ms(v, 95.0),
+            pct_ms(v, 99.0)
+        )
+    };
+    Ok(vec![
+        (
+            format!("submit→start at {rate_per_s:.0}/s"),
+            line(&lat),
+            format!(
+                "p99 = {:.2}× the floor's p99",
+                pct_ms(&lat, 99.0) / pct_ms(&floor, 99.0)
+            ),
+        ),
+        (
+            "submit call (insert + Redis)".into(),
+            line(&submit),
+            "part of submit→start".into(),
+        ),
+        (
+            "floor: plain insert_one, same schedule".into(),
+            line(&floor),
+            "store latency (two passes, before and after)".into(),
+        ),
+    ])
+}
+
+/// W3 itself: submit→start latencies (µs, sorted) of `rate_per_s` jobs a second for `secs`
+/// through the library client and one worker, and the submit calls' own durations.
+pub(crate) async fn w3_latencies(
+    s: &jobmill_bench::deployment::Settings,
+    store: &jobmill::store::Store,
+    rate_per_s: f64,
+    secs: f64,
+) -> anyhow::Result<(Vec<u64>, Vec<u64>)> {
+    let s = s.clone();
     let registry = kinds::registry(&s.redis).await?;
     let queue = RedisQueue::connect(&s.redis, &s.key_prefix).await?;
     let client = jobmill_bench::deployment::client(store.clone(), queue.clone(), &registry, &s);
@@ -84,38 +130,5 @@ pub(crate) async fn w3_floor() -> anyhow::Result<Rows> {
         lat.len(),
         submit.len()
     );
-
-    let after = insert_pass(scratch.clone()).await?;
-    let _ = scratch.drop().await;
-    let mut floor = before;
-    floor.extend(after);
-    floor.sort_unstable();
-    let line = |v: &[u64]| {
-        format!(
-            "p50 {:.2} / p95 {:.2} / p99 {:.2} ms",
-            pct_ms(v, 50.0),
-            pct_ms(v, 95.0),
-            pct_ms(v, 99.0)
-        )
-    };
-    Ok(vec![
-        (
-            format!("submit→start at {rate_per_s:.0}/s"),
-            line(&lat),
-            format!(
-                "p99 = {:.2}× the floor's p99",
-                pct_ms(&lat, 99.0) / pct_ms(&floor, 99.0)
-            ),
-        ),
-        (
-            "submit call (insert + Redis)".into(),
-            line(&submit),
-            "part of submit→start".into(),
-        ),
-        (
-            "floor: plain insert_one, same schedule".into(),
-            line(&floor),
-            "store latency (two passes, before and after)".into(),
-        ),
-    ])
+    Ok((lat, submit))
 }
