@@ -228,6 +228,21 @@ fn lenient_ms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<i64>, D::Err
         .collect())
 }
 
+/// A duration in the largest whole unit: `1h`, `90s`, `1500ms`.
+pub fn fmt_within(ms: i64) -> String {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if ms > 0 && ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
 /// RFC 3339 UTC with seconds (and milliseconds only when there are any).
 pub fn rfc3339(ms: i64) -> String {
     let t = at(ms);
@@ -470,9 +485,7 @@ impl ScheduleView {
             job: s.job.view(),
             overlap: s.overlap,
             catch_up: s.catch_up,
-            catch_up_within: jobmill::config::fmt_duration(std::time::Duration::from_millis(
-                s.catch_up_within_ms.max(0) as u64,
-            )),
+            catch_up_within: fmt_within(s.catch_up_within_ms),
             starts_at: opt(s.starts_at_ms),
             ends_at: opt(s.ends_at_ms),
             paused: s.is_paused(),

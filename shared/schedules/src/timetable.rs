@@ -79,17 +79,18 @@ impl Timetable {
                 format!("cron expressions are at most {MAX_CRON_LEN} characters"),
             ));
         }
-        let seconds =
-            match expr.split_whitespace().count() {
-                5 => Seconds::Disallowed,
-                6 => Seconds::Required,
-                n => return Err(TimeProblem::new(
+        let seconds = match expr.split_whitespace().count() {
+            5 => Seconds::Disallowed,
+            6 => Seconds::Required,
+            n => {
+                return Err(TimeProblem::new(
                     "invalid_cron",
                     format!(
                         "a cron expression has 5 fields, or 6 with seconds first; this one has {n}"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         let cron = CronParser::builder()
             .seconds(seconds)
             .year(Year::Disallowed)
