@@ -7,7 +7,9 @@
 //!    policy may turn the fires into skips (or a buffered tick).
 //! 3. The process claims the tick with one guarded update: `next_run_at_ms` equal to what it
 //!    read and no pending claim → the next tick, plus the fire times as a pending claim. Of
-//!    any number of processes, one update matches; the others move on.
+//!    any number of processes, one update matches; the others move on. (The updates of every
+//!    due schedule go in one `update` command; each statement is guarded on its own, and the
+//!    process reads back which ones it won by the nonce the statements wrote.)
 //! 4. The winner submits one job per fire time with the idempotency key
 //!    `schedule:<id>:<fire time>`, records the runs, then clears the claim.
 //! 5. A claim still pending a second later (its process died, or lost MongoDB) is finished by
@@ -16,18 +18,19 @@
 
 use std::time::Duration;
 
-use futures::StreamExt as _;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
 use jobmill::job::now_ms;
 use jobmill::{Error, Result};
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{at, CatchUp, Overlap, Schedule, SkipReason, MAX_CATCH_UP_RUNS, NEVER};
-use crate::store::Run;
+use crate::store::{Claim, Run};
 use crate::timetable::Timetable;
 use crate::Schedules;
 
-/// How many due schedules one process fires at once.
-const CONCURRENCY: usize = 16;
+/// Most jobs in one submission.
+const SUBMIT_CHUNK: usize = 500;
 /// Most schedules read per query.
 const BATCH: i64 = 1000;
 /// A claim older than this is finished by whichever process sees it.
@@ -167,161 +170,241 @@ pub async fn run(sched: Schedules, worker: String, stop: CancellationToken) {
 }
 
 /// One round: fire due ticks, finish stale claims, release buffered ticks. Returns the
-/// earliest next tick.
+/// earliest next tick. Every step works on all the schedules at once (one claim command, one
+/// submission per tenant, one insert of runs, one finishing command), so a round costs a
+/// handful of store round trips however many schedules are due.
 pub async fn round(sched: &Schedules, worker: &str) -> Result<Option<i64>> {
     let store = sched.store();
     let now = now_ms();
-    let mut due = store.due(now, BATCH).await?;
-    // Different processes start on different schedules, so with many due at once each claims
-    // a share instead of all racing for the same one.
-    let offset = if due.is_empty() {
-        0
-    } else {
-        rand_index(due.len())
-    };
-    due.rotate_left(offset);
-    futures::stream::iter(due)
-        .for_each_concurrent(CONCURRENCY, |s| async move {
-            if let Err(e) = fire_due(sched, &s, now, worker).await {
-                tracing::warn!(schedule = %s.id, error = %e, "schedule tick not fired yet");
-            }
-        })
-        .await;
-    for s in store.stale_pending(now - STALE_CLAIM_MS, BATCH).await? {
-        tracing::info!(schedule = %s.id, "finishing a claim its process left pending");
-        let fires = s.pending_ms.clone();
-        submit_claim(
-            sched,
-            &s,
-            &fires,
-            s.pending_catch_up != 0,
-            s.pending_at_ms,
-            worker,
-        )
-        .await?;
+    let due = store.due(now, BATCH).await?;
+    if !due.is_empty() {
+        fire_due(sched, &due, now, worker).await?;
     }
-    for s in store.buffered(BATCH).await? {
-        if previous_running(sched, &s).await? {
-            continue;
+    let stale = store.stale_pending(now - STALE_CLAIM_MS, BATCH).await?;
+    if !stale.is_empty() {
+        tracing::info!(
+            claims = stale.len(),
+            "finishing claims their process left pending"
+        );
+        let work = stale
+            .iter()
+            .map(|s| Work {
+                s,
+                fires: s.pending_ms.clone(),
+                catch_up: s.pending_catch_up != 0,
+                claimed_at: s.pending_at_ms,
+            })
+            .collect();
+        submit_claims(sched, work, worker).await?;
+    }
+    let buffered = store.buffered(BATCH).await?;
+    if !buffered.is_empty() {
+        let running = running_jobs(sched, buffered.iter()).await?;
+        let mut work = Vec::new();
+        for s in &buffered {
+            if running.contains(&s.last_job_id) {
+                continue;
+            }
+            let claimed_at = now_ms();
+            if store
+                .claim_buffered(&s.id, s.buffered_ms, claimed_at)
+                .await?
+            {
+                work.push(Work {
+                    s,
+                    fires: vec![s.buffered_ms],
+                    catch_up: false,
+                    claimed_at,
+                });
+            }
         }
-        let claimed_at = now_ms();
-        if store
-            .claim_buffered(&s.id, s.buffered_ms, claimed_at)
-            .await?
-        {
-            submit_claim(sched, &s, &[s.buffered_ms], false, claimed_at, worker).await?;
-        }
+        submit_claims(sched, work, worker).await?;
     }
     store.earliest().await
 }
 
-fn rand_index(n: usize) -> usize {
-    (uuid::Uuid::new_v4().as_u128() % n as u128) as usize
+/// A claim this process holds: the jobs to submit for it.
+struct Work<'a> {
+    s: &'a Schedule,
+    fires: Vec<i64>,
+    catch_up: bool,
+    claimed_at: i64,
 }
 
-/// Whether the schedule's previous run has not ended.
-async fn previous_running(sched: &Schedules, s: &Schedule) -> Result<bool> {
-    if s.last_job_id.is_empty() {
-        return Ok(false);
+/// The previous runs (of `schedules`) that have not ended.
+async fn running_jobs<'a>(
+    sched: &Schedules,
+    schedules: impl Iterator<Item = &'a Schedule>,
+) -> Result<HashSet<String>> {
+    let ids: Vec<String> = schedules
+        .filter(|s| !s.last_job_id.is_empty())
+        .map(|s| s.last_job_id.clone())
+        .collect();
+    if ids.is_empty() {
+        return Ok(HashSet::new());
     }
-    let job = sched.client().store().get(&s.last_job_id, None).await?;
-    Ok(job.is_some_and(|j| !j.state.is_terminal()))
+    Ok(sched
+        .client()
+        .store()
+        .get_many(&ids)
+        .await?
+        .into_iter()
+        .filter(|j| !j.state.is_terminal())
+        .map(|j| j.id)
+        .collect())
 }
 
-async fn fire_due(sched: &Schedules, s: &Schedule, now: i64, worker: &str) -> Result<()> {
-    let tt = match Timetable::parse(&s.cron, &s.timezone, at(now)) {
-        Ok(tt) => tt,
-        Err(p) => {
-            // Stored schedules were checked when written; one that stopped firing is parked.
-            tracing::warn!(schedule = %s.id, problem = %p.message, "schedule cannot fire; parked");
-            sched
-                .store()
-                .claim(&s.id, s.next_run_at_ms, NEVER, &[], false, None, now)
-                .await?;
-            return Ok(());
-        }
-    };
+async fn fire_due(sched: &Schedules, due: &[Schedule], now: i64, worker: &str) -> Result<()> {
+    let running = running_jobs(sched, due.iter().filter(|s| s.overlap != Overlap::Allow)).await?;
     let grace = sched.settings().grace_ms();
-    let p = plan(s, &tt, now, grace);
-    let mut fires = p.fires.clone();
-    let mut buffered = None;
-    let mut overlap_skipped = 0;
-    if !fires.is_empty() && s.overlap != Overlap::Allow && previous_running(sched, s).await? {
-        overlap_skipped = fires.len() as u64;
-        if s.overlap == Overlap::BufferOne && s.buffered_ms == 0 {
-            buffered = fires.last().copied();
-            overlap_skipped -= 1;
+    let mut claims = Vec::with_capacity(due.len());
+    // Per claim: the skips to count and the fires to submit if this process wins it.
+    let mut plans = HashMap::with_capacity(due.len());
+    for s in due {
+        let tt = match Timetable::parse(&s.cron, &s.timezone, at(now)) {
+            Ok(tt) => tt,
+            Err(p) => {
+                // Stored schedules were checked when written; one that stopped firing is parked.
+                tracing::warn!(schedule = %s.id, problem = %p.message, "schedule cannot fire; parked");
+                claims.push(Claim {
+                    id: s.id.clone(),
+                    expected_next: s.next_run_at_ms,
+                    next: NEVER,
+                    fires: Vec::new(),
+                    catch_up: false,
+                    buffered_ms: None,
+                });
+                continue;
+            }
+        };
+        let p = plan(s, &tt, now, grace);
+        let mut fires = p.fires.clone();
+        let mut buffered = None;
+        let mut overlap_skipped = 0;
+        if !fires.is_empty() && s.overlap != Overlap::Allow && running.contains(&s.last_job_id) {
+            overlap_skipped = fires.len() as u64;
+            if s.overlap == Overlap::BufferOne && s.buffered_ms == 0 {
+                buffered = fires.last().copied();
+                overlap_skipped -= 1;
+            }
+            fires.clear();
         }
-        fires.clear();
+        claims.push(Claim {
+            id: s.id.clone(),
+            expected_next: s.next_run_at_ms,
+            next: p.next,
+            fires: fires.clone(),
+            catch_up: p.catch_up,
+            buffered_ms: buffered,
+        });
+        plans.insert(s.id.as_str(), (s, p, fires, overlap_skipped));
     }
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
     let claimed_at = now_ms();
     let won = sched
         .store()
-        .claim(
-            &s.id,
-            s.next_run_at_ms,
-            p.next,
-            &fires,
-            p.catch_up,
-            buffered,
-            claimed_at,
-        )
+        .claim_many(&claims, &nonce, claimed_at)
         .await?;
-    if !won {
-        return Ok(());
-    }
     let m = sched.metrics();
-    m.skipped(p.reason, p.skipped);
-    m.skipped(SkipReason::Overlap, overlap_skipped);
-    if !fires.is_empty() {
-        submit_claim(sched, s, &fires, p.catch_up, claimed_at, worker).await?;
+    let mut work = Vec::new();
+    for id in &won {
+        let Some((s, p, fires, overlap_skipped)) = plans.remove(id.as_str()) else {
+            continue;
+        };
+        m.skipped(p.reason, p.skipped);
+        m.skipped(SkipReason::Overlap, overlap_skipped);
+        if !fires.is_empty() {
+            work.push(Work {
+                s,
+                fires,
+                catch_up: p.catch_up,
+                claimed_at,
+            });
+        }
     }
-    Ok(())
+    submit_claims(sched, work, worker).await
 }
 
-/// Submit the jobs of a claim, record its runs and clear it. A store failure leaves the claim
-/// pending, to be finished by a later round (of any process) with the same keys.
-async fn submit_claim(
-    sched: &Schedules,
-    s: &Schedule,
-    fires: &[i64],
-    catch_up: bool,
-    claimed_at: i64,
-    worker: &str,
-) -> Result<()> {
-    let mut last_job = String::new();
-    for &fire in fires {
-        let (job_id, error) = match submit_one(sched, s, fire).await {
-            Ok(id) => (id, None),
-            Err(e) if is_refusal(&e) => {
-                tracing::warn!(schedule = %s.id, error = %e, "schedule run refused by the catalog");
-                (String::new(), Some(e.to_string()))
-            }
-            Err(e) => return Err(e),
-        };
-        if error.is_none() {
-            sched.metrics().fired((now_ms() - fire) as f64 / 1000.0);
-            last_job = job_id.clone();
-        }
-        let run = Run {
-            schedule_id: s.id.clone(),
-            fire_ms: fire,
-            job_id,
-            error,
-            catch_up,
-            manual: false,
-            fired_by: worker.to_string(),
-        };
-        sched
-            .store()
-            .record_run(&run, &format!("{}:{fire}", s.id))
-            .await?;
+/// Submit the jobs of claims, record their runs and clear them. A store failure leaves the
+/// claims pending, to be finished by a later round (of any process) with the same keys.
+async fn submit_claims(sched: &Schedules, work: Vec<Work<'_>>, worker: &str) -> Result<()> {
+    if work.is_empty() {
+        return Ok(());
     }
-    sched
-        .store()
-        .finish_claim(&s.id, claimed_at, &last_job)
-        .await?;
-    Ok(())
+    // The runs of one tenant go in one submission (in chunks of at most 500 jobs).
+    let mut by_tenant: BTreeMap<&str, Vec<(usize, i64)>> = BTreeMap::new();
+    for (w, item) in work.iter().enumerate() {
+        for &fire in &item.fires {
+            by_tenant
+                .entry(item.s.tenant.as_str())
+                .or_default()
+                .push((w, fire));
+        }
+    }
+    let mut outcome: HashMap<(usize, i64), (String, Option<String>)> = HashMap::new();
+    for (tenant, items) in by_tenant {
+        for chunk in items.chunks(SUBMIT_CHUNK) {
+            let news = chunk
+                .iter()
+                .map(|(w, fire)| {
+                    let s = work[*w].s;
+                    s.job.new_job(s.job_key(*fire))
+                })
+                .collect();
+            match sched.client().submit_batch(tenant, news).await {
+                Ok(subs) => {
+                    for (item, sub) in chunk.iter().zip(subs) {
+                        outcome.insert(*item, (sub.job.id, None));
+                    }
+                }
+                Err(e) if !is_refusal(&e) && !matches!(e, Error::IdempotencyKeyReused { .. }) => {
+                    return Err(e)
+                }
+                // One job of the chunk is refused (or was first submitted with another
+                // template): submit them one by one, so the others still fire.
+                Err(_) => {
+                    for &(w, fire) in chunk {
+                        let s = work[w].s;
+                        let r = match submit_one(sched, s, fire).await {
+                            Ok(id) => (id, None),
+                            Err(e) if is_refusal(&e) => {
+                                tracing::warn!(schedule = %s.id, error = %e, "schedule run refused");
+                                (String::new(), Some(e.to_string()))
+                            }
+                            Err(e) => return Err(e),
+                        };
+                        outcome.insert((w, fire), r);
+                    }
+                }
+            }
+        }
+    }
+    let now = now_ms();
+    let mut runs = Vec::new();
+    let mut finished = Vec::new();
+    for (w, item) in work.iter().enumerate() {
+        let mut last_job = String::new();
+        for &fire in &item.fires {
+            let (job_id, error) = outcome.remove(&(w, fire)).unwrap_or_default();
+            if error.is_none() && !job_id.is_empty() {
+                sched.metrics().fired((now - fire) as f64 / 1000.0);
+                last_job = job_id.clone();
+            }
+            let run = Run {
+                schedule_id: item.s.id.clone(),
+                fire_ms: fire,
+                job_id,
+                error,
+                catch_up: item.catch_up,
+                manual: false,
+                fired_by: worker.to_string(),
+            };
+            runs.push((run, format!("{}:{fire}", item.s.id)));
+        }
+        finished.push((item.s.id.clone(), item.claimed_at, last_job));
+    }
+    sched.store().record_runs(&runs).await?;
+    sched.store().finish_many(&finished).await
 }
 
 fn is_refusal(e: &Error) -> bool {

@@ -27,6 +27,23 @@ fn corrupt(e: impl std::fmt::Display) -> Error {
     Error::Corrupt(e.to_string())
 }
 
+/// A claim of one due schedule (see [`ScheduleStore::claim`]).
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// Schedule id.
+    pub id: String,
+    /// The `next_run_at_ms` read.
+    pub expected_next: i64,
+    /// The next tick.
+    pub next: i64,
+    /// Fire times to submit.
+    pub fires: Vec<i64>,
+    /// The fires are catch-up runs.
+    pub catch_up: bool,
+    /// A tick to hold under `buffer_one`.
+    pub buffered_ms: Option<i64>,
+}
+
 /// One run of a schedule.
 #[derive(Debug, Clone)]
 pub struct Run {
@@ -52,6 +69,7 @@ pub struct ScheduleStore {
     schedules: Collection<Schedule>,
     raw: Collection<Document>,
     runs: Collection<Document>,
+    db: Database,
     retention: Duration,
 }
 
@@ -62,6 +80,7 @@ impl ScheduleStore {
             schedules: db.collection(SCHEDULES),
             raw: db.collection(SCHEDULES),
             runs: db.collection(RUNS),
+            db: db.clone(),
             retention,
         }
     }
@@ -251,6 +270,118 @@ impl ScheduleStore {
         Ok(r.matched_count == 1)
     }
 
+    /// [`ScheduleStore::claim`] for many schedules in one command: each statement is the same
+    /// guarded update, and marks what it claimed with `nonce`. Returns the ids this process won
+    /// (read back by `nonce`, since one command reports only a total of matches).
+    pub async fn claim_many(
+        &self,
+        claims: &[Claim],
+        nonce: &str,
+        now_ms: i64,
+    ) -> Result<Vec<String>> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        let updates: Vec<Document> = claims
+            .iter()
+            .map(|c| {
+                let mut set = doc! { "next_run_at_ms": c.next, "claim": nonce };
+                if !c.fires.is_empty() {
+                    set.insert("pending_at_ms", now_ms);
+                    set.insert(
+                        "pending_ms",
+                        c.fires.iter().map(|f| Bson::Int64(*f)).collect::<Vec<_>>(),
+                    );
+                    set.insert("pending_catch_up", i32::from(c.catch_up));
+                }
+                if let Some(b) = c.buffered_ms {
+                    set.insert("buffered_ms", b);
+                }
+                doc! {
+                    "q": { "_id": &c.id, "next_run_at_ms": c.expected_next, "pending_at_ms": 0_i64 },
+                    "u": { "$set": set },
+                }
+            })
+            .collect();
+        let reply = self
+            .db
+            .run_command(doc! { "update": SCHEDULES, "updates": updates, "ordered": false })
+            .await?;
+        let matched = reply
+            .get_i32("n")
+            .map(i64::from)
+            .or_else(|_| reply.get_i64("n"))
+            .unwrap_or(0);
+        if matched == 0 {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = claims.iter().map(|c| c.id.as_str()).collect();
+        let won: Vec<Document> = self
+            .raw
+            .find(doc! { "_id": { "$in": ids }, "claim": nonce })
+            .projection(doc! { "_id": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(won
+            .iter()
+            .filter_map(|d| d.get_str("_id").ok().map(str::to_string))
+            .collect())
+    }
+
+    /// [`ScheduleStore::finish_claim`] for many claims in one command.
+    pub async fn finish_many(&self, done: &[(String, i64, String)]) -> Result<()> {
+        if done.is_empty() {
+            return Ok(());
+        }
+        let updates: Vec<Document> = done
+            .iter()
+            .map(|(id, pending_at, last_job)| {
+                let mut set = doc! { "pending_at_ms": 0_i64, "pending_ms": Bson::Array(vec![]) };
+                if !last_job.is_empty() {
+                    set.insert("last_job_id", last_job);
+                }
+                doc! { "q": { "_id": id, "pending_at_ms": pending_at }, "u": { "$set": set } }
+            })
+            .collect();
+        self.db
+            .run_command(doc! { "update": SCHEDULES, "updates": updates, "ordered": false })
+            .await?;
+        Ok(())
+    }
+
+    /// [`ScheduleStore::record_run`] for many runs in one insert (runs recorded before are
+    /// ignored).
+    pub async fn record_runs(&self, runs: &[(Run, String)]) -> Result<()> {
+        if runs.is_empty() {
+            return Ok(());
+        }
+        let now = DateTime::now();
+        let docs: Vec<Document> = runs
+            .iter()
+            .map(|(r, id)| self.run_doc(r, id, now))
+            .collect();
+        match self.runs.insert_many(docs).ordered(false).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate_key(&e) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn run_doc(&self, run: &Run, run_id: &str, now: DateTime) -> Document {
+        doc! {
+            "_id": run_id,
+            "schedule_id": &run.schedule_id,
+            "fire_ms": run.fire_ms,
+            "job_id": &run.job_id,
+            "error": run.error.clone().map(Bson::String).unwrap_or(Bson::Null),
+            "catch_up": i32::from(run.catch_up),
+            "manual": i32::from(run.manual),
+            "fired_by": &run.fired_by,
+            "retention": Retention::after(now, self.retention).to_doc(),
+        }
+    }
+
     /// Claim the buffered tick `buffered_ms` (the previous run ended).
     pub async fn claim_buffered(&self, id: &str, buffered_ms: i64, now_ms: i64) -> Result<bool> {
         let r = self
@@ -368,20 +499,7 @@ impl ScheduleStore {
     /// Record a run; a second record of the same run (a finished claim) is ignored.
     pub async fn record_run(&self, run: &Run, run_id: &str) -> Result<()> {
         let now = DateTime::now();
-        let res = self
-            .runs
-            .insert_one(doc! {
-                "_id": run_id,
-                "schedule_id": &run.schedule_id,
-                "fire_ms": run.fire_ms,
-                "job_id": &run.job_id,
-                "error": run.error.clone().map(Bson::String).unwrap_or(Bson::Null),
-                "catch_up": i32::from(run.catch_up),
-                "manual": i32::from(run.manual),
-                "fired_by": &run.fired_by,
-                "retention": Retention::after(now, self.retention).to_doc(),
-            })
-            .await;
+        let res = self.runs.insert_one(self.run_doc(run, run_id, now)).await;
         match res {
             Ok(_) => Ok(()),
             Err(e) if is_duplicate_key(&e) => Ok(()),
