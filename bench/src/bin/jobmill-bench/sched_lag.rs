@@ -20,11 +20,12 @@ use crate::servers::{fresh, Worker};
 use crate::w3_floor::w3_latencies;
 use crate::Rows;
 
-/// Schedules firing every second.
+/// Schedules firing every second (`BENCH_SCHED_N` overrides).
 const SCHEDULES: usize = 100;
 
 pub(crate) async fn sched_lag() -> anyhow::Result<Rows> {
     let secs = env_f64("BENCH_SCHED_SECS", 15.0);
+    let n = crate::measure::knob("BENCH_SCHED_N", SCHEDULES)?;
     let (s, store, _) = fresh(64).await?;
     let registry = kinds::registry(&s.redis).await?;
     let queue = RedisQueue::connect(&s.redis, &s.key_prefix).await?;
@@ -37,7 +38,7 @@ pub(crate) async fn sched_lag() -> anyhow::Result<Rows> {
     );
     sched.ensure_indexes().await?;
     let worker = Worker::start(&s, store.clone()).await?;
-    for i in 0..SCHEDULES {
+    for i in 0..n {
         let req = serde_json::from_value(json!({
             "name": format!("bench-{i}"),
             "cron": "* * * * * *",
@@ -48,7 +49,7 @@ pub(crate) async fn sched_lag() -> anyhow::Result<Rows> {
     tokio::time::sleep(Duration::from_secs_f64(secs)).await;
     let ids: Vec<String> = sched
         .store()
-        .list(Some(TENANT), SCHEDULES as i64)
+        .list(Some(TENANT), n as i64)
         .await?
         .into_iter()
         .map(|s| s.id)
@@ -89,7 +90,7 @@ pub(crate) async fn sched_lag() -> anyhow::Result<Rows> {
     first.sort_unstable();
     anyhow::ensure!(!lag.is_empty(), "no schedule fired");
     let fires = lag.len();
-    let expected = (SCHEDULES as f64 * secs) as usize;
+    let expected = (n as f64 * secs) as usize;
 
     let (w3, _) = w3_latencies(&s, &store, env_f64("BENCH_W3_RATE", 200.0), 10.0).await?;
     let line = |v: &[u64]| {
@@ -102,7 +103,7 @@ pub(crate) async fn sched_lag() -> anyhow::Result<Rows> {
     };
     Ok(vec![
         (
-            format!("fire lag, {SCHEDULES} schedules every second ({fires} runs of ~{expected})"),
+            format!("fire lag, {n} schedules every second ({fires} runs of ~{expected})"),
             line(&lag),
             format!(
                 "p99 = {:.2}× W3's p99 (target ≤ 2×)",
