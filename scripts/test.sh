@@ -107,7 +107,7 @@ export RUST_TEST_THREADS="${RUST_TEST_THREADS:-${JOBMILL_TEST_THREADS:-4}}"
 # webhooks) is in the subset. `JOBMILL_TEST_PASSES=cluster scripts/test.sh -p jobmill-tests`
 # runs everything on the cluster.
 CLUSTER_SUBSET=(-p jobmill-tests --test lifecycle --test faults --test cluster --test api_contract
-    --test store_guards --test catalog --test datasets --test webhooks)
+    --test store_guards --test catalog --test datasets --test webhooks --test shards)
 if [[ $# -eq 0 ]]; then
     PASSES="${JOBMILL_TEST_PASSES:-single,cluster}"
 else

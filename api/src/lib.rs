@@ -88,6 +88,9 @@ impl AppState {
         let core = &config.core;
         let store = Store::connect_settings(core).await?;
         let queue = RedisQueue::connect(&core.redis, &core.key_prefix).await?;
+        // Before anything is accepted: a process whose JOBMILL_QUEUE_SHARDS disagrees with the
+        // stored shard map refuses to start.
+        jobmill::shards::join_settings(&store, core, &queue).await?;
         let webhooks = Webhooks::new(&store, &queue, core.redis.clone(), config.webhooks.clone());
         let catalog = Catalog::new(&Registry::new());
         let client = JobClient::new(

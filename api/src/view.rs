@@ -53,6 +53,15 @@ pub struct SubmitJob {
         pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
     )]
     pub idempotency_key: Option<String>,
+    /// Pins the job to one shard of a sharded queue (`JOBMILL_QUEUE_SHARDS`): jobs with the
+    /// same key share a shard, so their priorities are exact among themselves (default: placed
+    /// by the job's id). 1-200 bytes without control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
+    )]
+    pub shard_key: Option<String>,
     /// `https://` (or allow-listed `http://`) URL that receives a signed POST when the job
     /// ends (`job.succeeded`, `job.failed`, `job.cancelled`).
     #[schema(format = "uri")]
@@ -107,6 +116,7 @@ impl SubmitJob {
             max_attempts: self.max_attempts,
             timeout_ms: self.timeout_ms,
             idempotency_key,
+            shard_key: self.shard_key,
             ext: self
                 .callback_url
                 .map(|url| {

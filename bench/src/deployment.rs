@@ -81,6 +81,15 @@ pub fn client(store: Store, queue: RedisQueue, registry: &Registry, s: &Settings
 
 /// Settings for the bench deployment, from `BENCH_*` variables.
 pub fn settings(concurrency: usize) -> anyhow::Result<Settings> {
+    settings_with(concurrency, &[])
+}
+
+/// [`settings`] with some variables replaced (`("JOBMILL_REDIS_CLUSTER", seeds)` with a blank
+/// `JOBMILL_REDIS_URL` for a cluster, `JOBMILL_QUEUE_SHARDS`, another database or prefix).
+pub fn settings_with(
+    concurrency: usize,
+    overrides: &[(&'static str, String)],
+) -> anyhow::Result<Settings> {
     let redis =
         std::env::var("BENCH_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6391/0".into());
     let mongo = std::env::var("JOBMILL_BENCH_MONGODB_URI")
@@ -111,6 +120,10 @@ pub fn settings(concurrency: usize) -> anyhow::Result<Settings> {
     ]
     .into_iter()
     .collect();
+    let mut vars = vars;
+    for (k, v) in overrides {
+        vars.insert(k, v.clone());
+    }
     Ok(Settings {
         api: ApiConfig::from_lookup(|k| vars.get(k).cloned())?,
         worker: WorkerConfig::from_lookup(|k| vars.get(k).cloned())?,

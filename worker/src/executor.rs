@@ -45,9 +45,9 @@ pub(crate) async fn execute(
         return;
     }
     let started = DateTime::now();
-    shared.persister.progress.track(&p.id, &p.queue, &p.tenant);
+    shared.persister.progress.track(&p.id, p.lane(), &p.tenant);
     shared.persister.send(Item {
-        queue: p.queue.clone(),
+        queue: p.lane().to_string(),
         write: Write::Start {
             id: p.id.clone(),
             attempt: attempt as i32,
@@ -109,7 +109,7 @@ pub(crate) async fn execute(
         }
     };
     shared.persister.send(Item {
-        queue: p.queue.clone(),
+        queue: p.lane().to_string(),
         write,
         release_score,
     });
@@ -188,7 +188,7 @@ async fn defer(shared: &Shared, claimed: &Claimed) {
     // unreachable) the heartbeat must stop renewing its lease, so the lease expires and the
     // rescuer reruns the job (charging the attempt). Kept in the table, it would stay leased to
     // this worker, which never runs it: lost while this process lives.
-    if let Err(e) = shared.queue.defer(&p.queue, &shared.worker, &items).await {
+    if let Err(e) = shared.queue.defer(p.lane(), &shared.worker, &items).await {
         tracing::warn!(job = %p.id, error = %e, "could not defer a job of a kind not served here; its lease will expire");
     }
     shared.inflight.remove(&p.id);

@@ -64,9 +64,10 @@ pub(crate) async fn fetch_loop(
                     for c in claimed {
                         let permit = permits.pop().expect("claimed at most the free slots");
                         // Into the table before the task starts, so the next heartbeat covers it.
+                        // By lane: heartbeats and follow-ups go to the lane holding the job.
                         let token = shared.inflight.insert(
                             &c.payload.id,
-                            &queue,
+                            c.payload.lane(),
                             &c.payload.kind,
                             c.attempt,
                         );

@@ -52,7 +52,9 @@ async fn beat(shared: Arc<Shared>, stop: CancellationToken) {
                             .lease_expired
                             .fetch_add(lost.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         if !lost.is_empty() {
-                            shared.metrics.lease_expired(&q, lost.len() as u64);
+                            shared
+                                .metrics
+                                .lease_expired(jobmill::shards::logical(&q), lost.len() as u64);
                         }
                         for id in lost {
                             // Only after Redis lost its data or a far too short lease: the job

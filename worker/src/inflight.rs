@@ -93,7 +93,8 @@ impl Inflight {
             .map(|(id, e)| Held {
                 id: id.clone(),
                 kind: e.kind.clone(),
-                queue: e.queue.clone(),
+                // Operators see queues; the entry holds the job's lane.
+                queue: jobmill::shards::logical(&e.queue).to_string(),
                 started_ms: e.started_ms,
             })
             .collect();

@@ -255,6 +255,17 @@ impl Runtime {
         })
         .await
         .expect("only cancelled by stop_all");
+        // The shard map must agree before any job is placed or claimed. MongoDB may not be up
+        // yet (retried); a disagreement with the stored map is final: the worker refuses to
+        // start, naming the queue and both counts.
+        backoff::until_ok("shard map", &stop_all, || async {
+            match jobmill::shards::join_settings(&store, &core, &queue).await {
+                Err(e) if e.is_unavailable() => Err(e),
+                other => Ok(other),
+            }
+        })
+        .await
+        .expect("only cancelled by stop_all")?;
 
         // Assemble the features. The client needs the webhooks' submit hook, the data feature
         // needs the client, and the catalog learns the kinds last.

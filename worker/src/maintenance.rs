@@ -39,9 +39,15 @@ const REBUILD_PAGE: i64 = 500;
 pub(crate) async fn scheduler(shared: Arc<Shared>, wake: Arc<Notify>, stop: CancellationToken) {
     loop {
         let mut sleep = SCHEDULER_IDLE;
-        for q in &shared.settings.queues {
+        let lanes: Vec<String> = shared
+            .settings
+            .queues
+            .iter()
+            .flat_map(|q| shared.queue.lanes(&q.name))
+            .collect();
+        for lane in &lanes {
             loop {
-                match shared.queue.promote(&q.name, PROMOTE_BATCH).await {
+                match shared.queue.promote(lane, PROMOTE_BATCH).await {
                     Ok((ids, next)) => {
                         if let Some(n) = next {
                             sleep = sleep.min(n);
@@ -62,7 +68,7 @@ pub(crate) async fn scheduler(shared: Arc<Shared>, wake: Arc<Notify>, stop: Canc
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, queue = %q.name, "promote failed");
+                        tracing::warn!(error = %e, queue = %lane, "promote failed");
                         break;
                     }
                 }
@@ -91,7 +97,10 @@ pub(crate) async fn rescuer(shared: Arc<Shared>, stop: CancellationToken) {
             Ok(all) => queues.extend(all),
             Err(e) => tracing::debug!(error = %e, "could not list queues"),
         }
-        for q in queues {
+        // Every lane of every queue, draining ones included: a lease in a draining lane
+        // expires like any other.
+        let lanes: Vec<String> = queues.iter().flat_map(|q| shared.queue.lanes(q)).collect();
+        for q in lanes {
             loop {
                 match shared.queue.rescue(&q, RESCUE_BATCH, stale).await {
                     Ok(taken) if taken.is_empty() => break,
@@ -223,31 +232,44 @@ async fn reconcile_once(shared: &Shared, sweep: &mut Sweep) -> jobmill::Result<(
     // Loss detection is per queue: each queue's epoch lives under the queue's hash tag, on the
     // node that holds the queue, so a single cluster master that comes back empty loses the
     // epochs of exactly its queues, and only those are rebuilt.
+    // On a sharded queue each current lane has its own epoch (on its own master). The lanes of
+    // a queue that lost theirs are rebuilt together: one pass over the queue's live jobs puts
+    // each back into its lane, and the enqueue script skips those Redis still holds.
     for queue in sweep.queues(shared).await {
-        if !q.epoch_present(&queue).await?
-            && q.try_lock(
-                &format!("rebuild:{queue}"),
-                &shared.worker,
-                Duration::from_secs(60),
-            )
-            .await?
-        {
-            // Pauses first: a paused queue must not hand out the jobs put back below. (All
-            // recorded pauses are restored: setting a flag that is already set is harmless.)
-            let paused = shared.ops.pauses().restore(q).await?;
-            if paused > 0 {
-                tracing::info!(paused, "restored queue pauses into redis");
-            }
-            let pushed = rebuild_queue(shared, &queue).await?;
-            q.set_epoch(&queue).await?;
-            // Free the lock now: should this queue's node lose its data again within the
-            // lock's minute, the next round must be able to rebuild it.
-            q.unlock(&format!("rebuild:{queue}")).await?;
-            if pushed > 0 {
-                tracing::info!(queue = %queue, pushed, "rebuilt queue in redis from mongodb");
+        let mut lost = Vec::new();
+        for lane in q.shards().current_lanes(&queue) {
+            if !q.epoch_present(&lane).await?
+                && q.try_lock(
+                    &format!("rebuild:{lane}"),
+                    &shared.worker,
+                    Duration::from_secs(60),
+                )
+                .await?
+            {
+                lost.push(lane);
             }
         }
+        if lost.is_empty() {
+            continue;
+        }
+        // Pauses first: a paused queue must not hand out the jobs put back below. (All
+        // recorded pauses are restored: setting a flag that is already set is harmless.)
+        let paused = shared.ops.pauses().restore(q).await?;
+        if paused > 0 {
+            tracing::info!(paused, "restored queue pauses into redis");
+        }
+        let pushed = rebuild_queue(shared, &queue).await?;
+        for lane in &lost {
+            q.set_epoch(lane).await?;
+            // Free the lock now: should this lane's node lose its data again within the
+            // lock's minute, the next round must be able to rebuild it.
+            q.unlock(&format!("rebuild:{lane}")).await?;
+        }
+        if pushed > 0 {
+            tracing::info!(queue = %queue, lanes = lost.len(), pushed, "rebuilt queue in redis from mongodb");
+        }
     }
+    retire_drained_lanes(shared).await?;
     if q.try_lock("pending", &shared.worker, RECONCILE_EVERY)
         .await?
     {
@@ -285,13 +307,49 @@ async fn rebuild_queue(shared: &Shared, queue: &str) -> jobmill::Result<usize> {
             .await?;
         let Some(last) = page.last() else { break };
         after = Some(last.list_key.clone());
-        let entries: Vec<_> = page.iter().map(enqueue_entry).collect();
+        // Jobs still in a draining lane (placed before a reshard) stay there: putting them in
+        // their new lane too would queue them twice.
+        let draining = shared.queue.shards().draining_lanes(queue);
+        let ids: Vec<String> = page.iter().map(|j| j.id.clone()).collect();
+        let held = shared.queue.holds_in(&draining, &ids).await?;
+        let entries: Vec<_> = page
+            .iter()
+            .zip(held)
+            .filter(|(_, h)| !h)
+            .map(|(j, _)| enqueue_entry(j))
+            .collect();
         pushed += shared.queue.enqueue(&entries).await?;
         if (page.len() as i64) < REBUILD_PAGE {
             break;
         }
     }
     Ok(pushed)
+}
+
+/// Drop the retired shard counts of sharded queues whose draining lanes are empty, once every
+/// process has had [`jobmill::shards::RETIRE_GRACE`] to re-read the map (so none places jobs
+/// by the old count any more). Guarded on the map not having changed meanwhile.
+async fn retire_drained_lanes(shared: &Shared) -> jobmill::Result<()> {
+    let now = jobmill::job::now_ms();
+    let grace = jobmill::shards::RETIRE_GRACE.as_millis() as i64;
+    for (queue, layout) in shared.queue.shards().snapshot() {
+        if layout.retired.is_empty() || now - layout.changed_ms < grace {
+            continue;
+        }
+        let mut empty = true;
+        for lane in layout.draining() {
+            if !shared.queue.lane_is_empty(lane).await? {
+                empty = false;
+                break;
+            }
+        }
+        if empty
+            && jobmill::shards::retire_drained(shared.store.database(), &queue, &layout).await?
+        {
+            tracing::info!(queue = %queue, retired = ?layout.retired, "old shards drained; dropped from the shard map");
+        }
+    }
+    Ok(())
 }
 
 /// How often the anti-entropy sweep runs (one process at a time, under a lock).

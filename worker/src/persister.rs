@@ -18,6 +18,7 @@ use jobmill::kind::ProgressSink;
 use jobmill::observe::{AppliedOutcome, OutcomeHook};
 use jobmill::outbox::{JobEvent, Subscribers};
 use jobmill::queue::RedisQueue;
+use jobmill::shards::logical;
 use jobmill::state::Decision;
 use jobmill::store::{Applied, RedisStep, Store, Write, WRITE_BATCH};
 use jobmill_ops::metrics::{StoreName, WorkerMetrics};
@@ -39,7 +40,8 @@ const DRAIN: usize = 2 * WRITE_BATCH;
 /// One write to record, with what Redis needs afterwards.
 #[derive(Debug)]
 pub struct Item {
-    /// The job's queue.
+    /// The lane holding the job in Redis ([`jobmill::job::Payload::lane`]: its queue, or its
+    /// shard of a sharded queue); follow-ups go there.
     pub queue: String,
     /// The guarded write.
     pub write: Write,
@@ -309,7 +311,12 @@ async fn tell_hooks(ctx: &Context, batch: &[Item], applied: &[Applied]) {
                     ..
                 },
                 Applied::Done,
-            ) => Some(AppliedOutcome::new(&item.queue, decision, *started_at, *at)),
+            ) => Some(AppliedOutcome::new(
+                logical(&item.queue),
+                decision,
+                *started_at,
+                *at,
+            )),
             _ => None,
         })
         .collect();

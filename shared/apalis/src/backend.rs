@@ -168,6 +168,7 @@ impl<Args: Serialize> JobmillBackend<Args> {
             max_attempts: task.max_attempts().map(|m| m.min(u32::MAX as usize) as u32),
             timeout_ms: meta.timeout_ms,
             idempotency_key: task.idempotency_key().map(str::to_string),
+            shard_key: None,
             ext: Default::default(),
         })
     }

@@ -167,15 +167,22 @@ impl<Args> JobmillBackend<Args> {
     /// Depths of one queue in Redis: ready, scheduled (incl. retry backoff) and leased.
     async fn queue_stats(&self, name: &str) -> Result<Vec<Statistic>, Error> {
         let queue = self.runtime().queue();
-        let k = queue.queue_keys(name);
         let mut conn = queue.connection();
-        let (ready, scheduled, leased): (u64, u64, u64) = redis::pipe()
-            .zcard(&k.ready)
-            .zcard(&k.scheduled)
-            .zcard(&k.leased)
-            .query_async(&mut conn)
-            .await
-            .map_err(jobmill::Error::from)?;
+        let (mut ready, mut scheduled, mut leased) = (0u64, 0u64, 0u64);
+        // A sharded queue's depths are the sums over its lanes (one pipeline per lane's slot).
+        for lane in queue.lanes(name) {
+            let k = queue.queue_keys(&lane);
+            let (r, s, l): (u64, u64, u64) = redis::pipe()
+                .zcard(&k.ready)
+                .zcard(&k.scheduled)
+                .zcard(&k.leased)
+                .query_async(&mut conn)
+                .await
+                .map_err(jobmill::Error::from)?;
+            ready += r;
+            scheduled += s;
+            leased += l;
+        }
         Ok([
             ("ready", ready),
             ("scheduled", scheduled),

@@ -92,9 +92,10 @@ pub(crate) async fn fetch_loop(
                     continue;
                 };
                 // Into the in-flight table before apalis sees it, so the heartbeat covers it.
+                // By lane: heartbeats and follow-ups go to the lane holding the job.
                 let token = runtime.inflight().insert(
                     &c.payload.id,
-                    &c.payload.queue,
+                    c.payload.lane(),
                     &c.payload.kind,
                     c.attempt,
                 );
@@ -134,7 +135,7 @@ async fn defer(runtime: &Runtime, c: &Claimed) {
     // If Redis is unreachable the lease expires and the rescuer reruns the job.
     if let Err(e) = runtime
         .queue()
-        .defer(&p.queue, runtime.worker(), &[(p.id.clone(), at)])
+        .defer(p.lane(), runtime.worker(), &[(p.id.clone(), at)])
         .await
     {
         tracing::warn!(job = %p.id, kind = %p.kind, error = %e, "could not defer a job of a kind not served here");

@@ -85,7 +85,7 @@ impl JobLease {
 impl LeaseInner {
     fn send(&self, write: Write, release_score: f64) {
         self.runtime.persister().send(Item {
-            queue: self.claimed.payload.queue.clone(),
+            queue: self.claimed.payload.lane().to_string(),
             write,
             release_score,
         });
@@ -182,7 +182,7 @@ impl Drop for LeaseInner {
                         // Out of the in-flight table either way: with Redis unreachable the
                         // heartbeat must stop renewing the lease, so it expires and the
                         // rescuer reruns the job; kept, it would stay leased and never run.
-                        let _ = rt.queue().defer(&p.queue, rt.worker(), &items).await;
+                        let _ = rt.queue().defer(p.lane(), rt.worker(), &items).await;
                         rt.inflight().remove(&p.id);
                     });
                 }

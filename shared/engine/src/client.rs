@@ -29,6 +29,8 @@ pub const MAX_TIMEOUT_MS: u64 = 7 * 86_400_000;
 pub const MAX_SCHEDULE_AHEAD_MS: u64 = 366 * 86_400_000;
 /// Longest idempotency key.
 pub const MAX_IDEMPOTENCY_KEY: usize = 200;
+/// Longest shard key.
+pub const MAX_SHARD_KEY: usize = 200;
 /// Most jobs in one batch submission.
 pub const MAX_BATCH: usize = 1000;
 /// Default queue.
@@ -60,6 +62,9 @@ pub struct NewJob {
     pub timeout_ms: Option<u64>,
     /// Deduplication key, unique per tenant.
     pub idempotency_key: Option<String>,
+    /// Pins the job to one shard of a sharded queue: jobs with the same key share a shard
+    /// (default: placed by the job's id).
+    pub shard_key: Option<String>,
     /// Fields owned by features (see [`Job::ext`]), checked by their [`SubmitHook`]s.
     pub ext: serde_json::Map<String, Value>,
 }
@@ -153,6 +158,7 @@ impl JobClient {
     pub async fn connect(settings: &CoreSettings, catalog: Arc<Catalog>) -> Result<Self> {
         let store = Store::connect_settings(settings).await?;
         let queue = RedisQueue::connect(&settings.redis, &settings.key_prefix).await?;
+        crate::shards::join_settings(&store, settings, &queue).await?;
         Ok(JobClient::new(
             store,
             queue,
@@ -231,6 +237,14 @@ impl JobClient {
                 ));
             }
         }
+        if let Some(key) = &new.shard_key {
+            if key.is_empty() || key.len() > MAX_SHARD_KEY || key.chars().any(|c| c.is_control()) {
+                return Err(Error::invalid(
+                    "invalid_shard_key",
+                    format!("shard_key must be 1-{MAX_SHARD_KEY} printable characters"),
+                ));
+            }
+        }
         let now = DateTime::now();
         let now_ms = now.timestamp_millis();
         let run_at_ms = match (new.run_at, new.delay_ms) {
@@ -268,6 +282,7 @@ impl JobClient {
             tenant: tenant.to_string(),
             kind: new.kind,
             queue,
+            shard_key: new.shard_key,
             priority,
             args_json,
             state: if run_at_ms > now_ms {
@@ -448,7 +463,11 @@ impl JobClient {
     /// Cancel a job (see [`Store::cancel`]) and remove or signal it in Redis.
     pub async fn cancel(&self, id: &str, tenant: Option<&str>) -> Result<Job> {
         let job = self.inner.store.cancel(id, tenant).await?;
-        let effect = self.inner.queue.cancel(&job.queue, id).await;
+        let effect = self
+            .inner
+            .queue
+            .cancel(&job.queue, id, job.shard_key.as_deref())
+            .await;
         match effect {
             Ok(CancelEffect::Removed) | Ok(CancelEffect::Signalled) | Ok(CancelEffect::Absent) => {}
             // MongoDB already says cancelled; if a worker claims the job anyway, its start is
@@ -475,7 +494,7 @@ impl JobClient {
 /// does not matter.
 pub fn request_hash(new: &NewJob) -> String {
     use sha2::{Digest, Sha256};
-    let request = serde_json::json!({
+    let mut request = serde_json::json!({
         "kind": new.kind,
         "args": new.args,
         "queue": new.queue,
@@ -486,6 +505,10 @@ pub fn request_hash(new: &NewJob) -> String {
         "timeout_ms": new.timeout_ms,
         "ext": new.ext,
     });
+    // Only when given, so the hashes of keys used before shard keys existed stay valid.
+    if let Some(k) = &new.shard_key {
+        request["shard_key"] = Value::String(k.clone());
+    }
     hex::encode(Sha256::digest(canonical(&request).to_string().as_bytes()))
 }
 

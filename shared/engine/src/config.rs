@@ -383,6 +383,21 @@ pub const LOG_FORMAT: Setting = Setting {
     doc: "text or json",
 };
 
+/// `JOBMILL_QUEUE_SHARDS`.
+pub const QUEUE_SHARDS: Setting = Setting {
+    env: "JOBMILL_QUEUE_SHARDS",
+    default: "",
+    bounds: Bounds::Text,
+    doc: "sharded queues as queue=count,... (e.g. imports=8,default=4; 1-64 each, others one shard); must match the shard map in MongoDB",
+};
+/// `JOBMILL_QUEUE_RESHARD`.
+pub const QUEUE_RESHARD: Setting = Setting {
+    env: "JOBMILL_QUEUE_RESHARD",
+    default: "false",
+    bounds: Bounds::Text,
+    doc: "record JOBMILL_QUEUE_SHARDS as the new shard map where it differs (old shards drain first); set on one process only",
+};
+
 /// The engine's settings: where the stores are, leases, retries, retention, logging.
 #[derive(Debug, Clone)]
 pub struct CoreSettings {
@@ -411,6 +426,10 @@ pub struct CoreSettings {
     pub log: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// Shard counts of sharded queues (`JOBMILL_QUEUE_SHARDS`); a queue not named has one.
+    pub queue_shards: BTreeMap<String, u16>,
+    /// Record `queue_shards` as the new shard map where the stored one differs.
+    pub queue_reshard: bool,
 }
 
 impl Section for CoreSettings {
@@ -430,6 +449,8 @@ impl Section for CoreSettings {
         MAX_ARGS_BYTES,
         LOG,
         LOG_FORMAT,
+        QUEUE_SHARDS,
+        QUEUE_RESHARD,
     ];
 
     fn read(env: &Env) -> Self {
@@ -472,6 +493,10 @@ impl Section for CoreSettings {
             max_args_bytes: env.count(&MAX_ARGS_BYTES),
             log: env.text(&LOG),
             log_format,
+            queue_shards: env
+                .parse(&QUEUE_SHARDS, crate::shards::parse_shards)
+                .unwrap_or_default(),
+            queue_reshard: env.parse(&QUEUE_RESHARD, parse_bool).unwrap_or(false),
         }
     }
 }

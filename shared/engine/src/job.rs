@@ -33,6 +33,10 @@ pub struct Job {
     pub kind: String,
     /// Queue it runs on.
     pub queue: String,
+    /// Places the job on a shard of a sharded queue instead of its id: jobs with the same key
+    /// share one shard (see [`crate::shards`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_key: Option<String>,
     /// 0..=9, higher first.
     pub priority: i32,
     /// Arguments as JSON text.
@@ -210,6 +214,8 @@ impl Job {
             tenant: self.tenant.clone(),
             kind: self.kind.clone(),
             queue: self.queue.clone(),
+            shard_key: self.shard_key.clone(),
+            lane: None,
             priority: self.priority,
             max_attempts: self.max_attempts,
             timeout_ms: self.timeout_ms,
@@ -253,6 +259,13 @@ pub struct Payload {
     pub kind: String,
     /// Queue.
     pub queue: String,
+    /// What places the job on a shard of a sharded queue (else its id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_key: Option<String>,
+    /// The lane (shard) of `queue` that holds the job, set when it is enqueued on a sharded
+    /// queue; every Redis follow-up of the job goes there, whatever the shard map says by then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lane: Option<String>,
     /// Priority (read by the promote script to compute the ready score).
     pub priority: i32,
     /// Attempt after which failure is final.
@@ -264,6 +277,13 @@ pub struct Payload {
     /// Record an outbox entry when the job ends (see [`Job::wants_events`]).
     #[serde(default, alias = "notify")]
     pub wants_events: bool,
+}
+
+impl Payload {
+    /// The lane holding the job in Redis: its shard, or its queue when unsharded.
+    pub fn lane(&self) -> &str {
+        self.lane.as_deref().unwrap_or(&self.queue)
+    }
 }
 
 /// Score of a job in a ready set: higher priority first, then earlier ready time first.

@@ -39,6 +39,7 @@ pub mod outbox;
 pub mod pubsub;
 pub mod queue;
 pub mod redis_conn;
+pub mod shards;
 pub mod state;
 pub mod store;
 pub mod telemetry;

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::job::Payload;
 use crate::keys::{Keys, QueueKeys};
 use crate::redis_conn::{with_retry, RedisConn, RedisTarget};
+use crate::shards::{logical, ShardMap};
 
 /// The atomic operations, one Lua script each. Every script touches only keys of one queue,
 /// which share the queue's hash tag, so on a Redis Cluster each call runs on one slot (see
@@ -190,10 +191,18 @@ pub enum CancelEffect {
 }
 
 /// Handle to the queues of one deployment (one key prefix). Cheap to clone.
+///
+/// Methods that name a *queue* (`enqueue` by the payload's queue, `claim`, `cancel`,
+/// `set_paused`, `holds`, `lanes`) cover every lane of a sharded queue through the shard map;
+/// methods about jobs already in Redis (`heartbeat`, `ack`, `reschedule`, `release`, `defer`)
+/// and per-lane maintenance (`promote`, `rescue`, `epoch_present`, `set_epoch`) take a *lane*:
+/// the job's [`Payload::lane`], or one of [`RedisQueue::lanes`]. For an unsharded queue the
+/// lane is the queue.
 #[derive(Clone)]
 pub struct RedisQueue {
     conn: RedisConn,
     keys: Keys,
+    shards: ShardMap,
 }
 
 /// Open a multiplexed, self-reconnecting connection to `target`.
@@ -207,6 +216,7 @@ impl RedisQueue {
         Ok(RedisQueue {
             conn: connect(target).await?,
             keys: Keys::new(prefix),
+            shards: ShardMap::default(),
         })
     }
 
@@ -215,7 +225,23 @@ impl RedisQueue {
         RedisQueue {
             conn,
             keys: Keys::new(prefix),
+            shards: ShardMap::default(),
         }
+    }
+
+    /// The shard map (shared by every clone; empty until [`crate::shards::join`] fills it).
+    pub fn shards(&self) -> &ShardMap {
+        &self.shards
+    }
+
+    /// Every lane of `queue` that may hold jobs (just `queue` when it is not sharded).
+    pub fn lanes(&self, queue: &str) -> Vec<String> {
+        self.shards.lanes(queue)
+    }
+
+    /// The wake-up channel of the queue a lane belongs to (workers listen per queue).
+    fn wake(&self, lane: &str) -> String {
+        self.keys.wake_channel(logical(lane))
     }
 
     /// The key names.
@@ -249,24 +275,29 @@ impl RedisQueue {
     /// Put jobs into their queues; jobs Redis already holds are skipped. Returns how many were
     /// added.
     pub async fn enqueue(&self, jobs: &[Enqueue]) -> Result<usize> {
-        let mut by_queue: BTreeMap<&str, Vec<&Enqueue>> = BTreeMap::new();
+        // Each job goes to its lane under the current shard map, which its payload records.
+        let mut by_lane: BTreeMap<String, Vec<(Payload, &Enqueue)>> = BTreeMap::new();
         for j in jobs {
-            by_queue
-                .entry(j.payload.queue.as_str())
-                .or_default()
-                .push(j);
+            let p = &j.payload;
+            let lane = self
+                .shards
+                .lane_for(&p.queue, p.shard_key.as_deref().unwrap_or(&p.id));
+            let mut payload = p.clone();
+            payload.lane = (lane != p.queue).then(|| lane.clone());
+            by_lane.entry(lane).or_default().push((payload, j));
         }
         let mut added = 0;
         let mut conn = self.conn.clone();
-        for (queue, jobs) in by_queue {
-            let k = self.keys.queue(queue);
+        for (lane, jobs) in by_lane {
+            let k = self.keys.queue(&lane);
             // The queue registry is outside the queue's hash slot, so it is a separate command.
-            let _: () = conn.sadd(self.keys.queues(), queue).await?;
+            // It names queues, not lanes: lanes come from the shard map.
+            let _: () = conn.sadd(self.keys.queues(), logical(&lane)).await?;
             for chunk in jobs.chunks(SCRIPT_BATCH) {
                 let mut inv = Op::Enqueue.invocation(&k);
-                inv.arg(self.keys.wake_channel(queue));
-                for j in chunk {
-                    let payload = serde_json::to_string(&j.payload)
+                inv.arg(self.wake(&lane));
+                for (payload, j) in chunk {
+                    let payload = serde_json::to_string(payload)
                         .map_err(|e| Error::Corrupt(e.to_string()))?;
                     let (place, score) = match j.placement {
                         Placement::Ready(s) => ("r", format!("{s:.0}")),
@@ -285,7 +316,10 @@ impl RedisQueue {
         Ok(added)
     }
 
-    /// Claim up to `max` ready jobs of `queue` for `worker`, leased for `lease`.
+    /// Claim up to `max` ready jobs of `queue` for `worker`, leased for `lease`. On a sharded
+    /// queue, one script call per lane until `max` are claimed, starting at the next lane in
+    /// rotation so every lane is drained: priorities are exact within a lane, approximate
+    /// across lanes.
     pub async fn claim(
         &self,
         queue: &str,
@@ -293,11 +327,35 @@ impl RedisQueue {
         lease: Duration,
         max: usize,
     ) -> Result<Vec<Claimed>> {
-        let k = self.keys.queue(queue);
-        let mut inv = Op::Claim.invocation(&k);
-        inv.arg(lease.as_millis() as u64).arg(worker).arg(max);
-        let raw: Vec<redis::Value> = self.run(&inv).await?;
-        parse_claimed(raw)
+        let lanes = self.shards.lanes(queue);
+        let start = if lanes.len() > 1 {
+            self.shards.next_turn() % lanes.len()
+        } else {
+            0
+        };
+        let mut out = Vec::new();
+        for i in 0..lanes.len() {
+            if out.len() >= max {
+                break;
+            }
+            let k = self.keys.queue(&lanes[(start + i) % lanes.len()]);
+            let mut inv = Op::Claim.invocation(&k);
+            inv.arg(lease.as_millis() as u64)
+                .arg(worker)
+                .arg(max - out.len());
+            let raw: Vec<redis::Value> = match self.run(&inv).await {
+                Ok(raw) => raw,
+                // Jobs already claimed from other lanes are leased to us: hand them over
+                // rather than drop them (they would wait for their lease to expire).
+                Err(e) if !out.is_empty() => {
+                    tracing::debug!(error = %e, queue, "claim from one lane failed");
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
+            out.extend(parse_claimed(raw)?);
+        }
+        Ok(out)
     }
 
     /// Renew `worker`'s leases on `ids`. Returns (ids whose lease is no longer ours, ids whose
@@ -346,8 +404,7 @@ impl RedisQueue {
         let mut n = 0;
         for chunk in items.chunks(SCRIPT_BATCH) {
             let mut inv = Op::Reschedule.invocation(&k);
-            inv.arg(worker.unwrap_or(""))
-                .arg(self.keys.wake_channel(queue));
+            inv.arg(worker.unwrap_or("")).arg(self.wake(queue));
             for (id, at) in chunk {
                 inv.arg(id).arg(*at);
             }
@@ -366,7 +423,7 @@ impl RedisQueue {
     ) -> Result<usize> {
         let k = self.keys.queue(queue);
         let mut inv = Op::Release.invocation(&k);
-        inv.arg(worker).arg(self.keys.wake_channel(queue));
+        inv.arg(worker).arg(self.wake(queue));
         for (id, score) in items {
             inv.arg(id).arg(format!("{score:.0}"));
         }
@@ -382,7 +439,7 @@ impl RedisQueue {
     ) -> Result<(Vec<String>, Option<Duration>)> {
         let k = self.keys.queue(queue);
         let mut inv = Op::Promote.invocation(&k);
-        inv.arg(limit).arg(self.keys.wake_channel(queue));
+        inv.arg(limit).arg(self.wake(queue));
         let (ids, next): (Vec<String>, i64) = self.run(&inv).await?;
         let next = (next >= 0).then(|| Duration::from_millis(next as u64));
         Ok((ids, next))
@@ -397,28 +454,47 @@ impl RedisQueue {
         parse_claimed(raw)
     }
 
-    /// Cancel job `id` of `queue` in Redis (after MongoDB recorded it).
-    pub async fn cancel(&self, queue: &str, id: &str) -> Result<CancelEffect> {
-        let k = self.keys.queue(queue);
-        let mut inv = Op::Cancel.invocation(&k);
-        inv.arg(id).arg(self.keys.cancel_channel());
-        let r: String = self.run(&inv).await?;
-        Ok(match r.as_str() {
-            "removed" => CancelEffect::Removed,
-            "signalled" => CancelEffect::Signalled,
-            _ => CancelEffect::Absent,
-        })
+    /// Cancel job `id` of `queue` in Redis (after MongoDB recorded it). On a sharded queue
+    /// the lane is not known from MongoDB (a reshard may have moved it), so the job's lane
+    /// under the current map is tried first, then the others.
+    pub async fn cancel(
+        &self,
+        queue: &str,
+        id: &str,
+        shard_key: Option<&str>,
+    ) -> Result<CancelEffect> {
+        let mut lanes = self.shards.lanes(queue);
+        let first = self.shards.lane_for(queue, shard_key.unwrap_or(id));
+        if let Some(i) = lanes.iter().position(|l| *l == first) {
+            lanes.swap(0, i);
+        }
+        for lane in lanes {
+            let k = self.keys.queue(&lane);
+            let mut inv = Op::Cancel.invocation(&k);
+            inv.arg(id).arg(self.keys.cancel_channel());
+            let r: String = self.run(&inv).await?;
+            match r.as_str() {
+                "removed" => return Ok(CancelEffect::Removed),
+                "signalled" => return Ok(CancelEffect::Signalled),
+                _ => {}
+            }
+        }
+        Ok(CancelEffect::Absent)
     }
 
     /// Pause or resume claims from `queue`: sets or clears the flag `claim.lua` checks. The
     /// queue still accepts submissions while paused.
+    /// On a sharded queue every lane has its own flag (under its own tag, for its claims):
+    /// all are set or cleared.
     pub async fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
-        let k = self.keys.queue(queue);
         let mut conn = self.conn.clone();
-        if paused {
-            let _: () = conn.set(&k.paused, "1").await?;
-        } else {
-            let _: () = conn.del(&k.paused).await?;
+        for lane in self.shards.lanes(queue) {
+            let k = self.keys.queue(&lane);
+            if paused {
+                let _: () = conn.set(&k.paused, "1").await?;
+            } else {
+                let _: () = conn.del(&k.paused).await?;
+            }
         }
         Ok(())
     }
@@ -450,18 +526,48 @@ impl RedisQueue {
         Ok(())
     }
 
-    /// Which of `ids` (jobs of `queue`) Redis holds (a payload present), in order.
+    /// Which of `ids` (jobs of `queue`) Redis holds (a payload present in any lane), in
+    /// order.
     pub async fn holds(&self, queue: &str, ids: &[String]) -> Result<Vec<bool>> {
+        self.holds_in(&self.shards.lanes(queue), ids).await
+    }
+
+    /// Which of `ids` any of `lanes` holds (one pipeline per lane, each on one slot).
+    pub async fn holds_in(&self, lanes: &[String], ids: &[String]) -> Result<Vec<bool>> {
+        let mut out = vec![false; ids.len()];
         if ids.is_empty() {
-            return Ok(Vec::new());
+            return Ok(out);
         }
-        let k = self.keys.queue(queue);
         let mut conn = self.conn.clone();
-        let mut pipe = redis::pipe();
-        for id in ids {
-            pipe.hexists(&k.payloads, id);
+        for lane in lanes {
+            let k = self.keys.queue(lane);
+            let mut pipe = redis::pipe();
+            for id in ids {
+                pipe.hexists(&k.payloads, id);
+            }
+            let held: Vec<bool> = pipe.query_async(&mut conn).await?;
+            for (o, h) in out.iter_mut().zip(held) {
+                *o |= h;
+            }
         }
-        Ok(pipe.query_async(&mut conn).await?)
+        Ok(out)
+    }
+
+    /// Whether a lane holds no job at all (nothing waiting, leased or being rescued): a
+    /// draining lane may then leave the shard map.
+    pub async fn lane_is_empty(&self, lane: &str) -> Result<bool> {
+        let k = self.keys.queue(lane);
+        let mut conn = self.conn.clone();
+        let (payloads, leased, rescued, ready, scheduled): (u64, u64, u64, u64, u64) =
+            redis::pipe()
+                .hlen(&k.payloads)
+                .zcard(&k.leased)
+                .zcard(&k.rescued)
+                .zcard(&k.ready)
+                .zcard(&k.scheduled)
+                .query_async(&mut conn)
+                .await?;
+        Ok(payloads + leased + rescued + ready + scheduled == 0)
     }
 
     /// Take the named lock for `ttl` unless someone holds it.
@@ -515,7 +621,7 @@ impl RedisQueue {
     pub async fn defer(&self, queue: &str, worker: &str, items: &[(String, i64)]) -> Result<usize> {
         let k = self.keys.queue(queue);
         let mut inv = Op::Defer.invocation(&k);
-        inv.arg(worker).arg(self.keys.wake_channel(queue));
+        inv.arg(worker).arg(self.wake(queue));
         for (id, at) in items {
             inv.arg(id).arg(*at);
         }
@@ -567,7 +673,14 @@ mod tests {
     fn every_script_touches_one_slot() {
         for prefix in ["jobmill", "t:lifecycle:ab12cd34", "a.b-c_d"] {
             let keys = Keys::new(prefix);
-            for queue in ["default", "imports", "q-1", "x_y", "9"] {
+            // Plain queues, and shards of sharded queues (each under a tag of its own).
+            let mut queues: Vec<String> = ["default", "imports", "q-1", "x_y", "9"]
+                .map(String::from)
+                .to_vec();
+            for n in [2u16, 8, 64] {
+                queues.extend((0..n).map(|i| crate::shards::lane_name("imports", i, n)));
+            }
+            for queue in &queues {
                 let k = keys.queue(queue);
                 for &op in Op::ALL {
                     let list = op.keys(&k);

@@ -41,6 +41,9 @@ pub struct JobView {
     pub kind: String,
     /// Queue.
     pub queue: String,
+    /// The shard key it was submitted with (absent when none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard_key: Option<String>,
     /// Priority 0-9.
     pub priority: i32,
     /// `queued`, `scheduled`, `running`, `retrying`, `succeeded`, `failed` or `cancelled`.
@@ -93,6 +96,7 @@ impl From<&Job> for JobView {
             id: j.id.clone(),
             kind: j.kind.clone(),
             queue: j.queue.clone(),
+            shard_key: j.shard_key.clone(),
             priority: j.priority,
             state: j.state,
             attempt: j.attempt,

@@ -64,9 +64,29 @@ pub struct QueueState {
     pub oldest_ready_ms: Option<i64>,
 }
 
-/// Read one queue's structure sizes in one round trip (every key is in the queue's slot).
+/// Read one queue's structure sizes: one round trip per lane (every key of a lane is in its
+/// slot). A sharded queue's figures add its lanes up (draining ones included); it shows as
+/// paused when any lane is (pausing sets every lane's flag).
 pub async fn state(queue: &RedisQueue, name: &str) -> Result<QueueState> {
-    let k = queue.queue_keys(name);
+    let mut total = QueueState::default();
+    for lane in queue.lanes(name) {
+        let s = lane_state(queue, &lane).await?;
+        total.paused |= s.paused;
+        total.counts.queued += s.counts.queued;
+        total.counts.scheduled += s.counts.scheduled;
+        total.counts.retrying += s.counts.retrying;
+        total.counts.running += s.counts.running;
+        total.oldest_ready_ms = match (total.oldest_ready_ms, s.oldest_ready_ms) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    Ok(total)
+}
+
+/// One lane's structure sizes in one round trip.
+async fn lane_state(queue: &RedisQueue, lane: &str) -> Result<QueueState> {
+    let k = queue.queue_keys(lane);
     let mut conn = queue.connection();
     let mut pipe = redis::pipe();
     pipe.exists(&k.paused)

@@ -7,6 +7,10 @@
 //! - `w2apalis`: W2 through the apalis backend (`jobmill-apalis`) next to the native worker in
 //!   the same run: handler rates (target: apalis at least 75% of native), every outcome
 //!   durable, and worker CPU per job of both.
+//! - `w2cluster` (needs a cluster: `bench/run.sh w2cluster` starts one): W2 on a single Redis
+//!   against a 3-master cluster with the queue unsharded and in 8 shards (handler rate, worker
+//!   CPU per job, each master's Redis CPU per job), and W3's submit→start p99 on the cluster
+//!   against the single Redis.
 //! - `w3`: submit→start latency at 200 jobs/s (the harness's W3) between two passes of plain
 //!   `insert_one` calls on the same schedule: the store's latency, W3's floor.
 //! - `w1http`: 20,000 submissions over HTTP from 64 concurrent clients.
@@ -33,7 +37,7 @@
 //! `BENCH_W7_ROWS` (default 1,000,000).
 //!
 //! ```text
-//! jobmill-bench [store] [w1] [w2] [w2apalis] [w3] [w1http] [w5] [w6] [w7] [w8] [sched] [soak]
+//! jobmill-bench [store] [w1] [w2] [w2apalis] [w2cluster] [w3] [w1http] [w5] [w6] [w7] [w8] [sched] [soak]
 //!     (default: store w2 w3 w1http w5, in that order)
 //! ```
 //!
@@ -53,6 +57,7 @@ mod soak;
 mod store_ceiling;
 mod w1_http;
 mod w1_library;
+mod w2_cluster;
 mod w2_durable;
 mod w3_floor;
 mod w5;
@@ -67,6 +72,7 @@ use crate::soak::soak;
 use crate::store_ceiling::store_ceiling;
 use crate::w1_http::w1_http;
 use crate::w1_library::w1_library;
+use crate::w2_cluster::w2_cluster;
 use crate::w2_durable::{w2_apalis, w2_durable};
 use crate::w3_floor::w3_floor;
 use crate::w5::w5;
@@ -91,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
             "store" => store_ceiling().await?,
             "w2" => w2_durable().await?,
             "w2apalis" => w2_apalis().await?,
+            "w2cluster" => w2_cluster().await?,
             "w3" => w3_floor().await?,
             "soak" => soak().await?,
             "w1http" => w1_http().await?,
@@ -101,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
             "w8" => w8_stampede().await?,
             "sched" => sched_lag().await?,
             other => {
-                bail!("unknown workload {other} (store, w1, w2, w3, w1http, w5, w6, w7, w8, sched, soak)")
+                bail!("unknown workload {other} (store, w1, w2, w2apalis, w2cluster, w3, w1http, w5, w6, w7, w8, sched, soak)")
             }
         };
         for (k, v, base) in r {

@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::measure::{env_f64, pct_ms};
 use crate::servers::{fresh, Worker};
-use crate::w3_floor::w3_latencies;
+use crate::w3_floor::submit_to_start;
 use crate::Rows;
 
 /// Schedules firing every second (`BENCH_SCHED_N` overrides).
@@ -92,7 +92,7 @@ pub(crate) async fn sched_lag() -> anyhow::Result<Rows> {
     let fires = lag.len();
     let expected = (n as f64 * secs) as usize;
 
-    let (w3, _) = w3_latencies(&s, &store, env_f64("BENCH_W3_RATE", 200.0), 10.0).await?;
+    let (w3, _) = submit_to_start(&s, &store, env_f64("BENCH_W3_RATE", 200.0), 10.0).await?;
     let line = |v: &[u64]| {
         format!(
             "p50 {:.2} / p95 {:.2} / p99 {:.2} ms",

@@ -19,7 +19,15 @@ use serde_json::json;
 pub(crate) async fn fresh(
     concurrency: usize,
 ) -> anyhow::Result<(deployment::Settings, Store, deployment::CommandCounter)> {
-    let s = deployment::settings(concurrency)?;
+    fresh_with(concurrency, &[]).await
+}
+
+/// [`fresh`] on settings with some variables replaced (see [`deployment::settings_with`]).
+pub(crate) async fn fresh_with(
+    concurrency: usize,
+    overrides: &[(&'static str, String)],
+) -> anyhow::Result<(deployment::Settings, Store, deployment::CommandCounter)> {
+    let s = deployment::settings_with(concurrency, overrides)?;
     clear_redis(&s).await?;
     let (store, counter) = deployment::counted_store(&s).await?;
     deployment::sync_with_harness_reset(&s, &store).await?;
@@ -31,13 +39,13 @@ async fn clear_redis(s: &deployment::Settings) -> anyhow::Result<()> {
     let queue = RedisQueue::connect(&s.redis, &s.key_prefix).await?;
     let mut c = queue.connection();
     // Our own prefix only: the bench Redis may be shared.
-    let keys: Vec<String> = c.keys(format!("{}:*", s.key_prefix)).await?;
-    if !keys.is_empty() {
-        let _: () = c.del(keys).await?;
+    // On a cluster `KEYS` asks every master; keys are deleted one by one, since one `DEL` of
+    // keys in different slots is refused there.
+    let mut keys: Vec<String> = c.keys(format!("{}:*", s.key_prefix)).await?;
+    keys.extend(["bench:done", "bench:lat", "bench:jobmill:generation"].map(String::from));
+    for key in keys {
+        let _: () = c.del(key).await?;
     }
-    let _: () = c
-        .del(&["bench:done", "bench:lat", "bench:jobmill:generation"])
-        .await?;
     Ok(())
 }
 

@@ -22,7 +22,7 @@ use crate::{Rows, N};
 
 /// Which worker front end drains W2.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Front {
+pub(crate) enum Front {
     /// `jobmill_worker::run_with_store`, the loop `jobmill-worker` runs.
     Native,
     /// An apalis worker on `jobmill-apalis` (same runtime, apalis' worker and a `TimeoutLayer`).
@@ -30,12 +30,32 @@ enum Front {
 }
 
 /// What one W2 drain measured.
-struct Drain {
-    handler_rate: f64,
-    durable: Duration,
-    cmds: u64,
-    by_name: String,
-    cpu_per_job_us: f64,
+pub(crate) struct Drain {
+    pub(crate) handler_rate: f64,
+    pub(crate) durable: Duration,
+    pub(crate) cmds: u64,
+    pub(crate) by_name: String,
+    pub(crate) cpu_per_job_us: f64,
+    pub(crate) redis_cpu_per_job_us: Vec<f64>,
+}
+
+/// CPU seconds (`used_cpu_sys` + `used_cpu_user` of `INFO cpu`) of each Redis server on
+/// 127.0.0.1 at `ports`, in order.
+pub(crate) async fn redis_cpu(ports: &[u16]) -> anyhow::Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(ports.len());
+    for port in ports {
+        let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?
+            .get_multiplexed_async_connection()
+            .await?;
+        let info: String = redis::cmd("INFO").arg("cpu").query_async(&mut c).await?;
+        let field = |name: &str| -> f64 {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
+                .unwrap_or(0.0)
+        };
+        out.push(field("used_cpu_sys") + field("used_cpu_user"));
+    }
+    Ok(out)
 }
 
 /// This process's CPU time (user + system) from `/proc/self/stat`.
@@ -51,15 +71,33 @@ fn cpu_time() -> anyhow::Result<Duration> {
 
 /// Drain `N` no-op jobs with one worker of the given front end.
 async fn w2_drain(front: Front) -> anyhow::Result<Drain> {
-    let (mut s, store, _) = fresh(64).await?;
+    let (s, store, _) = fresh(64).await?;
+    drain_on(front, s, store, N, &[]).await
+}
+
+/// Submit `n` no-op jobs to deployment `s`, then drain them with one worker of the given front
+/// end. `redis_nodes` are Redis servers (ports on 127.0.0.1) whose CPU time (`INFO cpu`) is
+/// read before and after the drain, in µs per job, into [`Drain::redis_cpu_per_job_us`].
+pub(crate) async fn drain_on(
+    front: Front,
+    mut s: deployment::Settings,
+    store: jobmill::store::Store,
+    n: usize,
+    redis_nodes: &[u16],
+) -> anyhow::Result<Drain> {
     // Heartbeats (and with them the worker's counters in Redis) every third of a second: the
     // shortest lease the settings allow.
     s.lease_ttl = Duration::from_secs(1);
     let registry = kinds::registry(&s.redis).await?;
     let queue = RedisQueue::connect(&s.redis, &s.key_prefix).await?;
+    jobmill::shards::join_settings(&store, &s, &queue).await?;
+    // Every lane of a sharded queue is whole: no rebuild competes with the drain.
+    for lane in queue.lanes(deployment::QUEUE) {
+        queue.set_epoch(&lane).await?;
+    }
     let client =
         jobmill_bench::deployment::client(store.clone(), queue.clone(), &registry.clone(), &s);
-    for _ in 0..N / 1000 {
+    for _ in 0..n.div_ceil(1000) {
         client.submit_batch(TENANT, noop_batch(1000)).await?;
     }
     // Let the submission side's confirmations (clearing `enqueue_pending`) land before the drain
@@ -78,6 +116,7 @@ async fn w2_drain(front: Front) -> anyhow::Result<Drain> {
     }
     let (wstore, counter) = deployment::counted_store(&s).await?;
     let before = counter.total();
+    let redis0 = redis_cpu(redis_nodes).await?;
     let cpu0 = cpu_time()?;
     let t0 = Instant::now();
     let worker = match front {
@@ -98,7 +137,7 @@ async fn w2_drain(front: Front) -> anyhow::Result<Drain> {
         if done > 0 && t_first.is_none() {
             t_first = Some(t0.elapsed());
         }
-        if done >= N && t_handlers.is_none() {
+        if done >= n && t_handlers.is_none() {
             t_handlers = Some(t0.elapsed());
         }
         let workers: Vec<String> = redis.zrange(queue.keys().workers(), 0, -1).await?;
@@ -107,19 +146,25 @@ async fn w2_drain(front: Front) -> anyhow::Result<Drain> {
             let n: Option<usize> = redis.hget(queue.keys().worker(&w), "succeeded").await?;
             recorded += n.unwrap_or(0);
         }
-        if recorded >= N {
+        if recorded >= n {
             t_durable = Some(t0.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let cpu = cpu_time()? - cpu0;
+    let redis1 = redis_cpu(redis_nodes).await?;
+    let redis_cpu_per_job_us = redis0
+        .iter()
+        .zip(&redis1)
+        .map(|(a, b)| (b - a) * 1e6 / n as f64)
+        .collect();
     let jobs = store
         .database()
         .collection::<Document>(jobmill::store::JOBS);
     let succeeded = jobs.count_documents(doc! { "state": "succeeded" }).await? as usize;
     anyhow::ensure!(
-        succeeded == N,
-        "only {succeeded} of {N} outcomes are in MongoDB"
+        succeeded == n,
+        "only {succeeded} of {n} outcomes are in MongoDB"
     );
     let cmds = counter.total() - before;
     let by_name = format!("{:?}", counter.by_name());
@@ -128,11 +173,12 @@ async fn w2_drain(front: Front) -> anyhow::Result<Drain> {
         bail!("w2 did not finish");
     };
     Ok(Drain {
-        handler_rate: rate(N, handlers - first),
+        handler_rate: rate(n, handlers - first),
         durable,
         cmds,
         by_name,
-        cpu_per_job_us: cpu.as_secs_f64() * 1e6 / N as f64,
+        cpu_per_job_us: cpu.as_secs_f64() * 1e6 / n as f64,
+        redis_cpu_per_job_us,
     })
 }
 

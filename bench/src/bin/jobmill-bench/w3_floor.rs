@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use jobmill::client::NewJob;
 use jobmill::queue::RedisQueue;
-use jobmill_bench::deployment::{QUEUE, TENANT};
+use jobmill::store::Store;
+use jobmill_bench::deployment::{self, QUEUE, TENANT};
 use jobmill_bench::kinds::{self, now_us};
 use mongodb::bson::Document;
 use redis::AsyncCommands;
@@ -39,7 +40,7 @@ pub(crate) async fn w3_floor() -> anyhow::Result<Rows> {
     };
     let before = insert_pass(scratch.clone()).await?;
 
-    let (lat, submit) = w3_latencies(&s, &store, rate_per_s, secs).await?;
+    let (lat, submit) = submit_to_start(&s, &store, rate_per_s, secs).await?;
 
     let after = insert_pass(scratch.clone()).await?;
     let _ = scratch.drop().await;
@@ -76,19 +77,20 @@ pub(crate) async fn w3_floor() -> anyhow::Result<Rows> {
     ])
 }
 
-/// W3 itself: submit→start latencies (µs, sorted) of `rate_per_s` jobs a second for `secs`
-/// through the library client and one worker, and the submit calls' own durations.
-pub(crate) async fn w3_latencies(
-    s: &jobmill_bench::deployment::Settings,
-    store: &jobmill::store::Store,
+/// The W3 drive on deployment `s`: `bench_lat` jobs submitted through the library client at
+/// `rate_per_s` for `secs`, one worker. Returns the sorted submit→start latencies and the
+/// sorted submit call times (µs).
+pub(crate) async fn submit_to_start(
+    s: &deployment::Settings,
+    store: &Store,
     rate_per_s: f64,
     secs: f64,
 ) -> anyhow::Result<(Vec<u64>, Vec<u64>)> {
-    let s = s.clone();
     let registry = kinds::registry(&s.redis).await?;
     let queue = RedisQueue::connect(&s.redis, &s.key_prefix).await?;
-    let client = jobmill_bench::deployment::client(store.clone(), queue.clone(), &registry, &s);
-    let worker = Worker::start(&s, store.clone()).await?;
+    jobmill::shards::join_settings(store, s, &queue).await?;
+    let client = jobmill_bench::deployment::client(store.clone(), queue.clone(), &registry, s);
+    let worker = Worker::start(s, store.clone()).await?;
     let lat_job = || NewJob {
         kind: "bench_lat".into(),
         args: json!({"ts": now_us()}),
@@ -130,5 +132,6 @@ pub(crate) async fn w3_latencies(
         lat.len(),
         submit.len()
     );
+
     Ok((lat, submit))
 }
