@@ -90,6 +90,12 @@ if not deliveries:
     print("fuzz_seed: the finished job has no deliveries yet; delivery operations get unknown ids")
     deliveries = ["dlv_unknown"]
 
+# Daily schedules (they never fire during a fuzz run); one to be deleted.
+schedules = [ok(call("POST", "/v1/schedules", {"name": "fuzz-nightly", "cron": "0 3 * * *",
+                                               "job": {"kind": "noop"}}), 201)["name"]]
+schedules_delete = [ok(call("POST", "/v1/schedules", {"name": "fuzz-delete", "cron": "0 3 * * *",
+                                                      "job": {"kind": "noop"}}), 201)["name"]]
+
 for name, values in {
     "jobs": [done, failed, later],
     "files": files,
@@ -99,6 +105,8 @@ for name, values in {
     "webhooks": webhooks,
     "webhooks_delete": webhooks_delete,
     "deliveries": deliveries,
+    "schedules": schedules,
+    "schedules_delete": schedules_delete,
 }.items():
     with open(f"{OUT}/{name}.dict", "w", encoding="utf-8") as fd:
         fd.writelines(f'"{v}"\n' for v in values)

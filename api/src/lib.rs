@@ -45,6 +45,7 @@ use jobmill::store::Store;
 use jobmill::{JobClient, Registry};
 use jobmill_data::Data;
 use jobmill_ops::Ops;
+use jobmill_schedules::Schedules;
 use jobmill_webhooks::Webhooks;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -63,6 +64,8 @@ pub struct AppState {
     pub data: Data,
     /// The operator plane (workers, queues, pauses, history, audit).
     pub ops: Ops,
+    /// Periodic schedules.
+    pub schedules: Schedules,
     /// Accepted API keys.
     pub keys: Arc<Vec<ApiKey>>,
     /// Job-change events.
@@ -99,6 +102,13 @@ impl AppState {
         );
         let data = Data::new(&client, config.data.clone());
         let ops = Ops::new(&store, client.queue());
+        // The API does not fire schedules (workers do), so its schedule metrics stay unused.
+        let schedules = Schedules::new(
+            &client,
+            config.schedules.clone(),
+            vec![webhooks.submit_hook()],
+            Default::default(),
+        );
         let mut registry = Registry::builtin();
         webhooks.register_kinds(&mut registry);
         data.register_kinds(&mut registry);
@@ -109,6 +119,7 @@ impl AppState {
         webhooks.ensure_indexes().await?;
         data.ensure_indexes().await?;
         ops.ensure_indexes().await?;
+        schedules.ensure_indexes().await?;
         if let Err(e) = catalog.refresh(&store).await {
             tracing::warn!(error = %e, "kinds catalog not loaded yet; only linked kinds are accepted");
         }
@@ -124,6 +135,7 @@ impl AppState {
             webhooks,
             data,
             ops,
+            schedules,
             keys: Arc::new(config.api.keys.clone()),
             watch,
             finished,
@@ -192,6 +204,15 @@ Every error answer is `{\"error\": {\"code\", \"message\"}}`. A method a path do
         routes::health::healthz,
         routes::health::readyz,
         routes::health::openapi,
+        routes::schedules::schedules_create,
+        routes::schedules::schedules_index,
+        routes::schedules::schedules_show,
+        routes::schedules::schedules_update,
+        routes::schedules::schedules_delete,
+        routes::schedules::schedules_pause,
+        routes::schedules::schedules_resume,
+        routes::schedules::schedules_trigger,
+        routes::schedules::schedules_detach,
     ),
     components(schemas(
         view::SubmitJob, view::SubmitBatch, view::JobView, view::JobPage, view::BatchView,
@@ -216,6 +237,11 @@ Every error answer is `{\"error\": {\"code\", \"message\"}}`. A method a path do
         jobmill_ops::audit::AuditRecord, jobmill_ops::audit::AuditAction,
         jobmill_ops::audit::AuditOutcome, routes::actions::BulkRequest,
         jobmill_ops::bulk::BulkCount,
+        jobmill_schedules::model::CreateSchedule, jobmill_schedules::model::PatchSchedule,
+        jobmill_schedules::model::ScheduleView, jobmill_schedules::model::ScheduleList,
+        jobmill_schedules::model::RunView, jobmill_schedules::model::JobTemplateView,
+        jobmill_schedules::model::Overlap, jobmill_schedules::model::CatchUp,
+        jobmill_schedules::model::ManagedBy,
     )),
     modifiers(&BearerAuth),
 )]
@@ -237,7 +263,7 @@ impl Modify for BearerAuth {
 pub fn app(state: AppState) -> Router {
     use routes::{
         actions, audit, datasets, deliveries, events, files, health, jobs, kinds, metrics, queues,
-        uploads, webhooks, workers,
+        schedules, uploads, webhooks, workers,
     };
     Router::new()
         .route("/v1/jobs", post(jobs::jobs_create).get(jobs::jobs_index))
@@ -322,6 +348,32 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/jobs/{id}/events", get(events::jobs_events))
         .route("/v1/events", get(events::events_index))
+        .route(
+            "/v1/schedules",
+            post(schedules::schedules_create).get(schedules::schedules_index),
+        )
+        .route(
+            "/v1/schedules/{name}",
+            get(schedules::schedules_show)
+                .patch(schedules::schedules_update)
+                .delete(schedules::schedules_delete),
+        )
+        .route(
+            "/v1/schedules/{name}/pause",
+            post(schedules::schedules_pause),
+        )
+        .route(
+            "/v1/schedules/{name}/resume",
+            post(schedules::schedules_resume),
+        )
+        .route(
+            "/v1/schedules/{name}/trigger",
+            post(schedules::schedules_trigger),
+        )
+        .route(
+            "/v1/schedules/{name}/detach",
+            post(schedules::schedules_detach),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(health::openapi))
@@ -455,6 +507,25 @@ mod doc_tests {
         let part = &d["paths"]["/v1/uploads/{id}/parts/{n}"]["put"]["requestBody"]["content"]
             ["application/octet-stream"]["schema"];
         assert_eq!(part["format"], "binary", "{part}");
+    }
+
+    #[test]
+    fn schedules_name_the_callback_field_webhooks_read() {
+        assert_eq!(
+            jobmill_schedules::model::CALLBACK_URL_FIELD,
+            jobmill_webhooks::CALLBACK_URL
+        );
+        let d = doc();
+        for path in [
+            "/v1/schedules",
+            "/v1/schedules/{name}",
+            "/v1/schedules/{name}/pause",
+            "/v1/schedules/{name}/resume",
+            "/v1/schedules/{name}/trigger",
+            "/v1/schedules/{name}/detach",
+        ] {
+            assert!(d["paths"][path].is_object(), "{path} is not documented");
+        }
     }
 
     #[test]

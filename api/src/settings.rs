@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use jobmill::config::{Bounds, Config, CoreSettings, Env, Secret, Section, Setting};
 use jobmill_data::DataSettings;
+use jobmill_schedules::ScheduleSettings;
 use jobmill_webhooks::WebhookSettings;
 
 use crate::server::HttpLimits;
@@ -127,6 +128,8 @@ pub struct ApiConfig {
     pub webhooks: WebhookSettings,
     /// The data feature's.
     pub data: DataSettings,
+    /// The schedules feature's.
+    pub schedules: ScheduleSettings,
 }
 
 impl Config for ApiConfig {
@@ -136,6 +139,7 @@ impl Config for ApiConfig {
         HttpLimits::SETTINGS,
         WebhookSettings::SETTINGS,
         DataSettings::SETTINGS,
+        ScheduleSettings::SETTINGS,
     ];
 
     fn read_sections(env: &Env) -> Self {
@@ -145,6 +149,7 @@ impl Config for ApiConfig {
             http: HttpLimits::read(env),
             webhooks: WebhookSettings::read(env),
             data: DataSettings::read(env),
+            schedules: ScheduleSettings::read(env),
         };
         if c.api.keys.is_empty() && !env.is_set(&API_KEYS) {
             env.problem(

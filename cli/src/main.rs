@@ -133,6 +133,11 @@ enum Cmd {
         #[command(subcommand)]
         action: Option<WorkerCmd>,
     },
+    /// Schedules: list (default), show, pause, resume, trigger.
+    Schedules {
+        #[command(subcommand)]
+        action: Option<ScheduleCmd>,
+    },
     /// Follow state changes across the fleet.
     Tail {
         /// Only this queue.
@@ -185,6 +190,64 @@ enum QueueCmd {
         #[arg(long, conflicts_with_all = ["concurrency", "rate", "key_concurrency", "key_rate"])]
         clear: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum ScheduleCmd {
+    /// List schedules.
+    Ls,
+    /// Show a schedule with its next fire times and last runs.
+    Show {
+        /// Schedule name.
+        name: String,
+        /// The schedule's tenant (operators and viewers; default: the key's own).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Pause a schedule (its ticks are skipped).
+    Pause {
+        /// Schedule name.
+        name: String,
+        /// The schedule's tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Resume a schedule from its next tick.
+    Resume {
+        /// Schedule name.
+        name: String,
+        /// The schedule's tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Run a schedule's job now.
+    Trigger {
+        /// Schedule name.
+        name: String,
+        /// The schedule's tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
+/// The path of schedule `name` (of `tenant`, if given), with `suffix`.
+fn schedule_path(name: &str, tenant: Option<&str>, suffix: &str) -> String {
+    let q = tenant
+        .map(|t| format!("?tenant={}", url_escape(t)))
+        .unwrap_or_default();
+    format!("/v1/schedules/{}{suffix}{q}", url_escape(name))
+}
+
+/// Percent-encode everything but unreserved characters (RFC 3986).
+fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[derive(Subcommand)]
@@ -610,6 +673,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &|w| print_workers(&json!({"workers": [w]})),
             ),
         },
+        Cmd::Schedules { action } => match action.unwrap_or(ScheduleCmd::Ls) {
+            ScheduleCmd::Ls => show(&api.get("/v1/schedules").await?, &print_schedules),
+            ScheduleCmd::Show { name, tenant } => show(
+                &api.get(&schedule_path(&name, tenant.as_deref(), ""))
+                    .await?,
+                &print_schedule,
+            ),
+            ScheduleCmd::Pause { name, tenant } => show(
+                &api.post(
+                    &schedule_path(&name, tenant.as_deref(), "/pause"),
+                    json!({}),
+                )
+                .await?,
+                &|s| print_schedules(&json!({"schedules": [s]})),
+            ),
+            ScheduleCmd::Resume { name, tenant } => show(
+                &api.post(
+                    &schedule_path(&name, tenant.as_deref(), "/resume"),
+                    json!({}),
+                )
+                .await?,
+                &|s| print_schedules(&json!({"schedules": [s]})),
+            ),
+            ScheduleCmd::Trigger { name, tenant } => show(
+                &api.post(
+                    &schedule_path(&name, tenant.as_deref(), "/trigger"),
+                    json!({}),
+                )
+                .await?,
+                &print_job,
+            ),
+        },
         Cmd::Tail { queue, kind } => tail(&api, queue, kind, json_out).await?,
         Cmd::Kinds => show(&api.get("/v1/kinds").await?, &|k| {
             let rows: Vec<Vec<String>> = k["kinds"]
@@ -797,6 +892,57 @@ fn print_limits(q: &Value) {
         println!();
         table::print(&["key", "running"], &keys);
     }
+}
+
+fn print_schedules(v: &Value) {
+    let rows: Vec<Vec<String>> = v["schedules"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+        .iter()
+        .map(|s| {
+            vec![
+                table::cell(&s["tenant"]),
+                table::cell(&s["name"]),
+                table::cell(&s["cron"]),
+                table::cell(&s["timezone"]),
+                table::cell(&s["job"]["kind"]),
+                table::cell(&s["paused"]),
+                table::cell(&s["managed_by"]),
+                table::cell(&s["next_run_at"]),
+            ]
+        })
+        .collect();
+    table::print(
+        &[
+            "tenant", "name", "cron", "zone", "kind", "paused", "managed", "next run",
+        ],
+        &rows,
+    );
+}
+
+fn print_schedule(s: &Value) {
+    print_schedules(&json!({"schedules": [s]}));
+    println!();
+    println!("next runs:");
+    for t in s["next_runs"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        println!("  {}", table::cell(t));
+    }
+    println!();
+    let rows: Vec<Vec<String>> = s["runs"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+        .iter()
+        .map(|r| {
+            vec![
+                table::cell(&r["fire_time"]),
+                table::cell(&r["job_id"]),
+                table::cell(&r["state"]),
+            ]
+        })
+        .collect();
+    table::print(&["fire time", "job", "state"], &rows);
 }
 
 fn print_queues(v: &Value) {

@@ -50,6 +50,8 @@ use jobmill_data::Data;
 use jobmill_ops::metrics::WorkerMetrics;
 use jobmill_ops::workers::WorkerState;
 use jobmill_ops::Ops;
+pub use jobmill_schedules::ScheduleSpec;
+use jobmill_schedules::{ScheduleMetrics, Schedules};
 use jobmill_webhooks::Webhooks;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -134,8 +136,19 @@ pub async fn run(
     kinds: Registry,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), WorkerError> {
+    run_declared(config, kinds, Vec::new(), shutdown).await
+}
+
+/// [`run`] with schedules declared in code next to the kinds (see
+/// [`jobmill_schedules::declare`]): upserted at start with `managed_by: "code"`.
+pub async fn run_declared(
+    config: WorkerConfig,
+    kinds: Registry,
+    schedules: Vec<ScheduleSpec>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), WorkerError> {
     let store = Store::connect_settings(&config.core).await?;
-    run_with_store(config, kinds, store, shutdown).await
+    run_inner(config, kinds, schedules, store, shutdown).await
 }
 
 /// [`run`] with a store handle built by the caller (for example with MongoDB command
@@ -146,9 +159,19 @@ pub async fn run_with_store(
     store: Store,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), WorkerError> {
+    run_inner(config, kinds, Vec::new(), store, shutdown).await
+}
+
+async fn run_inner(
+    config: WorkerConfig,
+    kinds: Registry,
+    schedules: Vec<ScheduleSpec>,
+    store: Store,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), WorkerError> {
     tokio::pin!(shutdown);
     let runtime = tokio::select! {
-        r = Runtime::start(config, kinds, store) => r?,
+        r = Runtime::start_declared(config, kinds, schedules, store) => r?,
         _ = &mut shutdown => return Ok(()),
     };
     let shared = runtime.shared.clone();
@@ -213,6 +236,17 @@ impl Runtime {
         kinds: Registry,
         store: Store,
     ) -> Result<Runtime, WorkerError> {
+        Self::start_declared(config, kinds, Vec::new(), store).await
+    }
+
+    /// [`Runtime::start`], also upserting the `schedules` this binary declares next to its
+    /// kinds (`managed_by: "code"`; a schedule an operator detached is left alone).
+    pub async fn start_declared(
+        config: WorkerConfig,
+        kinds: Registry,
+        schedules: Vec<ScheduleSpec>,
+        store: Store,
+    ) -> Result<Runtime, WorkerError> {
         let identity = Identity::new();
         let worker = identity.id.clone();
         let core = config.core.clone();
@@ -252,6 +286,16 @@ impl Runtime {
         );
         let data = Data::new(&client, config.data);
         let ops = Ops::new(&store, &queue);
+        let mut schedule_metrics = None;
+        let worker_metrics = WorkerMetrics::new_with(|r| {
+            schedule_metrics = Some(ScheduleMetrics::register(r));
+        });
+        let sched = Schedules::new(
+            &client,
+            config.schedules,
+            vec![webhooks.submit_hook()],
+            schedule_metrics.unwrap_or_default(),
+        );
         let mut registry = Registry::builtin();
         webhooks.register_kinds(&mut registry);
         data.register_kinds(&mut registry);
@@ -261,11 +305,12 @@ impl Runtime {
         let subscribers = Subscribers::new(vec![webhooks.subscriber()]);
 
         {
-            let (store, webhooks, data, ops, stop) = (
+            let (store, webhooks, data, ops, sched, stop) = (
                 store.clone(),
                 webhooks.clone(),
                 data.clone(),
                 ops.clone(),
+                sched.clone(),
                 stop_all.clone(),
             );
             tokio::spawn(async move {
@@ -273,9 +318,24 @@ impl Runtime {
                     store.ensure_indexes().await?;
                     webhooks.ensure_indexes().await?;
                     data.ensure_indexes().await?;
-                    ops.ensure_indexes().await
+                    ops.ensure_indexes().await?;
+                    sched.ensure_indexes().await
                 })
                 .await;
+                // After the indexes: the unique (tenant, name) index is what keeps workers
+                // starting together from inserting a declared schedule twice.
+                if !schedules.is_empty() {
+                    backoff::until_ok("declare schedules", &stop, || async {
+                        match sched.declare(&schedules).await {
+                            Err(e @ (jobmill::Error::InvalidJob { .. } | jobmill::Error::InvalidArgs { .. })) => {
+                                tracing::error!(error = %e, "a schedule declared in code is invalid; declarations not applied");
+                                Ok(())
+                            }
+                            other => other.map(|_| ()),
+                        }
+                    })
+                    .await;
+                }
             });
         }
         {
@@ -367,6 +427,9 @@ impl Runtime {
             tokio::spawn(feature_loop);
         }
         for feature_loop in data.loops(stop_all.clone()) {
+            tokio::spawn(feature_loop);
+        }
+        for feature_loop in sched.loops(&worker, stop_all.clone()) {
             tokio::spawn(feature_loop);
         }
         Ok(Runtime {

@@ -7,6 +7,7 @@ use jobmill::config::{
     parse_queues, Bounds, Config, CoreSettings, Env, QueueWeight, Section, Setting,
 };
 use jobmill_data::DataSettings;
+use jobmill_schedules::ScheduleSettings;
 use jobmill_webhooks::WebhookSettings;
 
 /// `JOBMILL_QUEUES`.
@@ -113,6 +114,8 @@ pub struct WorkerConfig {
     pub webhooks: WebhookSettings,
     /// The data feature's.
     pub data: DataSettings,
+    /// The schedules feature's.
+    pub schedules: ScheduleSettings,
 }
 
 impl Config for WorkerConfig {
@@ -121,6 +124,7 @@ impl Config for WorkerConfig {
         WorkerSettings::SETTINGS,
         WebhookSettings::SETTINGS,
         DataSettings::SETTINGS,
+        ScheduleSettings::SETTINGS,
     ];
 
     fn read_sections(env: &Env) -> Self {
@@ -129,6 +133,7 @@ impl Config for WorkerConfig {
             worker: WorkerSettings::read(env),
             webhooks: WebhookSettings::read(env),
             data: DataSettings::read(env),
+            schedules: ScheduleSettings::read(env),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod kinds;
 pub mod metrics;
 pub mod queues;
+pub mod schedules;
 pub mod uploads;
 pub mod webhooks;
 pub mod workers;

@@ -60,6 +60,9 @@ pub enum AuditAction {
     /// A tenant's signing secret was rotated.
     #[serde(rename = "signing_secret.rotate")]
     SigningSecretRotate,
+    /// A code-managed schedule was handed over to the API (`POST /v1/schedules/{name}/detach`).
+    #[serde(rename = "schedule.detach")]
+    ScheduleDetach,
 }
 
 /// How the action ended.

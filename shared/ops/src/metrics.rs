@@ -106,7 +106,14 @@ impl Default for WorkerMetrics {
 impl WorkerMetrics {
     /// A fresh registry.
     pub fn new() -> Self {
+        Self::new_with(|_| {})
+    }
+
+    /// A fresh registry, with the features' own metrics registered by `features` (the
+    /// schedules' `jobmill_schedule_*`), so one scrape serves them all.
+    pub fn new_with(features: impl FnOnce(&mut Registry)) -> Self {
         let mut r = Registry::default();
+        features(&mut r);
         let jobs = Family::<JobLabels, Counter>::default();
         let durations = Family::<KindLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             duration_histogram,

@@ -29,6 +29,9 @@
 //! - `w8`: 1,000 concurrent reads of a cold cached dataset page (single-flight rebuild), against
 //!   the same 1,000 reads once the page is cached.
 //!
+//! - `sched`: schedule fire lag at 100 schedules firing every second, against W3's
+//!   submit→start p99 in the same run (target: at most 2×).
+//!
 //! `w6`–`w8` and `soak` take minutes at full size, so they run only when named. Each works in a database
 //! of its own (`jobmill_bench_w6`...), dropped before and after, so a rerun starts cold.
 //!
@@ -38,7 +41,7 @@
 //!
 //! ```text
 //! jobmill-bench [store] [w1] [w2] [w2apalis] [w2limits] [w2cluster] [w2metrics] [queues] [sse]
-//!               [w3] [w1http] [w5] [w6] [w7] [w8] [soak]
+//!               [w3] [w1http] [w5] [w6] [w7] [w8] [sched] [soak]
 //!     (default: store w2 w3 w1http w5, in that order)
 //! ```
 //!
@@ -53,6 +56,7 @@ mod http;
 mod local_files;
 mod measure;
 mod ops_views;
+mod sched_lag;
 mod servers;
 mod soak;
 mod store_ceiling;
@@ -69,6 +73,7 @@ mod w8_stampede;
 use anyhow::bail;
 
 use crate::ops_views::{queues_flat, sse_streams};
+use crate::sched_lag::sched_lag;
 use crate::soak::soak;
 use crate::store_ceiling::store_ceiling;
 use crate::w1_http::w1_http;
@@ -123,8 +128,9 @@ async fn main() -> anyhow::Result<()> {
             "w6" => w6_file_assembly().await?,
             "w7" => w7_bulk_import().await?,
             "w8" => w8_stampede().await?,
+            "sched" => sched_lag().await?,
             other => {
-                bail!("unknown workload {other} (store, w1, w2, w2apalis, w2limits, w2cluster, w2metrics, queues, sse, w3, w1http, w5, w6, w7, w8, soak)")
+                bail!("unknown workload {other} (store, w1, w2, w2apalis, w2limits, w2cluster, w2metrics, queues, sse, w3, w1http, w5, w6, w7, w8, sched, soak)")
             }
         };
         for (k, v, base) in r {
