@@ -89,7 +89,10 @@
         try { setProgress(JSON.parse(e.data)); } catch (err) { /* a malformed event changes nothing */ }
       });
       js.addEventListener("state", function (e) {
-        try { setProgress(JSON.parse(e.data)); } catch (err) { /* ignore */ }
+        var job = null;
+        try { job = JSON.parse(e.data); setProgress(job); } catch (err) { /* ignore */ }
+        // The server ends the stream after the terminal state; do not reconnect to it.
+        if (job && ["succeeded", "failed", "cancelled"].indexOf(job.state) >= 0) js.close();
         soon();
       });
     }

@@ -131,7 +131,7 @@ pub(crate) enum Bulk {
     /// A dry run: the count.
     Counted(BulkCount),
     /// The bulk action's job, submitted.
-    Started(jobmill::Job),
+    Started(Box<jobmill::Job>),
 }
 
 async fn act(
@@ -195,7 +195,7 @@ pub(crate) async fn bulk_action(
         |s| serde_json::json!({ "job": &s.job.id }),
     )
     .await?;
-    Ok(Bulk::Started(submitted.job))
+    Ok(Bulk::Started(Box::new(submitted.job)))
 }
 
 macro_rules! bulk_handler {
