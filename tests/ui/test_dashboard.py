@@ -14,17 +14,21 @@ def test_operator_sees_progress_move_live(sign_in, stack):
     job = stack.submit("ops", {"kind": "sleep", "args": {"ms": 5000, "steps": 20}})
     page = s.page
     page.goto(f"/ui/jobs/{job}")
-    # A marker that a reload would wipe: the page must update in place.
+    # A marker that a reload would wipe: the page must update in place. (Predicates are
+    # functions: the page's CSP forbids evaluating strings.)
     page.evaluate("window.__stay = 1")
-    page.wait_for_function("document.getElementById('progress').value > 0", timeout=30000)
+    page.wait_for_function("() => document.getElementById('progress').value > 0", timeout=30000)
     first = page.evaluate("document.getElementById('progress').value")
     page.wait_for_function(
-        f"document.getElementById('progress').value > {first}", timeout=30000
+        f"() => document.getElementById('progress').value > {first}", timeout=30000
     )
     s.shot("job-running")
     page.wait_for_function(
-        "document.getElementById('job-state').textContent.trim() === 'succeeded'", timeout=30000
+        "() => document.getElementById('job-state').textContent.trim() === 'succeeded'", timeout=30000
     )
+    # The state event also swaps in the server's rendering of the finished job (no more
+    # Cancel button).
+    page.wait_for_selector("#cancel", state="detached", timeout=30000)
     assert page.evaluate("window.__stay") == 1, "the page reloaded"
     assert page.url.endswith(f"/ui/jobs/{job}")
     assert stack.job("ops", job)["state"] == "succeeded"
@@ -84,7 +88,7 @@ def test_enqueue_noop_from_the_kinds_form(sign_in, stack):
     job = page.url.rsplit("/", 1)[1]
     until("noop succeeded", lambda: stack.job("ops", job)["state"] == "succeeded")
     page.wait_for_function(
-        "document.getElementById('job-state').textContent.trim() === 'succeeded'", timeout=30000
+        "() => document.getElementById('job-state').textContent.trim() === 'succeeded'", timeout=30000
     )
 
 
