@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # jobmill's own benchmark (W1 over HTTP, W2 durability, W5, the store's ceilings), on private
-# servers it starts and stops itself:  bench/run.sh [store] [w2] [w3] [w1http] [w5] [soak]
+# servers it starts and stops itself:  bench/run.sh [store] [w2] [w3] [w1http] [w5] [ui] [soak]
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
