@@ -305,6 +305,10 @@ async fn submitters_see_only_their_own_jobs() {
             .status,
         404
     );
+    // Their files page lists their own (none yet) and says how to upload.
+    let files = get(&api, &cookie, "/ui/files").await;
+    assert_eq!(files.status, 200);
+    assert!(files.body.contains("POST /v1/uploads"), "{}", files.body);
     // Fleet pages are not theirs.
     for path in ["/ui/queues", "/ui/workers", "/ui/audit"] {
         assert_eq!(get(&api, &cookie, path).await.status, 403, "{path}");

@@ -76,6 +76,7 @@ pub fn router() -> Router<AppState> {
         .route("/ui/webhooks/{id}/disable", post(forms::webhook_disable))
         .route("/ui/deliveries/{id}/replay", post(forms::replay))
         .route("/ui/audit", get(pages::audit))
+        .route("/ui/files", get(pages::files))
         .route("/ui/assets/{file}", get(assets::serve))
         .layer(axum::middleware::from_fn(html_errors))
         .layer(axum::middleware::from_fn(security_headers))

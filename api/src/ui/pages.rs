@@ -829,3 +829,56 @@ pub async fn audit(
             .map(|c| format!("/ui/audit?cursor={}", enc(&c))),
     }))
 }
+
+// ---------------------------------------------------------------- files
+
+/// One file row.
+pub struct FileRow {
+    id: String,
+    filename: String,
+    size: String,
+    sha256: String,
+    owner: String,
+    created: When,
+}
+
+#[derive(Template)]
+#[template(path = "files.html")]
+struct FilesPage {
+    chrome: Chrome,
+    rows: Vec<FileRow>,
+    next_href: Option<String>,
+}
+
+/// `GET /ui/files`: assembled files (a submitter's own), newest first.
+pub async fn files(
+    State(state): State<AppState>,
+    user: UiUser,
+    Query(q): Query<AuditQuery>,
+) -> UiResult {
+    let (files, next) = crate::routes::files::list_page(
+        &state,
+        &user.caller,
+        crate::routes::files::FileListParams {
+            limit: Some(50),
+            cursor: nonempty(&q.cursor),
+        },
+    )
+    .await?;
+    let rows = files
+        .iter()
+        .map(|f| FileRow {
+            id: f.id.clone(),
+            filename: f.filename.clone(),
+            size: bytes(f.size.max(0) as u64),
+            sha256: f.sha256.clone().unwrap_or_default(),
+            owner: f.tenant.clone(),
+            created: When::ms(f.created_ms),
+        })
+        .collect();
+    Ok(render(&FilesPage {
+        chrome: Chrome::new(&user, "Files", "files"),
+        rows,
+        next_href: next.map(|c| format!("/ui/files?cursor={}", enc(&c))),
+    }))
+}
