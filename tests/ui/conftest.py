@@ -185,8 +185,9 @@ def browser():
 class Session:
     """A signed-in browser tab, recording dialogs and console errors."""
 
-    def __init__(self, browser, stack, who):
-        self.context = browser.new_context(base_url=stack.base, viewport={"width": 1100, "height": 760})
+    def __init__(self, browser, stack, who, **options):
+        options.setdefault("viewport", {"width": 1100, "height": 760})
+        self.context = browser.new_context(base_url=stack.base, **options)
         self.page = self.context.new_page()
         self.dialogs = []
         self.console_errors = []
@@ -214,8 +215,8 @@ class Session:
 def sign_in(browser, stack, request):
     sessions = []
 
-    def make(who):
-        s = Session(browser, stack, who)
+    def make(who, **options):
+        s = Session(browser, stack, who, **options)
         sessions.append(s)
         return s
 

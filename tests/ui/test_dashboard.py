@@ -163,6 +163,23 @@ def test_script_in_args_renders_as_text(sign_in, stack):
     assert (SHOTS).exists()
 
 
+def test_readable_on_a_phone_and_without_javascript(sign_in, stack):
+    job = stack.submit("ops", {"kind": "noop", "args": {"note": "phone"}})
+    until("noop ran", lambda: stack.job("ops", job)["state"] == "succeeded")
+    phone = sign_in("ops", viewport={"width": 390, "height": 800}, is_mobile=True)
+    for path in ["/ui/", "/ui/queues", "/ui/workers", "/ui/jobs", f"/ui/jobs/{job}", "/ui/kinds"]:
+        phone.page.goto(path)
+        wide = phone.page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+        assert wide <= 1, f"{path} is {wide}px wider than a phone"
+    phone.shot("phone-kinds")
+    plain = sign_in("ops", java_script_enabled=False)
+    plain.page.goto(f"/ui/jobs/{job}")
+    assert plain.page.inner_text("#job-state").strip() == "succeeded"
+    plain.page.goto("/ui/")
+    assert plain.page.locator("svg.chart").count() == 1
+    plain.page.goto("/ui/jobs")
+    assert plain.page.locator(f"tr[data-job='{job}']").count() == 1
+
 def test_overview_after_the_others(sign_in, stack):
     """Last: the overview with the history the tests above made (the README's screenshot)."""
     s = sign_in("ops")
