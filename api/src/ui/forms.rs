@@ -5,7 +5,7 @@
 
 use askama::Template;
 use axum::extract::{FromRequest, Path, Request, State};
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{CONTENT_TYPE, SET_COOKIE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Form;
@@ -18,7 +18,7 @@ use super::session::{self, UiUser};
 use super::{render, see_other, Chrome, UiResult};
 use crate::auth::forbidden;
 use crate::error::ApiError;
-use crate::extract::parse_job_id;
+use crate::extract::{JobId, ResourceId};
 use crate::routes::actions::{bulk_action, Bulk, BulkRequest};
 use crate::settings::Role;
 use crate::AppState;
@@ -120,7 +120,7 @@ pub async fn login(
         Some(k) => {
             let mut res = see_other("/ui/");
             res.headers_mut()
-                .insert(session::SET, state.sessions.issue(k, &headers));
+                .insert(SET_COOKIE, state.sessions.issue(k, &headers));
             res
         }
         None => {
@@ -137,7 +137,7 @@ pub async fn login(
 pub async fn logout(State(state): State<AppState>, headers: HeaderMap, _p: Posted) -> Response {
     let mut res = see_other("/ui/login");
     res.headers_mut()
-        .insert(session::SET, state.sessions.clear(&headers));
+        .insert(SET_COOKIE, state.sessions.clear(&headers));
     res
 }
 
@@ -178,17 +178,15 @@ pub async fn stop(State(state): State<AppState>, Path(id): Path<String>, p: Post
 // ---------------------------------------------------------------- jobs
 
 /// `POST /ui/jobs/{id}/cancel`.
-pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>, p: Posted) -> UiResult {
+pub async fn cancel(State(state): State<AppState>, JobId(id): JobId, p: Posted) -> UiResult {
     p.actor()?;
-    let id = parse_job_id(&id)?;
     crate::routes::jobs::cancel_job(&state, &p.user.caller, &id).await?;
     Ok(see_other(&format!("/ui/jobs/{id}")))
 }
 
 /// `POST /ui/jobs/{id}/retry`.
-pub async fn retry(State(state): State<AppState>, Path(id): Path<String>, p: Posted) -> UiResult {
+pub async fn retry(State(state): State<AppState>, JobId(id): JobId, p: Posted) -> UiResult {
     p.actor()?;
-    let id = parse_job_id(&id)?;
     crate::routes::jobs::retry_job(&state, &p.user.caller, &id).await?;
     Ok(see_other(&format!("/ui/jobs/{id}")))
 }
@@ -291,28 +289,13 @@ pub async fn enqueue(
 
 // ---------------------------------------------------------------- webhooks
 
-fn check_resource_id(id: &str) -> Result<(), ApiError> {
-    let ok = !id.is_empty()
-        && id.len() <= 200
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(
-            "invalid_id",
-            "the id is missing or malformed",
-        ))
-    }
-}
-
 /// `POST /ui/webhooks/{id}/enable`.
 pub async fn webhook_enable(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ResourceId(id): ResourceId,
     p: Posted,
 ) -> UiResult {
     p.actor()?;
-    check_resource_id(&id)?;
     crate::routes::webhooks::set_enabled(&state, &p.user.caller, &id, true).await?;
     Ok(see_other("/ui/webhooks"))
 }
@@ -320,19 +303,21 @@ pub async fn webhook_enable(
 /// `POST /ui/webhooks/{id}/disable`.
 pub async fn webhook_disable(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ResourceId(id): ResourceId,
     p: Posted,
 ) -> UiResult {
     p.actor()?;
-    check_resource_id(&id)?;
     crate::routes::webhooks::set_enabled(&state, &p.user.caller, &id, false).await?;
     Ok(see_other("/ui/webhooks"))
 }
 
 /// `POST /ui/deliveries/{id}/replay`.
-pub async fn replay(State(state): State<AppState>, Path(id): Path<String>, p: Posted) -> UiResult {
+pub async fn replay(
+    State(state): State<AppState>,
+    ResourceId(id): ResourceId,
+    p: Posted,
+) -> UiResult {
     p.actor()?;
-    check_resource_id(&id)?;
     let d = crate::routes::deliveries::replay(&state, &p.user.caller, &id).await?;
     Ok(see_other(&p.back_or(&format!("/ui/jobs/{}", d.job_id))))
 }

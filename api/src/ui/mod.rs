@@ -131,6 +131,8 @@ async fn html_errors(req: Request, next: Next) -> Response {
     };
     let mut out = render(&page).into_response();
     *out.status_mut() = status;
+    // The cause of a 5xx rides in the extensions to the middleware that logs it.
+    *out.extensions_mut() = parts.extensions;
     for (k, v) in parts.headers.iter() {
         if k != CONTENT_TYPE && k != axum::http::header::CONTENT_LENGTH {
             out.headers_mut().insert(k, v.clone());

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::FromRequestParts;
-use axum::http::header::{COOKIE, SET_COOKIE};
+use axum::http::header::COOKIE;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -289,9 +289,6 @@ pub fn header_token(headers: &HeaderMap) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
 }
-
-/// `Set-Cookie` header name, re-exported for handlers.
-pub const SET: axum::http::HeaderName = SET_COOKIE;
 
 #[cfg(test)]
 mod tests {
