@@ -361,6 +361,37 @@ mod tests {
     }
 
     #[test]
+    fn dashboard_settings_parse_and_are_checked() {
+        let keys = ("JOBMILL_API_KEYS", "ops:fedcba9876543210:operator");
+        let d = load(&[keys]).unwrap();
+        assert_eq!(d.ui.secure_cookie, SecureCookie::Auto);
+        assert!(d.ui.session_secret.is_none());
+        assert_eq!(d.ui.session_ttl, Duration::from_secs(12 * 3600));
+        let c = load(&[
+            keys,
+            ("JOBMILL_UI_SECURE_COOKIE", "always"),
+            ("JOBMILL_UI_SESSION_SECRET", &"s".repeat(32)),
+            ("JOBMILL_UI_SESSION_TTL", "30m"),
+        ])
+        .unwrap();
+        assert_eq!(c.ui.secure_cookie, SecureCookie::Always);
+        assert!(c.ui.session_secret.is_some());
+        assert!(
+            !format!("{c:?}").contains(&"s".repeat(32)),
+            "the secret leaks into Debug"
+        );
+        let err = load(&[
+            keys,
+            ("JOBMILL_UI_SECURE_COOKIE", "sometimes"),
+            ("JOBMILL_UI_SESSION_SECRET", "short"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("JOBMILL_UI_SECURE_COOKIE"), "{err}");
+        assert!(err.contains("JOBMILL_UI_SESSION_SECRET"), "{err}");
+    }
+
+    #[test]
     fn tied_settings_are_checked_together() {
         let err = load(&[
             ("JOBMILL_API_KEYS", "ops:fedcba9876543210:operator"),
