@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # jobmill's own benchmark (W1 over HTTP, W2 durability, W5, the store's ceilings), on private
-# servers it starts and stops itself:  bench/run.sh [store] [w2] [w2cluster] [w3] [w1http] [w5] [sched] [soak]
+# servers it starts and stops itself:  bench/run.sh [store] [w2] [w2cluster] [w3] [w1http] [w5] [sched] [ui] [soak]
 #   [w2apalis] [w2metrics] [queues] [sse] [w1] [w6] [w7] [w8] (see bench/src/bin/jobmill-bench/main.rs)
 # `w2cluster` also starts a private 3-master Redis Cluster (no replicas) for its run.
 # BENCH_PROFILE=debug builds and runs the debug binary (where no release build fits the time).

@@ -221,8 +221,9 @@ cat <<EOF
 
 ============================================================================
  jobmill is running
-   API:      $API_URL        (workers: $WORKERS)
-   API key:  $show_key
+   API:       $API_URL        (workers: $WORKERS)
+   Dashboard: $API_URL/ui/    (sign in with the API key below)
+   API key:   $show_key
    redis:    ${JOBMILL_REDIS_CLUSTER:-$JOBMILL_REDIS_URL}
    mongodb:  $JOBMILL_MONGODB_URI
    webhooks: to ${JOBMILL_WEBHOOK_DESTINATIONS:-any public address}

@@ -24,6 +24,12 @@ JM_HOOKS_VENV="$ROOT/.venv-hooks"
 JM_FUZZ_PINS="schemathesis==4.32.5 hypothesis==6.170.17"
 JM_FUZZ_VENV="$ROOT/.venv-fuzz"
 
+# Pinned browser driver for the dashboard's end-to-end tests (tests/ui/). It drives Debian's
+# own chromium (ensure_chromium) over CDP; no browser build is ever downloaded.
+JM_UI_PINS="playwright==1.65.2 pytest==9.2.0"
+JM_UI_VENV="$ROOT/.venv-ui"
+JM_CHROMIUM="/usr/bin/chromium"
+
 log() {
     printf '[jobmill] %s\n' "$*" >&2
 }
@@ -140,6 +146,19 @@ ensure_webhook_venv() {
 # ensure_fuzz_venv: .venv-fuzz with the pinned `schemathesis`, for scripts/fuzz.sh.
 ensure_fuzz_venv() {
     _jm_ensure_venv "$JM_FUZZ_VENV" "$JM_FUZZ_PINS" "import schemathesis"
+}
+
+# ensure_chromium: Debian's chromium package (the dashboard's browser tests drive it).
+ensure_chromium() {
+    [[ -x "$JM_CHROMIUM" ]] || jm_apt_install chromium
+    [[ -x "$JM_CHROMIUM" ]] || die "chromium still missing at $JM_CHROMIUM after install"
+}
+
+# ensure_ui_venv: .venv-ui with the pinned Playwright and pytest, for tests/ui/. The
+# PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD guard keeps pip from fetching a browser build; the tests use
+# $JM_CHROMIUM and `playwright install` is never run.
+ensure_ui_venv() {
+    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 _jm_ensure_venv "$JM_UI_VENV" "$JM_UI_PINS" "import playwright.sync_api, pytest"
 }
 
 _jm_python() {

@@ -2,7 +2,8 @@
 # Run every check and test: rustfmt, clippy, debug build of the binaries, then
 # `cargo test --workspace` against a private redis-server and a private
 # nx-27017 (MongoDB-compatible) on free ports under .run/test-<pid>/, then the API fuzzer
-# (scripts/fuzz.sh: schemathesis against /openapi.json) on the same servers.
+# (scripts/fuzz.sh: schemathesis against /openapi.json) on the same servers, and before it the
+# dashboard's browser tests (tests/ui/, Playwright driving Debian's chromium; JOBMILL_UI_E2E).
 # Extra arguments go to `cargo test`, e.g.  scripts/test.sh -p jobmill-tests -- --nocapture
 # Test threads: RUST_TEST_THREADS (or JOBMILL_TEST_THREADS), default 4.
 # The fuzzer runs only for a full run (no extra arguments), or with JOBMILL_FUZZ=1; JOBMILL_FUZZ=0
@@ -34,6 +35,10 @@ ensure_redis_installed
 ensure_mongo_installed
 ensure_webhook_venv
 ensure_fuzz_venv
+if [[ $# -eq 0 || "${JOBMILL_UI_E2E:-}" == "1" ]] && [[ "${JOBMILL_UI_E2E:-}" != "0" ]]; then
+    ensure_chromium
+    ensure_ui_venv
+fi
 if ! cargo fmt --version >/dev/null 2>&1; then
     command -v rustup >/dev/null 2>&1 || die "cargo fmt missing and rustup not found"
     rustup component add rustfmt </dev/null
@@ -140,6 +145,23 @@ if [[ "$rc" -ne 0 && "$failed" -eq 0 ]]; then
     failed=1
 fi
 
+# ---- dashboard in a real browser ----
+# tests/ui/: Playwright drives Debian's chromium against a real API and two workers on the
+# private servers above (screenshots under target/ui-screenshots/). Runs for a full run, or
+# with JOBMILL_UI_E2E=1; JOBMILL_UI_E2E=0 skips it.
+ui_line="ui e2e: not run (arguments given; JOBMILL_UI_E2E=1 runs it)"
+if [[ "$rc" -eq 0 ]] && [[ "${JOBMILL_UI_E2E:-}" == "1" || ( $# -eq 0 && "${JOBMILL_UI_E2E:-}" != "0" ) ]]; then
+    log "browser tests: pytest tests/ui (chromium $JM_CHROMIUM)"
+    ui_rc=0
+    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 JOBMILL_CHROMIUM="$JM_CHROMIUM" \
+        "$JM_UI_VENV/bin/python" -m pytest -q -p no:cacheprovider tests/ui </dev/null 2>&1 \
+        | tee "$RUN/ui-e2e.log" || ui_rc=$?
+    ui_line="ui e2e: $(grep -Eo '[0-9]+ (passed|failed)[^=]*' "$RUN/ui-e2e.log" | tail -n 1 || true) (exit $ui_rc)"
+    if [[ "$ui_rc" -ne 0 ]]; then
+        rc="$ui_rc"
+    fi
+fi
+
 # ---- fuzzer ----
 fuzz_line="fuzz: not run (arguments given; JOBMILL_FUZZ=1 runs it)"
 if [[ "${JOBMILL_FUZZ:-}" == "1" || ( $# -eq 0 && "${JOBMILL_FUZZ:-}" != "0" ) ]]; then
@@ -157,5 +179,6 @@ if [[ "$rc" -eq 0 ]]; then
     log "all checks and tests passed"
 fi
 echo "summary: ${passed} passed, ${failed} failed"
+echo "$ui_line"
 echo "$fuzz_line"
 exit "$rc"

@@ -17,6 +17,8 @@
 //! - [`finished`]: finished jobs cached in memory for status polls.
 //! - [`server`]: the connection loop with its HTTP timeouts and connection limit.
 //! - [`range`]: `Range` headers of file downloads.
+//! - [`ui`]: the web dashboard under `/ui/` (server-rendered pages over the same data
+//!   functions as the JSON routes, signed session cookies, CSRF tokens).
 #![warn(missing_docs)]
 
 pub mod auth;
@@ -28,6 +30,7 @@ pub mod range;
 pub mod routes;
 pub mod server;
 pub mod settings;
+pub mod ui;
 pub mod view;
 pub mod watch;
 
@@ -78,6 +81,8 @@ pub struct AppState {
     pub metrics_token: Option<jobmill::config::Secret>,
     /// The shared source of every fleet event stream.
     pub fleet: routes::events::FleetFeed,
+    /// The dashboard's session signing and cookie policy.
+    pub sessions: ui::session::Sessions,
 }
 
 impl AppState {
@@ -142,6 +147,7 @@ impl AppState {
             max_body_bytes: config.api.max_body_bytes,
             metrics_token: config.api.metrics_token.clone(),
             fleet: routes::events::FleetFeed::default(),
+            sessions: ui::session::Sessions::new(&config.ui),
         })
     }
 }
@@ -377,6 +383,8 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(health::openapi))
+        // The dashboard: HTML pages, left out of /openapi.json (see `ui`).
+        .merge(ui::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))

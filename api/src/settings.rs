@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use jobmill::config::{Bounds, Config, CoreSettings, Env, Secret, Section, Setting};
 use jobmill_data::DataSettings;
@@ -40,6 +41,83 @@ pub const METRICS_TOKEN: Setting = Setting {
     bounds: Bounds::Text,
     doc: "bearer token Prometheus may send to GET /metrics instead of a viewer or operator key (16+ characters; none when empty)",
 };
+
+/// `JOBMILL_UI_SECURE_COOKIE`.
+pub const UI_SECURE_COOKIE: Setting = Setting {
+    env: "JOBMILL_UI_SECURE_COOKIE",
+    default: "auto",
+    bounds: Bounds::Text,
+    doc: "Secure flag of the dashboard's session cookie: auto (when the request came over HTTPS, X-Forwarded-Proto behind a proxy), always or never",
+};
+/// `JOBMILL_UI_SESSION_SECRET`.
+pub const UI_SESSION_SECRET: Setting = Setting {
+    env: "JOBMILL_UI_SESSION_SECRET",
+    default: "",
+    bounds: Bounds::Text,
+    doc: "key that signs the dashboard's session cookies (32+ characters; give every API replica the same one). Empty: a random one per process, so sessions end when it restarts",
+};
+/// `JOBMILL_UI_SESSION_TTL`.
+pub const UI_SESSION_TTL: Setting = Setting {
+    env: "JOBMILL_UI_SESSION_TTL",
+    default: "12h",
+    bounds: Bounds::Duration(Duration::from_secs(60), Duration::from_secs(30 * 86_400)),
+    doc: "how long a dashboard sign-in lasts",
+};
+
+/// When the session cookie carries `Secure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecureCookie {
+    /// When the request came over HTTPS (`X-Forwarded-Proto: https` behind a proxy).
+    Auto,
+    /// Always.
+    Always,
+    /// Never (plain-HTTP development setups).
+    Never,
+}
+
+/// The dashboard's settings.
+#[derive(Debug, Clone)]
+pub struct UiSettings {
+    /// When the session cookie is `Secure`.
+    pub secure_cookie: SecureCookie,
+    /// Signing key of session cookies; `None` makes a random one per process.
+    pub session_secret: Option<Secret>,
+    /// Lifetime of a session.
+    pub session_ttl: Duration,
+}
+
+impl Section for UiSettings {
+    const SETTINGS: &'static [Setting] = &[UI_SECURE_COOKIE, UI_SESSION_SECRET, UI_SESSION_TTL];
+
+    fn read(env: &Env) -> Self {
+        let secure_cookie = env
+            .parse(&UI_SECURE_COOKIE, |v| match v.trim() {
+                "auto" => Ok(SecureCookie::Auto),
+                "always" => Ok(SecureCookie::Always),
+                "never" => Ok(SecureCookie::Never),
+                other => Err(format!("'{other}' is not auto, always or never")),
+            })
+            .unwrap_or(SecureCookie::Auto);
+        let session_secret = env
+            .parse(&UI_SESSION_SECRET, |v| match v.trim() {
+                "" => Ok(None),
+                t if t.len() < 32 => Err("must be 32 or more characters".to_string()),
+                t => Ok(Some(Secret::new(t))),
+            })
+            .flatten();
+        UiSettings {
+            secure_cookie,
+            session_secret,
+            session_ttl: env.duration(&UI_SESSION_TTL),
+        }
+    }
+}
+
+impl Default for UiSettings {
+    fn default() -> Self {
+        UiSettings::read(&Env::new(|_| None))
+    }
+}
 
 /// What an API key may see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +208,8 @@ pub struct ApiConfig {
     pub data: DataSettings,
     /// The schedules feature's.
     pub schedules: ScheduleSettings,
+    /// The dashboard's.
+    pub ui: UiSettings,
 }
 
 impl Config for ApiConfig {
@@ -140,6 +220,7 @@ impl Config for ApiConfig {
         WebhookSettings::SETTINGS,
         DataSettings::SETTINGS,
         ScheduleSettings::SETTINGS,
+        UiSettings::SETTINGS,
     ];
 
     fn read_sections(env: &Env) -> Self {
@@ -150,6 +231,7 @@ impl Config for ApiConfig {
             webhooks: WebhookSettings::read(env),
             data: DataSettings::read(env),
             schedules: ScheduleSettings::read(env),
+            ui: UiSettings::read(env),
         };
         if c.api.keys.is_empty() && !env.is_set(&API_KEYS) {
             env.problem(
@@ -281,6 +363,37 @@ mod tests {
             !format!("{s:?}").contains("0123456789abcdef"),
             "secrets leak into Debug"
         );
+    }
+
+    #[test]
+    fn dashboard_settings_parse_and_are_checked() {
+        let keys = ("JOBMILL_API_KEYS", "ops:fedcba9876543210:operator");
+        let d = load(&[keys]).unwrap();
+        assert_eq!(d.ui.secure_cookie, SecureCookie::Auto);
+        assert!(d.ui.session_secret.is_none());
+        assert_eq!(d.ui.session_ttl, Duration::from_secs(12 * 3600));
+        let c = load(&[
+            keys,
+            ("JOBMILL_UI_SECURE_COOKIE", "always"),
+            ("JOBMILL_UI_SESSION_SECRET", &"s".repeat(32)),
+            ("JOBMILL_UI_SESSION_TTL", "30m"),
+        ])
+        .unwrap();
+        assert_eq!(c.ui.secure_cookie, SecureCookie::Always);
+        assert!(c.ui.session_secret.is_some());
+        assert!(
+            !format!("{c:?}").contains(&"s".repeat(32)),
+            "the secret leaks into Debug"
+        );
+        let err = load(&[
+            keys,
+            ("JOBMILL_UI_SECURE_COOKIE", "sometimes"),
+            ("JOBMILL_UI_SESSION_SECRET", "short"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("JOBMILL_UI_SECURE_COOKIE"), "{err}");
+        assert!(err.contains("JOBMILL_UI_SESSION_SECRET"), "{err}");
     }
 
     #[test]

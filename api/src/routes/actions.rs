@@ -126,17 +126,39 @@ fn filter(r: &BulkRequest) -> Result<BulkFilter, ApiError> {
     })
 }
 
+/// What a bulk request did.
+pub(crate) enum Bulk {
+    /// A dry run: the count.
+    Counted(BulkCount),
+    /// The bulk action's job, submitted.
+    Started(Box<jobmill::Job>),
+}
+
 async fn act(
     state: AppState,
     caller: Caller,
     verb: BulkVerb,
     r: BulkRequest,
 ) -> Result<Response, ApiError> {
+    match bulk_action(&state, &caller, verb, &r).await? {
+        Bulk::Counted(c) => Ok(axum::Json(c).into_response()),
+        Bulk::Started(job) => Ok(job_response(StatusCode::ACCEPTED, &job)),
+    }
+}
+
+/// Count or start a bulk action (the JSON endpoints and the dashboard's confirmation step).
+pub(crate) async fn bulk_action(
+    state: &AppState,
+    caller: &Caller,
+    verb: BulkVerb,
+    r: &BulkRequest,
+) -> Result<Bulk, ApiError> {
     caller.require_operator()?;
-    let f = filter(&r)?;
+    let f = filter(r)?;
     if r.dry_run {
-        let c = bulk::count(state.client.store(), verb, &f).await?;
-        return Ok(axum::Json(c).into_response());
+        return Ok(Bulk::Counted(
+            bulk::count(state.client.store(), verb, &f).await?,
+        ));
     }
     let what = match verb {
         BulkVerb::Retry => AuditAction::BulkRetry,
@@ -152,8 +174,8 @@ async fn act(
     let filter_json = serde_json::to_value(&f).map_err(|_| ApiError::internal())?;
     let client = state.client.clone();
     let submitted = audited(
-        &state,
-        &caller,
+        state,
+        caller,
         what,
         "jobs",
         Some(filter_json),
@@ -173,7 +195,7 @@ async fn act(
         |s| serde_json::json!({ "job": &s.job.id }),
     )
     .await?;
-    Ok(job_response(StatusCode::ACCEPTED, &submitted.job))
+    Ok(Bulk::Started(Box::new(submitted.job)))
 }
 
 macro_rules! bulk_handler {

@@ -55,6 +55,17 @@ pub async fn deliveries_replay(
     caller: Caller,
     ResourceId(id): ResourceId,
 ) -> Result<Response, ApiError> {
+    let d = replay(&state, &caller, &id).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(DeliveryView::from(&d))).into_response())
+}
+
+/// Replay a delivery the caller may change (the JSON endpoint and the dashboard's button).
+pub(crate) async fn replay(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<jobmill_webhooks::records::Delivery, ApiError> {
+    let id = id.to_string();
     let hooks = state.webhooks.store();
     let d = match hooks.start_replay(&id, caller.write_scope()).await? {
         Some(d) => d,
@@ -97,5 +108,5 @@ pub async fn deliveries_replay(
             vec![delivery_job(&d.id, key, state.webhooks.settings().timeout)],
         )
         .await?;
-    Ok((StatusCode::ACCEPTED, axum::Json(DeliveryView::from(&d))).into_response())
+    Ok(d)
 }

@@ -83,6 +83,21 @@ pub async fn files_index(
     caller: Caller,
     Query(p): Query<FileListParams>,
 ) -> Result<Response, ApiError> {
+    let (files, next_cursor) = list_page(&state, &caller, p).await?;
+    Ok(axum::Json(FilePage {
+        files: files.iter().map(FileView::from).collect(),
+        next_cursor,
+    })
+    .into_response())
+}
+
+/// A page of the files the caller may see, and the next cursor (the JSON listing and the
+/// dashboard's).
+pub(crate) async fn list_page(
+    state: &AppState,
+    caller: &Caller,
+    p: FileListParams,
+) -> Result<(Vec<FileMeta>, Option<String>), ApiError> {
     let (limit, before) = page_params(p.limit, p.cursor.as_deref())?;
     let files = state
         .data
@@ -92,11 +107,7 @@ pub async fn files_index(
     let next_cursor = (files.len() as i64 == limit)
         .then(|| files.last().map(|f| f.id.clone()))
         .flatten();
-    Ok(axum::Json(FilePage {
-        files: files.iter().map(FileView::from).collect(),
-        next_cursor,
-    })
-    .into_response())
+    Ok((files, next_cursor))
 }
 
 fn not_found() -> ApiError {

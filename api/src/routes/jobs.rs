@@ -187,7 +187,8 @@ pub async fn jobs_show(
     }
 }
 
-async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<Job, ApiError> {
+/// A job the caller may see (finished ones from the in-memory cache), else `404`.
+pub(crate) async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<Job, ApiError> {
     if let Some(c) = cached(state, caller, id)? {
         return Ok(c.job.clone());
     }
@@ -292,7 +293,7 @@ pub(crate) fn job_response(status: StatusCode, job: &Job) -> Response {
 }
 
 /// Query of `GET /v1/jobs`.
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
@@ -335,6 +336,21 @@ pub async fn jobs_index(
     caller: Caller,
     Query(p): Query<ListParams>,
 ) -> Result<Response, ApiError> {
+    let (jobs, next_cursor) = list_page(&state, &caller, p).await?;
+    Ok(axum::Json(JobPage {
+        jobs: jobs.iter().map(JobView::from).collect(),
+        next_cursor,
+    })
+    .into_response())
+}
+
+/// A page of the listing the caller may see, and the cursor of the next one (the JSON
+/// listing and the dashboard's).
+pub(crate) async fn list_page(
+    state: &AppState,
+    caller: &Caller,
+    p: ListParams,
+) -> Result<(Vec<Job>, Option<String>), ApiError> {
     let job_state = match p.state.as_deref() {
         None => None,
         Some(s) => Some(JobState::parse(s).ok_or_else(|| {
@@ -382,11 +398,7 @@ pub async fn jobs_index(
     let next_cursor = (jobs.len() as i64 == limit)
         .then(|| jobs.last().map(|j| j.id.clone()))
         .flatten();
-    Ok(axum::Json(JobPage {
-        jobs: jobs.iter().map(JobView::from).collect(),
-        next_cursor,
-    })
-    .into_response())
+    Ok((jobs, next_cursor))
 }
 
 /// An RFC 3339 time filter, as ms since the epoch.
@@ -421,8 +433,7 @@ pub async fn jobs_cancel(
     caller: Caller,
     JobId(id): JobId,
 ) -> Result<Response, ApiError> {
-    let job = state.client.cancel(&id, caller.write_scope()).await?;
-    state.finished.forget(&id);
+    let job = cancel_job(&state, &caller, &id).await?;
     let status = if job.state == JobState::Cancelled {
         StatusCode::OK
     } else {
@@ -446,11 +457,32 @@ pub async fn jobs_retry(
     caller: Caller,
     JobId(id): JobId,
 ) -> Result<Response, ApiError> {
-    let job = state.client.retry(&id, caller.write_scope()).await?;
+    let job = retry_job(&state, &caller, &id).await?;
+    Ok(job_response(StatusCode::ACCEPTED, &job))
+}
+
+/// Cancel a job the caller may change (the JSON endpoint and the dashboard's button).
+pub(crate) async fn cancel_job(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<Job, ApiError> {
+    let job = state.client.cancel(id, caller.write_scope()).await?;
+    state.finished.forget(id);
+    Ok(job)
+}
+
+/// Retry a job the caller may change (the JSON endpoint and the dashboard's button).
+pub(crate) async fn retry_job(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<Job, ApiError> {
+    let job = state.client.retry(id, caller.write_scope()).await?;
     // This process must not answer the next poll from its cache; other API processes drop their
     // entry when the change event arrives.
-    state.finished.forget(&id);
-    Ok(job_response(StatusCode::ACCEPTED, &job))
+    state.finished.forget(id);
+    Ok(job)
 }
 
 /// The webhook deliveries of a job's events, newest first, with every attempt.

@@ -54,6 +54,12 @@ pub async fn kinds_index(
     State(state): State<AppState>,
     _caller: Caller,
 ) -> Result<Response, ApiError> {
+    let kinds = kind_list(&state).await?;
+    Ok(axum::Json(KindList { kinds }).into_response())
+}
+
+/// The public kinds with their live workers (the JSON endpoint and the dashboard's page).
+pub(crate) async fn kind_list(state: &AppState) -> Result<Vec<KindView>, ApiError> {
     let serving = crate::catalog::live_workers_by_kind(state.client.queue()).await?;
     let kinds = state
         .client
@@ -72,5 +78,5 @@ pub async fn kinds_index(
             workers: serving.get(&k.name).copied().unwrap_or(0),
         })
         .collect();
-    Ok(axum::Json(KindList { kinds }).into_response())
+    Ok(kinds)
 }

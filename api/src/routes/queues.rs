@@ -52,7 +52,8 @@ pub async fn queues_pause(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    set_paused(&state, &caller, &name, true).await
+    let view = set_paused(&state, &caller, &name, true).await?;
+    Ok((StatusCode::OK, axum::Json(view)).into_response())
 }
 
 /// Resume a paused queue.
@@ -70,7 +71,8 @@ pub async fn queues_resume(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    set_paused(&state, &caller, &name, false).await
+    let view = set_paused(&state, &caller, &name, false).await?;
+    Ok((StatusCode::OK, axum::Json(view)).into_response())
 }
 
 /// Set the limits of a queue, replacing any: `concurrency` (jobs of the queue running at once
@@ -202,16 +204,18 @@ pub async fn queues_history(
     Ok(axum::Json(view).into_response())
 }
 
-fn check_name(name: &str) -> Result<(), ApiError> {
+/// `400 invalid_queue` unless `name` is a queue name.
+pub(crate) fn check_name(name: &str) -> Result<(), ApiError> {
     check_queue_name(name).map_err(|m| ApiError::bad_request("invalid_queue", m))
 }
 
-async fn set_paused(
+/// Pause or resume a queue, audited (the JSON endpoints and the dashboard's buttons).
+pub(crate) async fn set_paused(
     state: &AppState,
     caller: &Caller,
     name: &str,
     paused: bool,
-) -> Result<Response, ApiError> {
+) -> Result<QueueView, ApiError> {
     caller.require_operator()?;
     check_name(name)?;
     let what = if paused {
@@ -235,6 +239,5 @@ async fn set_paused(
         |_| serde_json::json!({ "paused": paused }),
     )
     .await?;
-    let view = state.ops.queue_one(name).await?;
-    Ok((StatusCode::OK, axum::Json(view)).into_response())
+    Ok(state.ops.queue_one(name).await?)
 }

@@ -212,25 +212,48 @@ pub async fn webhooks_enable(
     caller: Caller,
     ResourceId(id): ResourceId,
 ) -> Result<Response, ApiError> {
+    let ep = set_enabled(&state, &caller, &id, true).await?;
+    Ok(axum::Json(WebhookView::of(&ep)).into_response())
+}
+
+/// Enable or disable an endpoint the caller may change, audited (the JSON endpoint enables;
+/// the dashboard does both).
+pub(crate) async fn set_enabled(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    enabled: bool,
+) -> Result<jobmill_webhooks::records::Endpoint, ApiError> {
+    let what = if enabled {
+        AuditAction::WebhookEnable
+    } else {
+        AuditAction::WebhookDisable
+    };
+    let reason = format!("disabled by {} in the dashboard", caller.tenant);
     let ep = audited(
-        &state,
-        &caller,
-        AuditAction::WebhookEnable,
-        &id,
+        state,
+        caller,
+        what,
+        id,
         None,
         async {
             state
                 .webhooks
                 .store()
-                .set_enabled(&id, caller.write_scope(), true, None)
+                .set_enabled(
+                    id,
+                    caller.write_scope(),
+                    enabled,
+                    (!enabled).then_some(reason.as_str()),
+                )
                 .await?
                 .ok_or_else(not_found)
         },
-        |_| serde_json::json!({ "enabled": true }),
+        |_| serde_json::json!({ "enabled": enabled }),
     )
     .await?;
     state.webhooks.endpoints_changed(&ep.tenant).await;
-    Ok(axum::Json(WebhookView::of(&ep)).into_response())
+    Ok(ep)
 }
 
 /// Rotate an endpoint's secret. The answer carries the new secret; the old one keeps signing

@@ -64,14 +64,8 @@ pub async fn workers_quiet(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    command(
-        &state,
-        &caller,
-        &id,
-        Command::Quiet,
-        AuditAction::WorkerQuiet,
-    )
-    .await
+    let worker = command(&state, &caller, &id, Command::Quiet).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(worker)).into_response())
 }
 
 /// Make a worker drain and exit, as SIGTERM does.
@@ -90,7 +84,8 @@ pub async fn workers_stop(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    command(&state, &caller, &id, Command::Stop, AuditAction::WorkerStop).await
+    let worker = command(&state, &caller, &id, Command::Stop).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(worker)).into_response())
 }
 
 async fn find(state: &AppState, id: &str) -> Result<WorkerView, ApiError> {
@@ -106,14 +101,18 @@ fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such worker")
 }
 
-async fn command(
+/// Send `command` to a live worker, audited (the JSON endpoints and the dashboard's buttons).
+pub(crate) async fn command(
     state: &AppState,
     caller: &Caller,
     id: &str,
     command: Command,
-    what: AuditAction,
-) -> Result<Response, ApiError> {
+) -> Result<WorkerView, ApiError> {
     caller.require_operator()?;
+    let what = match command {
+        Command::Quiet => AuditAction::WorkerQuiet,
+        Command::Stop => AuditAction::WorkerStop,
+    };
     let worker = find(state, id).await?;
     if worker.state == WorkerState::Gone {
         return Err(ApiError::new(
@@ -143,5 +142,5 @@ async fn command(
         |heard| serde_json::json!({ "heard_by": heard }),
     )
     .await?;
-    Ok((StatusCode::ACCEPTED, axum::Json(worker)).into_response())
+    Ok(worker)
 }

@@ -552,6 +552,28 @@ impl Store {
         newest_first(&self.jobs, filter, None, q.limit).await
     }
 
+    /// How many of `tenant`'s jobs are in `state`, counting at most `cap` (a tenant's
+    /// dashboard totals). Walks the `{tenant, state, list_key}` index. With `finished_since_ms`,
+    /// only jobs that finished since then, looked for among those created in the day before
+    /// it, so the walk stays within a day of the tenant's jobs in that state.
+    pub async fn count_tenant(
+        &self,
+        tenant: &str,
+        state: JobState,
+        finished_since_ms: Option<i64>,
+        cap: u64,
+    ) -> Result<u64> {
+        let mut filter = scoped(doc! { "state": state.as_str() }, Some(tenant));
+        if let Some(since) = finished_since_ms {
+            filter.insert(
+                "list_key",
+                doc! { "$gte": crate::job::id_floor(since - 86_400_000) },
+            );
+            filter.insert("finished_ms", doc! { "$gte": since });
+        }
+        Ok(self.jobs.count_documents(filter).limit(cap).await?)
+    }
+
     /// Live (non-terminal) jobs in id order after `after`, for rebuilding Redis.
     pub async fn live_jobs_page(&self, after: Option<&str>, limit: i64) -> Result<Vec<Job>> {
         self.live_jobs_page_of(None, after, limit).await

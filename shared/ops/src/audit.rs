@@ -54,6 +54,9 @@ pub enum AuditAction {
     /// A disabled webhook endpoint was enabled again.
     #[serde(rename = "webhook.enable")]
     WebhookEnable,
+    /// A webhook endpoint was disabled by hand (the dashboard).
+    #[serde(rename = "webhook.disable")]
+    WebhookDisable,
     /// A webhook endpoint's secret was rotated.
     #[serde(rename = "webhook.secret_rotate")]
     WebhookSecretRotate,

@@ -28,12 +28,14 @@
 //!   same documents in the same batches on the same server.
 //! - `w8`: 1,000 concurrent reads of a cold cached dataset page (single-flight rebuild), against
 //!   the same 1,000 reads once the page is cached.
-//!
 //! - `sched`: schedule fire lag at 100 schedules firing every second, against W3's
 //!   submit→start p99 in the same run (target: at most 2×).
+//! - `ui`: the dashboard's overview, queues, workers and first jobs page against the JSON
+//!   endpoints serving the same data, at 1,000 and 1,000,000 stored jobs (`BENCH_UI_SMALL`,
+//!   `BENCH_UI_JOBS`).
 //!
-//! `w6`–`w8` and `soak` take minutes at full size, so they run only when named. Each works in a database
-//! of its own (`jobmill_bench_w6`...), dropped before and after, so a rerun starts cold.
+//! `w6`–`w8`, `sched`, `ui` and `soak` take minutes at full size, so they run only when named.
+//! Each works in a database of its own (`jobmill_bench_w6`...), dropped before and after, so a rerun starts cold.
 //!
 //! Needs: `BENCH_REDIS_URL` and `JOBMILL_BENCH_MONGODB_URI` (see `bench/run.sh`, which starts
 //! private servers), `wrk` on the PATH for `w5`. Sizes: `BENCH_W6_MIB` (default 1024),
@@ -41,7 +43,7 @@
 //!
 //! ```text
 //! jobmill-bench [store] [w1] [w2] [w2apalis] [w2limits] [w2cluster] [w2metrics] [queues] [sse]
-//!               [w3] [w1http] [w5] [w6] [w7] [w8] [sched] [soak]
+//!               [w3] [w1http] [w5] [w6] [w7] [w8] [sched] [ui] [soak]
 //!     (default: store w2 w3 w1http w5, in that order)
 //! ```
 //!
@@ -69,6 +71,7 @@ mod w5;
 mod w6_file_assembly;
 mod w7_bulk_import;
 mod w8_stampede;
+mod w9_ui;
 
 use anyhow::bail;
 
@@ -85,6 +88,7 @@ use crate::w5::w5;
 use crate::w6_file_assembly::w6_file_assembly;
 use crate::w7_bulk_import::w7_bulk_import;
 use crate::w8_stampede::w8_stampede;
+use crate::w9_ui::w9_ui;
 
 /// Jobs per run of `store`, `w2` and `w1http`.
 pub(crate) const N: usize = 20_000;
@@ -129,8 +133,9 @@ async fn main() -> anyhow::Result<()> {
             "w7" => w7_bulk_import().await?,
             "w8" => w8_stampede().await?,
             "sched" => sched_lag().await?,
+            "ui" => w9_ui().await?,
             other => {
-                bail!("unknown workload {other} (store, w1, w2, w2apalis, w2limits, w2cluster, w2metrics, queues, sse, w3, w1http, w5, w6, w7, w8, sched, soak)")
+                bail!("unknown workload {other} (store, w1, w2, w2apalis, w2limits, w2cluster, w2metrics, queues, sse, w3, w1http, w5, w6, w7, w8, sched, ui, soak)")
             }
         };
         for (k, v, base) in r {

@@ -1,0 +1,884 @@
+//! The dashboard's `GET` pages. Each reads through the same functions as the JSON routes,
+//! with the session's [`Caller`](crate::auth::Caller): operators and viewers see the fleet,
+//! submitters their own jobs only (and a `403` page for fleet pages).
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use jobmill::view::JobView;
+use jobmill::JobState;
+use jobmill_ops::workers::{self, WorkerState};
+use serde::Deserialize;
+
+use super::chart::{self, Chart};
+use super::schema_form::{self, Field};
+use super::session::UiUser;
+use super::{bytes, enc, pretty, render, Chrome, UiResult, When};
+use crate::error::ApiError;
+use crate::extract::{parse_job_id, JobId};
+use crate::routes::jobs::ListParams;
+use crate::AppState;
+
+/// How often fleet pages refresh without an event (history figures change without one).
+const REFRESH_MS: u32 = 5000;
+
+// ---------------------------------------------------------------- overview
+
+/// Totals of the overview.
+pub struct Totals {
+    /// Ready to run.
+    pub queued: u64,
+    /// Running.
+    pub running: u64,
+    /// Waiting for their run time.
+    pub scheduled: u64,
+    /// Waiting for a retry.
+    pub retrying: u64,
+    /// Failed in the last hour.
+    pub failed_1h: u64,
+    /// Succeeded per minute over the last 5 minutes.
+    pub succeeded_per_min: String,
+    /// A submitter's counts stop at this many.
+    pub capped_at: Option<u64>,
+}
+
+#[derive(Template)]
+#[template(path = "overview.html")]
+struct OverviewPage {
+    chrome: Chrome,
+    totals: Totals,
+    chart: Option<Chart>,
+    queues: usize,
+    live_workers: usize,
+    events: String,
+    refresh_ms: u32,
+}
+
+/// Most of a submitter's own jobs counted per state (its counts come from the store).
+const TENANT_COUNT_CAP: u64 = 10_000;
+
+/// `GET /ui/`: totals, the last hour's chart, live.
+pub async fn overview(State(state): State<AppState>, user: UiUser) -> UiResult {
+    let now = jobmill::job::now_ms();
+    let page = if user.sees_fleet() {
+        let queues = state.ops.queue_list().await?;
+        let workers = workers::list(state.ops.queue()).await?;
+        let mut t = Totals {
+            queued: 0,
+            running: 0,
+            scheduled: 0,
+            retrying: 0,
+            failed_1h: 0,
+            succeeded_per_min: String::new(),
+            capped_at: None,
+        };
+        let mut ok_5m = 0;
+        for q in &queues {
+            t.queued += q.counts.queued;
+            t.running += q.counts.running;
+            t.scheduled += q.counts.scheduled;
+            t.retrying += q.counts.retrying;
+            t.failed_1h += q.failed_1h;
+            ok_5m += q.recent.last_5m.succeeded;
+        }
+        t.succeeded_per_min = format!("{:.1}", ok_5m as f64 / 5.0);
+        let mut lists = Vec::new();
+        for q in &queues {
+            lists.push(state.ops.history().minutes(&q.name, 60).await?.buckets);
+        }
+        let by = chart::sum_minutes(lists.iter().map(Vec::as_slice));
+        OverviewPage {
+            chrome: Chrome::new(&user, "Overview", "overview"),
+            totals: t,
+            chart: Some(chart::draw(&by, now, 60, 1)),
+            queues: queues.len(),
+            live_workers: workers
+                .iter()
+                .filter(|w| w.state != WorkerState::Gone)
+                .count(),
+            events: "/ui/events".into(),
+            refresh_ms: REFRESH_MS,
+        }
+    } else {
+        // A submitter's own jobs, counted in the store through its tenant index.
+        let store = state.client.store();
+        let tenant = user.caller.tenant.as_str();
+        let count = |s: JobState, since: Option<i64>| {
+            store.count_tenant(tenant, s, since, TENANT_COUNT_CAP)
+        };
+        let ok_5m = count(JobState::Succeeded, Some(now - 300_000)).await?;
+        OverviewPage {
+            chrome: Chrome::new(&user, "Overview", "overview"),
+            totals: Totals {
+                queued: count(JobState::Queued, None).await?,
+                running: count(JobState::Running, None).await?,
+                scheduled: count(JobState::Scheduled, None).await?,
+                retrying: count(JobState::Retrying, None).await?,
+                failed_1h: count(JobState::Failed, Some(now - 3_600_000)).await?,
+                succeeded_per_min: format!("{:.1}", ok_5m as f64 / 5.0),
+                capped_at: Some(TENANT_COUNT_CAP),
+            },
+            chart: None,
+            queues: 0,
+            live_workers: 0,
+            events: String::new(),
+            refresh_ms: REFRESH_MS,
+        }
+    };
+    Ok(render(&page))
+}
+
+// ---------------------------------------------------------------- queues
+
+/// One queue row.
+pub struct QueueRow {
+    name: String,
+    href: String,
+    paused: bool,
+    queued: u64,
+    scheduled: u64,
+    retrying: u64,
+    running: u64,
+    latency: String,
+    consumers: usize,
+    succeeded_1h: u64,
+    failed_1h: u64,
+}
+
+#[derive(Template)]
+#[template(path = "queues.html")]
+struct QueuesPage {
+    chrome: Chrome,
+    rows: Vec<QueueRow>,
+    refresh_ms: u32,
+}
+
+fn latency(s: f64) -> String {
+    if s <= 0.0 {
+        "0 s".into()
+    } else if s < 60.0 {
+        format!("{s:.1} s")
+    } else {
+        super::relative((s * 1000.0) as i64)
+            .trim_end_matches(" ago")
+            .to_string()
+    }
+}
+
+/// `GET /ui/queues`.
+pub async fn queues(State(state): State<AppState>, user: UiUser) -> UiResult {
+    user.caller.require_viewer()?;
+    let rows = state
+        .ops
+        .queue_list()
+        .await?
+        .into_iter()
+        .map(|q| QueueRow {
+            href: format!("/ui/queues/{}", enc(&q.name)),
+            paused: q.paused,
+            queued: q.counts.queued,
+            scheduled: q.counts.scheduled,
+            retrying: q.counts.retrying,
+            running: q.counts.running,
+            latency: latency(q.latency_seconds),
+            consumers: q.consumers,
+            succeeded_1h: q.succeeded_1h,
+            failed_1h: q.failed_1h,
+            name: q.name,
+        })
+        .collect();
+    Ok(render(&QueuesPage {
+        chrome: Chrome::new(&user, "Queues", "queues"),
+        rows,
+        refresh_ms: REFRESH_MS,
+    }))
+}
+
+#[derive(Template)]
+#[template(path = "queue.html")]
+struct QueuePage {
+    chrome: Chrome,
+    row: QueueRow,
+    chart: Chart,
+    jobs_href: String,
+    refresh_ms: u32,
+}
+
+/// `GET /ui/queues/{name}`: the queue and its last 24 hours.
+pub async fn queue(
+    State(state): State<AppState>,
+    user: UiUser,
+    Path(name): Path<String>,
+) -> UiResult {
+    user.caller.require_viewer()?;
+    crate::routes::queues::check_name(&name)?;
+    let q = state.ops.queue_one(&name).await?;
+    let history = state.ops.history().minutes(&name, 1440).await?;
+    let by = chart::sum_minutes([history.buckets.as_slice()]);
+    let chart = chart::draw(&by, jobmill::job::now_ms(), 96, 15);
+    Ok(render(&QueuePage {
+        chrome: Chrome::new(&user, format!("Queue {name}"), "queues"),
+        jobs_href: format!("/ui/jobs?queue={}", enc(&name)),
+        row: QueueRow {
+            href: format!("/ui/queues/{}", enc(&q.name)),
+            paused: q.paused,
+            queued: q.counts.queued,
+            scheduled: q.counts.scheduled,
+            retrying: q.counts.retrying,
+            running: q.counts.running,
+            latency: latency(q.latency_seconds),
+            consumers: q.consumers,
+            succeeded_1h: q.succeeded_1h,
+            failed_1h: q.failed_1h,
+            name: q.name,
+        },
+        chart,
+        refresh_ms: REFRESH_MS * 6,
+    }))
+}
+
+// ---------------------------------------------------------------- workers
+
+/// A job a worker holds.
+pub struct HeldRow {
+    id: String,
+    kind: String,
+    started: When,
+}
+
+/// One worker row.
+pub struct WorkerRow {
+    id: String,
+    host_pid: String,
+    version: String,
+    state: &'static str,
+    gone: bool,
+    queues: String,
+    busy: usize,
+    total: usize,
+    memory: String,
+    heartbeat: When,
+    started: When,
+    counters: String,
+    jobs: Vec<HeldRow>,
+    quiet_action: String,
+    stop_action: String,
+}
+
+#[derive(Template)]
+#[template(path = "workers.html")]
+struct WorkersPage {
+    chrome: Chrome,
+    rows: Vec<WorkerRow>,
+    refresh_ms: u32,
+}
+
+/// `GET /ui/workers`.
+pub async fn workers(State(state): State<AppState>, user: UiUser) -> UiResult {
+    user.caller.require_viewer()?;
+    let rows = workers::list(state.ops.queue())
+        .await?
+        .into_iter()
+        .map(|w| {
+            let state = match w.state {
+                WorkerState::Running => "running",
+                WorkerState::Quiet => "quiet",
+                WorkerState::Stopping => "stopping",
+                WorkerState::Gone => "gone",
+            };
+            let c = &w.counters;
+            WorkerRow {
+                host_pid: format!("{}:{}", w.host, w.pid),
+                version: w.version.clone(),
+                state,
+                gone: w.state == WorkerState::Gone,
+                queues: w
+                    .queues
+                    .iter()
+                    .map(|q| format!("{} ×{}", q.name, q.weight))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                busy: w.busy,
+                total: w.concurrency,
+                memory: if w.rss_bytes == 0 {
+                    "—".into()
+                } else {
+                    bytes(w.rss_bytes)
+                },
+                heartbeat: When::at(w.last_heartbeat_at),
+                started: When::at(w.started_at),
+                counters: format!(
+                    "{} ok · {} failed · {} retried · {} cancelled · {} lost",
+                    c.succeeded, c.failed, c.retried, c.cancelled, c.lease_expired
+                ),
+                jobs: w
+                    .jobs
+                    .iter()
+                    .map(|j| HeldRow {
+                        id: j.id.clone(),
+                        kind: j.kind.clone(),
+                        started: When::at(j.started_at),
+                    })
+                    .collect(),
+                quiet_action: format!("/ui/workers/{}/quiet", enc(&w.id)),
+                stop_action: format!("/ui/workers/{}/stop", enc(&w.id)),
+                id: w.id,
+            }
+        })
+        .collect();
+    Ok(render(&WorkersPage {
+        chrome: Chrome::new(&user, "Workers", "workers"),
+        rows,
+        refresh_ms: REFRESH_MS,
+    }))
+}
+
+// ---------------------------------------------------------------- jobs
+
+/// Filters of the jobs page (and of its bulk actions).
+#[derive(Debug, Default, Deserialize)]
+pub struct JobsQuery {
+    /// State.
+    pub state: Option<String>,
+    /// Kind.
+    pub kind: Option<String>,
+    /// Queue.
+    pub queue: Option<String>,
+    /// Owner (fleet users).
+    pub owner: Option<String>,
+    /// A job id to go to.
+    pub id: Option<String>,
+    /// Page cursor.
+    pub cursor: Option<String>,
+}
+
+fn nonempty(v: &Option<String>) -> Option<String> {
+    v.as_ref()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// One job row.
+pub struct JobRow {
+    id: String,
+    kind: String,
+    queue: String,
+    state: &'static str,
+    attempt: String,
+    owner: String,
+    created: When,
+}
+
+#[derive(Template)]
+#[template(path = "jobs.html")]
+struct JobsPage {
+    chrome: Chrome,
+    rows: Vec<JobRow>,
+    states: Vec<(&'static str, bool)>,
+    kind: String,
+    queue: String,
+    owner: String,
+    filtered: bool,
+    next_href: Option<String>,
+    events: String,
+}
+
+/// `GET /ui/jobs`: the listing with filters, cursor paging and bulk actions.
+pub async fn jobs(
+    State(state): State<AppState>,
+    user: UiUser,
+    Query(q): Query<JobsQuery>,
+) -> UiResult {
+    if let Some(id) = nonempty(&q.id) {
+        let id = parse_job_id(&id)?;
+        return Ok(super::see_other(&format!("/ui/jobs/{id}")));
+    }
+    let st = nonempty(&q.state);
+    let kind = nonempty(&q.kind);
+    let queue = nonempty(&q.queue);
+    let owner = nonempty(&q.owner).filter(|_| user.sees_fleet());
+    let cursor = nonempty(&q.cursor);
+    let (jobs, next) = crate::routes::jobs::list_page(
+        &state,
+        &user.caller,
+        ListParams {
+            state: st.clone(),
+            kind: kind.clone(),
+            queue: queue.clone(),
+            owner: owner.clone(),
+            cursor,
+            limit: Some(50),
+            ..ListParams::default()
+        },
+    )
+    .await?;
+    let filter_query = filter_query(&st, &kind, &queue, &owner);
+    let rows = jobs
+        .iter()
+        .map(|j| JobRow {
+            id: j.id.clone(),
+            kind: j.kind.clone(),
+            queue: j.queue.clone(),
+            state: j.state.as_str(),
+            attempt: format!("{}/{}", j.attempt, j.max_attempts),
+            owner: j.tenant.clone(),
+            created: When::ms(j.created_ms),
+        })
+        .collect();
+    Ok(render(&JobsPage {
+        chrome: Chrome::new(&user, "Jobs", "jobs"),
+        rows,
+        states: JobState::ALL
+            .iter()
+            .map(|s| (s.as_str(), st.as_deref() == Some(s.as_str())))
+            .collect(),
+        filtered: st.is_some() || kind.is_some() || queue.is_some() || owner.is_some(),
+        kind: kind.unwrap_or_default(),
+        queue: queue.unwrap_or_default(),
+        owner: owner.unwrap_or_default(),
+        next_href: next.map(|c| format!("/ui/jobs?{filter_query}cursor={}", enc(&c))),
+        events: if user.sees_fleet() {
+            "/ui/events".into()
+        } else {
+            String::new()
+        },
+    }))
+}
+
+fn filter_query(
+    st: &Option<String>,
+    kind: &Option<String>,
+    queue: &Option<String>,
+    owner: &Option<String>,
+) -> String {
+    let mut s = String::new();
+    for (k, v) in [
+        ("state", st),
+        ("kind", kind),
+        ("queue", queue),
+        ("owner", owner),
+    ] {
+        if let Some(v) = v {
+            s.push_str(&format!("{k}={}&", enc(v)));
+        }
+    }
+    s
+}
+
+/// One entry of a job's timeline.
+pub struct Step {
+    what: String,
+    detail: String,
+    when: When,
+    class: &'static str,
+}
+
+/// One delivery row.
+#[derive(Clone)]
+pub struct DeliveryRow {
+    id: String,
+    event: String,
+    url: String,
+    status: String,
+    attempts: usize,
+    last: String,
+    created: When,
+    replayable: bool,
+    replay_action: String,
+}
+
+#[derive(Template)]
+#[template(path = "job.html")]
+struct JobPage {
+    chrome: Chrome,
+    job: JobView,
+    args: String,
+    result: Option<String>,
+    ext: Option<String>,
+    created: When,
+    run_at: When,
+    progress_value: i64,
+    progress_max: i64,
+    progress_text: String,
+    live: bool,
+    cancellable: bool,
+    retryable: bool,
+    steps: Vec<Step>,
+    deliveries: Vec<DeliveryRow>,
+    job_events: String,
+}
+
+/// `GET /ui/jobs/{id}`.
+pub async fn job(State(state): State<AppState>, user: UiUser, JobId(id): JobId) -> UiResult {
+    let job = crate::routes::jobs::load(&state, &user.caller, &id).await?;
+    let view = JobView::from(&job);
+    let deliveries = state
+        .webhooks
+        .store()
+        .deliveries_of_job(&id, user.caller.scope(), 50)
+        .await?;
+    let mut steps = vec![Step {
+        what: "accepted".into(),
+        detail: format!("queue {}, priority {}", view.queue, view.priority),
+        when: When::rfc3339(&view.created_at),
+        class: "",
+    }];
+    for e in &view.errors {
+        steps.push(Step {
+            what: format!("attempt {} failed", e.attempt),
+            detail: e.message.clone(),
+            when: When::rfc3339(&e.at),
+            class: "bad",
+        });
+    }
+    if let Some(s) = &view.started_at {
+        steps.push(Step {
+            what: format!("attempt {} started", view.attempt),
+            detail: String::new(),
+            when: When::rfc3339(s),
+            class: "",
+        });
+    }
+    if let Some(f) = &view.finished_at {
+        steps.push(Step {
+            what: view.state.as_str().to_string(),
+            detail: String::new(),
+            when: When::rfc3339(f),
+            class: if view.state == JobState::Succeeded {
+                "ok"
+            } else {
+                "bad"
+            },
+        });
+    }
+    steps.sort_by(|a, b| a.when.iso.cmp(&b.when.iso));
+    let (pv, pm, pt) = match &view.progress {
+        Some(p) => {
+            let max = p.total.filter(|t| *t > 0).unwrap_or(100);
+            let text = format!(
+                "{}{}{}",
+                p.done,
+                p.total.map(|t| format!(" / {t}")).unwrap_or_default(),
+                p.message
+                    .as_ref()
+                    .map(|m| format!(" · {m}"))
+                    .unwrap_or_default()
+            );
+            (p.done.min(max), max, text)
+        }
+        None if view.state == JobState::Succeeded => (1, 1, "done".to_string()),
+        None => (0, 1, "no progress reported".to_string()),
+    };
+    let may = user.may_act();
+    let live = !view.state.is_terminal();
+    let page = JobPage {
+        chrome: Chrome::new(&user, format!("Job {}", view.id), "jobs"),
+        args: pretty(&view.args),
+        result: view.result.as_ref().map(pretty),
+        ext: (!view.ext.is_empty()).then(|| pretty(&serde_json::Value::Object(view.ext.clone()))),
+        created: When::rfc3339(&view.created_at),
+        run_at: When::rfc3339(&view.run_at),
+        progress_value: pv,
+        progress_max: pm,
+        progress_text: pt,
+        live,
+        cancellable: may && live,
+        retryable: may && matches!(view.state, JobState::Failed | JobState::Cancelled),
+        steps,
+        deliveries: deliveries.iter().map(|d| delivery_row(d, may)).collect(),
+        job_events: if live {
+            format!("/ui/jobs/{}/events", view.id)
+        } else {
+            String::new()
+        },
+        job: view,
+    };
+    Ok(render(&page))
+}
+
+fn delivery_row(d: &jobmill_webhooks::records::Delivery, may: bool) -> DeliveryRow {
+    let attempts = d.attempts_in_order();
+    let last = attempts
+        .last()
+        .map(|a| match (a.status, &a.error) {
+            (Some(s), _) => format!("HTTP {s} in {} ms", a.latency_ms),
+            (None, Some(e)) => e.clone(),
+            (None, None) => "no answer".into(),
+        })
+        .unwrap_or_else(|| "not sent yet".into());
+    DeliveryRow {
+        id: d.id.clone(),
+        event: d.event.as_str().to_string(),
+        url: d.url.clone(),
+        status: d.status.as_str().to_string(),
+        attempts: attempts.len(),
+        last,
+        created: When::ms(d.created_ms),
+        replayable: may && d.status.is_final(),
+        replay_action: format!("/ui/deliveries/{}/replay", enc(&d.id)),
+    }
+}
+
+/// `GET /ui/jobs/{id}/events`: the job's event stream, the same as `/v1/jobs/{id}/events`,
+/// authenticated by the session (`EventSource` cannot send an `Authorization` header).
+pub async fn job_events(
+    State(state): State<AppState>,
+    user: UiUser,
+    JobId(id): JobId,
+    headers: HeaderMap,
+) -> UiResult {
+    crate::routes::events::jobs_events(State(state), user.caller, JobId(id), headers).await
+}
+
+/// `GET /ui/events`: the fleet's state changes, as `/v1/events` (viewers and operators).
+pub async fn fleet_events(State(state): State<AppState>, user: UiUser) -> UiResult {
+    crate::routes::events::events_index(
+        State(state),
+        user.caller,
+        crate::extract::Query(crate::routes::events::FleetQuery {
+            queue: None,
+            kind: None,
+            state: None,
+        }),
+    )
+    .await
+}
+
+// ---------------------------------------------------------------- kinds
+
+/// One kind with its form.
+pub struct KindRow {
+    name: String,
+    description: String,
+    queue: String,
+    max_attempts: u32,
+    timeout: String,
+    workers: u64,
+    schema: String,
+    fields: Vec<Field>,
+    action: String,
+}
+
+#[derive(Template)]
+#[template(path = "kinds.html")]
+struct KindsPage {
+    chrome: Chrome,
+    kinds: Vec<KindRow>,
+}
+
+/// `GET /ui/kinds`: the catalog, each kind with a form generated from its schema.
+pub async fn kinds(State(state): State<AppState>, user: UiUser) -> UiResult {
+    let kinds = crate::routes::kinds::kind_list(&state)
+        .await?
+        .into_iter()
+        .map(|k| KindRow {
+            fields: schema_form::fields(&k.schema),
+            schema: pretty(&k.schema),
+            queue: k.defaults.queue,
+            max_attempts: k.defaults.max_attempts,
+            timeout: format!("{} s", k.defaults.timeout_ms as f64 / 1000.0),
+            workers: k.workers,
+            description: k.description,
+            action: format!("/ui/kinds/{}", enc(&k.name)),
+            name: k.name,
+        })
+        .collect();
+    Ok(render(&KindsPage {
+        chrome: Chrome::new(&user, "Kinds", "kinds"),
+        kinds,
+    }))
+}
+
+// ---------------------------------------------------------------- webhooks
+
+/// One endpoint with its recent deliveries.
+pub struct EndpointRow {
+    id: String,
+    url: String,
+    events: String,
+    enabled: bool,
+    disabled_reason: String,
+    owner: String,
+    toggle_action: String,
+    deliveries: Vec<DeliveryRow>,
+}
+
+#[derive(Template)]
+#[template(path = "webhooks.html")]
+struct WebhooksPage {
+    chrome: Chrome,
+    endpoints: Vec<EndpointRow>,
+}
+
+/// `GET /ui/webhooks`: endpoints with their last deliveries.
+pub async fn webhooks(State(state): State<AppState>, user: UiUser) -> UiResult {
+    let store = state.webhooks.store();
+    let scope = user.caller.scope();
+    let eps = store
+        .list_endpoints(scope, crate::routes::webhooks::MAX_ENDPOINTS)
+        .await?;
+    let may = user.may_act();
+    let mut endpoints = Vec::new();
+    for ep in eps {
+        let ds = store.deliveries_of_endpoint(&ep.id, scope, 10).await?;
+        let enabled = ep.enabled == 1;
+        endpoints.push(EndpointRow {
+            url: ep.url.clone(),
+            events: ep
+                .events
+                .iter()
+                .map(|e| e.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            enabled,
+            disabled_reason: ep.disabled_reason.clone().unwrap_or_default(),
+            owner: ep.tenant.clone(),
+            toggle_action: format!(
+                "/ui/webhooks/{}/{}",
+                enc(&ep.id),
+                if enabled { "disable" } else { "enable" }
+            ),
+            deliveries: ds.iter().map(|d| delivery_row(d, may)).collect(),
+            id: ep.id,
+        });
+    }
+    Ok(render(&WebhooksPage {
+        chrome: Chrome::new(&user, "Webhooks", "webhooks"),
+        endpoints,
+    }))
+}
+
+// ---------------------------------------------------------------- audit
+
+/// One audit row.
+pub struct AuditRow {
+    at: When,
+    key: String,
+    action: String,
+    target: String,
+    outcome: String,
+    detail: String,
+}
+
+#[derive(Template)]
+#[template(path = "audit.html")]
+struct AuditPage {
+    chrome: Chrome,
+    rows: Vec<AuditRow>,
+    next_href: Option<String>,
+}
+
+/// Query of the audit page.
+#[derive(Debug, Deserialize)]
+pub struct AuditQuery {
+    cursor: Option<String>,
+}
+
+fn wire<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => String::new(),
+    }
+}
+
+/// `GET /ui/audit`: operator actions, newest first.
+pub async fn audit(
+    State(state): State<AppState>,
+    user: UiUser,
+    Query(q): Query<AuditQuery>,
+) -> UiResult {
+    user.caller.require_viewer()?;
+    let cursor = match nonempty(&q.cursor) {
+        Some(c) if uuid::Uuid::parse_str(&c).is_ok() => Some(c),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_cursor",
+                "cursor must be a next_cursor from an earlier page",
+            ))
+        }
+        None => None,
+    };
+    let page = state.ops.audit().list(cursor.as_deref(), 50).await?;
+    let rows = page
+        .records
+        .iter()
+        .map(|r| {
+            let mut detail = Vec::new();
+            if let Some(f) = &r.filter {
+                detail.push(format!("filter {f}"));
+            }
+            if let Some(res) = &r.result {
+                detail.push(format!("result {res}"));
+            }
+            AuditRow {
+                at: When::at(r.at),
+                key: r.key.clone(),
+                action: wire(&r.action),
+                target: r.target.clone(),
+                outcome: wire(&r.outcome),
+                detail: detail.join("; "),
+            }
+        })
+        .collect();
+    Ok(render(&AuditPage {
+        chrome: Chrome::new(&user, "Audit", "audit"),
+        rows,
+        next_href: page
+            .next_cursor
+            .map(|c| format!("/ui/audit?cursor={}", enc(&c))),
+    }))
+}
+
+// ---------------------------------------------------------------- files
+
+/// One file row.
+pub struct FileRow {
+    id: String,
+    filename: String,
+    size: String,
+    sha256: String,
+    owner: String,
+    created: When,
+}
+
+#[derive(Template)]
+#[template(path = "files.html")]
+struct FilesPage {
+    chrome: Chrome,
+    rows: Vec<FileRow>,
+    next_href: Option<String>,
+}
+
+/// `GET /ui/files`: assembled files (a submitter's own), newest first.
+pub async fn files(
+    State(state): State<AppState>,
+    user: UiUser,
+    Query(q): Query<AuditQuery>,
+) -> UiResult {
+    let (files, next) = crate::routes::files::list_page(
+        &state,
+        &user.caller,
+        crate::routes::files::FileListParams {
+            limit: Some(50),
+            cursor: nonempty(&q.cursor),
+        },
+    )
+    .await?;
+    let rows = files
+        .iter()
+        .map(|f| FileRow {
+            id: f.id.clone(),
+            filename: f.filename.clone(),
+            size: bytes(f.size.max(0) as u64),
+            sha256: f.sha256.clone().unwrap_or_default(),
+            owner: f.tenant.clone(),
+            created: When::ms(f.created_ms),
+        })
+        .collect();
+    Ok(render(&FilesPage {
+        chrome: Chrome::new(&user, "Files", "files"),
+        rows,
+        next_href: next.map(|c| format!("/ui/files?cursor={}", enc(&c))),
+    }))
+}
