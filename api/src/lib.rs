@@ -249,7 +249,7 @@ Every error answer is `{\"error\": {\"code\", \"message\"}}`. A method a path do
         jobmill_schedules::model::Overlap, jobmill_schedules::model::CatchUp,
         jobmill_schedules::model::ManagedBy,
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &LimitsNeedOne),
 )]
 pub struct ApiDoc;
 
@@ -262,6 +262,23 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// `PUT /v1/queues/{name}/limits` needs at least one limit (`DELETE` removes them), so its
+/// body's schema says `minProperties: 1`. Set here because utoipa-gen 5.5's `min_properties`
+/// attribute writes `maxProperties` instead.
+struct LimitsNeedOne;
+
+impl Modify for LimitsNeedOne {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{RefOr, Schema};
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        if let Some(RefOr::T(Schema::Object(o))) = components.schemas.get_mut("LimitsSpec") {
+            o.min_properties = Some(1);
+        }
     }
 }
 
@@ -515,6 +532,23 @@ mod doc_tests {
         let part = &d["paths"]["/v1/uploads/{id}/parts/{n}"]["put"]["requestBody"]["content"]
             ["application/octet-stream"]["schema"];
         assert_eq!(part["format"], "binary", "{part}");
+    }
+
+    #[test]
+    fn limits_need_one_field_and_none_is_nullable() {
+        let d = doc();
+        let limits = &d["components"]["schemas"]["LimitsSpec"];
+        assert_eq!(limits["minProperties"], 1, "{limits}");
+        assert!(limits.get("maxProperties").is_none(), "{limits}");
+        for (name, p) in limits["properties"].as_object().unwrap() {
+            let text = p.to_string();
+            assert!(!text.contains("\"null\""), "{name} is nullable: {p}");
+        }
+        let empty: Result<jobmill::limits::LimitsSpec, _> = serde_json::from_str("{}");
+        assert!(empty.unwrap().check().is_err());
+        let null: Result<jobmill::limits::LimitsSpec, _> =
+            serde_json::from_str(r#"{"concurrency": 3, "rate": null}"#);
+        assert!(null.is_err(), "an explicit null is refused");
     }
 
     #[test]

@@ -274,7 +274,12 @@ impl Runtime {
         // Assemble the features. The client needs the webhooks' submit hook, the data feature
         // needs the client, and the catalog learns the kinds last.
         let catalog = Catalog::new(&Registry::new());
-        let worker_metrics = WorkerMetrics::new();
+        // One metrics registry: the schedules feature registers its series in it, and the
+        // webhooks feature reports delivery statuses to it.
+        let mut schedule_metrics = None;
+        let worker_metrics = WorkerMetrics::new_with(|r| {
+            schedule_metrics = Some(ScheduleMetrics::register(r));
+        });
         let webhooks = Webhooks::new(&store, &queue, core.redis.clone(), config.webhooks)
             .observe_deliveries(Arc::new(metrics::DeliveryCounter(worker_metrics.clone())));
         let client = JobClient::new(
@@ -286,10 +291,6 @@ impl Runtime {
         );
         let data = Data::new(&client, config.data);
         let ops = Ops::new(&store, &queue);
-        let mut schedule_metrics = None;
-        let worker_metrics = WorkerMetrics::new_with(|r| {
-            schedule_metrics = Some(ScheduleMetrics::register(r));
-        });
         let sched = Schedules::new(
             &client,
             config.schedules,

@@ -56,23 +56,54 @@ pub struct RateSpec {
     pub per: String,
 }
 
-/// Limits as the API reads and writes them (`PUT /v1/queues/{name}/limits`).
+/// A field that may be left out but, when sent, must hold a value: the document says these
+/// fields are not nullable, so an explicit `null` is refused like any other wrong type (rather
+/// than read as "not given", which would let `{"rate": null}` pass for a change).
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+/// Limits as the API reads and writes them (`PUT /v1/queues/{name}/limits`). At least one
+/// field must be given (`DELETE` removes limits); the OpenAPI document says so with
+/// `minProperties: 1`, added by the API's document modifier.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSpec {
     /// At most this many jobs of the queue run at once across the fleet (1-1000000).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1, maximum = 1_000_000)]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(minimum = 1, maximum = 1_000_000, nullable = false)]
     pub concurrency: Option<u32>,
     /// At most `max` starts of the queue's jobs in any window of `per`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(nullable = false)]
     pub rate: Option<RateSpec>,
     /// At most this many jobs of one `limit_key` run at once (1-1000000).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1, maximum = 1_000_000)]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(minimum = 1, maximum = 1_000_000, nullable = false)]
     pub key_concurrency: Option<u32>,
     /// At most `max` starts of one `limit_key` in any window of `per`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(nullable = false)]
     pub key_rate: Option<RateSpec>,
 }
 
