@@ -1206,3 +1206,58 @@ pub async fn files(
         next_href: next.map(|c| format!("/ui/files?cursor={}", enc(&c))),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jobmill::limits::{LimitsSpec, RateSpec};
+
+    fn view(set: LimitsSpec) -> LimitsView {
+        LimitsView {
+            set,
+            running: 3,
+            running_keys: 1,
+            top_keys: vec![KeyRunning {
+                key: "api.example.com".into(),
+                running: 3,
+            }],
+            keyed_queued: 0,
+            throttled_until_ms: None,
+            throttled_keys: Vec::new(),
+            throttled_key_count: 0,
+        }
+    }
+
+    #[test]
+    fn limits_read_compactly() {
+        assert_eq!(limits_summary(None), "—");
+        // Keys running with nothing set: the queue shows, but no limit does.
+        assert_eq!(limits_summary(Some(&view(LimitsSpec::default()))), "—");
+        let set = LimitsSpec {
+            concurrency: Some(40),
+            rate: Some(RateSpec {
+                max: 10,
+                per: "1s".into(),
+            }),
+            key_concurrency: Some(1),
+            key_rate: Some(RateSpec {
+                max: 5,
+                per: "1m".into(),
+            }),
+        };
+        assert_eq!(
+            limits_summary(Some(&view(set.clone()))),
+            "conc 40 · 10/1s · key 1 · key 5/1m"
+        );
+        let panel = LimitsPanel::of(Some(&view(set)), "q");
+        assert!(panel.has_set);
+        assert_eq!(panel.set.len(), 4);
+        assert_eq!(
+            (panel.rate_max.as_str(), panel.rate_per.as_str()),
+            ("10", "1s")
+        );
+        assert_eq!(panel.action, "/ui/queues/q/limits");
+        assert_eq!(panel.delete_action, "/ui/queues/q/limits/delete");
+        assert!(!LimitsPanel::of(None, "q").has_set);
+    }
+}
