@@ -53,6 +53,16 @@ impl Caller {
         }
     }
 
+    /// Changes to tenant-owned records (schedules): operators and submitters. Viewers are
+    /// refused before any JSON handler runs; functions the dashboard shares with those
+    /// handlers check again, since its forms do not pass through that extractor.
+    pub fn require_writer(&self) -> Result<(), ApiError> {
+        match self.role {
+            Role::Operator | Role::Submitter => Ok(()),
+            Role::Viewer => Err(forbidden("a viewer key may only read")),
+        }
+    }
+
     /// Operator actions (pause, quiet, stop, bulk actions): operators only.
     pub fn require_operator(&self) -> Result<(), ApiError> {
         match self.role {

@@ -180,6 +180,25 @@ def test_readable_on_a_phone_and_without_javascript(sign_in, stack):
     plain.page.goto("/ui/jobs")
     assert plain.page.locator(f"tr[data-job='{job}']").count() == 1
 
+def test_schedules_page_shows_a_schedule_made_through_the_api(sign_in, stack):
+    status, body = stack.api(
+        "POST", "/v1/schedules", "alice",
+        {"name": "e2e-nightly", "cron": "0 3 * * *", "job": {"kind": "noop"}},
+    )
+    assert status == 201, (status, body)
+    s = sign_in("ops")
+    page = s.page
+    page.goto("/ui/schedules")
+    page.click("a[href='/ui/schedules/e2e-nightly?tenant=alice']")
+    page.wait_for_url("**/ui/schedules/e2e-nightly?tenant=alice")
+    assert page.locator("#next-runs li").count() == 5
+    page.click("#pause")
+    page.wait_for_selector("#resume")
+    _, shown = stack.api("GET", "/v1/schedules/e2e-nightly?tenant=alice", "ops")
+    assert shown["paused"] is True, shown
+    s.shot("schedule")
+
+
 def test_overview_after_the_others(sign_in, stack):
     """Last: the overview with the history the tests above made (the README's screenshot)."""
     s = sign_in("ops")

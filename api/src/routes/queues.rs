@@ -100,33 +100,7 @@ pub async fn queues_limits_set(
     Path(name): Path<String>,
     Json(spec): Json<LimitsSpec>,
 ) -> Result<Response, ApiError> {
-    caller.require_operator()?;
-    check_name(&name)?;
-    let limits = spec
-        .check()
-        .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_limits", m))?;
-    if limits.is_queue_wide() {
-        // One claim script sees one lane: a queue-wide count cannot span a sharded queue's.
-        state.ops.queue().shards().check_queue_wide_limit(&name)?;
-    }
-    let ops = state.ops.clone();
-    let request = serde_json::to_value(LimitsSpec::from(limits)).unwrap_or_default();
-    audited(
-        &state,
-        &caller,
-        AuditAction::QueueLimitsSet,
-        &name,
-        Some(request.clone()),
-        async {
-            ops.limits()
-                .set(ops.queue(), &name, Some(&limits), &caller.tenant)
-                .await?;
-            Ok(())
-        },
-        |_| serde_json::json!({ "limits": request }),
-    )
-    .await?;
-    let view = state.ops.queue_one(&name).await?;
+    let view = set_limits(&state, &caller, &name, &spec).await?;
     Ok((StatusCode::OK, axum::Json(view)).into_response())
 }
 
@@ -145,25 +119,7 @@ pub async fn queues_limits_delete(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    caller.require_operator()?;
-    check_name(&name)?;
-    let ops = state.ops.clone();
-    audited(
-        &state,
-        &caller,
-        AuditAction::QueueLimitsDelete,
-        &name,
-        None,
-        async {
-            ops.limits()
-                .set(ops.queue(), &name, None, &caller.tenant)
-                .await?;
-            Ok(())
-        },
-        |_| serde_json::json!({ "limits": null }),
-    )
-    .await?;
-    let view = state.ops.queue_one(&name).await?;
+    let view = remove_limits(&state, &caller, &name).await?;
     Ok((StatusCode::OK, axum::Json(view)).into_response())
 }
 
@@ -237,6 +193,70 @@ pub(crate) async fn set_paused(
             Ok(())
         },
         |_| serde_json::json!({ "paused": paused }),
+    )
+    .await?;
+    Ok(state.ops.queue_one(name).await?)
+}
+
+/// Set a queue's limits, replacing any: checked, refused on a sharded queue when queue-wide,
+/// audited (the JSON `PUT` and the dashboard's form).
+pub(crate) async fn set_limits(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    spec: &LimitsSpec,
+) -> Result<QueueView, ApiError> {
+    caller.require_operator()?;
+    check_name(name)?;
+    let limits = spec
+        .check()
+        .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_limits", m))?;
+    if limits.is_queue_wide() {
+        // One claim script sees one lane: a queue-wide count cannot span a sharded queue's.
+        state.ops.queue().shards().check_queue_wide_limit(name)?;
+    }
+    let ops = state.ops.clone();
+    let request = serde_json::to_value(LimitsSpec::from(limits)).unwrap_or_default();
+    audited(
+        state,
+        caller,
+        AuditAction::QueueLimitsSet,
+        name,
+        Some(request.clone()),
+        async {
+            ops.limits()
+                .set(ops.queue(), name, Some(&limits), &caller.tenant)
+                .await?;
+            Ok(())
+        },
+        |_| serde_json::json!({ "limits": request }),
+    )
+    .await?;
+    Ok(state.ops.queue_one(name).await?)
+}
+
+/// Remove every limit of a queue, audited (the JSON `DELETE` and the dashboard's button).
+pub(crate) async fn remove_limits(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+) -> Result<QueueView, ApiError> {
+    caller.require_operator()?;
+    check_name(name)?;
+    let ops = state.ops.clone();
+    audited(
+        state,
+        caller,
+        AuditAction::QueueLimitsDelete,
+        name,
+        None,
+        async {
+            ops.limits()
+                .set(ops.queue(), name, None, &caller.tenant)
+                .await?;
+            Ok(())
+        },
+        |_| serde_json::json!({ "limits": null }),
     )
     .await?;
     Ok(state.ops.queue_one(name).await?)

@@ -37,8 +37,9 @@ pub struct TenantQuery {
     pub tenant: Option<String>,
 }
 
-/// The schedule `name` of the tenant the caller may address.
-async fn resolve(
+/// The schedule `name` of the tenant the caller may address (a submitter addressing another
+/// tenant's gets `404`, as if it did not exist).
+pub(crate) async fn resolve(
     state: &AppState,
     caller: &Caller,
     name: &str,
@@ -96,11 +97,7 @@ pub async fn schedules_index(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    let list = state
-        .schedules
-        .store()
-        .list(caller.scope(), MAX_LISTED)
-        .await?;
+    let list = list(&state, &caller).await?;
     Ok(axum::Json(ScheduleList {
         schedules: list.iter().map(ScheduleView::of).collect(),
     })
@@ -123,8 +120,7 @@ pub async fn schedules_show(
     Path(name): Path<String>,
     Query(q): Query<TenantQuery>,
 ) -> Result<Response, ApiError> {
-    let s = resolve(&state, &caller, &name, &q).await?;
-    Ok(axum::Json(state.schedules.show(&s).await?).into_response())
+    Ok(axum::Json(show(&state, &caller, &name, &q).await?).into_response())
 }
 
 /// Change a schedule. A code-managed schedule answers `409 managed_by_code` until detached.
@@ -196,8 +192,7 @@ pub async fn schedules_pause(
     Path(name): Path<String>,
     Query(q): Query<TenantQuery>,
 ) -> Result<Response, ApiError> {
-    let s = resolve(&state, &caller, &name, &q).await?;
-    let s = state.schedules.set_paused(&s, true).await?;
+    let s = set_paused(&state, &caller, &name, &q, true).await?;
     Ok(axum::Json(ScheduleView::of(&s)).into_response())
 }
 
@@ -219,8 +214,7 @@ pub async fn schedules_resume(
     Path(name): Path<String>,
     Query(q): Query<TenantQuery>,
 ) -> Result<Response, ApiError> {
-    let s = resolve(&state, &caller, &name, &q).await?;
-    let s = state.schedules.set_paused(&s, false).await?;
+    let s = set_paused(&state, &caller, &name, &q, false).await?;
     Ok(axum::Json(ScheduleView::of(&s)).into_response())
 }
 
@@ -242,8 +236,7 @@ pub async fn schedules_trigger(
     Path(name): Path<String>,
     Query(q): Query<TenantQuery>,
 ) -> Result<Response, ApiError> {
-    let s = resolve(&state, &caller, &name, &q).await?;
-    let sub = state.schedules.trigger(&s, &caller.tenant).await?;
+    let sub = trigger(&state, &caller, &name, &q).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(JobView::from(&sub.job))).into_response())
 }
 
@@ -266,17 +259,78 @@ pub async fn schedules_detach(
     Path(name): Path<String>,
     Query(q): Query<TenantQuery>,
 ) -> Result<Response, ApiError> {
-    let s = resolve(&state, &caller, &name, &q).await?;
+    let s = detach(&state, &caller, &name, &q).await?;
+    Ok(axum::Json(ScheduleView::of(&s)).into_response())
+}
+
+// The data functions below are the JSON routes' and the dashboard's (`ui::forms`): one
+// implementation of the tenant, role and audit rules for both.
+
+/// The schedules the caller may see: a submitter's own, every tenant's for viewers and
+/// operators; by tenant, then name.
+pub(crate) async fn list(state: &AppState, caller: &Caller) -> Result<Vec<Schedule>, ApiError> {
+    Ok(state
+        .schedules
+        .store()
+        .list(caller.scope(), MAX_LISTED)
+        .await?)
+}
+
+/// A schedule with its next fire times and last runs.
+pub(crate) async fn show(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    q: &TenantQuery,
+) -> Result<ScheduleView, ApiError> {
+    let s = resolve(state, caller, name, q).await?;
+    Ok(state.schedules.show(&s).await?)
+}
+
+/// Pause or resume a schedule. Viewers are refused (the JSON routes refuse them earlier, in
+/// [`Caller`]'s extractor; this keeps the rule for every other caller of the function).
+pub(crate) async fn set_paused(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    q: &TenantQuery,
+    paused: bool,
+) -> Result<Schedule, ApiError> {
+    caller.require_writer()?;
+    let s = resolve(state, caller, name, q).await?;
+    Ok(state.schedules.set_paused(&s, paused).await?)
+}
+
+/// Submit the schedule's job now; the run is recorded as fired by the caller's key.
+pub(crate) async fn trigger(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    q: &TenantQuery,
+) -> Result<jobmill::Submitted, ApiError> {
+    caller.require_writer()?;
+    let s = resolve(state, caller, name, q).await?;
+    Ok(state.schedules.trigger(&s, &caller.tenant).await?)
+}
+
+/// Hand a code-managed schedule over to the API, audited.
+pub(crate) async fn detach(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    q: &TenantQuery,
+) -> Result<Schedule, ApiError> {
+    caller.require_writer()?;
+    let s = resolve(state, caller, name, q).await?;
     let target = format!("{}/{}", s.tenant, s.name);
-    let s = audited(
-        &state,
-        &caller,
+    audited(
+        state,
+        caller,
         AuditAction::ScheduleDetach,
         &target,
         None,
         async { Ok(state.schedules.detach(&s).await?) },
         |d: &Schedule| serde_json::json!({ "id": &d.id, "version": d.version }),
     )
-    .await?;
-    Ok(axum::Json(ScheduleView::of(&s)).into_response())
+    .await
 }

@@ -9,17 +9,20 @@ use axum::http::header::{CONTENT_TYPE, SET_COOKIE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Form;
+use jobmill::limits::{LimitsSpec, RateSpec};
 use jobmill_ops::bulk::BulkVerb;
 use jobmill_ops::workers::Command;
 use serde::Deserialize;
 
 use super::schema_form;
 use super::session::{self, UiUser};
-use super::{render, see_other, Chrome, UiResult};
+use super::{enc, render, see_other, Chrome, UiResult};
 use crate::auth::forbidden;
 use crate::error::ApiError;
+use crate::extract::Query;
 use crate::extract::{JobId, ResourceId};
 use crate::routes::actions::{bulk_action, Bulk, BulkRequest};
+use crate::routes::schedules::TenantQuery;
 use crate::settings::Role;
 use crate::AppState;
 
@@ -173,6 +176,125 @@ pub async fn stop(State(state): State<AppState>, Path(id): Path<String>, p: Post
     p.actor()?;
     crate::routes::workers::command(&state, &p.user.caller, &id, Command::Stop).await?;
     Ok(see_other("/ui/workers"))
+}
+
+/// `POST /ui/queues/{name}/limits`: set the queue's limits from the form, replacing any
+/// (operators; the JSON `PUT`'s function, so the same checks and audit).
+pub async fn limits_set(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    p: Posted,
+) -> UiResult {
+    p.actor()?;
+    let spec = limits_from_form(&p)?;
+    crate::routes::queues::set_limits(&state, &p.user.caller, &name, &spec).await?;
+    Ok(see_other(&format!("/ui/queues/{}", enc(&name))))
+}
+
+/// `POST /ui/queues/{name}/limits/delete`: remove every limit (the JSON `DELETE`'s function).
+pub async fn limits_delete(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    p: Posted,
+) -> UiResult {
+    p.actor()?;
+    crate::routes::queues::remove_limits(&state, &p.user.caller, &name).await?;
+    Ok(see_other(&format!("/ui/queues/{}", enc(&name))))
+}
+
+fn invalid_limits(m: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_limits", m)
+}
+
+/// The form's fields as the JSON body would give them. Empty fields are absent; the ranges
+/// and the "at least one" rule are [`LimitsSpec::check`]'s, run by `set_limits`.
+fn limits_from_form(p: &Posted) -> Result<LimitsSpec, ApiError> {
+    let whole = |field: &str| -> Result<Option<u32>, ApiError> {
+        p.get(field)
+            .map(|v| {
+                v.parse::<u32>()
+                    .map_err(|_| invalid_limits(format!("{field} must be a whole number, like 10")))
+            })
+            .transpose()
+    };
+    let rate = |field: &str| -> Result<Option<RateSpec>, ApiError> {
+        let max = whole(&format!("{field}_max"))?;
+        match (max, p.get(&format!("{field}_per"))) {
+            (None, None) => Ok(None),
+            (Some(max), Some(per)) => Ok(Some(RateSpec { max, per })),
+            _ => Err(invalid_limits(format!(
+                "{field} needs both a number of starts and a window, like 10 per 1s"
+            ))),
+        }
+    };
+    Ok(LimitsSpec {
+        concurrency: whole("concurrency")?,
+        rate: rate("rate")?,
+        key_concurrency: whole("key_concurrency")?,
+        key_rate: rate("key_rate")?,
+    })
+}
+
+// ---------------------------------------------------------------- schedules
+
+/// A schedule's page, named as its forms name it (by tenant and name).
+fn schedule_page(name: &str, q: &TenantQuery) -> String {
+    let mut to = format!("/ui/schedules/{}", enc(name));
+    if let Some(t) = &q.tenant {
+        to.push_str(&format!("?tenant={}", enc(t)));
+    }
+    to
+}
+
+/// `POST /ui/schedules/{name}/pause` (`?tenant=`): the JSON route's function, so the same
+/// tenant rule (another tenant's is `404` to a submitter) and role rule.
+pub async fn schedule_pause(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<TenantQuery>,
+    p: Posted,
+) -> UiResult {
+    p.actor()?;
+    crate::routes::schedules::set_paused(&state, &p.user.caller, &name, &q, true).await?;
+    Ok(see_other(&schedule_page(&name, &q)))
+}
+
+/// `POST /ui/schedules/{name}/resume`.
+pub async fn schedule_resume(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<TenantQuery>,
+    p: Posted,
+) -> UiResult {
+    p.actor()?;
+    crate::routes::schedules::set_paused(&state, &p.user.caller, &name, &q, false).await?;
+    Ok(see_other(&schedule_page(&name, &q)))
+}
+
+/// `POST /ui/schedules/{name}/trigger`: submit its job now; back to the schedule, whose runs
+/// list the new job first.
+pub async fn schedule_trigger(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<TenantQuery>,
+    p: Posted,
+) -> UiResult {
+    p.actor()?;
+    crate::routes::schedules::trigger(&state, &p.user.caller, &name, &q).await?;
+    Ok(see_other(&schedule_page(&name, &q)))
+}
+
+/// `POST /ui/schedules/{name}/detach`: hand a code-managed schedule over to the API (audited;
+/// `409 not_managed_by_code` otherwise).
+pub async fn schedule_detach(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<TenantQuery>,
+    p: Posted,
+) -> UiResult {
+    p.actor()?;
+    crate::routes::schedules::detach(&state, &p.user.caller, &name, &q).await?;
+    Ok(see_other(&schedule_page(&name, &q)))
 }
 
 // ---------------------------------------------------------------- jobs

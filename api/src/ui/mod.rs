@@ -4,8 +4,9 @@
 //! with a small script of our own (`api/assets/ui.js`) that makes pages live over
 //! `EventSource`; CSS, script and icon are embedded too ([`assets`]), so `cargo build` alone
 //! builds it and it needs no network. Pages read through the same functions as the JSON
-//! routes (`routes::*`: `list_page`, `load`, `set_paused`, `command`, `bulk_action`,
-//! `kind_list`, the ops views), with a [`Caller`](crate::auth::Caller) made from the session,
+//! routes (`routes::*`: `list_page`, `load`, `set_paused`, `set_limits`, `remove_limits`,
+//! `command`, `bulk_action`, `kind_list`, `schedules::{list, show, set_paused, trigger,
+//! detach}`, the ops views), with a [`Caller`](crate::auth::Caller) made from the session,
 //! so the tenant and role rules are the API's own.
 //!
 //! - [`session`]: sign-in, signed session cookies, CSRF tokens.
@@ -59,6 +60,20 @@ pub fn router() -> Router<AppState> {
         .route("/ui/queues/{name}", get(pages::queue))
         .route("/ui/queues/{name}/pause", post(forms::pause))
         .route("/ui/queues/{name}/resume", post(forms::resume))
+        .route("/ui/queues/{name}/limits", post(forms::limits_set))
+        .route(
+            "/ui/queues/{name}/limits/delete",
+            post(forms::limits_delete),
+        )
+        .route("/ui/schedules", get(pages::schedules))
+        .route("/ui/schedules/{name}", get(pages::schedule))
+        .route("/ui/schedules/{name}/pause", post(forms::schedule_pause))
+        .route("/ui/schedules/{name}/resume", post(forms::schedule_resume))
+        .route(
+            "/ui/schedules/{name}/trigger",
+            post(forms::schedule_trigger),
+        )
+        .route("/ui/schedules/{name}/detach", post(forms::schedule_detach))
         .route("/ui/workers", get(pages::workers))
         .route("/ui/workers/{id}/quiet", post(forms::quiet))
         .route("/ui/workers/{id}/stop", post(forms::stop))

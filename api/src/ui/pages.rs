@@ -1,13 +1,16 @@
 //! The dashboard's `GET` pages. Each reads through the same functions as the JSON routes,
 //! with the session's [`Caller`](crate::auth::Caller): operators and viewers see the fleet,
-//! submitters their own jobs only (and a `403` page for fleet pages).
+//! submitters their own jobs and schedules only (and a `403` page for fleet pages).
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use jobmill::view::JobView;
 use jobmill::JobState;
+use jobmill_ops::queues::{KeyRunning, LimitsView, QueueView};
 use jobmill_ops::workers::{self, WorkerState};
+use jobmill_schedules::model::{RunView, ScheduleView};
+use jobmill_schedules::{CatchUp, ManagedBy, Overlap};
 use serde::Deserialize;
 
 use super::chart::{self, Chart};
@@ -17,6 +20,7 @@ use super::{bytes, enc, pretty, render, Chrome, UiResult, When};
 use crate::error::ApiError;
 use crate::extract::{parse_job_id, JobId};
 use crate::routes::jobs::ListParams;
+use crate::routes::schedules::TenantQuery;
 use crate::AppState;
 
 /// How often fleet pages refresh without an event (history figures change without one).
@@ -143,6 +147,52 @@ pub struct QueueRow {
     consumers: usize,
     succeeded_1h: u64,
     failed_1h: u64,
+    limits: String,
+}
+
+impl QueueRow {
+    fn of(q: QueueView) -> Self {
+        QueueRow {
+            href: format!("/ui/queues/{}", enc(&q.name)),
+            paused: q.paused,
+            queued: q.counts.queued,
+            scheduled: q.counts.scheduled,
+            retrying: q.counts.retrying,
+            running: q.counts.running,
+            latency: latency(q.latency_seconds),
+            consumers: q.consumers,
+            succeeded_1h: q.succeeded_1h,
+            failed_1h: q.failed_1h,
+            limits: limits_summary(q.limits.as_ref()),
+            name: q.name,
+        }
+    }
+}
+
+/// The limits in force, compactly: `conc 40 · 10/1s · key 1 · key 5/1s`, or `—`.
+fn limits_summary(l: Option<&LimitsView>) -> String {
+    let Some(l) = l else {
+        return "—".into();
+    };
+    let set = &l.set;
+    let mut parts = Vec::new();
+    if let Some(n) = set.concurrency {
+        parts.push(format!("conc {n}"));
+    }
+    if let Some(r) = &set.rate {
+        parts.push(format!("{}/{}", r.max, r.per));
+    }
+    if let Some(n) = set.key_concurrency {
+        parts.push(format!("key {n}"));
+    }
+    if let Some(r) = &set.key_rate {
+        parts.push(format!("key {}/{}", r.max, r.per));
+    }
+    if parts.is_empty() {
+        "—".into()
+    } else {
+        parts.join(" · ")
+    }
 }
 
 #[derive(Template)]
@@ -173,19 +223,7 @@ pub async fn queues(State(state): State<AppState>, user: UiUser) -> UiResult {
         .queue_list()
         .await?
         .into_iter()
-        .map(|q| QueueRow {
-            href: format!("/ui/queues/{}", enc(&q.name)),
-            paused: q.paused,
-            queued: q.counts.queued,
-            scheduled: q.counts.scheduled,
-            retrying: q.counts.retrying,
-            running: q.counts.running,
-            latency: latency(q.latency_seconds),
-            consumers: q.consumers,
-            succeeded_1h: q.succeeded_1h,
-            failed_1h: q.failed_1h,
-            name: q.name,
-        })
+        .map(QueueRow::of)
         .collect();
     Ok(render(&QueuesPage {
         chrome: Chrome::new(&user, "Queues", "queues"),
@@ -199,6 +237,7 @@ pub async fn queues(State(state): State<AppState>, user: UiUser) -> UiResult {
 struct QueuePage {
     chrome: Chrome,
     row: QueueRow,
+    limits: LimitsPanel,
     chart: Chart,
     jobs_href: String,
     refresh_ms: u32,
@@ -219,21 +258,293 @@ pub async fn queue(
     Ok(render(&QueuePage {
         chrome: Chrome::new(&user, format!("Queue {name}"), "queues"),
         jobs_href: format!("/ui/jobs?queue={}", enc(&name)),
-        row: QueueRow {
-            href: format!("/ui/queues/{}", enc(&q.name)),
-            paused: q.paused,
-            queued: q.counts.queued,
-            scheduled: q.counts.scheduled,
-            retrying: q.counts.retrying,
-            running: q.counts.running,
-            latency: latency(q.latency_seconds),
-            consumers: q.consumers,
-            succeeded_1h: q.succeeded_1h,
-            failed_1h: q.failed_1h,
-            name: q.name,
-        },
+        limits: LimitsPanel::of(q.limits.as_ref(), &name),
+        row: QueueRow::of(q),
         chart,
         refresh_ms: REFRESH_MS * 6,
+    }))
+}
+
+/// A queue's limits as its page shows them, with the form's current values.
+pub struct LimitsPanel {
+    /// Any limit is set.
+    has_set: bool,
+    /// What is set, as `(what, value)` lines.
+    set: Vec<(&'static str, String)>,
+    /// Jobs of the queue holding a slot.
+    running: u64,
+    /// Limit keys with jobs running.
+    running_keys: u64,
+    /// Jobs with a `limit_key` waiting.
+    keyed_queued: u64,
+    /// The whole queue is held until then.
+    throttled_until: Option<When>,
+    /// Keys held now.
+    throttled_keys: u64,
+    /// The busiest keys.
+    top_keys: Vec<KeyRunning>,
+    /// Where the form posts.
+    action: String,
+    /// Where "Remove limits" posts.
+    delete_action: String,
+    concurrency: String,
+    rate_max: String,
+    rate_per: String,
+    key_concurrency: String,
+    key_rate_max: String,
+    key_rate_per: String,
+}
+
+impl LimitsPanel {
+    fn of(l: Option<&LimitsView>, queue: &str) -> Self {
+        let num = |v: Option<u32>| v.map(|n| n.to_string()).unwrap_or_default();
+        let href = format!("/ui/queues/{}/limits", enc(queue));
+        let mut p = LimitsPanel {
+            has_set: false,
+            set: Vec::new(),
+            running: 0,
+            running_keys: 0,
+            keyed_queued: 0,
+            throttled_until: None,
+            throttled_keys: 0,
+            top_keys: Vec::new(),
+            delete_action: format!("{href}/delete"),
+            action: href,
+            concurrency: String::new(),
+            rate_max: String::new(),
+            rate_per: String::new(),
+            key_concurrency: String::new(),
+            key_rate_max: String::new(),
+            key_rate_per: String::new(),
+        };
+        let Some(l) = l else { return p };
+        let set = &l.set;
+        if let Some(n) = set.concurrency {
+            p.set.push(("Concurrency", format!("{n} jobs at once")));
+        }
+        if let Some(r) = &set.rate {
+            p.set
+                .push(("Rate", format!("{} starts per {}", r.max, r.per)));
+            p.rate_max = r.max.to_string();
+            p.rate_per = r.per.clone();
+        }
+        if let Some(n) = set.key_concurrency {
+            p.set
+                .push(("Per key concurrency", format!("{n} jobs at once")));
+        }
+        if let Some(r) = &set.key_rate {
+            p.set
+                .push(("Per key rate", format!("{} starts per {}", r.max, r.per)));
+            p.key_rate_max = r.max.to_string();
+            p.key_rate_per = r.per.clone();
+        }
+        p.has_set = !p.set.is_empty();
+        p.concurrency = num(set.concurrency);
+        p.key_concurrency = num(set.key_concurrency);
+        p.running = l.running;
+        p.running_keys = l.running_keys;
+        p.keyed_queued = l.keyed_queued;
+        p.throttled_until = l.throttled_until_ms.map(When::ms);
+        p.throttled_keys = l.throttled_key_count;
+        p.top_keys = l.top_keys.clone();
+        p
+    }
+}
+
+// ---------------------------------------------------------------- schedules
+
+/// The wire name of an overlap policy (as the JSON API and `jobmill schedules` write it).
+fn overlap_name(o: Overlap) -> &'static str {
+    match o {
+        Overlap::Allow => "allow",
+        Overlap::Skip => "skip",
+        Overlap::BufferOne => "buffer_one",
+    }
+}
+
+/// The wire name of a catch-up policy.
+fn catch_up_name(c: CatchUp) -> &'static str {
+    match c {
+        CatchUp::None => "none",
+        CatchUp::Latest => "latest",
+        CatchUp::All => "all",
+    }
+}
+
+/// Who owns a schedule's definition, as the JSON API writes it.
+fn managed_by_name(m: ManagedBy) -> &'static str {
+    match m {
+        ManagedBy::Api => "api",
+        ManagedBy::Code => "code",
+    }
+}
+
+/// A schedule's page: its name with `?tenant=` (every schedule is named by tenant and name;
+/// the JSON route reads the same query).
+fn schedule_href(s: &ScheduleView) -> String {
+    format!("/ui/schedules/{}?tenant={}", enc(&s.name), enc(&s.tenant))
+}
+
+/// One schedule row.
+pub struct ScheduleRow {
+    name: String,
+    tenant: String,
+    href: String,
+    cron: String,
+    timezone: String,
+    kind: String,
+    queue: String,
+    /// The template names no queue: the kind's default applies.
+    queue_default: bool,
+    overlap: &'static str,
+    paused: bool,
+    managed_by: &'static str,
+    next: Option<When>,
+}
+
+impl ScheduleRow {
+    fn of(s: &ScheduleView, kind_queue: &dyn Fn(&str) -> Option<String>) -> Self {
+        let (queue, queue_default) = match &s.job.queue {
+            Some(q) => (q.clone(), false),
+            None => (kind_queue(&s.job.kind).unwrap_or_default(), true),
+        };
+        ScheduleRow {
+            name: s.name.clone(),
+            tenant: s.tenant.clone(),
+            href: schedule_href(s),
+            cron: s.cron.clone(),
+            timezone: s.timezone.clone(),
+            kind: s.job.kind.clone(),
+            queue,
+            queue_default,
+            overlap: overlap_name(s.overlap),
+            paused: s.paused,
+            managed_by: managed_by_name(s.managed_by),
+            next: s.next_run_at.map(When::at),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "schedules.html")]
+struct SchedulesPage {
+    chrome: Chrome,
+    rows: Vec<ScheduleRow>,
+}
+
+/// The default queue of each public kind, by name (for templates that name no queue).
+fn kind_queues(state: &AppState) -> impl Fn(&str) -> Option<String> {
+    let kinds = state.client.catalog().public();
+    move |name: &str| {
+        kinds
+            .iter()
+            .find(|k| k.name == name)
+            .map(|k| k.defaults.queue.clone())
+    }
+}
+
+/// `GET /ui/schedules`: the schedules the user may see (as `GET /v1/schedules`).
+pub async fn schedules(State(state): State<AppState>, user: UiUser) -> UiResult {
+    let list = crate::routes::schedules::list(&state, &user.caller).await?;
+    let kq = kind_queues(&state);
+    Ok(render(&SchedulesPage {
+        chrome: Chrome::new(&user, "Schedules", "schedules"),
+        rows: list
+            .iter()
+            .map(|s| ScheduleRow::of(&ScheduleView::of(s), &kq))
+            .collect(),
+    }))
+}
+
+/// One run of a schedule.
+pub struct RunRow {
+    fire: When,
+    job_href: Option<String>,
+    job_id: String,
+    state: String,
+    manual: bool,
+    catch_up: bool,
+    error: String,
+}
+
+impl RunRow {
+    fn of(r: &RunView) -> Self {
+        RunRow {
+            fire: When::at(r.fire_time),
+            job_href: r.job_id.as_ref().map(|id| format!("/ui/jobs/{}", enc(id))),
+            job_id: r.job_id.clone().unwrap_or_default(),
+            state: r.state.clone(),
+            manual: r.manual,
+            catch_up: r.catch_up,
+            error: r.error.clone().unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "schedule.html")]
+struct SchedulePage {
+    chrome: Chrome,
+    row: ScheduleRow,
+    id: String,
+    catch_up: String,
+    args: String,
+    version: i64,
+    starts: Option<When>,
+    ends: Option<When>,
+    created: When,
+    updated: When,
+    code_managed: bool,
+    next_runs: Vec<When>,
+    runs: Vec<RunRow>,
+    /// `/ui/schedules/{name}`; each action appends `/pause` etc. and `tenant_query`.
+    base: String,
+    /// `?tenant=…`.
+    tenant_query: String,
+}
+
+/// `GET /ui/schedules/{name}` (`?tenant=` for another tenant's, as the JSON route): the
+/// schedule, its next fire times and last runs, and its actions.
+pub async fn schedule(
+    State(state): State<AppState>,
+    user: UiUser,
+    Path(name): Path<String>,
+    crate::extract::Query(q): crate::extract::Query<TenantQuery>,
+) -> UiResult {
+    let view = crate::routes::schedules::show(&state, &user.caller, &name, &q).await?;
+    let kq = kind_queues(&state);
+    Ok(render(&SchedulePage {
+        chrome: Chrome::new(&user, format!("Schedule {}", view.name), "schedules"),
+        row: ScheduleRow::of(&view, &kq),
+        catch_up: format!(
+            "{} within {}",
+            catch_up_name(view.catch_up),
+            view.catch_up_within
+        ),
+        args: view.job.args.as_ref().map(pretty).unwrap_or_default(),
+        version: view.version,
+        starts: view.starts_at.map(When::at),
+        ends: view.ends_at.map(When::at),
+        created: When::at(view.created_at),
+        updated: When::at(view.updated_at),
+        code_managed: view.managed_by == ManagedBy::Code,
+        next_runs: view
+            .next_runs
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(When::at)
+            .collect(),
+        runs: view
+            .runs
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(RunRow::of)
+            .collect(),
+        base: format!("/ui/schedules/{}", enc(&view.name)),
+        tenant_query: format!("?tenant={}", enc(&view.tenant)),
+        id: view.id,
     }))
 }
 
@@ -657,6 +968,8 @@ pub struct KindRow {
     schema: String,
     fields: Vec<Field>,
     action: String,
+    /// Schedules (visible to the user) whose job is of this kind: `(name, tenant, href)`.
+    schedules: Vec<(String, String, String)>,
 }
 
 #[derive(Template)]
@@ -666,12 +979,23 @@ struct KindsPage {
     kinds: Vec<KindRow>,
 }
 
-/// `GET /ui/kinds`: the catalog, each kind with a form generated from its schema.
+/// `GET /ui/kinds`: the catalog, each kind with a form generated from its schema and the
+/// schedules that submit it (one read of the schedule listing the user may see).
 pub async fn kinds(State(state): State<AppState>, user: UiUser) -> UiResult {
+    let mut by_kind: std::collections::BTreeMap<String, Vec<(String, String, String)>> =
+        Default::default();
+    for s in crate::routes::schedules::list(&state, &user.caller).await? {
+        let v = ScheduleView::of(&s);
+        by_kind
+            .entry(s.job.kind)
+            .or_default()
+            .push((s.name, s.tenant, schedule_href(&v)));
+    }
     let kinds = crate::routes::kinds::kind_list(&state)
         .await?
         .into_iter()
         .map(|k| KindRow {
+            schedules: by_kind.remove(&k.name).unwrap_or_default(),
             fields: schema_form::fields(&k.schema),
             schema: pretty(&k.schema),
             queue: k.defaults.queue,
@@ -881,4 +1205,59 @@ pub async fn files(
         rows,
         next_href: next.map(|c| format!("/ui/files?cursor={}", enc(&c))),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jobmill::limits::{LimitsSpec, RateSpec};
+
+    fn view(set: LimitsSpec) -> LimitsView {
+        LimitsView {
+            set,
+            running: 3,
+            running_keys: 1,
+            top_keys: vec![KeyRunning {
+                key: "api.example.com".into(),
+                running: 3,
+            }],
+            keyed_queued: 0,
+            throttled_until_ms: None,
+            throttled_keys: Vec::new(),
+            throttled_key_count: 0,
+        }
+    }
+
+    #[test]
+    fn limits_read_compactly() {
+        assert_eq!(limits_summary(None), "—");
+        // Keys running with nothing set: the queue shows, but no limit does.
+        assert_eq!(limits_summary(Some(&view(LimitsSpec::default()))), "—");
+        let set = LimitsSpec {
+            concurrency: Some(40),
+            rate: Some(RateSpec {
+                max: 10,
+                per: "1s".into(),
+            }),
+            key_concurrency: Some(1),
+            key_rate: Some(RateSpec {
+                max: 5,
+                per: "1m".into(),
+            }),
+        };
+        assert_eq!(
+            limits_summary(Some(&view(set.clone()))),
+            "conc 40 · 10/1s · key 1 · key 5/1m"
+        );
+        let panel = LimitsPanel::of(Some(&view(set)), "q");
+        assert!(panel.has_set);
+        assert_eq!(panel.set.len(), 4);
+        assert_eq!(
+            (panel.rate_max.as_str(), panel.rate_per.as_str()),
+            ("10", "1s")
+        );
+        assert_eq!(panel.action, "/ui/queues/q/limits");
+        assert_eq!(panel.delete_action, "/ui/queues/q/limits/delete");
+        assert!(!LimitsPanel::of(None, "q").has_set);
+    }
 }
