@@ -29,6 +29,19 @@ if [[ -n "${CI:-}" ]]; then
     export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 fi
 
+# Each stage's wall time, printed as it ends and summed up at the end (CI reads the summary).
+STAGE_T0=$SECONDS
+STAGES=()
+stage_done() {
+    local took=$((SECONDS - STAGE_T0))
+    STAGES+=("$1 ${took}s")
+    log "stage '$1' took ${took}s"
+    STAGE_T0=$SECONDS
+}
+stage_summary() {
+    echo "stage times: $(IFS=,; echo "${STAGES[*]}" | sed 's/,/, /g'); total ${SECONDS}s"
+}
+
 # ---- prerequisites ----
 ensure_cargo
 ensure_redis_installed
@@ -47,15 +60,19 @@ if ! cargo clippy --version >/dev/null 2>&1; then
     command -v rustup >/dev/null 2>&1 || die "cargo clippy missing and rustup not found"
     rustup component add clippy </dev/null
 fi
+stage_done prerequisites
 
 # ---- static checks and build ----
 log "cargo fmt --all -- --check"
 cargo fmt --all -- --check
+stage_done fmt
 log "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+stage_done clippy
 # Integration tests spawn the real binaries from target/debug/.
 log "cargo build --workspace --bins"
 cargo build --workspace --bins
+stage_done build
 
 # ---- private servers ----
 RUN="$ROOT/.run/test-$$"
@@ -78,6 +95,7 @@ cleanup() {
             _jm_tail_log "$RUN/redis/redis.log" 50
             _jm_tail_log "$RUN/mongo/nx.log" 50
             log "tests failed (exit $rc); server logs kept in $RUN"
+            stage_summary
         else
             rm -rf -- "$RUN"
         fi
@@ -123,7 +141,8 @@ rc=0
 : >"$RUN/cargo-test.log"
 if [[ ",$PASSES," == *,single,* ]]; then
     log "pass 1 (single redis): cargo test --workspace $* (RUST_TEST_THREADS=$RUST_TEST_THREADS)"
-    cargo test --workspace "$@" </dev/null 2>&1 | tee -a "$RUN/cargo-test.log" || rc=$?
+    cargo test --workspace --no-fail-fast "$@" </dev/null 2>&1 | tee -a "$RUN/cargo-test.log" || rc=$?
+    stage_done "tests (single redis)"
 fi
 if [[ "$rc" -eq 0 && ",$PASSES," == *,cluster,* ]]; then
     CLUSTER_STARTED=1
@@ -134,8 +153,9 @@ if [[ "$rc" -eq 0 && ",$PASSES," == *,cluster,* ]]; then
         cluster_args=("${CLUSTER_SUBSET[@]}")
     fi
     log "pass 2 (redis cluster $seeds): cargo test ${cluster_args[*]} (RUST_TEST_THREADS=${JOBMILL_CLUSTER_TEST_THREADS:-2})"
-    RUST_TEST_THREADS="${JOBMILL_CLUSTER_TEST_THREADS:-2}" cargo test "${cluster_args[@]}" </dev/null 2>&1 \
+    RUST_TEST_THREADS="${JOBMILL_CLUSTER_TEST_THREADS:-2}" cargo test --no-fail-fast "${cluster_args[@]}" </dev/null 2>&1 \
         | tee -a "$RUN/cargo-test.log" || rc=$?
+    stage_done "tests (redis cluster)"
     unset JOBMILL_TEST_REDIS_CLUSTER
 fi
 # One closing line summing every test binary (cargo's own last line is a doc-test run of 0).
@@ -160,6 +180,7 @@ if [[ "$rc" -eq 0 ]] && [[ "${JOBMILL_UI_E2E:-}" == "1" || ( $# -eq 0 && "${JOBM
     if [[ "$ui_rc" -ne 0 ]]; then
         rc="$ui_rc"
     fi
+    stage_done "browser tests"
 fi
 
 # ---- fuzzer ----
@@ -173,6 +194,7 @@ if [[ "${JOBMILL_FUZZ:-}" == "1" || ( $# -eq 0 && "${JOBMILL_FUZZ:-}" != "0" ) ]
     if [[ "$fuzz_rc" -ne 0 && "$rc" -eq 0 ]]; then
         rc="$fuzz_rc"
     fi
+    stage_done fuzz
 fi
 
 if [[ "$rc" -eq 0 ]]; then
@@ -181,4 +203,7 @@ fi
 echo "summary: ${passed} passed, ${failed} failed"
 echo "$ui_line"
 echo "$fuzz_line"
+if [[ "$rc" -eq 0 ]]; then
+    stage_summary
+fi
 exit "$rc"
