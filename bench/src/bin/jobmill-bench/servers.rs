@@ -126,15 +126,17 @@ impl Worker {
     ) -> anyhow::Result<Self> {
         use apalis::layers::TimeoutLayer;
         use apalis::prelude::{BoxDynError, Data, WorkerBuilder};
-        use redis::aio::ConnectionManager;
+        use jobmill::redis_conn::RedisConn;
 
-        async fn noop(_args: kinds::Ts, redis: Data<ConnectionManager>) -> Result<(), BoxDynError> {
+        // The data type must be exactly what `.data(...)` is given below: apalis looks it up
+        // by type at run time, and a mismatch fails every job (it compiles either way).
+        async fn noop(_args: kinds::Ts, redis: Data<RedisConn>) -> Result<(), BoxDynError> {
             let mut c = (*redis).clone();
             let () = c.incr("bench:done", 1).await?;
             Ok(())
         }
 
-        let conn = jobmill::queue::connect(&s.redis).await?;
+        let conn: RedisConn = jobmill::queue::connect(&s.redis).await?;
         let mut kinds = jobmill_apalis::Kinds::new();
         let kind = kinds.add::<kinds::Ts>("bench_noop", QUEUE);
         let jobmill =
