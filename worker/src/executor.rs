@@ -87,9 +87,11 @@ pub(crate) async fn execute(
             );
             tracing::debug!(job = %p.id, kind = %p.kind, attempt, next = %decision.state(), "attempt ended");
             // The job no longer runs: its limit slot is free now, not when the outcome is
-            // recorded. A rate-limited job keeps it until `throttle.lua` holds its key, so no
-            // sibling slips in between.
-            if !decision.returns_attempt() {
+            // recorded. Only where a concurrency limit counts slots: elsewhere the outcome's
+            // write frees it, and an early call would cost Redis one script per batch. A
+            // rate-limited job keeps it until `throttle.lua` holds its key, so no sibling slips
+            // in between.
+            if claimed.capped && !decision.returns_attempt() {
                 shared.slots.ended(p.lane(), &p.id);
             }
             let ran = (now.timestamp_millis() - started.timestamp_millis()).max(0) as f64 / 1000.0;

@@ -284,6 +284,9 @@ pub struct Claimed {
     pub payload: Payload,
     /// This attempt's number.
     pub attempt: u32,
+    /// Claimed under a concurrency or key_concurrency limit: its slot is worth freeing as soon
+    /// as the handler ends ([`RedisQueue::unslot`]) rather than with the outcome.
+    pub capped: bool,
 }
 
 /// The pipeline reply of [`RedisQueue::limit_state`].
@@ -497,7 +500,8 @@ impl RedisQueue {
             inv.arg(lease.as_millis() as u64)
                 .arg(worker)
                 .arg(max - out.len());
-            let (raw, wait): (Vec<redis::Value>, i64) = match self.run(&inv).await {
+            // `{ jobs, wait }`, and `capped` (0/1) when jobs were looked at.
+            let reply: Vec<redis::Value> = match self.run(&inv).await {
                 Ok(r) => r,
                 // Jobs already claimed from other lanes are leased to us: hand them over
                 // rather than drop them (they would wait for their lease to expire).
@@ -507,11 +511,20 @@ impl RedisQueue {
                 }
                 Err(e) => return Err(e),
             };
+            let mut reply = reply.into_iter();
+            let raw: Vec<redis::Value> = field(reply.next(), "claimed jobs")?;
+            let wait: i64 = field(reply.next(), "wait")?;
+            let capped = reply
+                .next()
+                .map(|v| field::<i64>(Some(v), "capped"))
+                .transpose()?
+                .unwrap_or(0)
+                == 1;
             if wait >= 0 {
                 let w = Duration::from_millis(wait as u64);
                 soonest = Some(soonest.map_or(w, |s| s.min(w)));
             }
-            out.extend(parse_claimed(raw)?);
+            out.extend(parse_claimed(raw, capped)?);
         }
         Ok((out, soonest))
     }
@@ -753,7 +766,8 @@ impl RedisQueue {
         let mut inv = Op::Rescue.invocation(&k);
         inv.arg(limit).arg(stale.as_millis() as u64);
         let raw: Vec<redis::Value> = self.run(&inv).await?;
-        parse_claimed(raw)
+        // Rescued jobs are not run here (their leases ended); no early slot release applies.
+        parse_claimed(raw, false)
     }
 
     /// Cancel job `id` of `queue` in Redis (after MongoDB recorded it). On a sharded queue
@@ -936,7 +950,13 @@ impl RedisQueue {
     }
 }
 
-fn parse_claimed(raw: Vec<redis::Value>) -> Result<Vec<Claimed>> {
+/// One element of a script's array reply, as `T`.
+fn field<T: redis::FromRedisValue>(v: Option<redis::Value>, what: &str) -> Result<T> {
+    let v = v.ok_or_else(|| Error::Corrupt(format!("claim reply without {what}")))?;
+    redis::from_redis_value(v).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
+}
+
+fn parse_claimed(raw: Vec<redis::Value>, capped: bool) -> Result<Vec<Claimed>> {
     let mut out = Vec::with_capacity(raw.len() / 3);
     let mut it = raw.into_iter();
     while let (Some(_id), Some(attempt), Some(payload)) = (it.next(), it.next(), it.next()) {
@@ -946,7 +966,11 @@ fn parse_claimed(raw: Vec<redis::Value>) -> Result<Vec<Claimed>> {
             .map_err(|e| Error::Corrupt(format!("payload: {e}")))?;
         let payload: Payload =
             serde_json::from_str(&payload).map_err(|e| Error::Corrupt(format!("payload: {e}")))?;
-        out.push(Claimed { payload, attempt });
+        out.push(Claimed {
+            payload,
+            attempt,
+            capped,
+        });
     }
     Ok(out)
 }

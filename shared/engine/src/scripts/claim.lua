@@ -186,4 +186,8 @@ end
 if #out < 3 * budget and wait < 0 and tonumber(redis.call('GET', KEYS[13]) or '0') > 0 then
   limited(25)
 end
-return { out, wait }
+-- Third: whether the queue caps running jobs (concurrency or key_concurrency), so the worker
+-- frees these jobs' slots as soon as their handlers end; without such a limit the slots are
+-- freed with the outcome, and the early release would be a wasted script call per batch.
+local caps = (lim.concurrency or lim.key_concurrency) and 1 or 0
+return { out, wait, caps }
