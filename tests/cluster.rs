@@ -12,34 +12,9 @@ use jobmill::redis_conn::key_slot;
 use jobmill_tests::{cli, on_cluster, Ctx, PrivateCluster, ALICE, SIGKILL};
 use mongodb::bson::doc;
 use redis::AsyncCommands;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(240);
-
-async fn submit_many(api: &jobmill_tests::Api, n: usize, job: Value) -> Vec<String> {
-    let mut ids = Vec::with_capacity(n);
-    let mut left = n;
-    while left > 0 {
-        let take = left.min(1000);
-        let a = api
-            .post(
-                "/v1/jobs/batch",
-                ALICE,
-                json!({"jobs": vec![job.clone(); take]}),
-            )
-            .await;
-        assert_eq!(a.status, 202, "{}", a.body);
-        ids.extend(
-            a.body["jobs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|j| j["id"].as_str().unwrap().to_string()),
-        );
-        left -= take;
-    }
-    ids
-}
 
 /// Number of this test's jobs in `states` (straight from MongoDB; one equality count per
 /// state, which the MongoDB-compatible server answers from its index).
@@ -139,8 +114,8 @@ async fn a_master_killed_mid_drain_loses_nothing() {
     let _w1 = ctx.worker_process(&["--concurrency", "16"]);
     let _w2 = ctx.worker_process(&["--concurrency", "16"]);
     let n = 2000;
-    submit_many(
-        &api,
+    api.submit_many(
+        ALICE,
         n,
         json!({"kind": "sleep", "args": {"ms": 100}, "max_attempts": 10}),
     )
@@ -191,8 +166,10 @@ async fn a_master_restarted_empty_rebuilds_only_its_queues() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     w.stop().await;
-    submit_many(&api, 50, json!({"kind": "noop", "queue": a})).await;
-    submit_many(&api, 50, json!({"kind": "noop", "queue": b})).await;
+    api.submit_many(ALICE, 50, json!({"kind": "noop", "queue": a}))
+        .await;
+    api.submit_many(ALICE, 50, json!({"kind": "noop", "queue": b}))
+        .await;
     let epoch_b: String = redis.get(&kb.epoch).await.unwrap();
 
     let node = cluster.master_of(key_slot(a.as_bytes()));
@@ -246,8 +223,8 @@ async fn a_slot_moved_during_a_drain_loses_nothing() {
     let api = ctx.api().await;
     let _w1 = ctx.worker_process(&["--concurrency", "16"]);
     let n = 2000;
-    submit_many(
-        &api,
+    api.submit_many(
+        ALICE,
         n,
         json!({"kind": "sleep", "args": {"ms": 50}, "queue": queue}),
     )

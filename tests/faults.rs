@@ -4,22 +4,9 @@
 use std::time::Duration;
 
 use jobmill_tests::{Ctx, PrivateMongo, PrivateRedis, ALICE, OPS, SIGKILL, SIGTERM};
-use serde_json::{json, Value};
+use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(120);
-
-async fn submit_many(api: &jobmill_tests::Api, n: usize, job: Value) -> Vec<String> {
-    let a = api
-        .post("/v1/jobs/batch", ALICE, json!({"jobs": vec![job; n]}))
-        .await;
-    assert_eq!(a.status, 202, "{}", a.body);
-    a.body["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["id"].as_str().unwrap().to_string())
-        .collect()
-}
 
 async fn count_state(api: &jobmill_tests::Api, state: &str) -> usize {
     let a = api
@@ -34,7 +21,9 @@ async fn sigkill_a_worker_mid_run_loses_nothing() {
     let api = ctx.api().await;
     let mut doomed = ctx.worker_process(&["--concurrency", "16"]);
     let survivor = ctx.worker_process(&["--concurrency", "16"]);
-    let ids = submit_many(&api, 200, json!({"kind": "sleep", "args": {"ms": 300}})).await;
+    let ids = api
+        .submit_many(ALICE, 200, json!({"kind": "sleep", "args": {"ms": 300}}))
+        .await;
 
     // Both workers busy: 32 slots, so at least 20 running means the doomed one holds jobs.
     let end = std::time::Instant::now() + LIMIT;
@@ -70,11 +59,16 @@ async fn flushall_mid_run_loses_nothing() {
     let ctx = Ctx::on("flush", &redis.url, &jobmill_tests::shared_mongo());
     let api = ctx.api().await;
     let _w = ctx.worker_process(&["--concurrency", "8"]);
-    let mut ids = submit_many(&api, 100, json!({"kind": "sleep", "args": {"ms": 100}})).await;
-    ids.extend(submit_many(&api, 10, json!({"kind": "noop", "delay_ms": 1500})).await);
+    let mut ids = api
+        .submit_many(ALICE, 100, json!({"kind": "sleep", "args": {"ms": 100}}))
+        .await;
     ids.extend(
-        submit_many(
-            &api,
+        api.submit_many(ALICE, 10, json!({"kind": "noop", "delay_ms": 1500}))
+            .await,
+    );
+    ids.extend(
+        api.submit_many(
+            ALICE,
             5,
             json!({"kind": "fail", "args": {"times": 1}, "max_attempts": 3}),
         )
@@ -102,7 +96,9 @@ async fn mongodb_outage_mid_run_loses_nothing() {
     let ctx = Ctx::on("mongoout", &jobmill_tests::shared_redis(), &mongo.uri);
     let api = ctx.api().await;
     let _w = ctx.worker_process(&["--concurrency", "8"]);
-    let ids = submit_many(&api, 60, json!({"kind": "sleep", "args": {"ms": 150}})).await;
+    let ids = api
+        .submit_many(ALICE, 60, json!({"kind": "sleep", "args": {"ms": 150}}))
+        .await;
     let end = std::time::Instant::now() + LIMIT;
     while count_state(&api, "succeeded").await < 5 {
         assert!(
@@ -130,7 +126,9 @@ async fn sigterm_drains_running_jobs_without_charging_attempts() {
     ctx.set("JOBMILL_SHUTDOWN_TIMEOUT", "30s");
     let api = ctx.api().await;
     let mut w = ctx.worker_process(&["--concurrency", "4"]);
-    let ids = submit_many(&api, 4, json!({"kind": "sleep", "args": {"ms": 1500}})).await;
+    let ids = api
+        .submit_many(ALICE, 4, json!({"kind": "sleep", "args": {"ms": 1500}}))
+        .await;
     for id in &ids {
         api.wait_state(ALICE, id, "running", LIMIT).await;
     }
@@ -155,7 +153,9 @@ async fn sigterm_releases_unfinished_jobs_without_charging_attempts() {
     ctx.set("JOBMILL_SHUTDOWN_TIMEOUT", "300ms");
     let api = ctx.api().await;
     let mut w = ctx.worker_process(&["--concurrency", "4"]);
-    let ids = submit_many(&api, 2, json!({"kind": "sleep", "args": {"ms": 4000}})).await;
+    let ids = api
+        .submit_many(ALICE, 2, json!({"kind": "sleep", "args": {"ms": 4000}}))
+        .await;
     for id in &ids {
         api.wait_state(ALICE, id, "running", LIMIT).await;
     }

@@ -4,7 +4,7 @@
 //! reschedule without charging an attempt. Every check reads the jobs' recorded start and end
 //! times from the store, never sleeps.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jobmill::client::NewJob;
 use jobmill::Job;
@@ -13,20 +13,13 @@ use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(180);
 
-/// Poll `f` until it returns `Some`, failing after `LIMIT` (a hang bound, not a timing check).
-async fn until<T, F, Fut>(what: &str, mut f: F) -> T
+/// [`jobmill_tests::poll_until`] with this file's [`LIMIT`].
+async fn until<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let end = Instant::now() + LIMIT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < end, "gave up waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    jobmill_tests::poll_until(what, LIMIT, f).await
 }
 
 async fn put_limits(api: &Api, queue: &str, limits: Value) {

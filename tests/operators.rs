@@ -3,7 +3,7 @@
 //! seen alike by two API replicas), exact queue counts, and the per-minute history.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::StatusCode;
 
@@ -12,20 +12,13 @@ use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-/// Poll `f` until it returns `Some`, failing after `LIMIT` (a hang bound, not a timing check).
-async fn until<T, F, Fut>(what: &str, mut f: F) -> T
+/// [`jobmill_tests::poll_until`] with this file's [`LIMIT`].
+async fn until<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let end = Instant::now() + LIMIT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < end, "gave up waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    jobmill_tests::poll_until(what, LIMIT, f).await
 }
 
 async fn queue(api: &Api, name: &str) -> Option<Value> {
@@ -49,19 +42,6 @@ async fn audit(api: &Api) -> Vec<Value> {
     let a = api.get("/v1/audit?limit=500", OPS).await;
     assert_eq!(a.status, 200, "{}", a.body);
     a.body["records"].as_array().unwrap().clone()
-}
-
-async fn submit_many(api: &Api, n: usize, job: Value) -> Vec<String> {
-    let a = api
-        .post("/v1/jobs/batch", ALICE, json!({"jobs": vec![job; n]}))
-        .await;
-    assert_eq!(a.status, 202, "{}", a.body);
-    a.body["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|j| j["id"].as_str().unwrap().to_string())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,7 +193,9 @@ async fn workers_show_busy_slots_and_obey_quiet_and_stop() {
     })
     .await;
     // 5 long jobs fill both workers' slots exactly.
-    let long = submit_many(&api, 5, json!({"kind": "sleep", "args": {"ms": 4000}})).await;
+    let long = api
+        .submit_many(ALICE, 5, json!({"kind": "sleep", "args": {"ms": 4000}}))
+        .await;
     let seen = until("both workers report every slot busy", || async {
         let ws = workers(&api).await;
         let full = ws.iter().all(|w| {
@@ -258,7 +240,7 @@ async fn workers_show_busy_slots_and_obey_quiet_and_stop() {
         (w["state"] == "quiet" && w["busy"] == 0).then_some(w)
     })
     .await;
-    let more = submit_many(&api, 20, json!({"kind": "noop"})).await;
+    let more = api.submit_many(ALICE, 20, json!({"kind": "noop"})).await;
     for id in &more {
         assert_eq!(
             api.wait_terminal(ALICE, id, LIMIT).await["state"],
@@ -312,7 +294,9 @@ async fn a_paused_queue_hands_out_nothing_even_after_a_flushall() {
     let _w = ctx.worker_process(&["--concurrency", "8", "--queues", "held,canary"]);
     let r = api.post("/v1/queues/held/pause", OPS, json!({})).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let ids = submit_many(&api, 100, json!({"kind": "noop", "queue": "held"})).await;
+    let ids = api
+        .submit_many(ALICE, 100, json!({"kind": "noop", "queue": "held"}))
+        .await;
 
     // A canary on another queue proves the worker is claiming; still nothing of `held` ran.
     let canary = api
@@ -373,19 +357,23 @@ async fn queue_counts_are_exact_and_history_adds_up_across_restarts() {
     let api = ctx.api().await;
     let mut w = ctx.worker_process(&["--concurrency", "8", "--queues", "mix"]);
     // Outcomes first: 7 succeed, 3 fail for good, 2 go to `retrying`.
-    let ok = submit_many(&api, 7, json!({"kind": "noop", "queue": "mix"})).await;
-    let bad = submit_many(
-        &api,
-        3,
-        json!({"kind": "fail", "queue": "mix", "args": {"times": 5, "mode": "permanent"}}),
-    )
-    .await;
-    let retry = submit_many(
-        &api,
-        2,
-        json!({"kind": "fail", "queue": "mix", "max_attempts": 3, "args": {"times": 5}}),
-    )
-    .await;
+    let ok = api
+        .submit_many(ALICE, 7, json!({"kind": "noop", "queue": "mix"}))
+        .await;
+    let bad = api
+        .submit_many(
+            ALICE,
+            3,
+            json!({"kind": "fail", "queue": "mix", "args": {"times": 5, "mode": "permanent"}}),
+        )
+        .await;
+    let retry = api
+        .submit_many(
+            ALICE,
+            2,
+            json!({"kind": "fail", "queue": "mix", "max_attempts": 3, "args": {"times": 5}}),
+        )
+        .await;
     for id in ok.iter().chain(&bad) {
         api.wait_terminal(ALICE, id, LIMIT).await;
     }
@@ -393,23 +381,25 @@ async fn queue_counts_are_exact_and_history_adds_up_across_restarts() {
         api.wait_state(ALICE, id, "retrying", LIMIT).await;
     }
     // Then 3 running, 4 scheduled, 5 queued (paused, so they stay queued).
-    let running = submit_many(
-        &api,
-        3,
-        json!({"kind": "sleep", "queue": "mix", "args": {"ms": 60000}}),
-    )
-    .await;
+    let running = api
+        .submit_many(
+            ALICE,
+            3,
+            json!({"kind": "sleep", "queue": "mix", "args": {"ms": 60000}}),
+        )
+        .await;
     for id in &running {
         api.wait_state(ALICE, id, "running", LIMIT).await;
     }
     api.post("/v1/queues/mix/pause", OPS, json!({})).await;
-    submit_many(
-        &api,
+    api.submit_many(
+        ALICE,
         4,
         json!({"kind": "noop", "queue": "mix", "delay_ms": 3_600_000}),
     )
     .await;
-    submit_many(&api, 5, json!({"kind": "noop", "queue": "mix"})).await;
+    api.submit_many(ALICE, 5, json!({"kind": "noop", "queue": "mix"}))
+        .await;
 
     let q = until("the history holds every outcome", || async {
         let q = queue(&api, "mix").await?;
@@ -590,13 +580,16 @@ async fn both_metrics_endpoints_parse_and_count_what_ran() {
     let port = jobmill_tests::free_port();
     let addr = format!("127.0.0.1:{port}");
     let _w = ctx.worker_process(&["--queues", "m,webhooks", "--metrics-addr", &addr]);
-    let ok = submit_many(&api, 5, json!({"kind": "noop", "queue": "m"})).await;
-    let bad = submit_many(
-        &api,
-        2,
-        json!({"kind": "fail", "queue": "m", "args": {"times": 1, "mode": "permanent"}}),
-    )
-    .await;
+    let ok = api
+        .submit_many(ALICE, 5, json!({"kind": "noop", "queue": "m"}))
+        .await;
+    let bad = api
+        .submit_many(
+            ALICE,
+            2,
+            json!({"kind": "fail", "queue": "m", "args": {"times": 1, "mode": "permanent"}}),
+        )
+        .await;
     for id in ok.iter().chain(&bad) {
         api.wait_terminal(ALICE, id, LIMIT).await;
     }
@@ -661,8 +654,8 @@ async fn both_metrics_endpoints_parse_and_count_what_ran() {
     let rx_addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, receiver).await });
     for path in ["ok", "gone", "flaky"] {
-        submit_many(
-            &api,
+        api.submit_many(
+            ALICE,
             1,
             json!({"kind": "noop", "queue": "m", "callback_url": format!("http://{rx_addr}/{path}")}),
         )
@@ -696,7 +689,8 @@ async fn both_metrics_endpoints_parse_and_count_what_ran() {
 
     // The API's fleet view: a viewer key or the scrape token, never a submitter.
     api.post("/v1/queues/m/pause", OPS, json!({})).await;
-    submit_many(&api, 3, json!({"kind": "noop", "queue": "m"})).await;
+    api.submit_many(ALICE, 3, json!({"kind": "noop", "queue": "m"}))
+        .await;
     let fetch = |key: &'static str| {
         let http = http.clone();
         let url = format!("{}/metrics", api.base);
@@ -869,7 +863,9 @@ async fn the_fleet_stream_sees_every_job_finish_on_two_replicas() {
     // A job on another queue is filtered out.
     api.submit(ALICE, json!({"kind": "noop", "queue": "other"}))
         .await;
-    let ids = submit_many(&api, 200, json!({"kind": "noop", "queue": "f"})).await;
+    let ids = api
+        .submit_many(ALICE, 200, json!({"kind": "noop", "queue": "f"}))
+        .await;
     for reader in [&mut a, &mut b] {
         let mut done = std::collections::HashSet::new();
         while done.len() < ids.len() {
@@ -1066,19 +1062,23 @@ async fn bulk_retry_counts_then_retries_each_once_and_discard_spares_live_jobs()
     let ctx = Ctx::new("bulk");
     let api = ctx.api().await;
     let _w = ctx.worker_process(&["--queues", "default,b", "--concurrency", "8"]);
-    let failing = submit_many(
-        &api,
+    let failing = api.submit_many(
+        ALICE,
         30,
         json!({"kind": "fail", "queue": "b", "args": {"times": 9, "mode": "permanent", "message": "boom 42"}}),
     )
     .await;
-    let fine = submit_many(&api, 5, json!({"kind": "noop", "queue": "b"})).await;
+    let fine = api
+        .submit_many(ALICE, 5, json!({"kind": "noop", "queue": "b"}))
+        .await;
     for id in failing.iter().chain(&fine) {
         api.wait_terminal(ALICE, id, LIMIT).await;
     }
     // Live jobs that no action may touch: queued in a paused queue.
     api.post("/v1/queues/held/pause", OPS, json!({})).await;
-    let live = submit_many(&api, 4, json!({"kind": "noop", "queue": "held"})).await;
+    let live = api
+        .submit_many(ALICE, 4, json!({"kind": "noop", "queue": "held"}))
+        .await;
 
     let filter = json!({"kind": "fail", "state": "failed", "error_contains": "boom 42"});
     let mut dry = filter.clone();
@@ -1158,8 +1158,8 @@ async fn a_bulk_retry_killed_mid_way_still_retries_each_job_once() {
     let mut failing = Vec::new();
     for _ in 0..4 {
         failing.extend(
-            submit_many(
-                &api,
+            api.submit_many(
+                ALICE,
                 150,
                 json!({"kind": "fail", "queue": "b", "args": {"times": 9, "mode": "permanent"}}),
             )

@@ -6,7 +6,7 @@
 //! the jobs' idempotency keys), job start and end times, and run records.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::TryStreamExt as _;
 use jobmill::{Job, Registry};
@@ -18,20 +18,13 @@ use tokio::sync::oneshot;
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-/// Poll `f` until it returns `Some`, failing after `LIMIT` (a hang bound, not a timing check).
-async fn until<T, F, Fut>(what: &str, mut f: F) -> T
+/// [`jobmill_tests::poll_until`] with this file's [`LIMIT`].
+async fn until<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let end = Instant::now() + LIMIT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < end, "gave up waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    jobmill_tests::poll_until(what, LIMIT, f).await
 }
 
 fn ctx(name: &str) -> Ctx {

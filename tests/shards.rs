@@ -31,31 +31,6 @@ fn sharded(name: &str, shards: &str) -> Ctx {
     ctx
 }
 
-async fn submit_many(api: &Api, n: usize, job: Value) -> Vec<String> {
-    let mut ids = Vec::with_capacity(n);
-    let mut left = n;
-    while left > 0 {
-        let take = left.min(1000);
-        let a = api
-            .post(
-                "/v1/jobs/batch",
-                ALICE,
-                json!({"jobs": vec![job.clone(); take]}),
-            )
-            .await;
-        assert_eq!(a.status, 202, "{}", a.body);
-        ids.extend(
-            a.body["jobs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|j| j["id"].as_str().unwrap().to_string()),
-        );
-        left -= take;
-    }
-    ids
-}
-
 async fn count_in(ctx: &Ctx, state: &str) -> u64 {
     let store = ctx.store().await;
     store
@@ -166,8 +141,8 @@ async fn eight_shards_spread_pause_together_and_drain() {
             "{lane} is not paused"
         );
     }
-    submit_many(
-        &api,
+    api.submit_many(
+        ALICE,
         DRAIN_JOBS,
         json!({"kind": "noop", "queue": "imports"}),
     )
@@ -288,12 +263,13 @@ async fn a_shard_key_pins_related_jobs_to_one_shard() {
     let ctx = sharded("shardkey", "imports=4");
     let api = ctx.api().await;
     let k = keys(&ctx);
-    let ids = submit_many(
-        &api,
-        40,
-        json!({"kind": "noop", "queue": "imports", "shard_key": "customer-17"}),
-    )
-    .await;
+    let ids = api
+        .submit_many(
+            ALICE,
+            40,
+            json!({"kind": "noop", "queue": "imports", "shard_key": "customer-17"}),
+        )
+        .await;
     let mut redis = ctx.redis().await;
     let mut holders = BTreeSet::new();
     for i in 0..4 {
@@ -382,7 +358,7 @@ async fn resharding_with_jobs_in_flight_loses_nothing() {
     let api_old = old.api().await;
     let worker_old = old.worker();
     let job = json!({"kind": "sleep", "queue": "imports", "args": {"ms": 30}});
-    let mut ids = submit_many(&api_old, 400, job.clone()).await;
+    let mut ids = api_old.submit_many(ALICE, 400, job.clone()).await;
     // Some are running, most still waiting.
     let end = Instant::now() + LIMIT;
     while count_in(&old, "succeeded").await < 20 {
@@ -402,8 +378,8 @@ async fn resharding_with_jobs_in_flight_loses_nothing() {
     assert!(map["imports"].retired.contains(&2), "{map:?}");
     let worker_new = new.worker();
     // Both APIs keep accepting: the old one places by the old map until it re-reads it.
-    ids.extend(submit_many(&api_old, 200, job.clone()).await);
-    ids.extend(submit_many(&api_new, 200, job.clone()).await);
+    ids.extend(api_old.submit_many(ALICE, 200, job.clone()).await);
+    ids.extend(api_new.submit_many(ALICE, 200, job.clone()).await);
 
     wait_succeeded(&old, ids.len() as u64).await;
     assert_eq!(count_in(&old, "failed").await, 0);

@@ -413,6 +413,26 @@ impl Api {
         a.body["id"].as_str().unwrap().to_string()
     }
 
+    /// Submit `n` copies of `job` through `POST /v1/jobs/batch` (1,000 per request, asserting
+    /// 202); their ids in order.
+    pub async fn submit_many(&self, key: &str, n: usize, job: Value) -> Vec<String> {
+        let mut ids = Vec::with_capacity(n);
+        while ids.len() < n {
+            let take = (n - ids.len()).min(1000);
+            let body = serde_json::json!({ "jobs": vec![job.clone(); take] });
+            let a = self.post("/v1/jobs/batch", key, body).await;
+            assert_eq!(a.status, 202, "{}", a.body);
+            ids.extend(
+                a.body["jobs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|j| j["id"].as_str().unwrap().to_string()),
+            );
+        }
+        ids
+    }
+
     /// Long-poll until the job is terminal; panics after `limit` (a liveness bound, not a
     /// speed assertion: it only turns a hang into a failure).
     pub async fn wait_terminal(&self, key: &str, id: &str, limit: Duration) -> Value {
@@ -447,6 +467,23 @@ impl Api {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// Poll `f` every 100 ms until it returns `Some`, failing the test after `limit` (a hang
+/// bound, not a timing check).
+pub async fn poll_until<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < end, "gave up waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
