@@ -176,3 +176,39 @@ async fn sigterm_releases_unfinished_jobs_without_charging_attempts() {
     }
     next.stop().await;
 }
+
+/// An API that dies between its MongoDB insert and its Redis push leaves a job that only
+/// MongoDB knows. Submissions write no "pushed" confirmation any more; the reconciler's fresh
+/// pass checks each new job once, a grace period after its creation, and pushes it.
+/// Simulated exactly: a copy of a submitted job's document, under a fresh id, is inserted
+/// straight into MongoDB, as the dead API's insert would have left it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_inserted_but_never_pushed_still_runs() {
+    let ctx = Ctx::new("unpushed");
+    let api = ctx.api().await;
+    let _w = ctx.worker_process(&["--concurrency", "4"]);
+    let seen = api.submit(ALICE, json!({"kind": "noop"})).await;
+    api.wait_terminal(ALICE, &seen, LIMIT).await;
+    // The template waits in a queue no worker serves; its copy goes to the served one.
+    let template = api
+        .submit(ALICE, json!({"kind": "noop", "queue": "unserved"}))
+        .await;
+    let jobs = ctx
+        .store()
+        .await
+        .database()
+        .collection::<mongodb::bson::Document>("jobs");
+    let find = |id: &str| jobs.find_one(mongodb::bson::doc! { "_id": id });
+    let served = find(&seen).await.unwrap().expect("stored");
+    let mut doc = find(&template).await.unwrap().expect("stored");
+    let lost = jobmill::job::new_job_id();
+    doc.insert("_id", &lost);
+    doc.insert("list_key", &lost);
+    doc.insert("queue", served.get_str("queue").unwrap());
+    jobs.insert_one(doc).await.unwrap();
+    let j = api.wait_terminal(ALICE, &lost, LIMIT).await;
+    assert_eq!(j["state"], "succeeded", "{j}");
+    // The pass pushed only what Redis lacked: the template still waits where it was put.
+    let t = api.get(&format!("/v1/jobs/{template}"), ALICE).await;
+    assert_eq!(t.body["state"], "queued", "{}", t.body);
+}

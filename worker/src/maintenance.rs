@@ -31,8 +31,12 @@ const RESCUE_BATCH: usize = 200;
 const SCHEDULER_IDLE: Duration = Duration::from_secs(1);
 /// How often the reconciler checks Redis.
 const RECONCILE_EVERY: Duration = Duration::from_secs(2);
-/// How long a submission may leave `enqueue_pending` set before the reconciler pushes the job.
+/// How long after its creation (or retry) the reconciler checks that a job reached Redis.
 const PENDING_GRACE: Duration = Duration::from_secs(10);
+/// Most pages of new jobs the fresh pass checks per round (the next round resumes).
+const FRESH_PAGES: usize = 40;
+/// How far back the fresh pass starts when it has no mark yet.
+const FRESH_LOOKBACK: Duration = Duration::from_secs(600);
 /// Page size of the rebuild.
 const REBUILD_PAGE: i64 = 500;
 
@@ -236,12 +240,13 @@ async fn reconcile_once(shared: &Shared, sweep: &mut Sweep) -> jobmill::Result<(
     // Loss detection is per queue: each queue's epoch lives under the queue's hash tag, on the
     // node that holds the queue, so a single cluster master that comes back empty loses the
     // epochs of exactly its queues, and only those are rebuilt.
-    // On a sharded queue each current lane has its own epoch (on its own master). The lanes of
-    // a queue that lost theirs are rebuilt together: one pass over the queue's live jobs puts
-    // each back into its lane, and the enqueue script skips those Redis still holds.
+    // On a sharded queue each lane has its own epoch (on its own master). The lanes of a queue
+    // that lost theirs are rebuilt together: one pass over the queue's live jobs puts each back
+    // into its current lane, and the enqueue script skips those Redis still holds. Draining
+    // lanes are checked too: `claim.lua` hands out nothing from a lane without its epoch.
     for queue in sweep.queues(shared).await {
         let mut lost = Vec::new();
-        for lane in q.shards().current_lanes(&queue) {
+        for lane in q.shards().lanes(&queue) {
             if !q.epoch_present(&lane).await?
                 && q.try_lock(
                     &format!("rebuild:{lane}"),
@@ -256,48 +261,117 @@ async fn reconcile_once(shared: &Shared, sweep: &mut Sweep) -> jobmill::Result<(
         if lost.is_empty() {
             continue;
         }
-        // Pauses first: a paused queue must not hand out the jobs put back below. (All
-        // recorded pauses are restored: setting a flag that is already set is harmless.)
-        let paused = shared.ops.pauses().restore(q).await?;
-        if paused > 0 {
-            tracing::info!(paused, "restored queue pauses into redis");
-        }
-        // Limits too, before any job is back: a rebuilt queue must not run unlimited.
-        let limited = shared.ops.limits().restore(q).await?;
-        if limited > 0 {
-            tracing::info!(limited, "restored queue limits into redis");
-        }
-        let pushed = rebuild_queue(shared, &queue).await?;
+        let rebuilt = rebuild_lost(shared, &queue, &lost).await;
+        // Free the locks either way: after a rebuild, should this lane's node lose its data
+        // again within the lock's minute, the next round must be able to rebuild it; after a
+        // failure, the next round (seconds away) retries rather than a minute later, while the
+        // lanes hand out nothing (no epoch).
         for lane in &lost {
-            q.set_epoch(lane).await?;
-            // Free the lock now: should this lane's node lose its data again within the
-            // lock's minute, the next round must be able to rebuild it.
             q.unlock(&format!("rebuild:{lane}")).await?;
         }
-        if pushed > 0 {
-            tracing::info!(queue = %queue, lanes = lost.len(), pushed, "rebuilt queue in redis from mongodb");
+        if let Err(e) = rebuilt {
+            // The other queues still get their turn; this one is retried next round.
+            tracing::warn!(queue = %queue, error = %e, "rebuild failed; retrying next round");
         }
     }
     retire_drained_lanes(shared).await?;
     if q.try_lock("pending", &shared.worker, RECONCILE_EVERY)
         .await?
     {
-        let cutoff = id_at(std::time::SystemTime::now() - PENDING_GRACE);
-        let jobs = shared.store.pending_enqueue(&cutoff, REBUILD_PAGE).await?;
-        if !jobs.is_empty() {
-            let entries: Vec<_> = jobs.iter().map(enqueue_entry).collect();
-            let pushed = q.enqueue(&entries).await?;
-            let ids: Vec<String> = jobs.into_iter().map(|j| j.id).collect();
-            shared.store.confirm_enqueued(&ids).await?;
-            tracing::info!(
-                pushed,
-                checked = ids.len(),
-                "pushed jobs whose submission was not confirmed"
-            );
-        }
+        pending_pass(shared).await?;
+        fresh_pass(shared).await?;
     }
     if sweep.due() && q.try_lock("sweep", &shared.worker, SWEEP_EVERY).await? {
         sweep.run(shared).await?;
+    }
+    Ok(())
+}
+
+/// Push retried jobs whose retry was not confirmed in Redis within [`PENDING_GRACE`] (the
+/// API died, or Redis failed, between the MongoDB write and the push).
+async fn pending_pass(shared: &Shared) -> jobmill::Result<()> {
+    let cutoff = id_at(std::time::SystemTime::now() - PENDING_GRACE);
+    let jobs = shared.store.pending_enqueue(&cutoff, REBUILD_PAGE).await?;
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let entries: Vec<_> = jobs.iter().map(enqueue_entry).collect();
+    let pushed = shared.queue.enqueue(&entries).await?;
+    let ids: Vec<String> = jobs.into_iter().map(|j| j.id).collect();
+    shared.store.confirm_enqueued(&ids).await?;
+    tracing::info!(
+        pushed,
+        checked = ids.len(),
+        "pushed retried jobs whose push was not confirmed"
+    );
+    Ok(())
+}
+
+/// Check, once, that every job submitted since the last round reached Redis: the live jobs
+/// created between the stored mark and [`PENDING_GRACE`] ago, in creation (id) order, at most
+/// [`FRESH_PAGES`] pages a round; those Redis does not hold are pushed. This replaces a
+/// confirmation write per submission (which competed with the inserts for the store): an API
+/// that died, or lost Redis, between its insert and its push leaves a job this pass finds.
+///
+/// The grace keeps the pass off submissions whose own push is still on its way (a job pushed
+/// twice is harmless, as the enqueue script skips jobs Redis holds, but one pushed again after
+/// it ran and left Redis would run twice). It assumes the clocks of API and worker hosts agree
+/// within that grace, and that an insert lands within it; a job created earlier than the mark
+/// when it lands is left to the anti-entropy sweep, which walks every live job.
+async fn fresh_pass(shared: &Shared) -> jobmill::Result<()> {
+    let now = std::time::SystemTime::now();
+    let cutoff = id_at(now - PENDING_GRACE);
+    let start = match shared.queue.fresh_mark().await? {
+        Some(m) => m,
+        // A new deployment, or Redis lost the mark: start a while back (a lost Redis is
+        // rebuilt from MongoDB anyway; the sweep covers anything older).
+        None => id_at(now - FRESH_LOOKBACK),
+    };
+    let mut mark = start.clone();
+    let mut pushed = 0;
+    for _ in 0..FRESH_PAGES {
+        let page = shared
+            .store
+            .live_jobs_created(&mark, &cutoff, REBUILD_PAGE)
+            .await?;
+        let full = page.len() as i64 == REBUILD_PAGE;
+        if let Some(last) = page.last() {
+            mark = last.list_key.clone();
+        }
+        pushed += requeue_missing(shared, page).await?;
+        if !full {
+            // Everything before the cutoff is checked (ids created at the cutoff's own
+            // millisecond sort after it, so the next round still sees them).
+            mark = mark.max(cutoff);
+            break;
+        }
+    }
+    if mark != start {
+        shared.queue.set_fresh_mark(&mark).await?;
+    }
+    if pushed > 0 {
+        tracing::warn!(pushed, "pushed submitted jobs that never reached redis");
+    }
+    Ok(())
+}
+
+/// Rebuild the `lost` lanes of `queue` (their epochs are gone): pauses and limits first, then
+/// every live job, then the epochs, last, since `claim.lua` hands out nothing from a lane
+/// without its epoch. Until then, jobs pushed meanwhile wait, and cannot run unpaused.
+async fn rebuild_lost(shared: &Shared, queue: &str, lost: &[String]) -> jobmill::Result<()> {
+    let q = &shared.queue;
+    if shared.ops.pauses().restore(q, queue).await? {
+        tracing::info!(queue = %queue, "restored the queue's pause into redis");
+    }
+    if shared.ops.limits().restore(q, queue).await? {
+        tracing::info!(queue = %queue, "restored the queue's limits into redis");
+    }
+    let pushed = rebuild_queue(shared, queue).await?;
+    for lane in lost {
+        q.set_epoch(lane).await?;
+    }
+    if pushed > 0 {
+        tracing::info!(queue = %queue, lanes = lost.len(), pushed, "rebuilt queue in redis from mongodb");
     }
     Ok(())
 }
@@ -455,11 +529,12 @@ impl Sweep {
 
 /// Put back those of `page` (live jobs read from MongoDB) that Redis does not hold.
 async fn requeue_missing(shared: &Shared, page: Vec<jobmill::Job>) -> jobmill::Result<usize> {
-    // A submission's own push may still be on its way: the pending pass covers those.
+    // A submission's own push may still be on its way: the fresh pass covers those once they
+    // are older than the grace, as the pending pass covers retried jobs still flagged.
     let young = id_at(std::time::SystemTime::now() - PENDING_GRACE);
     let mut by_queue: std::collections::BTreeMap<String, Vec<jobmill::Job>> = Default::default();
     for j in page {
-        if j.list_key < young || !j.enqueue_pending {
+        if j.list_key < young && !j.enqueue_pending {
             by_queue.entry(j.queue.clone()).or_default().push(j);
         }
     }

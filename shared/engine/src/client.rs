@@ -131,7 +131,7 @@ struct ClientParts {
 impl JobClient {
     /// Build a client. Spawns two background tasks (on the current Tokio runtime): one groups
     /// concurrent single submissions into one MongoDB insert, one batches the "this job is in
-    /// Redis" confirmations into few MongoDB writes.
+    /// Redis" confirmations of retried jobs into few MongoDB writes.
     pub fn new(
         store: Store,
         queue: RedisQueue,
@@ -333,7 +333,9 @@ impl JobClient {
             finished_ms: None,
             retention: None,
             rev: 1,
-            enqueue_pending: true,
+            // No flag, hence no confirmation write per submission: the reconciler's fresh pass
+            // finds a job whose push never happened by its creation time (its id).
+            enqueue_pending: false,
         })
     }
 
@@ -466,8 +468,9 @@ impl JobClient {
             .map_err(|_| Error::StoreUnavailable("the insert task stopped".into()))?
     }
 
-    /// Push stored jobs into Redis and confirm them. A failure is logged, not returned: the
-    /// jobs keep `enqueue_pending` and the reconciler pushes them once Redis answers.
+    /// Push stored jobs into Redis (and confirm retried ones). A failure is logged, not
+    /// returned: the reconciler pushes them once Redis answers (its fresh pass for new jobs,
+    /// its pending pass for retried ones, which keep `enqueue_pending`).
     async fn push_to_redis(&self, jobs: &[Job]) {
         push_stored(&self.inner.queue, &self.inner.confirm, jobs).await;
     }
@@ -588,7 +591,15 @@ async fn push_stored(
     let entries: Vec<Enqueue> = jobs.iter().map(enqueue_entry).collect();
     match queue.enqueue(&entries).await {
         Ok(_) => {
-            let _ = confirm.send(jobs.iter().map(|j| j.id.clone()).collect());
+            // Only retried jobs carry the flag (see `Job::enqueue_pending`).
+            let flagged: Vec<String> = jobs
+                .iter()
+                .filter(|j| j.enqueue_pending)
+                .map(|j| j.id.clone())
+                .collect();
+            if !flagged.is_empty() {
+                let _ = confirm.send(flagged);
+            }
         }
         Err(e) => tracing::warn!(
             error = %e,

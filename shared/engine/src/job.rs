@@ -113,9 +113,11 @@ pub struct Job {
     pub retention: Option<Retention>,
     /// Revision, incremented by every visible change; the API's ETag.
     pub rev: i64,
-    /// Set until the job is known to be in Redis. The reconciler pushes jobs still flagged after
-    /// a grace period, which covers an API that died (or lost Redis) between its MongoDB insert
-    /// and its Redis push.
+    /// Set by a retry (a job queued again, under its old id) until the job is known to be in
+    /// Redis. The reconciler pushes jobs still flagged after a grace period, which covers an
+    /// API that died (or lost Redis) between its MongoDB write and its Redis push. Fresh
+    /// submissions are inserted unflagged and need no confirmation write: the reconciler's
+    /// fresh pass checks every job once, in creation order, a grace period after it was created.
     #[serde(default, deserialize_with = "lenient_bool")]
     pub enqueue_pending: bool,
 }

@@ -45,6 +45,7 @@ pub struct QueueKeys {
     /// queue's tag, so it lives on the node that holds the queue: when that node comes back
     /// empty (restart without persistence, a failover that lost writes, FLUSHALL) the marker is
     /// gone with the data, and the reconciler rebuilds exactly this queue from MongoDB.
+    /// `claim.lua` hands out nothing while it is missing (the pause and limits may not be back).
     pub epoch: String,
     /// HASH: the queue's limits (see [`crate::limits::QueueLimits`]); read by `claim.lua` on
     /// every claim. MongoDB keeps the operator's decision; the reconciler restores it after a
@@ -128,6 +129,12 @@ impl Keys {
     /// SET of every queue name ever used, so maintenance loops know what to scan.
     pub fn queues(&self) -> String {
         format!("{}:queues", self.prefix)
+    }
+
+    /// STRING: the reconciler's fresh pass has checked every job created before this id (see
+    /// `maintenance::fresh_pass` in the worker). Used alone; losing it costs a re-check.
+    pub fn fresh_mark(&self) -> String {
+        format!("{}:fresh_mark", self.prefix)
     }
 
     /// A short-lived lock so only one process runs a given maintenance pass at a time.

@@ -125,6 +125,7 @@ impl Op {
                 &k.starts,
                 &k.key_starts,
                 &k.held,
+                &k.epoch,
             ],
             Op::Heartbeat => &[&k.leased, &k.owners, &k.cancels],
             Op::Ack => &[
@@ -884,6 +885,19 @@ impl RedisQueue {
                 .query_async(&mut conn)
                 .await?;
         Ok(payloads + leased + rescued + ready + scheduled == 0)
+    }
+
+    /// The id before which the reconciler's fresh pass has checked every created job, if set.
+    pub async fn fresh_mark(&self) -> Result<Option<String>> {
+        let mut conn = self.conn.clone();
+        Ok(conn.get(self.keys.fresh_mark()).await?)
+    }
+
+    /// Move the reconciler's fresh-pass mark (see [`RedisQueue::fresh_mark`]).
+    pub async fn set_fresh_mark(&self, mark: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: () = conn.set(self.keys.fresh_mark(), mark).await?;
+        Ok(())
     }
 
     /// Take the named lock for `ttl` unless someone holds it.

@@ -604,6 +604,27 @@ impl Store {
             .await?)
     }
 
+    /// Live jobs created after `after` and before `before` (ids, which are UUIDv7, order by
+    /// creation), oldest first: the reconciler's check that fresh submissions reached Redis.
+    pub async fn live_jobs_created(
+        &self,
+        after: &str,
+        before: &str,
+        limit: i64,
+    ) -> Result<Vec<Job>> {
+        Ok(self
+            .jobs
+            .find(doc! {
+                "list_key": { "$gt": after, "$lt": before },
+                "state": { "$in": JobState::live_names() },
+            })
+            .sort(doc! { "list_key": 1 })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?)
+    }
+
     /// The queues that have live jobs: after a Redis node lost the queue registry, these are
     /// the queues the reconciler must still check.
     pub async fn live_queues(&self) -> Result<Vec<String>> {

@@ -4,7 +4,6 @@
 //! [`Limits::restore`] before it puts any job back, so a rebuilt queue never runs unlimited.
 //! Enforcement is the engine's (see [`jobmill::limits`]).
 
-use futures::TryStreamExt;
 use jobmill::limits::QueueLimits;
 use jobmill::queue::RedisQueue;
 use jobmill::Result;
@@ -59,21 +58,28 @@ impl Limits {
         queue.set_limits(name, limits).await
     }
 
-    /// Put every recorded limit back into Redis (after a wipe). Returns how many queues.
-    pub async fn restore(&self, queue: &RedisQueue) -> Result<usize> {
-        let docs: Vec<Document> = self.coll.find(doc! {}).await?.try_collect().await?;
-        let mut n = 0;
-        for d in &docs {
-            let (Ok(name), Ok(fields)) = (d.get_str("_id"), d.get_document("limits")) else {
-                continue;
-            };
-            let limits = from_doc(fields);
-            if !limits.is_empty() {
-                queue.set_limits(name, Some(&limits)).await?;
-                n += 1;
+    /// Make the Redis limits of `name` agree with its record (after a wipe; before any job
+    /// of the queue is handed out). Returns whether the queue is limited. Read again after
+    /// the write, like [`crate::pauses::Pauses::restore`], so a change made meanwhile is not
+    /// overwritten by the stale record.
+    pub async fn restore(&self, queue: &RedisQueue, name: &str) -> Result<bool> {
+        let mut seen = self.coll.find_one(doc! { "_id": name }).await?;
+        for _ in 0..crate::pauses::RESTORE_ROUNDS {
+            let limits = seen
+                .as_ref()
+                .and_then(|d| d.get_document("limits").ok())
+                .map(from_doc)
+                .filter(|l| !l.is_empty());
+            queue.set_limits(name, limits.as_ref()).await?;
+            let now = self.coll.find_one(doc! { "_id": name }).await?;
+            if now == seen {
+                return Ok(limits.is_some());
             }
+            seen = now;
         }
-        Ok(n)
+        Err(jobmill::Error::StoreUnavailable(format!(
+            "the limits of queue {name} kept changing while they were restored"
+        )))
     }
 }
 

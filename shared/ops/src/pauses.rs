@@ -3,7 +3,6 @@
 //! reconciler calls [`Pauses::restore`] before it puts any job back, so a paused queue never
 //! hands out a job it re-queued.
 
-use futures::TryStreamExt;
 use jobmill::queue::RedisQueue;
 use jobmill::Result;
 use mongodb::bson::{doc, DateTime, Document};
@@ -41,19 +40,31 @@ impl Pauses {
         queue.set_paused(name, paused).await
     }
 
-    /// Put every recorded pause back into Redis (after a wipe). Returns how many.
-    pub async fn restore(&self, queue: &RedisQueue) -> Result<usize> {
-        let paused: Vec<Document> = self
-            .coll
-            .find(doc! { "paused": 1 })
-            .await?
-            .try_collect()
-            .await?;
-        for d in &paused {
-            if let Ok(name) = d.get_str("_id") {
-                queue.set_paused(name, true).await?;
+    /// Make the Redis flag of `name` agree with its record (after a wipe; before any job of
+    /// the queue is handed out). Returns whether it is paused.
+    ///
+    /// The record is read again after the flag is written: a pause or resume whose MongoDB
+    /// write landed in between may have written its flag before ours, so ours (stale) would
+    /// win. While the record changes under us, go round again; once it reads the same twice,
+    /// any later change writes its own flag after ours.
+    pub async fn restore(&self, queue: &RedisQueue, name: &str) -> Result<bool> {
+        let mut seen = self.coll.find_one(doc! { "_id": name }).await?;
+        for _ in 0..RESTORE_ROUNDS {
+            let paused = seen
+                .as_ref()
+                .is_some_and(|d| d.get_i32("paused").is_ok_and(|p| p == 1));
+            queue.set_paused(name, paused).await?;
+            let now = self.coll.find_one(doc! { "_id": name }).await?;
+            if now == seen {
+                return Ok(paused);
             }
+            seen = now;
         }
-        Ok(paused.len())
+        Err(jobmill::Error::StoreUnavailable(format!(
+            "the pause of queue {name} kept changing while it was restored"
+        )))
     }
 }
+
+/// Rounds of [`Pauses::restore`] before it gives up (the reconciler retries next round).
+pub(crate) const RESTORE_ROUNDS: usize = 5;

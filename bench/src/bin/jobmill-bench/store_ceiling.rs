@@ -92,7 +92,7 @@ pub(crate) fn job_doc(i: usize) -> Document {
         "priority": 0, "args_json": format!("{{\"ts\":{i}}}"), "state": "queued", "attempt": 0,
         "max_attempts": 3, "attempt_budget": 3, "timeout_ms": 300000_i64, "errors": {},
         "cancel_requested": false, "created_ms": 0_i64, "run_at_ms": 0_i64, "rev": 1_i64,
-        "enqueue_pending": true,
+        "enqueue_pending": false,
     }
 }
 

@@ -6,6 +6,7 @@
 -- KEYS[7] limits HASH  KEYS[8] slots HASH    KEYS[9] running HASH   KEYS[10] ring ZSET
 -- KEYS[11] parked ZSET KEYS[12] per-key ready prefix  KEYS[13] per-key ready count
 -- KEYS[14] starts ZSET KEYS[15] per-key starts prefix KEYS[16] held flag (STRING)
+-- KEYS[17] epoch (STRING)
 -- ARGV[1] lease ttl ms   ARGV[2] worker id   ARGV[3] max jobs
 -- Returns { flat array id, attempt, payload, ..., wait } where wait is -1, or the ms after
 -- which limits may let more of the queue's ready jobs start (the caller polls sooner).
@@ -20,6 +21,14 @@
 -- A paused queue hands out nothing. Checked here too, so a pause takes effect on the very
 -- next claim of every worker (no flag polling).
 if redis.call('EXISTS', KEYS[6]) == 1 then return { {}, -1 } end
+-- A queue without its epoch lost its Redis data (or is new to this Redis): its pause flag and
+-- limits may not be back yet, and jobs pushed meanwhile (a submission, the anti-entropy sweep)
+-- must not run unpaused or unlimited. The reconciler restores pause and limits, rebuilds the
+-- queue, and sets the epoch last; until then hand out nothing, and poll soon if jobs wait.
+if redis.call('EXISTS', KEYS[17]) == 0 then
+  if redis.call('ZCARD', KEYS[1]) > 0 then return { {}, 200 } end
+  return { {}, -1 }
+end
 local S = { ready = KEYS[1], slots = KEYS[8], running = KEYS[9], ring = KEYS[10],
   parked = KEYS[11], kready = KEYS[12], kcount = KEYS[13] }
 local t = redis.call('TIME')
