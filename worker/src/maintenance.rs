@@ -31,8 +31,12 @@ const RESCUE_BATCH: usize = 200;
 const SCHEDULER_IDLE: Duration = Duration::from_secs(1);
 /// How often the reconciler checks Redis.
 const RECONCILE_EVERY: Duration = Duration::from_secs(2);
-/// How long after its creation (or retry) the reconciler checks that a job reached Redis.
+/// How long after its retry the reconciler checks that a retried job reached Redis.
 const PENDING_GRACE: Duration = Duration::from_secs(10);
+/// How long after its creation the fresh pass checks that a job reached Redis. Its only cost
+/// is a read of each job still waiting by then, so most jobs (done within it) are never read;
+/// an API that died between insert and push delays its job by this much.
+const FRESH_GRACE: Duration = Duration::from_secs(30);
 /// Most pages of new jobs the fresh pass checks per round (the next round resumes).
 const FRESH_PAGES: usize = 40;
 /// How far back the fresh pass starts when it has no mark yet.
@@ -308,7 +312,7 @@ async fn pending_pass(shared: &Shared) -> jobmill::Result<()> {
 }
 
 /// Check, once, that every job submitted since the last round reached Redis: the live jobs
-/// created between the stored mark and [`PENDING_GRACE`] ago, in creation (id) order, at most
+/// created between the stored mark and [`FRESH_GRACE`] ago, in creation (id) order, at most
 /// [`FRESH_PAGES`] pages a round; those Redis does not hold are pushed. This replaces a
 /// confirmation write per submission (which competed with the inserts for the store): an API
 /// that died, or lost Redis, between its insert and its push leaves a job this pass finds.
@@ -320,7 +324,7 @@ async fn pending_pass(shared: &Shared) -> jobmill::Result<()> {
 /// when it lands is left to the anti-entropy sweep, which walks every live job.
 async fn fresh_pass(shared: &Shared) -> jobmill::Result<()> {
     let now = std::time::SystemTime::now();
-    let cutoff = id_at(now - PENDING_GRACE);
+    let cutoff = id_at(now - FRESH_GRACE);
     let start = match shared.queue.fresh_mark().await? {
         Some(m) => m,
         // A new deployment, or Redis lost the mark: start a while back (a lost Redis is
@@ -506,7 +510,7 @@ impl Sweep {
         for _ in 0..SWEEP_BATCHES {
             let page = shared
                 .store
-                .live_jobs_page(self.after.as_deref(), SWEEP_BATCH)
+                .live_refs_page(self.after.as_deref(), SWEEP_BATCH)
                 .await?;
             let Some(last) = page.last() else {
                 self.after = None;
@@ -528,19 +532,21 @@ impl Sweep {
 }
 
 /// Put back those of `page` (live jobs read from MongoDB) that Redis does not hold.
-async fn requeue_missing(shared: &Shared, page: Vec<jobmill::Job>) -> jobmill::Result<usize> {
+async fn requeue_missing(
+    shared: &Shared,
+    page: Vec<jobmill::store::LiveRef>,
+) -> jobmill::Result<usize> {
     // A submission's own push may still be on its way: the fresh pass covers those once they
     // are older than the grace, as the pending pass covers retried jobs still flagged.
     let young = id_at(std::time::SystemTime::now() - PENDING_GRACE);
-    let mut by_queue: std::collections::BTreeMap<String, Vec<jobmill::Job>> = Default::default();
+    let mut by_queue: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for j in page {
         if j.list_key < young && !j.enqueue_pending {
-            by_queue.entry(j.queue.clone()).or_default().push(j);
+            by_queue.entry(j.queue).or_default().push(j.id);
         }
     }
     let mut missing = Vec::new();
-    for (queue, jobs) in by_queue {
-        let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+    for (queue, ids) in by_queue {
         let held = shared.queue.holds(&queue, &ids).await?;
         missing.extend(
             ids.into_iter()

@@ -82,10 +82,10 @@ pub struct Job {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbox: Option<Outbox>,
     /// Latest progress report of the running attempt.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
     /// Result as JSON text, once succeeded.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_json: Option<String>,
     /// Failed attempts, keyed by attempt number. A map and not an array because writing
     /// `errors.<n>` is idempotent (a retried batch cannot record an error twice) and the
@@ -97,19 +97,22 @@ pub struct Job {
     pub cancel_requested: bool,
     // Times are integer milliseconds since the epoch. The MongoDB-compatible server turns a
     // date written by a top-level `$set` into a string; integers survive every server.
+    // Empty optional fields are left out of the inserted document rather than stored as null:
+    // no filter tells the two apart (none matches them with `$ne` or `null`), and every field
+    // the store encodes and indexes per insert costs it time (issue 16's W1).
     /// When the job was accepted.
     pub created_ms: i64,
     /// When it may run (submission time unless scheduled; next attempt time while retrying).
     pub run_at_ms: i64,
     /// Start of the latest attempt.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_ms: Option<i64>,
     /// When the job reached a terminal state.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_ms: Option<i64>,
     /// Retention deadline. A sub-document because a date inside one keeps its type on every
     /// server, and MongoDB's TTL index (on `retention.expire_at`) needs a real date.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<Retention>,
     /// Revision, incremented by every visible change; the API's ETag.
     pub rev: i64,
@@ -190,7 +193,7 @@ impl Retention {
 
 /// Read a flag written as a boolean, or as 0/1 (the MongoDB-compatible server stores a
 /// boolean set by `$set` as an integer).
-fn lenient_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+pub(crate) fn lenient_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Flag {

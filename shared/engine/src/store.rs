@@ -363,48 +363,7 @@ impl Store {
     /// Create the indexes listing, idempotency, retention and reconciliation need. Idempotent;
     /// both binaries call it at startup.
     pub async fn ensure_indexes(&self) -> Result<()> {
-        let plain = |keys: Document| IndexModel::builder().keys(keys).build();
-        let models = vec![
-            // Listing, newest first: a tenant's jobs (optionally by state), and every job for
-            // operators (optionally by state; also the reconciler's scan of live jobs). Kind and
-            // queue filters walk the same index prefixes and filter on the way, so they never
-            // scan the collection; dedicated indexes would cost every insert more than they save
-            // (each index made inserts ~25% slower on the MongoDB-compatible server).
-            plain(doc! { "tenant": 1, "list_key": -1 }),
-            plain(doc! { "tenant": 1, "state": 1, "list_key": -1 }),
-            plain(doc! { "list_key": -1 }),
-            plain(doc! { "state": 1, "list_key": -1 }),
-            IndexModel::builder()
-                .keys(doc! { "tenant": 1, "idempotency_key": 1 })
-                .options(
-                    IndexOptions::builder()
-                        .unique(true)
-                        .partial_filter_expression(
-                            doc! { "idempotency_key": { "$type": "string" } },
-                        )
-                        .build(),
-                )
-                .build(),
-            Retention::ttl_index(),
-            // The outbox loop's scan of events its subscribers have not handled yet.
-            IndexModel::builder()
-                .keys(doc! { "outbox.pending": 1, "list_key": 1 })
-                .options(
-                    IndexOptions::builder()
-                        .partial_filter_expression(doc! { "outbox.pending": 1 })
-                        .build(),
-                )
-                .build(),
-            IndexModel::builder()
-                .keys(doc! { "enqueue_pending": 1, "list_key": 1 })
-                .options(
-                    IndexOptions::builder()
-                        .partial_filter_expression(doc! { "enqueue_pending": true })
-                        .build(),
-                )
-                .build(),
-        ];
-        self.jobs.create_indexes(models).await?;
+        self.jobs.create_indexes(job_indexes()).await?;
         self.db
             .collection::<Document>(CHECKPOINTS)
             .create_index(Retention::ttl_index())
@@ -574,13 +533,32 @@ impl Store {
         Ok(self.jobs.count_documents(filter).limit(cap).await?)
     }
 
-    /// Live (non-terminal) jobs in id order after `after`, for rebuilding Redis.
-    pub async fn live_jobs_page(&self, after: Option<&str>, limit: i64) -> Result<Vec<Job>> {
-        self.live_jobs_page_of(None, after, limit).await
+    /// Live (non-terminal) jobs in id order after `after`, only what asking Redis whether it
+    /// holds them needs (the reconciler's anti-entropy sweep).
+    pub async fn live_refs_page(&self, after: Option<&str>, limit: i64) -> Result<Vec<LiveRef>> {
+        let mut filter = doc! { "state": { "$in": JobState::live_names() } };
+        if let Some(a) = after {
+            filter.insert("list_key", doc! { "$gt": a });
+        }
+        self.live_refs(filter, limit).await
     }
 
-    /// Like [`Store::live_jobs_page`], of one queue only when `queue` is given (the rebuild of
-    /// one queue whose Redis node lost its data).
+    /// [`LiveRef`]s of the jobs `filter` matches, in id order.
+    async fn live_refs(&self, filter: Document, limit: i64) -> Result<Vec<LiveRef>> {
+        Ok(self
+            .jobs
+            .clone_with_type::<LiveRef>()
+            .find(filter)
+            .projection(LiveRef::projection())
+            .sort(doc! { "list_key": 1 })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await?)
+    }
+
+    /// Live (non-terminal) jobs in id order after `after`, whole, of one queue only when `queue`
+    /// is given (the rebuild of one queue whose Redis node lost its data).
     pub async fn live_jobs_page_of(
         &self,
         queue: Option<&str>,
@@ -611,18 +589,12 @@ impl Store {
         after: &str,
         before: &str,
         limit: i64,
-    ) -> Result<Vec<Job>> {
-        Ok(self
-            .jobs
-            .find(doc! {
-                "list_key": { "$gt": after, "$lt": before },
-                "state": { "$in": JobState::live_names() },
-            })
-            .sort(doc! { "list_key": 1 })
-            .limit(limit)
-            .await?
-            .try_collect()
-            .await?)
+    ) -> Result<Vec<LiveRef>> {
+        let filter = doc! {
+            "list_key": { "$gt": after, "$lt": before },
+            "state": { "$in": JobState::live_names() },
+        };
+        self.live_refs(filter, limit).await
     }
 
     /// The queues that have live jobs: after a Redis node lost the queue registry, these are
@@ -1101,6 +1073,74 @@ pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
         ErrorKind::Command(c) => c.code == 11000,
         _ => false,
     }
+}
+
+/// What the reconciler's checks read of a live job: enough to ask Redis whether it holds it
+/// (a whole job is read again only when Redis does not). A few short fields instead of the
+/// whole document, since these checks read every job that is still waiting after 10 s.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct LiveRef {
+    /// The job's id.
+    #[serde(rename = "_id")]
+    pub id: String,
+    /// Its id again, as the listing indexes sort it.
+    pub list_key: String,
+    /// Its queue.
+    pub queue: String,
+    /// See [`Job::enqueue_pending`].
+    #[serde(default, deserialize_with = "crate::job::lenient_bool")]
+    pub enqueue_pending: bool,
+}
+
+impl LiveRef {
+    /// The fields read.
+    fn projection() -> Document {
+        doc! { "_id": 1, "list_key": 1, "queue": 1, "enqueue_pending": 1 }
+    }
+}
+
+/// The indexes of the jobs collection, options included (the benchmark's store ceilings
+/// insert into a collection with exactly these).
+pub fn job_indexes() -> Vec<IndexModel> {
+    let plain = |keys: Document| IndexModel::builder().keys(keys).build();
+    vec![
+        // Listing, newest first: a tenant's jobs (optionally by state), and every job for
+        // operators (optionally by state; also the reconciler's scan of live jobs). Kind and
+        // queue filters walk the same index prefixes and filter on the way, so they never
+        // scan the collection; dedicated indexes would cost every insert more than they save
+        // (each index made inserts ~25% slower on the MongoDB-compatible server).
+        plain(doc! { "tenant": 1, "list_key": -1 }),
+        plain(doc! { "tenant": 1, "state": 1, "list_key": -1 }),
+        plain(doc! { "list_key": -1 }),
+        plain(doc! { "state": 1, "list_key": -1 }),
+        IndexModel::builder()
+            .keys(doc! { "tenant": 1, "idempotency_key": 1 })
+            .options(
+                IndexOptions::builder()
+                    .unique(true)
+                    .partial_filter_expression(doc! { "idempotency_key": { "$type": "string" } })
+                    .build(),
+            )
+            .build(),
+        Retention::ttl_index(),
+        // The outbox loop's scan of events its subscribers have not handled yet.
+        IndexModel::builder()
+            .keys(doc! { "outbox.pending": 1, "list_key": 1 })
+            .options(
+                IndexOptions::builder()
+                    .partial_filter_expression(doc! { "outbox.pending": 1 })
+                    .build(),
+            )
+            .build(),
+        IndexModel::builder()
+            .keys(doc! { "enqueue_pending": 1, "list_key": 1 })
+            .options(
+                IndexOptions::builder()
+                    .partial_filter_expression(doc! { "enqueue_pending": true })
+                    .build(),
+            )
+            .build(),
+    ]
 }
 
 #[cfg(test)]
