@@ -317,11 +317,13 @@ async fn pending_pass(shared: &Shared) -> jobmill::Result<()> {
 /// confirmation write per submission (which competed with the inserts for the store): an API
 /// that died, or lost Redis, between its insert and its push leaves a job this pass finds.
 ///
-/// The grace keeps the pass off submissions whose own push is still on its way (a job pushed
-/// twice is harmless, as the enqueue script skips jobs Redis holds, but one pushed again after
-/// it ran and left Redis would run twice). It assumes the clocks of API and worker hosts agree
-/// within that grace, and that an insert lands within it; a job created earlier than the mark
-/// when it lands is left to the anti-entropy sweep, which walks every live job.
+/// The grace is for cost: jobs done within it are never read. What keeps the reconciler off a
+/// submission whose own push is still on its way is [`PENDING_GRACE`], the younger bound the
+/// anti-entropy sweep also honours (a job pushed twice is harmless, as the enqueue script
+/// skips jobs Redis holds, but one pushed again after it ran and left Redis would run twice).
+/// It assumes the clocks of API and worker hosts agree within that, and that an insert lands
+/// within the grace; a job created earlier than the mark when it lands is left to the sweep,
+/// which walks every live job.
 async fn fresh_pass(shared: &Shared) -> jobmill::Result<()> {
     let now = std::time::SystemTime::now();
     let cutoff = id_at(now - FRESH_GRACE);
@@ -340,7 +342,7 @@ async fn fresh_pass(shared: &Shared) -> jobmill::Result<()> {
             .await?;
         let full = page.len() as i64 == REBUILD_PAGE;
         if let Some(last) = page.last() {
-            mark = last.list_key.clone();
+            mark = last.id.clone();
         }
         pushed += requeue_missing(shared, page).await?;
         if !full {
@@ -516,7 +518,7 @@ impl Sweep {
                 self.after = None;
                 break;
             };
-            self.after = Some(last.list_key.clone());
+            self.after = Some(last.id.clone());
             let full = page.len() as i64 == SWEEP_BATCH;
             requeued += requeue_missing(shared, page).await?;
             if !full {
@@ -541,7 +543,7 @@ async fn requeue_missing(
     let young = id_at(std::time::SystemTime::now() - PENDING_GRACE);
     let mut by_queue: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for j in page {
-        if j.list_key < young && !j.enqueue_pending {
+        if j.id < young && !j.enqueue_pending {
             by_queue.entry(j.queue).or_default().push(j.id);
         }
     }

@@ -1077,14 +1077,13 @@ pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
 
 /// What the reconciler's checks read of a live job: enough to ask Redis whether it holds it
 /// (a whole job is read again only when Redis does not). A few short fields instead of the
-/// whole document, since these checks read every job that is still waiting after 10 s.
+/// whole document, since these checks read every job still waiting some seconds after its
+/// creation. The id is also the paging key: `list_key` is a copy of it.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct LiveRef {
     /// The job's id.
     #[serde(rename = "_id")]
     pub id: String,
-    /// Its id again, as the listing indexes sort it.
-    pub list_key: String,
     /// Its queue.
     pub queue: String,
     /// See [`Job::enqueue_pending`].
@@ -1095,7 +1094,7 @@ pub struct LiveRef {
 impl LiveRef {
     /// The fields read.
     fn projection() -> Document {
-        doc! { "_id": 1, "list_key": 1, "queue": 1, "enqueue_pending": 1 }
+        doc! { "_id": 1, "queue": 1, "enqueue_pending": 1 }
     }
 }
 
