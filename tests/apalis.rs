@@ -39,24 +39,6 @@ async fn wait_kind(api: &Api, kind: &str) {
     }
 }
 
-async fn submit_batch(api: &Api, jobs: Vec<Value>) -> Vec<String> {
-    let mut ids = Vec::new();
-    for chunk in jobs.chunks(500) {
-        let a = api
-            .post("/v1/jobs/batch", ALICE, json!({ "jobs": chunk }))
-            .await;
-        assert_eq!(a.status, 202, "{}", a.body);
-        ids.extend(
-            a.body["jobs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|j| j["id"].as_str().unwrap().to_string()),
-        );
-    }
-    ids
-}
-
 async fn count_state(api: &Api, state: &str) -> usize {
     let a = api
         .get(&format!("/v1/jobs?state={state}&limit=500"), OPS)
@@ -73,7 +55,7 @@ async fn a_thousand_http_jobs_run_on_the_apalis_worker() {
     let jobs: Vec<Value> = (0..1000)
         .map(|n| json!({"kind": "apalis_echo", "args": {"n": n}}))
         .collect();
-    let ids = submit_batch(&api, jobs).await;
+    let ids = api.submit_jobs(ALICE, &jobs).await;
     for (n, id) in ids.iter().enumerate() {
         let j = api.wait_terminal(ALICE, id, LIMIT).await;
         assert_eq!(j["state"], "succeeded", "{j}");
@@ -90,7 +72,7 @@ async fn sigkill_an_apalis_worker_mid_run_loses_nothing() {
     let survivor = ctx.process(WORKER, &["--concurrency", "16"]);
     wait_kind(&api, "apalis_behave").await;
     let job = json!({"kind": "apalis_behave", "args": {"mode": "ok", "ms": 300}});
-    let ids = submit_batch(&api, vec![job; 200]).await;
+    let ids = api.submit_many(ALICE, 200, job).await;
 
     // 32 slots over two workers: at least 20 running means the doomed one holds jobs.
     let end = Instant::now() + LIMIT;
@@ -235,7 +217,7 @@ async fn sigterm_drains_the_apalis_worker_without_charging_attempts() {
     let mut w = ctx.process(WORKER, &["--concurrency", "4"]);
     wait_kind(&api, "apalis_behave").await;
     let job = json!({"kind": "apalis_behave", "args": {"mode": "ok", "ms": 1500}});
-    let ids = submit_batch(&api, vec![job; 4]).await;
+    let ids = api.submit_many(ALICE, 4, job).await;
     for id in &ids {
         api.wait_state(ALICE, id, "running", LIMIT).await;
     }
@@ -259,7 +241,7 @@ async fn sigterm_releases_unfinished_apalis_jobs_uncharged() {
     let mut w = ctx.process(WORKER, &["--concurrency", "2"]);
     wait_kind(&api, "apalis_behave").await;
     let job = json!({"kind": "apalis_behave", "args": {"mode": "ok", "ms": 4000}});
-    let ids = submit_batch(&api, vec![job; 2]).await;
+    let ids = api.submit_many(ALICE, 2, job).await;
     for id in &ids {
         api.wait_state(ALICE, id, "running", LIMIT).await;
     }

@@ -416,10 +416,15 @@ impl Api {
     /// Submit `n` copies of `job` through `POST /v1/jobs/batch` (1,000 per request, asserting
     /// 202); their ids in order.
     pub async fn submit_many(&self, key: &str, n: usize, job: Value) -> Vec<String> {
-        let mut ids = Vec::with_capacity(n);
-        while ids.len() < n {
-            let take = (n - ids.len()).min(1000);
-            let body = serde_json::json!({ "jobs": vec![job.clone(); take] });
+        self.submit_jobs(key, &vec![job; n]).await
+    }
+
+    /// Submit `jobs` through `POST /v1/jobs/batch` (1,000 per request, asserting 202); their
+    /// ids in order.
+    pub async fn submit_jobs(&self, key: &str, jobs: &[Value]) -> Vec<String> {
+        let mut ids = Vec::with_capacity(jobs.len());
+        for chunk in jobs.chunks(1000) {
+            let body = serde_json::json!({ "jobs": chunk });
             let a = self.post("/v1/jobs/batch", key, body).await;
             assert_eq!(a.status, 202, "{}", a.body);
             ids.extend(
