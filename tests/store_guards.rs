@@ -240,3 +240,99 @@ async fn a_requested_cancel_wins_over_a_retry_recorded_after_it() {
     assert_eq!(stored.attempt, 1);
     assert!(stored.errors_in_order().is_empty(), "no retry was recorded");
 }
+
+/// Retention is a sweep, not a TTL index (see `Store::delete_expired`): finished jobs past
+/// their retention go, live ones and finished ones still within it stay. An old deployment's
+/// TTL index (and compound outbox index) on the jobs is dropped at start-up, so reads no longer
+/// pay for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retention_sweep_deletes_expired_finished_jobs_only() {
+    use futures::TryStreamExt;
+    use jobmill::job::Retention;
+
+    let ctx = Ctx::new("retention");
+    let client = ctx.client().await;
+    let store = client.store().clone();
+    // The layout of earlier versions: a TTL index on the jobs' retention.
+    let jobs = store
+        .database()
+        .collection::<mongodb::bson::Document>(jobmill::store::JOBS);
+    jobs.create_index(Retention::ttl_index()).await.unwrap();
+    jobs.create_index(
+        mongodb::IndexModel::builder()
+            .keys(mongodb::bson::doc! { "outbox.pending": 1, "list_key": 1 })
+            .build(),
+    )
+    .await
+    .unwrap();
+    store.ensure_indexes().await.unwrap();
+    let ttl_left: Vec<mongodb::IndexModel> = jobs
+        .list_indexes()
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(
+        ttl_left
+            .iter()
+            .all(|i| i.options.as_ref().is_none_or(|o| o.expire_after.is_none())),
+        "the jobs' TTL index is gone: {ttl_left:?}"
+    );
+    assert!(
+        !ttl_left
+            .iter()
+            .any(|i| i.keys.contains_key("list_key") && i.keys.contains_key("outbox.pending")),
+        "the compound outbox index is gone: {ttl_left:?}"
+    );
+
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let job = client
+            .prepare(
+                "alice",
+                NewJob {
+                    kind: "noop".into(),
+                    args: json!({}),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        ids.push(job.id.clone());
+        store.insert_jobs(&[job]).await.unwrap();
+    }
+    let now = DateTime::now();
+    // Jobs 0 and 1 finish; job 2 stays queued.
+    for id in &ids[..2] {
+        let done = [
+            Write::Start {
+                id: id.clone(),
+                attempt: 1,
+                at: now,
+            },
+            Write::Finish {
+                id: id.clone(),
+                attempt: 1,
+                started_at: Some(now),
+                at: now,
+                decision: Decision::Succeed(json!(1)),
+                progress: None,
+                record_event: false,
+            },
+        ];
+        store.apply(&done).await.unwrap();
+    }
+    // Now: every retention is days away, nothing goes.
+    assert_eq!(store.delete_expired(now).await.unwrap(), 0);
+    // Past the retention: the two finished jobs go, the queued one stays.
+    let later = DateTime::from_millis(
+        now.timestamp_millis() + store.retention().as_millis() as i64 + 1_000,
+    );
+    assert_eq!(store.delete_expired(later).await.unwrap(), 2);
+    for id in &ids[..2] {
+        assert!(store.get(id, None).await.unwrap().is_none(), "{id} expired");
+    }
+    let live = store.get(&ids[2], None).await.unwrap().unwrap();
+    assert_eq!(live.state, JobState::Queued);
+    assert_eq!(store.delete_expired(later).await.unwrap(), 0, "idempotent");
+}

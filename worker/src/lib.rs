@@ -418,6 +418,7 @@ impl Runtime {
         tokio::spawn(maintenance::rescuer(shared.clone(), stop_all.clone()));
         tokio::spawn(slots::run(shared.clone(), stop_all.clone()));
         tokio::spawn(maintenance::reconciler(shared.clone(), stop_all.clone()));
+        tokio::spawn(maintenance::retention(shared.clone(), stop_all.clone()));
         tokio::spawn(outbox::run(
             client.clone(),
             subscribers,

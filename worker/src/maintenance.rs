@@ -6,8 +6,8 @@
 //! - reconciler: rebuilds a queue in Redis from MongoDB when the queue's Redis node lost its
 //!   data (per-queue epoch), pushes jobs whose submitter never confirmed the Redis push, and
 //!   sweeps MongoDB's live jobs in bounded batches for any Redis no longer holds.
-//!
-//! Retention needs no loop: MongoDB's TTL index on `expire_at` deletes finished jobs.
+//! - retention: deletes finished jobs whose retention ended (the jobs collection has no TTL
+//!   index; see `Store::delete_expired` for why).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -41,6 +41,9 @@ const FRESH_GRACE: Duration = Duration::from_secs(30);
 const FRESH_PAGES: usize = 40;
 /// How far back the fresh pass starts when it has no mark yet.
 const FRESH_LOOKBACK: Duration = Duration::from_secs(600);
+/// How often the retention sweep runs (one process at a time): MongoDB's TTL monitor also
+/// runs once a minute, so finished jobs go as promptly as a TTL index would delete them.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
 /// Page size of the rebuild.
 const REBUILD_PAGE: i64 = 500;
 
@@ -224,6 +227,32 @@ async fn settle_rescued(shared: &Shared, queue: &str, taken: Vec<Claimed>) -> jo
     shared.queue.ack(queue, None, &ack).await?;
     let _ = shared.queue.publish_changes(&changed).await;
     Ok(())
+}
+
+/// Delete expired finished jobs once a minute, in one worker of the fleet per round.
+pub(crate) async fn retention(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let round = async {
+            if shared
+                .queue
+                .try_lock("retention", &shared.worker, RETENTION_EVERY)
+                .await?
+            {
+                let deleted = shared.store.delete_expired(DateTime::now()).await?;
+                if deleted > 0 {
+                    tracing::debug!(deleted, "expired jobs deleted");
+                }
+            }
+            Ok::<(), jobmill::Error>(())
+        };
+        if let Err(e) = round.await {
+            tracing::warn!(error = %e, "retention sweep failed; next round retries");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(RETENTION_EVERY) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
 }
 
 pub(crate) async fn reconciler(shared: Arc<Shared>, stop: CancellationToken) {

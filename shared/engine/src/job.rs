@@ -173,7 +173,8 @@ impl Retention {
     }
 
     /// The TTL index every collection with a `retention` sub-document needs: MongoDB deletes a
-    /// document once its `retention.expire_at` has passed.
+    /// document once its `retention.expire_at` has passed. Not on the jobs collection (see
+    /// [`Retention::sweep_index`]).
     pub fn ttl_index() -> mongodb::IndexModel {
         mongodb::IndexModel::builder()
             .keys(mongodb::bson::doc! { "retention.expire_at": 1 })
@@ -182,6 +183,14 @@ impl Retention {
                     .expire_after(std::time::Duration::ZERO)
                     .build(),
             )
+            .build()
+    }
+
+    /// The same keys without the TTL option, for a collection whose expired documents a
+    /// sweep deletes instead (the jobs: see [`crate::store::Store::delete_expired`]).
+    pub fn sweep_index() -> mongodb::IndexModel {
+        mongodb::IndexModel::builder()
+            .keys(mongodb::bson::doc! { "retention.expire_at": 1 })
             .build()
     }
 

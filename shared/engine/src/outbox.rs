@@ -158,9 +158,9 @@ impl Subscribers {
 /// How often the outbox is scanned while it has work (the lock lives as long, so one process
 /// scans per round).
 const EVERY: Duration = Duration::from_millis(200);
-/// Longest pause while the outbox stays empty. The scan is an index lookup on MongoDB but a
-/// collection scan on the MongoDB-compatible server, so an idle loop backs off instead of
-/// taxing every other write; an event then waits at most this long to be handled.
+/// Longest pause while the outbox stays empty. The scan is an index lookup (a single-field
+/// one, which the MongoDB-compatible server can use too), but an idle loop still backs off
+/// rather than send a command every round; an event then waits at most this long to be handled.
 const IDLE_MAX: Duration = Duration::from_millis(1600);
 /// Jobs handled per round trip.
 const BATCH: i64 = 500;
