@@ -18,16 +18,7 @@ async fn stale_writers_are_refused_and_retries_are_recognised() {
     let client = ctx.client().await;
     let store = client.store().clone();
     store.ensure_indexes().await.unwrap();
-    let job = client
-        .prepare(
-            "alice",
-            NewJob {
-                kind: "noop".into(),
-                args: json!({}),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let job = noop_job(&client);
     let id = job.id.clone();
     store.insert_jobs(&[job]).await.unwrap();
     let now = DateTime::now();
@@ -186,16 +177,7 @@ async fn a_requested_cancel_wins_over_a_retry_recorded_after_it() {
     let store = ctx.store().await;
     store.ensure_indexes().await.unwrap();
     let client = ctx.client().await;
-    let job = client
-        .prepare(
-            "alice",
-            NewJob {
-                kind: "noop".into(),
-                args: json!({}),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let job = noop_job(&client);
     let id = job.id.clone();
     store.insert_jobs(&[job]).await.unwrap();
     let now = DateTime::now();
@@ -241,8 +223,22 @@ async fn a_requested_cancel_wins_over_a_retry_recorded_after_it() {
     assert!(stored.errors_in_order().is_empty(), "no retry was recorded");
 }
 
+/// A `noop` job of tenant `alice`, prepared but not stored.
+fn noop_job(client: &jobmill::client::JobClient) -> jobmill::Job {
+    client
+        .prepare(
+            "alice",
+            NewJob {
+                kind: "noop".into(),
+                args: json!({}),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+}
+
 /// Retention is a sweep, not a TTL index (see `Store::delete_expired`): finished jobs past
-/// their retention go, live ones and finished ones still within it stay. An old deployment's
+/// their retention go, live ones (a retried one too) and finished ones still within it stay. An old deployment's
 /// TTL index (and compound outbox index) on the jobs is dropped at start-up, so reads no longer
 /// pay for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,23 +283,19 @@ async fn the_retention_sweep_deletes_expired_finished_jobs_only() {
     );
 
     let mut ids = Vec::new();
-    for _ in 0..3 {
-        let job = client
-            .prepare(
-                "alice",
-                NewJob {
-                    kind: "noop".into(),
-                    args: json!({}),
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+    for _ in 0..4 {
+        let job = noop_job(&client);
         ids.push(job.id.clone());
         store.insert_jobs(&[job]).await.unwrap();
     }
     let now = DateTime::now();
-    // Jobs 0 and 1 finish; job 2 stays queued.
-    for id in &ids[..2] {
+    // Jobs 0 and 1 succeed; job 2 stays queued; job 3 fails and is retried, which makes it
+    // live again and clears its retention.
+    for (id, decision) in [
+        (&ids[0], Decision::Succeed(json!(1))),
+        (&ids[1], Decision::Succeed(json!(1))),
+        (&ids[3], Decision::Fail("boom".into())),
+    ] {
         let done = [
             Write::Start {
                 id: id.clone(),
@@ -315,13 +307,14 @@ async fn the_retention_sweep_deletes_expired_finished_jobs_only() {
                 attempt: 1,
                 started_at: Some(now),
                 at: now,
-                decision: Decision::Succeed(json!(1)),
+                decision,
                 progress: None,
                 record_event: false,
             },
         ];
         store.apply(&done).await.unwrap();
     }
+    client.retry(&ids[3], Some("alice")).await.unwrap();
     // Now: every retention is days away, nothing goes.
     assert_eq!(store.delete_expired(now).await.unwrap(), 0);
     // Past the retention: the two finished jobs go, the queued one stays.
@@ -334,5 +327,11 @@ async fn the_retention_sweep_deletes_expired_finished_jobs_only() {
     }
     let live = store.get(&ids[2], None).await.unwrap().unwrap();
     assert_eq!(live.state, JobState::Queued);
+    let retried = store.get(&ids[3], None).await.unwrap().unwrap();
+    assert_eq!(
+        retried.state,
+        JobState::Queued,
+        "a retried job is live again"
+    );
     assert_eq!(store.delete_expired(later).await.unwrap(), 0, "idempotent");
 }

@@ -110,8 +110,8 @@ pub struct Job {
     /// When the job reached a terminal state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_ms: Option<i64>,
-    /// Retention deadline. A sub-document because a date inside one keeps its type on every
-    /// server, and MongoDB's TTL index (on `retention.expire_at`) needs a real date.
+    /// Retention deadline, set when the job finishes and cleared by a retry; the worker's
+    /// retention sweep deletes the job after it (`Store::delete_expired`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<Retention>,
     /// Revision, incremented by every visible change; the API's ETag.
@@ -147,12 +147,12 @@ pub fn event_id(job_id: &str, at_ms: i64) -> String {
     format!("evt_{}_{at_ms}", job_id.replace('-', ""))
 }
 
-/// When a record may be deleted: the sub-document every TTL index of jobmill (jobs, and the
-/// records of features) reads. A sub-document because a date inside one keeps its type on every
-/// server, and MongoDB's TTL index needs a real date.
+/// When a record may be deleted: the sub-document the TTL indexes of the features' records and
+/// the jobs' retention sweep read. A sub-document because a date inside one keeps its type on
+/// every server, and MongoDB's TTL index needs a real date.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Retention {
-    /// Deletion time (the TTL index fires after it).
+    /// Deletion time (the TTL index, or the jobs' sweep, deletes the record after it).
     pub expire_at: DateTime,
 }
 
@@ -176,14 +176,13 @@ impl Retention {
     /// document once its `retention.expire_at` has passed. Not on the jobs collection (see
     /// [`Retention::sweep_index`]).
     pub fn ttl_index() -> mongodb::IndexModel {
-        mongodb::IndexModel::builder()
-            .keys(mongodb::bson::doc! { "retention.expire_at": 1 })
-            .options(
-                mongodb::options::IndexOptions::builder()
-                    .expire_after(std::time::Duration::ZERO)
-                    .build(),
-            )
-            .build()
+        let mut index = Self::sweep_index();
+        index.options = Some(
+            mongodb::options::IndexOptions::builder()
+                .expire_after(std::time::Duration::ZERO)
+                .build(),
+        );
+        index
     }
 
     /// The same keys without the TTL option, for a collection whose expired documents a

@@ -431,6 +431,8 @@ impl Store {
             if page == 0 {
                 break;
             }
+            // The retention is checked again: a job retried since the read is live again (a
+            // retry clears its retention) and must not go.
             let mut filter = expired.clone();
             filter.insert("_id", doc! { "$in": ids });
             deleted += self.jobs.delete_many(filter).await?.deleted_count;

@@ -39,7 +39,6 @@ pub(crate) async fn w3_floor() -> anyhow::Result<Rows> {
         anyhow::Ok(v)
     };
     let before = insert_pass(scratch.clone()).await?;
-    let idle = submit_without_worker(&s, &store, rate_per_s, secs).await?;
 
     let commands_before = counter.by_name();
     let (lat, submit) = submit_to_start(&s, &store, rate_per_s, secs).await?;
@@ -51,6 +50,8 @@ pub(crate) async fn w3_floor() -> anyhow::Result<Rows> {
             (d > 0).then(|| format!("{name} {d}"))
         })
         .collect();
+    // After the drive (its worker has stopped), so W3 itself runs as it always did.
+    let idle = submit_without_worker(&s, &store, rate_per_s, secs).await?;
 
     let after = insert_pass(scratch.clone()).await?;
     let _ = scratch.drop().await;
@@ -109,29 +110,39 @@ async fn submit_without_worker(
     rate_per_s: f64,
     secs: f64,
 ) -> anyhow::Result<Vec<u64>> {
-    let registry = kinds::registry(&s.redis).await?;
-    let queue = RedisQueue::connect(&s.redis, &s.key_prefix).await?;
-    jobmill::shards::join_settings(store, s, &queue).await?;
-    let client = jobmill_bench::deployment::client(store.clone(), queue, &registry, s);
+    let (client, _) = lat_client(s, store).await?;
     let mut v = paced(rate_per_s, secs, |_| {
         let c = client.clone();
         async move {
-            c.submit(
-                TENANT,
-                NewJob {
-                    kind: "bench_lat".into(),
-                    args: json!({"ts": now_us()}),
-                    queue: Some("w3_idle".into()),
-                    ..Default::default()
-                },
-            )
-            .await?;
+            c.submit(TENANT, lat_job("w3_idle")).await?;
             Ok(())
         }
     })
     .await?;
     v.sort_unstable();
     Ok(v)
+}
+
+/// A library client for `bench_lat` jobs on deployment `s`, and its Redis queue.
+async fn lat_client(
+    s: &deployment::Settings,
+    store: &Store,
+) -> anyhow::Result<(jobmill::client::JobClient, RedisQueue)> {
+    let registry = kinds::registry(&s.redis).await?;
+    let queue = RedisQueue::connect(&s.redis, &s.key_prefix).await?;
+    jobmill::shards::join_settings(store, s, &queue).await?;
+    let client = jobmill_bench::deployment::client(store.clone(), queue.clone(), &registry, s);
+    Ok((client, queue))
+}
+
+/// A `bench_lat` job on `queue`, stamped now (its handler records start minus stamp).
+fn lat_job(queue: &str) -> NewJob {
+    NewJob {
+        kind: "bench_lat".into(),
+        args: json!({"ts": now_us()}),
+        queue: Some(queue.into()),
+        ..Default::default()
+    }
 }
 
 /// The W3 drive on deployment `s`: `bench_lat` jobs submitted through the library client at
@@ -143,20 +154,11 @@ pub(crate) async fn submit_to_start(
     rate_per_s: f64,
     secs: f64,
 ) -> anyhow::Result<(Vec<u64>, Vec<u64>)> {
-    let registry = kinds::registry(&s.redis).await?;
-    let queue = RedisQueue::connect(&s.redis, &s.key_prefix).await?;
-    jobmill::shards::join_settings(store, s, &queue).await?;
-    let client = jobmill_bench::deployment::client(store.clone(), queue.clone(), &registry, s);
+    let (client, queue) = lat_client(s, store).await?;
     let worker = Worker::start(s, store.clone()).await?;
-    let lat_job = || NewJob {
-        kind: "bench_lat".into(),
-        args: json!({"ts": now_us()}),
-        queue: Some(QUEUE.into()),
-        ..Default::default()
-    };
     let mut redis = queue.connection();
     // Warm up: the worker is listening once a job has run.
-    client.submit(TENANT, lat_job()).await?;
+    client.submit(TENANT, lat_job(QUEUE)).await?;
     let until = Instant::now() + Duration::from_secs(30);
     while redis.llen::<_, usize>("bench:lat").await? < 1 && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -169,7 +171,7 @@ pub(crate) async fn submit_to_start(
     let mut submit = paced(rate_per_s, secs, |_| {
         let c = client.clone();
         async move {
-            c.submit(TENANT, lat_job()).await?;
+            c.submit(TENANT, lat_job(QUEUE)).await?;
             Ok(())
         }
     })
