@@ -456,7 +456,8 @@ async fn queue_counts_are_exact_and_history_adds_up_across_restarts() {
 
 /// Parse a Prometheus text exposition with a real parser.
 /// The history hook as the persister drives it: a flush whose command failed after MongoDB
-/// applied it is retried with the same flush id and outcomes, and must count once; a second
+/// applied it is retried with the same flush id and outcomes, and must count once; a flush
+/// taken in between writes is written by the next tick; a second
 /// worker process writing the same minute adds to it; a bucket written by `$inc` before the
 /// per-writer layout still counts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -490,6 +491,9 @@ async fn a_history_flush_retried_after_it_applied_counts_once() {
     hook.record("flush-2", &[outcome(JobState::Retrying)])
         .await
         .unwrap();
+    // Within a second of the first write, flush-2 waits for the persister's tick (or its
+    // last one, at shutdown).
+    hook.tick(true).await.unwrap();
     // Another worker process, same minute, same flush id by chance.
     let other = HistoryHook::new(history.clone());
     other

@@ -137,6 +137,16 @@ pub fn settings_with(
 pub struct CommandCounter {
     by_name: Arc<Mutex<BTreeMap<String, u64>>>,
     total: Arc<AtomicU64>,
+    /// When tracing: started commands by request id, and the finished ones.
+    trace: Arc<Mutex<Option<CommandTrace>>>,
+}
+
+/// Each finished command: when it started (ms since the Unix epoch), its name, its collection
+/// and how long the driver waited for it (µs).
+#[derive(Default)]
+struct CommandTrace {
+    started: BTreeMap<i32, (f64, String, String)>,
+    done: Vec<(f64, String, String, u128)>,
 }
 
 impl CommandCounter {
@@ -149,6 +159,60 @@ impl CommandCounter {
     pub fn by_name(&self) -> BTreeMap<String, u64> {
         self.by_name.lock().expect("counter").clone()
     }
+
+    /// Start recording every command's start, target and duration (until [`Self::take_trace`]).
+    pub fn start_trace(&self) {
+        *self.trace.lock().expect("trace") = Some(CommandTrace::default());
+    }
+
+    /// The commands finished since [`Self::start_trace`], a line each:
+    /// `start_ms name collection duration_us`; tracing stops.
+    pub fn take_trace(&self) -> Vec<String> {
+        let t = self.trace.lock().expect("trace").take().unwrap_or_default();
+        t.done
+            .into_iter()
+            .map(|(at, name, coll, us)| format!("{at:.3} {name} {coll} {us}"))
+            .collect()
+    }
+
+    fn on_event(&self, ev: CommandEvent) {
+        match ev {
+            CommandEvent::Started(started) => {
+                self.total.fetch_add(1, Ordering::Relaxed);
+                *self
+                    .by_name
+                    .lock()
+                    .expect("counter")
+                    .entry(started.command_name.clone())
+                    .or_default() += 1;
+                if let Some(t) = self.trace.lock().expect("trace").as_mut() {
+                    let coll = started
+                        .command
+                        .get(&started.command_name)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("-")
+                        .to_string();
+                    let at = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs_f64() * 1000.0)
+                        .unwrap_or(0.0);
+                    t.started
+                        .insert(started.request_id, (at, started.command_name, coll));
+                }
+            }
+            CommandEvent::Succeeded(ev) => self.finished(ev.request_id, ev.duration),
+            CommandEvent::Failed(ev) => self.finished(ev.request_id, ev.duration),
+            _ => {}
+        }
+    }
+
+    fn finished(&self, request_id: i32, took: std::time::Duration) {
+        if let Some(t) = self.trace.lock().expect("trace").as_mut() {
+            if let Some((at, name, coll)) = t.started.remove(&request_id) {
+                t.done.push((at, name, coll, took.as_micros()));
+            }
+        }
+    }
 }
 
 /// A store whose client counts every command it starts (driver command monitoring).
@@ -157,14 +221,7 @@ pub async fn counted_store(s: &Settings) -> anyhow::Result<(Store, CommandCounte
     let mut opts = jobmill::store::client_options_for(s).await?;
     let c = counter.clone();
     opts.command_event_handler = Some(EventHandler::callback(move |ev: CommandEvent| {
-        if let CommandEvent::Started(started) = ev {
-            c.total.fetch_add(1, Ordering::Relaxed);
-            *c.by_name
-                .lock()
-                .expect("counter")
-                .entry(started.command_name.clone())
-                .or_default() += 1;
-        }
+        c.on_event(ev)
     }));
     let store = Store::connect_with(opts, &s.mongodb_db, s.retention)?;
     Ok((store, counter))

@@ -369,6 +369,7 @@ impl Runtime {
             subscribers: subscribers.clone(),
             hooks: vec![ops.outcome_hook()],
             metrics: worker_metrics.clone(),
+            split: settings.outcome_split,
         }));
         let shared = Arc::new(Shared {
             identity,
@@ -541,6 +542,9 @@ impl Runtime {
             );
         }
         self.stop_all.cancel();
+        // The persister's last act is its hooks' final writes (bounded there, and here).
+        let _ =
+            tokio::time::timeout(Duration::from_secs(10), self.shared.persister.stopped()).await;
         let beat = self.beat.lock().expect("beat lock").take();
         if let Some(beat) = beat {
             let _ = tokio::task::spawn_blocking(move || beat.join()).await;

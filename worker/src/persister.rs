@@ -33,6 +33,8 @@ use crate::inflight::{Inflight, StopReason};
 pub const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 /// How long the MongoDB stage gathers writes after the first one arrives (see `mongo_stage`).
 pub const GATHER: Duration = Duration::from_millis(20);
+/// How long a stopping worker waits for its hooks' last writes.
+const LAST_TICK: Duration = Duration::from_secs(5);
 /// Items drained per round before coalescing (a start and its outcome usually both arrive,
 /// so this yields about `WRITE_BATCH` statements).
 const DRAIN: usize = 2 * WRITE_BATCH;
@@ -169,6 +171,8 @@ pub struct Persister {
     tx: mpsc::UnboundedSender<Item>,
     /// Progress reports.
     pub progress: Arc<ProgressTable>,
+    /// Cancelled when the MongoDB stage has ended (after its hooks' last tick).
+    mongo_done: CancellationToken,
 }
 
 impl Persister {
@@ -177,6 +181,12 @@ impl Persister {
         if self.tx.send(item).is_err() {
             tracing::error!("persister stopped; outcome left to the lease rescuer");
         }
+    }
+
+    /// Wait until the MongoDB stage has ended, after the worker's stop: a process that exits
+    /// sooner would cut the hooks' last writes off.
+    pub async fn stopped(&self) {
+        self.mongo_done.cancelled().await
     }
 }
 
@@ -200,6 +210,8 @@ pub struct Context {
     pub hooks: Vec<Arc<dyn OutcomeHook>>,
     /// Store errors are counted here.
     pub metrics: WorkerMetrics,
+    /// Batches of at most this many writes go out one write per command (`JOBMILL_OUTCOME_SPLIT`).
+    pub split: usize,
 }
 
 /// Start both stages.
@@ -207,9 +219,19 @@ pub fn spawn(ctx: Arc<Context>) -> Persister {
     let (tx, rx) = mpsc::unbounded_channel();
     let (done_tx, done_rx) = mpsc::channel(4);
     let progress = Arc::new(ProgressTable::default());
-    tokio::spawn(mongo_stage(ctx.clone(), rx, done_tx, progress.clone()));
+    let (ctx2, progress2) = (ctx.clone(), progress.clone());
+    let mongo_done = CancellationToken::new();
+    let on_end = mongo_done.clone().drop_guard();
+    tokio::spawn(async move {
+        let _on_end = on_end;
+        mongo_stage(ctx2, rx, done_tx, progress2).await
+    });
     tokio::spawn(redis_stage(ctx, done_rx, progress.clone(), tx.clone()));
-    Persister { tx, progress }
+    Persister {
+        tx,
+        progress,
+        mongo_done,
+    }
 }
 
 type Batch = (Vec<Item>, Vec<Applied>);
@@ -248,8 +270,12 @@ async fn mongo_stage(
                         release_score: 0.0,
                     });
                 }
+                tick_hooks(&ctx, false).await;
             }
-            _ = ctx.stop.cancelled() => return,
+            _ = ctx.stop.cancelled() => {
+                tick_hooks(&ctx, true).await;
+                return;
+            }
         }
         // Gather for a moment before writing. A job's start and its outcome usually arrive
         // within a few ms of each other; written apart they cost MongoDB two commands per job
@@ -275,7 +301,7 @@ async fn mongo_stage(
         }
         let writes: Vec<Write> = batch.iter().map(|i| i.write.clone()).collect();
         let Some(applied) = until_ok("record outcomes in mongodb", &ctx.stop, || async {
-            let r = ctx.store.apply(&writes).await;
+            let r = apply(&ctx, &writes).await;
             if r.is_err() {
                 ctx.metrics.store_error(StoreName::Mongodb);
             }
@@ -290,6 +316,28 @@ async fn mongo_stage(
             return;
         }
     }
+}
+
+/// Write one batch: in one command, or at a trickle one write per command.
+///
+/// A store that runs one command at a time (the MongoDB-compatible server of the dev stack
+/// and the tests) makes a submission that arrives while the batch is written wait for all of
+/// it; at a trickle that wait is most of a submission's tail (W3 in `docs/performance.md`).
+/// One write per command lets submissions in between, for one more command per write. Only
+/// small batches are split: once the store falls behind, batches grow past `split` and go
+/// back to one command, so the extra commands never cost throughput. The commands go out in
+/// order, one after the other, so a start and a later write of the same job still apply in
+/// order; after an error the whole batch is sent again, which the guards make harmless (a
+/// write that already took effect is recognised as such).
+async fn apply(ctx: &Context, writes: &[Write]) -> jobmill::Result<Vec<Applied>> {
+    if writes.len() > ctx.split {
+        return ctx.store.apply(writes).await;
+    }
+    let mut applied = Vec::with_capacity(writes.len());
+    for w in writes {
+        applied.extend(ctx.store.apply(std::slice::from_ref(w)).await?);
+    }
+    Ok(applied)
 }
 
 /// Hand the outcomes MongoDB applied in this flush to the hooks, before the Redis follow-ups:
@@ -329,6 +377,24 @@ async fn tell_hooks(ctx: &Context, batch: &[Item], applied: &[Applied]) {
             hook.record(&flush, &outcomes)
         })
         .await;
+    }
+}
+
+/// Let the hooks write what they deferred (everything when `last`, at shutdown). Not retried
+/// here: a hook keeps what it could not write for its next tick. The last tick is bounded, so
+/// a store that is down cannot hold up a stopping worker; the counts are then lost, never a job.
+async fn tick_hooks(ctx: &Context, last: bool) {
+    for hook in &ctx.hooks {
+        let r = if last {
+            tokio::time::timeout(LAST_TICK, hook.tick(true))
+                .await
+                .unwrap_or(Ok(()))
+        } else {
+            hook.tick(false).await
+        };
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "outcome hook tick failed; retried at the next tick");
+        }
     }
 }
 

@@ -45,6 +45,13 @@ pub const MAX_UNRECORDED: Setting = Setting {
     bounds: Bounds::Count(1, 1_000_000),
     doc: "worker: finished attempts held while MongoDB catches up; claiming pauses beyond",
 };
+/// `JOBMILL_OUTCOME_SPLIT`.
+pub const OUTCOME_SPLIT: Setting = Setting {
+    env: "JOBMILL_OUTCOME_SPLIT",
+    default: "16",
+    bounds: Bounds::Count(0, 1000),
+    doc: "worker: outcome batches of at most this many writes go to MongoDB one write per command, so a submission waits behind one write, not a batch, on a store that runs one command at a time (0: one command per batch)",
+};
 
 /// `JOBMILL_METRICS_ADDR`.
 pub const METRICS_ADDR: Setting = Setting {
@@ -67,6 +74,8 @@ pub struct WorkerSettings {
     pub cancel_grace: Duration,
     /// Finished-but-unrecorded attempts held before claiming pauses.
     pub max_unrecorded: usize,
+    /// Outcome batches this small are written one write per command (see the persister).
+    pub outcome_split: usize,
     /// Where to serve `/metrics`, if anywhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
@@ -78,6 +87,7 @@ impl Section for WorkerSettings {
         SHUTDOWN_TIMEOUT,
         CANCEL_GRACE,
         MAX_UNRECORDED,
+        OUTCOME_SPLIT,
         METRICS_ADDR,
     ];
 
@@ -88,6 +98,7 @@ impl Section for WorkerSettings {
             shutdown_timeout: env.duration(&SHUTDOWN_TIMEOUT),
             cancel_grace: env.duration(&CANCEL_GRACE),
             max_unrecorded: env.count(&MAX_UNRECORDED),
+            outcome_split: env.count(&OUTCOME_SPLIT),
             metrics_addr: env
                 .parse(&METRICS_ADDR, |v| {
                     if v.trim().is_empty() {

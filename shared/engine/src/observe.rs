@@ -44,6 +44,11 @@ impl AppliedOutcome {
 /// Redis follow-ups. An error is retried by the caller with the same batch, so an
 /// implementation must be idempotent per batch or accept a rare double count; see the
 /// implementation's docs.
+///
+/// A hook may take a batch in and write it later (to send one command a second rather than
+/// one per batch): the caller then calls [`OutcomeHook::tick`] about twice a second, and once
+/// more when it stops. What a hook holds unwritten is lost if the process dies, so such a
+/// hook keeps counts, never anything a job's fate depends on.
 pub trait OutcomeHook: Send + Sync {
     /// Record `outcomes` (never empty). `batch` identifies the flush, for idempotency.
     fn record<'a>(
@@ -51,4 +56,11 @@ pub trait OutcomeHook: Send + Sync {
         batch: &'a str,
         outcomes: &'a [AppliedOutcome],
     ) -> BoxFuture<'a, Result<()>>;
+
+    /// Write what is due of what [`OutcomeHook::record`] took in; everything when `last` (the
+    /// caller is stopping). An error is not retried: the next tick writes it.
+    fn tick(&self, last: bool) -> BoxFuture<'_, Result<()>> {
+        let _ = last;
+        Box::pin(async { Ok(()) })
+    }
 }

@@ -1,8 +1,9 @@
 //! Per-queue, per-minute outcome history in MongoDB (`queue_history`): succeeded, failed,
 //! retried and cancelled counts, and run times as a sum and a fixed-bucket histogram (for the
-//! average and the p95). The worker's persister feeds it through [`HistoryHook`] in the same
-//! flush that records the outcomes, and only with outcomes MongoDB applied, so the counts are
-//! those of recorded transitions. Buckets live for [`KEEP`] and survive restarts and Redis
+//! average and the p95). The worker's persister feeds it through [`HistoryHook`] with the
+//! outcomes MongoDB applied, so the counts are those of recorded transitions; the hook writes
+//! them at most once per [`WRITE_EVERY`] (and at the worker's stop), so a figure lags the jobs
+//! by about a second. Buckets live for [`KEEP`] and survive restarts and Redis
 //! wipes; `GET /v1/queues` reads its 1/5/60-minute figures here, never from the jobs.
 //!
 //! # Exact under retries
@@ -18,9 +19,9 @@
 //! arriving later for such a minute (a long MongoDB outage) starts a fresh sub-document, so
 //! nothing already written is overwritten.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::TryStreamExt;
@@ -162,54 +163,67 @@ struct Totals {
     counts: BTreeMap<String, i64>,
 }
 
-/// One process's running totals, and which flush they last took in.
+/// A bucket: (queue, start of its minute in ms).
+type BucketKey = (String, i64);
+/// A changed bucket with the number of its last change.
+type Mark = (BucketKey, u64);
+
+/// One process's running totals, which flush they last took in, and which buckets changed
+/// since they were last written.
 #[derive(Default)]
 struct Tally {
     /// Unique per process (a fresh id per [`HistoryHook`]).
     epoch: String,
     /// Numbers the sub-documents of this process.
     serial: u64,
-    buckets: BTreeMap<(String, i64), Totals>,
-    /// The last flush added to the totals, and the buckets it touched: a retry of it adds
-    /// nothing and writes the same buckets again.
-    last_flush: Option<(String, BTreeSet<(String, i64)>)>,
+    buckets: BTreeMap<BucketKey, Totals>,
+    /// The last flush added to the totals: a retry of it adds nothing.
+    last_flush: Option<String>,
+    /// Buckets changed since their last write, each with the number of the change, so a write
+    /// clears only the buckets that did not change again while it was in flight.
+    dirty: BTreeMap<BucketKey, u64>,
+    changes: u64,
 }
 
 impl Tally {
-    /// Take in one flush (once per flush id) and return the writes of the buckets it touched.
-    fn take(&mut self, flush: &str, outcomes: &[AppliedOutcome], now_ms: i64) -> Vec<Document> {
-        let touched = match &self.last_flush {
-            Some((id, touched)) if id == flush => touched.clone(),
-            _ => {
-                let mut touched = BTreeSet::new();
-                for (key, outs) in by_bucket(outcomes) {
-                    let mut counts = BTreeMap::new();
-                    add_outcomes(&mut counts, &outs);
-                    if counts.is_empty() {
-                        continue;
-                    }
-                    let totals = self.buckets.entry(key.clone()).or_insert_with(|| {
-                        self.serial += 1;
-                        Totals {
-                            tally: format!("{}_{}", self.epoch, self.serial),
-                            counts: BTreeMap::new(),
-                        }
-                    });
-                    for (f, n) in counts {
-                        *totals.counts.entry(f).or_insert(0) += n;
-                    }
-                    touched.insert(key);
-                }
-                // Forget minutes long over, except those this flush writes.
-                let horizon = minute_start(now_ms) - FORGET_AFTER.as_millis() as i64;
-                self.buckets
-                    .retain(|key, _| key.1 >= horizon || touched.contains(key));
-                self.last_flush = Some((flush.to_string(), touched.clone()));
-                touched
+    /// Take in one flush (once per flush id).
+    fn take(&mut self, flush: &str, outcomes: &[AppliedOutcome], now_ms: i64) {
+        if self.last_flush.as_deref() == Some(flush) {
+            return;
+        }
+        for (key, outs) in by_bucket(outcomes) {
+            let mut counts = BTreeMap::new();
+            add_outcomes(&mut counts, &outs);
+            if counts.is_empty() {
+                continue;
             }
-        };
-        touched
-            .iter()
+            let totals = self.buckets.entry(key.clone()).or_insert_with(|| {
+                self.serial += 1;
+                Totals {
+                    tally: format!("{}_{}", self.epoch, self.serial),
+                    counts: BTreeMap::new(),
+                }
+            });
+            for (f, n) in counts {
+                *totals.counts.entry(f).or_insert(0) += n;
+            }
+            self.changes += 1;
+            self.dirty.insert(key, self.changes);
+        }
+        // Forget minutes long over, except those still to be written.
+        let horizon = minute_start(now_ms) - FORGET_AFTER.as_millis() as i64;
+        let dirty = &self.dirty;
+        self.buckets
+            .retain(|key, _| key.1 >= horizon || dirty.contains_key(key));
+        self.last_flush = Some(flush.to_string());
+    }
+
+    /// The writes of every changed bucket (absolute totals, so writing one twice changes
+    /// nothing), and the changes they carry, for [`Tally::written`].
+    fn pending(&self) -> (Vec<Document>, Vec<Mark>) {
+        let writes = self
+            .dirty
+            .keys()
             .filter_map(|key| Some((key, self.buckets.get(key)?)))
             .map(|((queue, minute), totals)| {
                 let mut set = Document::new();
@@ -230,7 +244,18 @@ impl Tally {
                     "upsert": true,
                 }
             })
-            .collect()
+            .collect();
+        let marks = self.dirty.iter().map(|(k, n)| (k.clone(), *n)).collect();
+        (writes, marks)
+    }
+
+    /// The writes of `marks` succeeded: those buckets are clean unless they changed since.
+    fn written(&mut self, marks: &[Mark]) {
+        for (key, n) in marks {
+            if self.dirty.get(key) == Some(n) {
+                self.dirty.remove(key);
+            }
+        }
     }
 }
 
@@ -406,11 +431,21 @@ fn p95_seconds(hist: &[u64]) -> Option<f64> {
     None
 }
 
+/// How often a busy worker writes its history: the totals of a second's flushes go out in
+/// one command instead of one command per flush (which was half of a trickle's updates, each
+/// one a wait for the submissions behind it on a store that runs one command at a time).
+pub const WRITE_EVERY: Duration = Duration::from_secs(1);
+
 /// Feeds the history from the persister's applied outcomes: one per worker process, holding
-/// that process's running totals (see the module doc).
+/// that process's running totals (see the module doc). Writes at most once per
+/// [`WRITE_EVERY`], from a flush or from the persister's tick, and everything at its last tick.
+/// A worker killed outright loses the totals it had not written yet (under a second's worth):
+/// the history is a view of outcomes, the jobs themselves hold their states.
 pub struct HistoryHook {
     history: History,
     tally: Mutex<Tally>,
+    /// When the last write succeeded (none yet: the first flush is written at once).
+    last_write: Mutex<Option<Instant>>,
 }
 
 impl HistoryHook {
@@ -422,25 +457,57 @@ impl HistoryHook {
                 epoch: uuid::Uuid::new_v4().simple().to_string(),
                 ..Tally::default()
             }),
+            last_write: Mutex::new(None),
         }
+    }
+
+    fn due(&self) -> bool {
+        lock(&self.last_write).is_none_or(|at| at.elapsed() >= WRITE_EVERY)
+    }
+
+    /// Write every changed bucket in one command; on success they are clean.
+    async fn write_pending(&self) -> Result<()> {
+        let (updates, marks) = lock(&self.tally).pending();
+        if updates.is_empty() {
+            return Ok(());
+        }
+        self.history.write(updates).await?;
+        lock(&self.tally).written(&marks);
+        *lock(&self.last_write) = Some(Instant::now());
+        Ok(())
     }
 }
 
+/// A poisoned lock still holds consistent totals (every change is a few plain assignments).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl OutcomeHook for HistoryHook {
-    /// One command per flush, writing absolute totals: a retry of a flush whose command failed
-    /// after MongoDB applied it (or part of it) writes the same values again, so every
-    /// outcome counts once.
+    /// Takes the flush in once per flush id and writes when due: a retry of a flush whose
+    /// write failed after MongoDB applied it (or part of it) writes the same absolute values
+    /// again, so every outcome counts once.
     fn record<'a>(
         &'a self,
         batch: &'a str,
         outcomes: &'a [AppliedOutcome],
     ) -> BoxFuture<'a, Result<()>> {
-        let updates = self.tally.lock().unwrap_or_else(|e| e.into_inner()).take(
-            batch,
-            outcomes,
-            jobmill::job::now_ms(),
-        );
-        Box::pin(self.history.write(updates))
+        lock(&self.tally).take(batch, outcomes, jobmill::job::now_ms());
+        Box::pin(async move {
+            if self.due() {
+                self.write_pending().await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn tick(&self, last: bool) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            if last || self.due() {
+                self.write_pending().await?;
+            }
+            Ok(())
+        })
     }
 }
 
@@ -494,15 +561,40 @@ mod tests {
             outcome("q", JobState::Succeeded, now),
             outcome("q", JobState::Failed, now + 1),
         ];
-        let a = t.take("f1", &first, now);
-        let again = t.take("f1", &first, now);
+        t.take("f1", &first, now);
+        let (a, _) = t.pending();
+        t.take("f1", &first, now);
+        let (again, _) = t.pending();
         assert_eq!(a, again, "a retry writes the same absolute values");
         assert_eq!(set_of(&a[0]).get_i64("w.e_1.succeeded").unwrap(), 1);
-        let b = t.take("f2", &[outcome("q", JobState::Succeeded, now + 2)], now);
+        t.take("f2", &[outcome("q", JobState::Succeeded, now + 2)], now);
+        let (b, _) = t.pending();
         assert_eq!(b.len(), 1);
         assert_eq!(set_of(&b[0]).get_i64("w.e_1.succeeded").unwrap(), 2);
         assert_eq!(set_of(&b[0]).get_i64("w.e_1.failed").unwrap(), 1);
         assert_eq!(set_of(&b[0]).get_i64("w.e_1.run_count").unwrap(), 3);
+    }
+
+    #[test]
+    fn a_write_clears_only_buckets_unchanged_since() {
+        let now = 10 * MINUTE_MS;
+        let mut t = Tally {
+            epoch: "e".into(),
+            ..Tally::default()
+        };
+        t.take("f1", &[outcome("q", JobState::Succeeded, now)], now);
+        t.take("f2", &[outcome("r", JobState::Succeeded, now)], now);
+        let (writes, marks) = t.pending();
+        assert_eq!(writes.len(), 2);
+        // While that write is in flight, queue q changes again.
+        t.take("f3", &[outcome("q", JobState::Failed, now)], now);
+        t.written(&marks);
+        let (left, _) = t.pending();
+        assert_eq!(left.len(), 1, "q is still to be written");
+        assert_eq!(set_of(&left[0]).get_i64("w.e_1.failed").unwrap(), 1);
+        let (_, marks) = t.pending();
+        t.written(&marks);
+        assert!(t.pending().0.is_empty());
     }
 
     #[test]
@@ -512,13 +604,30 @@ mod tests {
             ..Tally::default()
         };
         t.take("f1", &[outcome("q", JobState::Succeeded, 0)], 0);
+        let (_, marks) = t.pending();
+        t.written(&marks);
         let later = 60 * MINUTE_MS;
         t.take("f2", &[outcome("q", JobState::Succeeded, later)], later);
         assert_eq!(t.buckets.len(), 1, "minute 0 is forgotten");
+        let (_, marks) = t.pending();
+        t.written(&marks);
         // A late outcome of minute 0 must not overwrite the totals already written there.
-        let late = t.take("f3", &[outcome("q", JobState::Succeeded, 5)], later);
+        t.take("f3", &[outcome("q", JobState::Succeeded, 5)], later);
+        let (late, _) = t.pending();
         assert_eq!(set_of(&late[0]).get_i64("w.e_3.succeeded").unwrap(), 1);
         assert!(set_of(&late[0]).get("w.e_1.succeeded").is_none());
+    }
+
+    #[test]
+    fn an_unwritten_minute_is_not_forgotten() {
+        let mut t = Tally {
+            epoch: "e".into(),
+            ..Tally::default()
+        };
+        t.take("f1", &[outcome("q", JobState::Succeeded, 0)], 0);
+        let later = 60 * MINUTE_MS;
+        t.take("f2", &[outcome("q", JobState::Succeeded, later)], later);
+        assert_eq!(t.pending().0.len(), 2, "minute 0 was never written");
     }
 
     #[test]

@@ -41,7 +41,14 @@ pub(crate) async fn w3_floor() -> anyhow::Result<Rows> {
     let before = insert_pass(scratch.clone()).await?;
 
     let commands_before = counter.by_name();
+    let trace = std::env::var("BENCH_W3_TRACE").ok();
+    if trace.is_some() {
+        counter.start_trace();
+    }
     let (lat, submit) = submit_to_start(&s, &store, rate_per_s, secs).await?;
+    if let Some(path) = trace {
+        std::fs::write(format!("{path}.commands"), counter.take_trace().join("\n"))?;
+    }
     let commands: Vec<String> = counter
         .by_name()
         .into_iter()
