@@ -2,8 +2,9 @@
 # What a read of the jobs collection costs on the MongoDB-compatible server (nx-27017), with
 # the index layouts before and after 2026-12-02 (docs/performance.md, "Reads without the TTL
 # purge"): a find by _id with and without a TTL index, the outbox and retry-confirmation scans
-# with compound against single-field indexes, at 1,000 / 5,000 / 20,000 jobs, and insert_many
-# with both index sets. Starts and stops a private nx-27017 on a free loopback port.
+# with compound against single-field indexes, at 1,000 / 5,000 / 20,000 jobs, insert_many
+# with both index sets, and insert_many by command size (1 to 1,000 documents). Starts and
+# stops a private nx-27017 on a free loopback port.
 #   bench/nx-reads.sh
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -22,6 +23,7 @@ from pymongo import MongoClient, ASCENDING as A, DESCENDING as D
 
 db = MongoClient("127.0.0.1", int(sys.argv[1]), directConnection=True)["nx_reads"]
 LIVE = ["queued", "scheduled", "running"]
+SIZES = (1, 8, 32, 64, 128, 1000)
 
 def indexes(col, new):
     col.create_index([("tenant", A), ("list_key", D)])
@@ -94,5 +96,25 @@ for r in range(3):
                 col.insert_many(docs(size))
             rates.append(size * count / (time.perf_counter() - t))
     print(f"| {r + 1} | {rates[0]:.0f} | {rates[1]:.0f} | {rates[2]:.0f} | {rates[3]:.0f} |")
+
+# What one command costs by its size, with today's index set: group commit puts concurrent
+# HTTP submissions into commands of at most 64 documents (about 32 with 64 clients), against
+# the ceiling's 1,000 (W1 over HTTP in docs/performance.md).
+print()
+print("| round | " + " | ".join(f"{k}-doc commands, docs/s" for k in SIZES) + " |")
+print("|---|" + "---|" * len(SIZES))
+for r in range(3):
+    rates = []
+    for size in SIZES:
+        col = db[f"size_{size}_{r}"]
+        col.drop()
+        indexes(col, True)
+        col.insert_many(docs(2000))
+        count = max(1, 4000 // size)
+        t = time.perf_counter()
+        for _ in range(count):
+            col.insert_many(docs(size), ordered=False)
+        rates.append(size * count / (time.perf_counter() - t))
+    print(f"| {r + 1} | " + " | ".join(f"{v:.0f}" for v in rates) + " |")
 db.client.drop_database("nx_reads")
 PY
