@@ -183,6 +183,8 @@ struct Tally {
     /// clears only the buckets that did not change again while it was in flight.
     dirty: BTreeMap<BucketKey, u64>,
     changes: u64,
+    /// When the last write succeeded (none yet: the first flush is written at once).
+    last_write: Option<Instant>,
 }
 
 impl Tally {
@@ -444,8 +446,6 @@ pub const WRITE_EVERY: Duration = Duration::from_secs(1);
 pub struct HistoryHook {
     history: History,
     tally: Mutex<Tally>,
-    /// When the last write succeeded (none yet: the first flush is written at once).
-    last_write: Mutex<Option<Instant>>,
 }
 
 impl HistoryHook {
@@ -457,12 +457,13 @@ impl HistoryHook {
                 epoch: uuid::Uuid::new_v4().simple().to_string(),
                 ..Tally::default()
             }),
-            last_write: Mutex::new(None),
         }
     }
 
     fn due(&self) -> bool {
-        lock(&self.last_write).is_none_or(|at| at.elapsed() >= WRITE_EVERY)
+        lock(&self.tally)
+            .last_write
+            .is_none_or(|at| at.elapsed() >= WRITE_EVERY)
     }
 
     /// Write every changed bucket in one command; on success they are clean.
@@ -472,8 +473,9 @@ impl HistoryHook {
             return Ok(());
         }
         self.history.write(updates).await?;
-        lock(&self.tally).written(&marks);
-        *lock(&self.last_write) = Some(Instant::now());
+        let mut tally = lock(&self.tally);
+        tally.written(&marks);
+        tally.last_write = Some(Instant::now());
         Ok(())
     }
 }
@@ -543,6 +545,13 @@ mod tests {
         }
     }
 
+    fn tally() -> Tally {
+        Tally {
+            epoch: "e".into(),
+            ..Tally::default()
+        }
+    }
+
     fn set_of(update: &Document) -> &Document {
         update
             .get_document("u")
@@ -553,10 +562,7 @@ mod tests {
     #[test]
     fn a_retried_flush_writes_the_same_totals_and_a_new_one_adds() {
         let now = 10 * MINUTE_MS;
-        let mut t = Tally {
-            epoch: "e".into(),
-            ..Tally::default()
-        };
+        let mut t = tally();
         let first = vec![
             outcome("q", JobState::Succeeded, now),
             outcome("q", JobState::Failed, now + 1),
@@ -578,10 +584,7 @@ mod tests {
     #[test]
     fn a_write_clears_only_buckets_unchanged_since() {
         let now = 10 * MINUTE_MS;
-        let mut t = Tally {
-            epoch: "e".into(),
-            ..Tally::default()
-        };
+        let mut t = tally();
         t.take("f1", &[outcome("q", JobState::Succeeded, now)], now);
         t.take("f2", &[outcome("r", JobState::Succeeded, now)], now);
         let (writes, marks) = t.pending();
@@ -599,10 +602,7 @@ mod tests {
 
     #[test]
     fn forgotten_minutes_start_a_fresh_sub_document() {
-        let mut t = Tally {
-            epoch: "e".into(),
-            ..Tally::default()
-        };
+        let mut t = tally();
         t.take("f1", &[outcome("q", JobState::Succeeded, 0)], 0);
         let (_, marks) = t.pending();
         t.written(&marks);
@@ -620,10 +620,7 @@ mod tests {
 
     #[test]
     fn an_unwritten_minute_is_not_forgotten() {
-        let mut t = Tally {
-            epoch: "e".into(),
-            ..Tally::default()
-        };
+        let mut t = tally();
         t.take("f1", &[outcome("q", JobState::Succeeded, 0)], 0);
         let later = 60 * MINUTE_MS;
         t.take("f2", &[outcome("q", JobState::Succeeded, later)], later);
