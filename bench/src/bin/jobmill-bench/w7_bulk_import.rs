@@ -109,6 +109,10 @@ pub(crate) async fn w7_bulk_import() -> anyhow::Result<Rows> {
     only_bench.worker.worker.queues.retain(|q| q.name == QUEUE);
     let worker = Worker::start(&only_bench, store.clone()).await?;
     let before = counter.total();
+    let trace = std::env::var("BENCH_W7_TRACE").ok();
+    if trace.is_some() {
+        counter.start_trace();
+    }
     let t = Instant::now();
     let job = api_json(
         http.post(format!("{base}/v1/jobs")).json(&json!({
@@ -122,6 +126,9 @@ pub(crate) async fn w7_bulk_import() -> anyhow::Result<Rows> {
     let id = job["id"].as_str().context("import job id")?;
     let j = wait_job(&http, &base, id, "w7 bulk_import").await?;
     let import_time = t.elapsed();
+    if let Some(path) = &trace {
+        std::fs::write(format!("{path}.commands"), counter.take_trace().join("\n"))?;
+    }
     let cmds = counter.total() - before;
     anyhow::ensure!(j["state"] == "succeeded", "the import did not succeed: {j}");
     anyhow::ensure!(
