@@ -160,19 +160,25 @@ impl CommandCounter {
         self.by_name.lock().expect("counter").clone()
     }
 
-    /// Start recording every command's start, target and duration (until [`Self::take_trace`]).
-    pub fn start_trace(&self) {
+    /// Start recording every command's start, target and duration when the environment
+    /// variable `var` names a file (`BENCH_W3_TRACE` and the like); returns that file, for
+    /// [`Self::write_trace`].
+    pub fn trace_if(&self, var: &str) -> Option<String> {
+        let file = std::env::var(var).ok()?;
         *self.trace.lock().expect("trace") = Some(CommandTrace::default());
+        Some(file)
     }
 
-    /// The commands finished since [`Self::start_trace`], a line each:
-    /// `start_ms name collection duration_us`; tracing stops.
-    pub fn take_trace(&self) -> Vec<String> {
+    /// Stop tracing and write the commands finished since [`Self::trace_if`] to
+    /// `<file>.commands`, a line each: `start_ms name collection duration_us`.
+    pub fn write_trace(&self, file: &str) -> std::io::Result<()> {
         let t = self.trace.lock().expect("trace").take().unwrap_or_default();
-        t.done
+        let lines: Vec<String> = t
+            .done
             .into_iter()
             .map(|(at, name, coll, us)| format!("{at:.3} {name} {coll} {us}"))
-            .collect()
+            .collect();
+        std::fs::write(format!("{file}.commands"), lines.join("\n"))
     }
 
     fn on_event(&self, ev: CommandEvent) {

@@ -41,13 +41,10 @@ pub(crate) async fn w3_floor() -> anyhow::Result<Rows> {
     let before = insert_pass(scratch.clone()).await?;
 
     let commands_before = counter.by_name();
-    let trace = std::env::var("BENCH_W3_TRACE").ok();
-    if trace.is_some() {
-        counter.start_trace();
-    }
+    let trace = counter.trace_if("BENCH_W3_TRACE");
     let (lat, submit) = submit_to_start(&s, &store, rate_per_s, secs).await?;
-    if let Some(path) = trace {
-        std::fs::write(format!("{path}.commands"), counter.take_trace().join("\n"))?;
+    if let Some(path) = &trace {
+        counter.write_trace(path)?;
     }
     let commands: Vec<String> = counter
         .by_name()

@@ -54,20 +54,16 @@ pub(crate) async fn w6_file_assembly() -> anyhow::Result<Rows> {
         s.api.data.upload_part_size >> 20
     );
     let part_size = s.api.data.upload_part_size;
-    let trace = std::env::var("BENCH_W6_TRACE").ok();
-    if trace.is_some() {
-        counter.start_trace();
-    }
+    let trace = counter.trace_if("BENCH_W6_TRACE");
     let (upload_id, upload_time) = send_parts(&http, &base, &src, &sha, part_size, 1).await?;
     if let Some(path) = &trace {
-        std::fs::write(format!("{path}.commands"), counter.take_trace().join("\n"))?;
+        counter.write_trace(path)?;
     }
     let upload_cmds = counter.total() - before;
     // The upload's baseline again, now that the store holds the file: it was taken on an empty
     // store, and the upload filled it from empty to full.
-    let insert_after = insert_rate(&store).await?;
-    let insert_ceiling = (ceiling.0 .0 + insert_after.0) / 2.0;
-    let shaped_ceiling = (ceiling.0 .1 + insert_after.1) / 2.0;
+    let insert_after = insert_rates(&store, false).await?;
+    let inserts = ceiling.0.mean(insert_after);
     // The assembly's baseline: the same bytes read plainly from the store, before and after.
     let (read_bytes, read_before) = read_pieces_plainly(&store, &upload_id).await?;
     anyhow::ensure!(read_bytes == size, "read {read_bytes} of {size} bytes");
@@ -149,18 +145,18 @@ pub(crate) async fn w6_file_assembly() -> anyhow::Result<Rows> {
         ),
         (
             "store: insert_one of 256 KiB MB/s".into(),
-            format!("{insert_ceiling:.0}"),
+            format!("{:.0}", inserts.bare),
             format!(
                 "store ceiling of the upload (one piece per insert_one); mean of {:.0} on the empty store and {:.0} after the upload",
-                ceiling.0 .0, insert_after.0
+                ceiling.0.bare, insert_after.bare
             ),
         ),
         (
             "store: insert_one of 256 KiB pieces MB/s".into(),
-            format!("{shaped_ceiling:.0}"),
+            format!("{:.0}", inserts.shaped),
             format!(
                 "the same, shaped like file_pieces (its fields and index); {:.0} before, {:.0} after the upload",
-                ceiling.0 .1, insert_after.1
+                ceiling.0.shaped, insert_after.shaped
             ),
         ),
         (
@@ -179,8 +175,8 @@ pub(crate) async fn w6_file_assembly() -> anyhow::Result<Rows> {
             format!(
                 "{}; {:.0}% of the store's insert_one ({:.0}% of it shaped like file_pieces); {:.1} s, parts of {} MiB one at a time",
                 pct(upload),
-                100.0 * upload / insert_ceiling,
-                100.0 * upload / shaped_ceiling,
+                100.0 * upload / inserts.bare,
+                100.0 * upload / inserts.shaped,
                 up.upload.as_secs_f64(),
                 s.api.data.upload_part_size >> 20
             ),
@@ -216,7 +212,7 @@ pub(crate) async fn w6_file_assembly() -> anyhow::Result<Rows> {
             format!("{:.0}", mbps(size, upload4_time)),
             format!(
                 "{:.0}% of the store's insert_one (one at a time); {:.1} s",
-                100.0 * mbps(size, upload4_time) / insert_ceiling,
+                100.0 * mbps(size, upload4_time) / inserts.bare,
                 upload4_time.as_secs_f64()
             ),
         ),
@@ -249,10 +245,28 @@ fn ceiling_piece() -> Bson {
     })
 }
 
-/// The store's `insert_one` rate for 256 KiB binary documents (MB/s), what the upload does per
-/// piece, into a scratch collection it drops again: bare (`_id` and the bytes), and shaped like
-/// `file_pieces` (its fields and its `upload_id, n, token` index).
-async fn insert_rate(store: &Store) -> anyhow::Result<(f64, f64)> {
+/// The store's `insert_one` rates for 256 KiB binary documents (MB/s), what the upload does per
+/// piece.
+#[derive(Clone, Copy)]
+struct InsertRates {
+    /// `_id` and the bytes.
+    bare: f64,
+    /// Shaped like `file_pieces`: its fields and its `upload_id, n, token` index.
+    shaped: f64,
+}
+
+impl InsertRates {
+    fn mean(self, other: InsertRates) -> InsertRates {
+        InsertRates {
+            bare: (self.bare + other.bare) / 2.0,
+            shaped: (self.shaped + other.shaped) / 2.0,
+        }
+    }
+}
+
+/// [`InsertRates`] into scratch collections; the bare one, `w6_ceiling_a`, is kept full when
+/// `keep_bare` (the assembly ceiling reads it), else dropped like the other.
+async fn insert_rates(store: &Store, keep_bare: bool) -> anyhow::Result<InsertRates> {
     let db = store.database();
     let bin = ceiling_piece();
     let bytes = (CEILING_DOCS * jobmill_data::files::CHUNK_SIZE) as u64;
@@ -263,7 +277,9 @@ async fn insert_rate(store: &Store) -> anyhow::Result<(f64, f64)> {
             .await?;
     }
     let bare = mbps(bytes, t.elapsed());
-    a.drop().await?;
+    if !keep_bare {
+        a.drop().await?;
+    }
     let c = db.collection::<Document>("w6_ceiling_c");
     c.create_index(
         mongodb::IndexModel::builder()
@@ -283,14 +299,14 @@ async fn insert_rate(store: &Store) -> anyhow::Result<(f64, f64)> {
     }
     let shaped = mbps(bytes, t.elapsed());
     c.drop().await?;
-    Ok((bare, shaped))
+    Ok(InsertRates { bare, shaped })
 }
 
-/// The store's own rates for 256 KiB binary documents (MB/s): `insert_one` ([`insert_rate`]),
+/// The store's own rates for 256 KiB binary documents (MB/s): `insert_one` ([`insert_rates`]),
 /// and `find_one` plus an upserting `replace_one` into a collection with the chunks' unique
 /// index (what the previous layout's assembly did per chunk).
-async fn chunk_ceiling(store: &Store) -> anyhow::Result<((f64, f64), f64)> {
-    let insert = insert_rate(store).await?;
+async fn chunk_ceiling(store: &Store) -> anyhow::Result<(InsertRates, f64)> {
+    let insert = insert_rates(store, true).await?;
     let db = store.database();
     let (a, b) = (
         db.collection::<Document>("w6_ceiling_a"),
@@ -307,11 +323,6 @@ async fn chunk_ceiling(store: &Store) -> anyhow::Result<((f64, f64), f64)> {
             .build(),
     )
     .await?;
-    let bin = ceiling_piece();
-    for i in 0..CEILING_DOCS {
-        a.insert_one(doc! { "_id": format!("p:{i}"), "n": i as i64, "data": bin.clone() })
-            .await?;
-    }
     let t = Instant::now();
     for i in 0..CEILING_DOCS {
         let d = a
@@ -363,32 +374,23 @@ async fn read_pieces_plainly(store: &Store, upload_id: &str) -> anyhow::Result<(
 /// The `_id`s of an upload's pieces in file order: from its file's manifest once assembled,
 /// from its part records before.
 async fn piece_ids(store: &Store, upload_id: &str) -> anyhow::Result<Vec<String>> {
-    use jobmill_data::files::{piece_id, FileMeta, Part, FILES, UPLOAD_PARTS};
-    let db = store.database();
-    let file = db
-        .collection::<FileMeta>(FILES)
-        .find_one(doc! { "_id": upload_id })
-        .await?;
-    let parts: Vec<(i64, String, i64)> = match file.and_then(|f| f.parts) {
-        Some(manifest) => manifest
-            .into_iter()
-            .enumerate()
-            .map(|(n, p)| (n as i64, p.token, p.pieces))
-            .collect(),
-        None => {
-            let mut parts: Vec<Part> = db
-                .collection::<Part>(UPLOAD_PARTS)
-                .find(doc! { "upload_id": upload_id })
+    use jobmill_data::files::{piece_id, FileStore};
+    // The retention only matters to the sweeper, which this does not run.
+    let files = FileStore::new(store.database(), Duration::ZERO);
+    let parts: Vec<(i64, String, i64)> =
+        match files.file(upload_id, None).await?.and_then(|f| f.parts) {
+            Some(manifest) => manifest
+                .into_iter()
+                .enumerate()
+                .map(|(n, p)| (n as i64, p.token, p.pieces))
+                .collect(),
+            None => files
+                .parts(upload_id)
                 .await?
-                .try_collect()
-                .await?;
-            parts.sort_by_key(|p| p.n);
-            parts
                 .into_iter()
                 .map(|p| (p.n, p.token, p.pieces))
-                .collect()
-        }
-    };
+                .collect(),
+        };
     Ok(parts
         .into_iter()
         .flat_map(|(n, token, pieces)| (0..pieces).map(move |k| piece_id(upload_id, n, &token, k)))

@@ -109,10 +109,7 @@ pub(crate) async fn w7_bulk_import() -> anyhow::Result<Rows> {
     only_bench.worker.worker.queues.retain(|q| q.name == QUEUE);
     let worker = Worker::start(&only_bench, store.clone()).await?;
     let before = counter.total();
-    let trace = std::env::var("BENCH_W7_TRACE").ok();
-    if trace.is_some() {
-        counter.start_trace();
-    }
+    let trace = counter.trace_if("BENCH_W7_TRACE");
     let t = Instant::now();
     let job = api_json(
         http.post(format!("{base}/v1/jobs")).json(&json!({
@@ -127,7 +124,7 @@ pub(crate) async fn w7_bulk_import() -> anyhow::Result<Rows> {
     let j = wait_job(&http, &base, id, "w7 bulk_import").await?;
     let import_time = t.elapsed();
     if let Some(path) = &trace {
-        std::fs::write(format!("{path}.commands"), counter.take_trace().join("\n"))?;
+        counter.write_trace(path)?;
     }
     let cmds = counter.total() - before;
     anyhow::ensure!(j["state"] == "succeeded", "the import did not succeed: {j}");
