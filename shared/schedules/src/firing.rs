@@ -281,7 +281,14 @@ async fn fire_due(sched: &Schedules, due: &[Schedule], now: i64, worker: &str) -
         let mut fires = p.fires.clone();
         let mut buffered = None;
         let mut overlap_skipped = 0;
-        if !fires.is_empty() && s.overlap != Overlap::Allow && running.contains(&s.last_job_id) {
+        // A held tick counts as a run in progress: when a run has just ended, the tick it held
+        // fires first (the buffered pass below). Firing a due tick here too would start two
+        // runs, the later tick before the held one, both once the last run ended.
+        let held = s.overlap == Overlap::BufferOne && s.buffered_ms != 0;
+        if !fires.is_empty()
+            && s.overlap != Overlap::Allow
+            && (held || running.contains(&s.last_job_id))
+        {
             overlap_skipped = fires.len() as u64;
             if s.overlap == Overlap::BufferOne && s.buffered_ms == 0 {
                 buffered = fires.last().copied();
