@@ -57,13 +57,22 @@ pub fn tmp_dir() -> PathBuf {
     d
 }
 
-/// A free port on loopback.
+/// A free port on loopback, never one this process handed out before: the kernel may give a
+/// released port again, and two servers of one test (an API and a worker's metrics, say) then
+/// meet on it, so that a request reaches the wrong one.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = StdListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// The shared test Redis of this run: the cluster's seed URLs (comma-separated) on the cluster
