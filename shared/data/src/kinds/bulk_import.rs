@@ -1,7 +1,9 @@
 //! `bulk_import`: streams a stored file (NDJSON or CSV) into a tenant's dataset in batches.
 //!
 //! - **Streaming.** The file is read one chunk at a time; records are cut across chunk
-//!   boundaries, so memory holds one chunk, one record and one batch.
+//!   boundaries, so memory holds one chunk, one record and at most three batches: the one
+//!   being written, one waiting, and the one being parsed. Reading and parsing overlap the
+//!   previous batch's write.
 //! - **Idempotent rows.** Every row gets a deterministic `_id`: the key's value when `key` is
 //!   given (written as an upsert that replaces the row), otherwise `<file>:<row>`, inserted with
 //!   duplicates ignored. Importing the same file twice, or rerunning after a crash, never
@@ -188,7 +190,7 @@ impl JobKind for BulkImport {
 }
 
 /// What survives a crash: where to resume and what was counted so far.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Checkpoint {
     /// Byte offset of the next record to read.
     offset: u64,
@@ -222,56 +224,34 @@ async fn import(ctx: &JobContext, k: &BulkImport, a: &BulkImportArgs) -> jobmill
     };
     let datasets = &k.datasets;
     let ds = datasets.ensure(&ctx.tenant, &a.dataset).await?;
-    let mut cp: Checkpoint = match store.load_checkpoint(&ctx.id).await? {
+    let cp: Checkpoint = match store.load_checkpoint(&ctx.id).await? {
         Some(s) => serde_json::from_str(&s).unwrap_or_default(),
         None => Checkpoint::default(),
     };
-    let batch_size = a.batch_size.unwrap_or(DEFAULT_BATCH);
-    let total = file.size.max(0) as u64;
-    let mut reader = Records::new(a.format == Format::Csv, cp.offset);
-    let mut batch: Vec<(u64, Document)> = Vec::with_capacity(batch_size);
-    let mut pos = cp.offset;
-    let mut eof = false;
-    while !eof {
-        let data = if pos < total {
-            // One stored block (a piece, or a chunk of the previous layout) at a time.
-            let (at, block) = files.block_at(&file, pos).await?;
-            let from = (pos - at) as usize;
-            if from >= block.len() {
-                return Err(jobmill::Error::Corrupt(format!(
-                    "the block at {at} of the file is short"
-                )));
-            }
-            pos = at + block.len() as u64;
-            block[from..].to_vec()
-        } else {
-            eof = true;
-            Vec::new()
-        };
-        let records = reader.feed(&data, eof);
-        for rec in records {
-            if let Some(o) = handle_record(&mut cp, a, &file, rec, &mut batch) {
-                return Ok(o);
-            }
-            if batch.len() >= batch_size {
-                write_batch(datasets, &ds, a.key.is_some(), &mut batch, &mut cp).await?;
-                save(ctx, &k.store, &cp).await?;
-                report(ctx, &cp, total);
-                if ctx.is_cancelled() {
-                    return Ok(Outcome::Cancelled("cancelled between batches".into()));
-                }
-            }
+    let written = (cp.inserted, cp.updated);
+    // Reading and parsing the next batch overlaps the write of the current one: the two halves
+    // run concurrently on this task, one batch in between. Batches are written and checkpointed
+    // in order, each checkpoint saved only after its batch is stored, so a crash still resumes
+    // at the first row not written.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let (parsed, stored) = tokio::join!(
+        read_batches(files, &file, a, cp, tx),
+        write_batches(ctx, k, &ds, a.key.is_some(), written, file.size, rx)
+    );
+    // A store error on either side: the next attempt resumes from the checkpoint.
+    let ended_early = parsed?;
+    let cp = match stored? {
+        Stored::All(cp) => cp,
+        Stored::Cancelled => {
+            return Ok(Outcome::Cancelled("cancelled between batches".into()));
         }
-        if eof {
-            break;
+        // The reading half stopped with an outcome (the file is not the declared format).
+        Stored::Stopped => {
+            return Ok(ended_early.unwrap_or_else(|| {
+                Outcome::retry("the import's reader stopped before the end of the file")
+            }))
         }
-    }
-    if let Some(o) = sniff(&cp, a, true) {
-        return Ok(o);
-    }
-    write_batch(datasets, &ds, a.key.is_some(), &mut batch, &mut cp).await?;
-    save(ctx, &k.store, &cp).await?;
-    report(ctx, &cp, total);
+    };
     datasets.bump_generation(&ds).await?;
     // The cached pages of this dataset are stale now: ask for one rebuild (coalesced with any
     // already queued). A failure here must not fail the import; the next cache miss asks again.
@@ -286,6 +266,125 @@ async fn import(ctx: &JobContext, k: &BulkImport, a: &BulkImportArgs) -> jobmill
         "failed": cp.failed,
         "errors": cp.errors.iter().map(|(row, e)| json!({"row": row, "error": e})).collect::<Vec<_>>(),
     })))
+}
+
+/// Rows parsed and ready to write, with the checkpoint to save once they are stored (its
+/// `inserted`/`updated` are the writer's to fill in).
+struct Batch {
+    rows: Vec<(u64, Document)>,
+    after: Checkpoint,
+    /// The file's last batch (maybe empty).
+    last: bool,
+}
+
+/// The reading half: the file from the checkpoint's offset, block by block, cut into records
+/// and parsed into batches sent to the writer. Returns an outcome when the file turns out not
+/// to be the declared format; returns early, quietly, when the writer stopped.
+async fn read_batches(
+    files: &FileStore,
+    file: &FileMeta,
+    a: &BulkImportArgs,
+    mut cp: Checkpoint,
+    tx: tokio::sync::mpsc::Sender<Batch>,
+) -> jobmill::Result<Option<Outcome>> {
+    let batch_size = a.batch_size.unwrap_or(DEFAULT_BATCH);
+    let total = file.size.max(0) as u64;
+    let mut reader = Records::new(a.format == Format::Csv, cp.offset);
+    let mut batch: Vec<(u64, Document)> = Vec::with_capacity(batch_size);
+    let mut pos = cp.offset;
+    let mut eof = false;
+    while !eof {
+        let data = if pos < total {
+            // One stored block (a piece, or a chunk of the previous layout) at a time.
+            let (at, block) = files.block_at(file, pos).await?;
+            let from = (pos - at) as usize;
+            if from >= block.len() {
+                return Err(jobmill::Error::Corrupt(format!(
+                    "the block at {at} of the file is short"
+                )));
+            }
+            pos = at + block.len() as u64;
+            block[from..].to_vec()
+        } else {
+            eof = true;
+            Vec::new()
+        };
+        for rec in reader.feed(&data, eof) {
+            if let Some(o) = handle_record(&mut cp, a, file, rec, &mut batch) {
+                return Ok(Some(o));
+            }
+            if batch.len() >= batch_size {
+                let rows = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
+                if send(&tx, &mut cp, rows, false).await.is_err() {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+    if let Some(o) = sniff(&cp, a, true) {
+        return Ok(Some(o));
+    }
+    let _ = send(&tx, &mut cp, batch, true).await;
+    Ok(None)
+}
+
+/// Hand `rows` to the writer with the checkpoint as of their end. Errs when the writer stopped.
+async fn send(
+    tx: &tokio::sync::mpsc::Sender<Batch>,
+    cp: &mut Checkpoint,
+    rows: Vec<(u64, Document)>,
+    last: bool,
+) -> Result<(), ()> {
+    if let Some(&(end, _)) = rows.last() {
+        cp.offset = end;
+    }
+    let after = cp.clone();
+    tx.send(Batch { rows, after, last }).await.map_err(|_| ())
+}
+
+/// How the writing half ended.
+enum Stored {
+    /// Every batch, the last included, is stored; the final checkpoint.
+    All(Checkpoint),
+    /// Cancelled between batches.
+    Cancelled,
+    /// The reader stopped before its last batch.
+    Stopped,
+}
+
+/// The writing half: each batch stored, then its checkpoint saved and progress reported, in the
+/// order read. `written` is what earlier attempts inserted and updated.
+async fn write_batches(
+    ctx: &JobContext,
+    k: &BulkImport,
+    ds: &Dataset,
+    keyed: bool,
+    written: (u64, u64),
+    size: i64,
+    mut rx: tokio::sync::mpsc::Receiver<Batch>,
+) -> jobmill::Result<Stored> {
+    let total = size.max(0) as u64;
+    let (mut inserted, mut updated) = written;
+    while let Some(Batch {
+        mut rows,
+        mut after,
+        last,
+    }) = rx.recv().await
+    {
+        after.inserted = inserted;
+        after.updated = updated;
+        write_batch(&k.datasets, ds, keyed, &mut rows, &mut after).await?;
+        (inserted, updated) = (after.inserted, after.updated);
+        save(ctx, &k.store, &after).await?;
+        report(ctx, &after, total);
+        if last {
+            return Ok(Stored::All(after));
+        }
+        if ctx.is_cancelled() {
+            return Ok(Stored::Cancelled);
+        }
+    }
+    Ok(Stored::Stopped)
 }
 
 async fn save(ctx: &JobContext, store: &Store, cp: &Checkpoint) -> jobmill::Result<()> {
