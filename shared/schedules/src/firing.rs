@@ -172,9 +172,14 @@ pub async fn run(sched: Schedules, worker: String, stop: CancellationToken) {
 /// One round: fire due ticks, finish stale claims, release buffered ticks. Returns the
 /// earliest next tick. Every step works on all the schedules at once (one claim command, one
 /// submission per tenant, one insert of runs, one finishing command), so a round costs a
-/// handful of store round trips however many schedules are due.
+/// handful of store round trips however many schedules are due, and one when none exists.
 pub async fn round(sched: &Schedules, worker: &str) -> Result<Option<i64>> {
     let store = sched.store();
+    // No schedule: nothing is due, pending or buffered. A schedule created now is seen next
+    // round, as it would be if it had been created just after this round's queries.
+    if !store.any().await? {
+        return Ok(None);
+    }
     let now = now_ms();
     let due = store.due(now, BATCH).await?;
     if !due.is_empty() {
