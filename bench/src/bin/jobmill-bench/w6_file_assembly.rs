@@ -267,10 +267,6 @@ fn ceiling_bytes() -> Vec<u8> {
     data
 }
 
-fn ceiling_piece() -> Bson {
-    binary(ceiling_bytes())
-}
-
 /// The store's `insert_one` rates for 256 KiB binary documents (MB/s), what the upload does per
 /// piece.
 #[derive(Clone, Copy)]
@@ -294,7 +290,7 @@ impl InsertRates {
 /// `keep_bare` (the assembly ceiling reads it), else dropped like the other.
 async fn insert_rates(store: &Store, keep_bare: bool) -> anyhow::Result<InsertRates> {
     let db = store.database();
-    let bin = ceiling_piece();
+    let bin = binary(ceiling_bytes());
     let bytes = (CEILING_DOCS * jobmill_data::files::CHUNK_SIZE) as u64;
     let a = db.collection::<Document>("w6_ceiling_a");
     let t = Instant::now();

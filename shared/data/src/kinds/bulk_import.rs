@@ -268,8 +268,8 @@ async fn import(ctx: &JobContext, k: &BulkImport, a: &BulkImportArgs) -> jobmill
     })))
 }
 
-/// Rows parsed and ready to write, with the checkpoint to save once they are stored (its
-/// `inserted`/`updated` are the writer's to fill in).
+/// Rows parsed and ready to write, with the checkpoint to save once they are stored: its
+/// offset is past them, and its `inserted`/`updated` are the writer's to fill in.
 struct Batch {
     rows: Vec<(u64, Document)>,
     after: Checkpoint,
@@ -366,15 +366,16 @@ async fn write_batches(
     let total = size.max(0) as u64;
     let (mut inserted, mut updated) = written;
     while let Some(Batch {
-        mut rows,
+        rows,
         mut after,
         last,
     }) = rx.recv().await
     {
+        let (i, u) = write_batch(&k.datasets, ds, keyed, rows).await?;
+        inserted += i;
+        updated += u;
         after.inserted = inserted;
         after.updated = updated;
-        write_batch(&k.datasets, ds, keyed, &mut rows, &mut after).await?;
-        (inserted, updated) = (after.inserted, after.updated);
         save(ctx, &k.store, &after).await?;
         report(ctx, &after, total);
         if last {
@@ -708,25 +709,28 @@ fn parse_csv_record(text: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-/// Write a batch; `cp.offset` moves past it only once it is stored.
+/// Write a batch's rows (moved into the command, not copied): how many were inserted and how
+/// many updated.
 async fn write_batch(
     datasets: &Datasets,
     ds: &Dataset,
     keyed: bool,
-    batch: &mut Vec<(u64, Document)>,
-    cp: &mut Checkpoint,
-) -> jobmill::Result<()> {
-    let Some(&(end, _)) = batch.last() else {
-        return Ok(());
-    };
+    rows: Vec<(u64, Document)>,
+) -> jobmill::Result<(u64, u64)> {
+    if rows.is_empty() {
+        return Ok((0, 0));
+    }
     let coll = datasets.rows_of(ds);
-    let n = batch.len() as u64;
+    let n = rows.len() as u64;
     if keyed {
         // Replacement upserts by _id, in order (a key repeated within the batch ends as its
         // last row). The replacement carries its _id, which every server keeps.
-        let updates: Vec<Document> = batch
-            .iter()
-            .map(|(_, d)| doc! { "q": { "_id": d.get("_id").cloned().unwrap_or(Bson::Null) }, "u": d.clone(), "upsert": true })
+        let updates: Vec<Document> = rows
+            .into_iter()
+            .map(|(_, d)| {
+                let id = d.get("_id").cloned().unwrap_or(Bson::Null);
+                doc! { "q": { "_id": id }, "u": d, "upsert": true }
+            })
             .collect();
         let reply = datasets
             .database()
@@ -738,10 +742,9 @@ async fn write_batch(
             )));
         }
         let upserted = reply.get_array("upserted").map(|a| a.len()).unwrap_or(0) as u64;
-        cp.inserted += upserted;
-        cp.updated += n - upserted;
+        Ok((upserted, n - upserted))
     } else {
-        let docs: Vec<Document> = batch.iter().map(|(_, d)| d.clone()).collect();
+        let docs: Vec<Document> = rows.into_iter().map(|(_, d)| d).collect();
         match coll.insert_many(docs).ordered(false).await {
             Ok(_) => {}
             // Rows already stored by an earlier attempt (or an earlier import of this file):
@@ -764,11 +767,8 @@ async fn write_batch(
         }
         // Counted as inserted even when an earlier attempt wrote them: the count is "rows of
         // this file now in the dataset", which is what a resumed import must report.
-        cp.inserted += n;
+        Ok((n, 0))
     }
-    cp.offset = end;
-    batch.clear();
-    Ok(())
 }
 
 #[cfg(test)]
